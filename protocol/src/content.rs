@@ -1,0 +1,127 @@
+//! The byte strings that content signatures cover (SPEC.md §6.3–§6.5), so that
+//! client and server cannot disagree, and the splitting of long text.
+//!
+//! We sign the *string* form; verifiers also accept the *bytes* form found in
+//! other implementations (decoded ciphertext bytes instead of its base64url text).
+
+use serde_json::Value;
+
+use crate::canonical::canonical_bytes;
+use crate::crypto::{Base64Url, PrivateKey, PublicKey, Signature, MAX_OAEP_PLAINTEXT};
+use crate::error::Result;
+use crate::message::KeyShare;
+
+/// DM and file chunk, string form: UTF-8 of `ciphertext_b64url + from + to + ts`.
+pub fn dm_string(ciphertext: &str, from: &str, to: &str, ts: i64) -> Vec<u8> {
+    format!("{ciphertext}{from}{to}{ts}").into_bytes()
+}
+
+/// DM and file chunk, bytes form: decoded ciphertext, then UTF-8 of `from + to + ts`.
+pub fn dm_bytes(ciphertext: &[u8], from: &str, to: &str, ts: i64) -> Vec<u8> {
+    let mut out = ciphertext.to_vec();
+    out.extend_from_slice(format!("{from}{to}{ts}").as_bytes());
+    out
+}
+
+/// Public channel, string form: UTF-8 of `ciphertext_b64url + from + ts`.
+pub fn public_string(ciphertext: &str, from: &str, ts: i64) -> Vec<u8> {
+    format!("{ciphertext}{from}{ts}").into_bytes()
+}
+
+/// Public channel, bytes form: decoded ciphertext, then UTF-8 of `from + ts`.
+pub fn public_bytes(ciphertext: &[u8], from: &str, ts: i64) -> Vec<u8> {
+    let mut out = ciphertext.to_vec();
+    out.extend_from_slice(format!("{from}{ts}").as_bytes());
+    out
+}
+
+/// PUBLIC_CHANNEL_KEY_SHARE: canonical JSON of the `shares` array, then the
+/// UTF-8 of `creator_pub` in its wire form.
+pub fn key_share(shares: &[KeyShare], creator_pub: &PublicKey) -> Vec<u8> {
+    let shares = serde_json::to_value(shares).unwrap_or(Value::Null);
+    let mut out = canonical_bytes(&shares);
+    out.extend_from_slice(creator_pub.to_wire().as_bytes());
+    out
+}
+
+/// Sign a DM (or file chunk) in the string form.
+pub fn sign_dm(
+    key: &PrivateKey,
+    ciphertext: &Base64Url,
+    from: &str,
+    to: &str,
+    ts: i64,
+) -> Result<Signature> {
+    key.sign(&dm_string(ciphertext.as_str(), from, to, ts))
+}
+
+/// Verify a DM (or file chunk) content signature in either form.
+pub fn verify_dm(
+    key: &PublicKey,
+    sig: &Signature,
+    ciphertext: &Base64Url,
+    from: &str,
+    to: &str,
+    ts: i64,
+) -> Result<()> {
+    key.verify_any(
+        &[
+            &dm_string(ciphertext.as_str(), from, to, ts),
+            &dm_bytes(ciphertext.bytes(), from, to, ts),
+        ],
+        sig,
+    )
+}
+
+/// Sign a public channel message in the string form.
+pub fn sign_public(
+    key: &PrivateKey,
+    ciphertext: &Base64Url,
+    from: &str,
+    ts: i64,
+) -> Result<Signature> {
+    key.sign(&public_string(ciphertext.as_str(), from, ts))
+}
+
+/// Verify a public channel content signature in either form.
+pub fn verify_public(
+    key: &PublicKey,
+    sig: &Signature,
+    ciphertext: &Base64Url,
+    from: &str,
+    ts: i64,
+) -> Result<()> {
+    key.verify_any(
+        &[
+            &public_string(ciphertext.as_str(), from, ts),
+            &public_bytes(ciphertext.bytes(), from, ts),
+        ],
+        sig,
+    )
+}
+
+/// Split text into pieces of at most `max_bytes` UTF-8 bytes, on character
+/// boundaries (SPEC.md §6.3). Empty text is one empty piece. `max_bytes` is
+/// raised to 4 if smaller, so every character fits.
+pub fn split_text(text: &str, max_bytes: usize) -> Vec<&str> {
+    let max = max_bytes.max(4);
+    if text.is_empty() {
+        return vec![text];
+    }
+    let mut pieces = Vec::with_capacity(text.len() / max + 1);
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + max).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        pieces.push(&text[start..end]);
+        start = end;
+    }
+    pieces
+}
+
+/// [`split_text`] at the RSA-OAEP block limit.
+pub fn split_for_rsa(text: &str) -> Vec<&str> {
+    split_text(text, MAX_OAEP_PLAINTEXT)
+}

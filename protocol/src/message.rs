@@ -1,0 +1,620 @@
+//! One typed payload per message type of SPEC.md, and the [`Message`] enum that
+//! dispatches on the envelope's `type`.
+//!
+//! Payloads are parsed leniently (unknown fields are ignored) and strictly on
+//! types (a string where a number belongs is an error). What we send is built
+//! from these structs, so it is always well-formed.
+
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::crypto::{Base64Url, PublicKey, Signature};
+use crate::error::{Error, ErrorCode, Result};
+use crate::id::{ServerId, UserId, Username};
+
+/// A typed payload of one message type.
+pub trait Payload: Serialize + DeserializeOwned {
+    /// The envelope `type` this payload travels under.
+    const TYPE: MessageType;
+}
+
+macro_rules! messages {
+    ($($(#[$doc:meta])* $variant:ident($payload:ident) = $wire:literal,)*) => {
+        /// Every message type of SPEC.md (the [ext] ones included).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum MessageType {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl MessageType {
+            /// All types, in SPEC order.
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$variant,)*];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(MessageType::$variant => $wire,)*
+                }
+            }
+
+            /// Look up a wire name.
+            pub fn parse(s: &str) -> Option<MessageType> {
+                match s {
+                    $($wire => Some(MessageType::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        /// A parsed payload, tagged by its message type.
+        #[derive(Debug, Clone)]
+        pub enum Message {
+            $($(#[$doc])* $variant($payload),)*
+        }
+
+        impl Message {
+            /// Parse `payload` as the payload of message type `msg_type`.
+            pub fn parse(msg_type: &str, payload: &Value) -> Result<Message> {
+                let t = MessageType::parse(msg_type)
+                    .ok_or_else(|| Error::UnknownType(msg_type.chars().take(64).collect()))?;
+                match t {
+                    $(MessageType::$variant => parse_payload::<$payload>(payload).map(Message::$variant),)*
+                }
+            }
+
+            /// This message's type.
+            pub fn msg_type(&self) -> MessageType {
+                match self {
+                    $(Message::$variant(_) => MessageType::$variant,)*
+                }
+            }
+
+            /// The payload as a JSON object.
+            pub fn to_payload(&self) -> Value {
+                match self {
+                    $(Message::$variant(p) => to_payload(p),)*
+                }
+            }
+        }
+
+        $(
+            impl Payload for $payload {
+                const TYPE: MessageType = MessageType::$variant;
+            }
+
+            impl From<$payload> for Message {
+                fn from(p: $payload) -> Message {
+                    Message::$variant(p)
+                }
+            }
+        )*
+    };
+}
+
+messages! {
+    /// A user identifies itself (first frame of a user connection).
+    UserHello(UserHello) = "USER_HELLO",
+    /// A server asks an introducer to join the mesh.
+    ServerHelloJoin(ServerHelloJoin) = "SERVER_HELLO_JOIN",
+    /// The introducer's answer: assigned id, servers, users.
+    ServerWelcome(ServerWelcome) = "SERVER_WELCOME",
+    /// A mesh server links to another (first frame).
+    ServerHelloLink(ServerHelloLink) = "SERVER_HELLO_LINK",
+    /// A server announces itself to the mesh.
+    ServerAnnounce(ServerAnnounce) = "SERVER_ANNOUNCE",
+    /// [ext] A server is shutting down.
+    ServerGoodbye(ServerGoodbye) = "SERVER_GOODBYE",
+    /// Server liveness.
+    Heartbeat(Heartbeat) = "HEARTBEAT",
+    /// Presence gossip: a user is attached to a server.
+    UserAdvertise(UserAdvertise) = "USER_ADVERTISE",
+    /// Presence gossip: a user left.
+    UserRemove(UserRemove) = "USER_REMOVE",
+    /// A delivery forwarded between servers.
+    ServerDeliver(ServerDeliver) = "SERVER_DELIVER",
+    /// A delivery from a server to its user.
+    UserDeliver(UserDeliver) = "USER_DELIVER",
+    /// A user's end-to-end encrypted direct message.
+    MsgDirect(MsgDirect) = "MSG_DIRECT",
+    /// A user's public-channel message for one member.
+    MsgPublicChannel(MsgPublicChannel) = "MSG_PUBLIC_CHANNEL",
+    /// Members added to the public channel.
+    PublicChannelAdd(PublicChannelAdd) = "PUBLIC_CHANNEL_ADD",
+    /// New public channel version and key wraps.
+    PublicChannelUpdated(PublicChannelUpdated) = "PUBLIC_CHANNEL_UPDATED",
+    /// Public channel key shares (routed for interop).
+    PublicChannelKeyShare(PublicChannelKeyShare) = "PUBLIC_CHANNEL_KEY_SHARE",
+    /// A file transfer begins.
+    FileStart(FileStart) = "FILE_START",
+    /// One encrypted file chunk.
+    FileChunk(FileChunk) = "FILE_CHUNK",
+    /// A file transfer ends.
+    FileEnd(FileEnd) = "FILE_END",
+    /// [ext] Ask for the online users.
+    ListRequest(ListRequest) = "LIST_REQUEST",
+    /// [ext] The online users.
+    ListResponse(ListResponse) = "LIST_RESPONSE",
+    /// The first seed's command form (`{cmd:"list"}`).
+    Command(Command) = "COMMAND",
+    /// The answer to COMMAND.
+    CommandResponse(CommandResponse) = "COMMAND_RESPONSE",
+    /// Optional acknowledgement.
+    Ack(Ack) = "ACK",
+    /// An error report.
+    Error(ErrorPayload) = "ERROR",
+    /// [ext] Register a user with its key store.
+    UserRegister(UserRegister) = "USER_REGISTER",
+    /// [ext] Registration succeeded.
+    RegisterOk(RegisterOk) = "REGISTER_OK",
+    /// [ext] Ask for a login challenge.
+    LoginRequest(LoginRequest) = "LOGIN_REQUEST",
+    /// [ext] The login challenge.
+    LoginChallenge(LoginChallenge) = "LOGIN_CHALLENGE",
+    /// Optional notice before a close.
+    CtrlClose(CtrlClose) = "CTRL_CLOSE",
+}
+
+fn parse_payload<T: DeserializeOwned>(payload: &Value) -> Result<T> {
+    if !payload.is_object() {
+        return Err(Error::InvalidField {
+            field: "payload",
+            reason: "must be an object".into(),
+        });
+    }
+    T::deserialize(payload).map_err(|e| Error::InvalidPayload {
+        msg_type: std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("payload")
+            .to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Serialise a typed payload to a JSON object.
+pub fn to_payload<T: Serialize>(p: &T) -> Value {
+    // Our payload structs serialise only strings, integers, booleans, arrays
+    // and maps with string keys, which cannot fail; an empty object stands in
+    // for the impossible error rather than a panic.
+    serde_json::to_value(p).unwrap_or_else(|_| Value::Object(Map::new()))
+}
+
+/// `USER_HELLO`: `{client, pubkey, enc_pubkey?, meta?}` plus `nonce` after a
+/// login challenge (SPEC.md §6.1, §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserHello {
+    /// Client software name and version (free text).
+    #[serde(default)]
+    pub client: String,
+    pub pubkey: PublicKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enc_pubkey: Option<PublicKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// A server's address and key: the payload of SERVER_HELLO_JOIN, SERVER_HELLO_LINK
+/// and SERVER_ANNOUNCE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerAddress {
+    pub host: String,
+    pub port: u16,
+    pub pubkey: PublicKey,
+}
+
+/// `SERVER_HELLO_JOIN {host, port, pubkey}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerHelloJoin(pub ServerAddress);
+
+/// `SERVER_HELLO_LINK {host, port, pubkey}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerHelloLink(pub ServerAddress);
+
+/// `SERVER_ANNOUNCE {host, port, pubkey}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerAnnounce(pub ServerAddress);
+
+/// One server in a SERVER_WELCOME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub server_id: ServerId,
+    pub host: String,
+    pub port: u16,
+    pub pubkey: PublicKey,
+}
+
+/// One online user in a SERVER_WELCOME.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub user_id: UserId,
+    pub server_id: ServerId,
+    pub pubkey: PublicKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+}
+
+/// `SERVER_WELCOME {assigned_id, servers, clients}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerWelcome {
+    pub assigned_id: ServerId,
+    #[serde(default)]
+    pub servers: Vec<ServerInfo>,
+    #[serde(default)]
+    pub clients: Vec<ClientInfo>,
+}
+
+/// `SERVER_GOODBYE {}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerGoodbye {}
+
+/// `HEARTBEAT {}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {}
+
+/// `CTRL_CLOSE {}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CtrlClose {}
+
+/// `USER_ADVERTISE {user_id, server_id, pubkey, meta}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserAdvertise {
+    pub user_id: UserId,
+    pub server_id: ServerId,
+    pub pubkey: PublicKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+}
+
+/// `USER_REMOVE {user_id, server_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRemove {
+    pub user_id: UserId,
+    pub server_id: ServerId,
+}
+
+/// `MSG_DIRECT {ciphertext, sender_pub, content_sig}` (SPEC.md §6.3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MsgDirect {
+    pub ciphertext: Base64Url,
+    pub sender_pub: PublicKey,
+    pub content_sig: Signature,
+}
+
+fn public_group() -> String {
+    "public".to_owned()
+}
+
+/// `MSG_PUBLIC_CHANNEL {ciphertext, sender_pub, content_sig, group_id, public_version}`
+/// (SPEC.md §6.4): one frame per member, `to` = that member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MsgPublicChannel {
+    pub ciphertext: Base64Url,
+    pub sender_pub: PublicKey,
+    pub content_sig: Signature,
+    #[serde(default = "public_group")]
+    pub group_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_version: Option<u64>,
+}
+
+/// `PUBLIC_CHANNEL_ADD {add, if_version}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicChannelAdd {
+    pub add: Vec<UserId>,
+    pub if_version: u64,
+}
+
+/// One member's wrapped group key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Wrap {
+    pub member_id: UserId,
+    pub wrapped_key: Base64Url,
+}
+
+/// `PUBLIC_CHANNEL_UPDATED {version, wraps}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicChannelUpdated {
+    pub version: u64,
+    #[serde(default)]
+    pub wraps: Vec<Wrap>,
+}
+
+/// One share of a PUBLIC_CHANNEL_KEY_SHARE.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyShare {
+    pub member: UserId,
+    pub wrapped_public_channel_key: Base64Url,
+}
+
+/// `PUBLIC_CHANNEL_KEY_SHARE {shares, creator_pub, content_sig}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicChannelKeyShare {
+    pub shares: Vec<KeyShare>,
+    pub creator_pub: PublicKey,
+    pub content_sig: Signature,
+}
+
+/// Whether a file goes to one user or to every public channel member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileMode {
+    Dm,
+    Public,
+}
+
+/// A file id: 1–128 characters of `[A-Za-z0-9._-]` (a UUID v4 from our clients).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FileId(String);
+
+impl FileId {
+    /// A fresh random file id.
+    pub fn random() -> Self {
+        FileId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for FileId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if ok {
+            Ok(FileId(s))
+        } else {
+            Err(Error::InvalidId(format!(
+                "file id {:?}",
+                s.chars().take(32).collect::<String>()
+            )))
+        }
+    }
+}
+
+impl From<FileId> for String {
+    fn from(f: FileId) -> String {
+        f.0
+    }
+}
+
+/// Longest accepted file name, in bytes (the receiver reduces it further).
+pub const MAX_FILE_NAME: usize = 255;
+
+fn file_name<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    if name.is_empty() || name.len() > MAX_FILE_NAME {
+        return Err(serde::de::Error::custom(format!(
+            "file name must be 1-{MAX_FILE_NAME} bytes"
+        )));
+    }
+    Ok(name)
+}
+
+fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    let h = String::deserialize(d)?;
+    if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(h.to_ascii_lowercase())
+    } else {
+        Err(serde::de::Error::custom("sha256 must be 64 hex digits"))
+    }
+}
+
+/// `FILE_START {file_id, name, size, sha256, mode}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileStart {
+    pub file_id: FileId,
+    #[serde(deserialize_with = "file_name")]
+    pub name: String,
+    pub size: u64,
+    #[serde(deserialize_with = "sha256_hex")]
+    pub sha256: String,
+    #[serde(default = "dm_mode")]
+    pub mode: FileMode,
+}
+
+fn dm_mode() -> FileMode {
+    FileMode::Dm
+}
+
+/// `FILE_CHUNK {file_id, index, ciphertext}` plus [ext] `sender_pub` and
+/// `content_sig` (over `ciphertext ‖ from ‖ to ‖ ts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileChunk {
+    pub file_id: FileId,
+    pub index: u64,
+    pub ciphertext: Base64Url,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_pub: Option<PublicKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sig: Option<Signature>,
+}
+
+/// `FILE_END {file_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEnd {
+    pub file_id: FileId,
+}
+
+/// What a SERVER_DELIVER or USER_DELIVER carries, by `kind` ([ext]; absent means `dm`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeliverContent {
+    Dm(MsgDirect),
+    Public(MsgPublicChannel),
+    FileStart(FileStart),
+    FileChunk(FileChunk),
+    FileEnd(FileEnd),
+}
+
+impl DeliverContent {
+    /// The wire `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeliverContent::Dm(_) => "dm",
+            DeliverContent::Public(_) => "public",
+            DeliverContent::FileStart(_) => "file_start",
+            DeliverContent::FileChunk(_) => "file_chunk",
+            DeliverContent::FileEnd(_) => "file_end",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeliverContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let map = Map::<String, Value>::deserialize(d)?;
+        let kind = match map.get("kind") {
+            None | Some(Value::Null) => "dm".to_owned(),
+            Some(Value::String(k)) => k.clone(),
+            Some(_) => return Err(D::Error::custom("`kind` must be a string")),
+        };
+        let value = Value::Object(map);
+        let content = match kind.as_str() {
+            "dm" => DeliverContent::Dm(MsgDirect::deserialize(&value).map_err(D::Error::custom)?),
+            "public" => DeliverContent::Public(
+                MsgPublicChannel::deserialize(&value).map_err(D::Error::custom)?,
+            ),
+            "file_start" => {
+                DeliverContent::FileStart(FileStart::deserialize(&value).map_err(D::Error::custom)?)
+            }
+            "file_chunk" => {
+                DeliverContent::FileChunk(FileChunk::deserialize(&value).map_err(D::Error::custom)?)
+            }
+            "file_end" => {
+                DeliverContent::FileEnd(FileEnd::deserialize(&value).map_err(D::Error::custom)?)
+            }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown kind {:?}",
+                    other.chars().take(32).collect::<String>()
+                )))
+            }
+        };
+        Ok(content)
+    }
+}
+
+/// `SERVER_DELIVER {user_id, sender, orig_ts, kind, ...}` (SPEC.md §5.4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerDeliver {
+    /// The recipient.
+    pub user_id: UserId,
+    /// The sending user.
+    pub sender: UserId,
+    /// The sender's envelope `ts` (what content signatures cover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_ts: Option<i64>,
+    #[serde(flatten)]
+    pub content: DeliverContent,
+}
+
+/// `USER_DELIVER {sender, orig_ts, kind, ...}` (SPEC.md §6.3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDeliver {
+    pub sender: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_ts: Option<i64>,
+    #[serde(flatten)]
+    pub content: DeliverContent,
+}
+
+/// `LIST_REQUEST {}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListRequest {}
+
+/// One online user in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedUser {
+    pub user_id: UserId,
+    pub server_id: ServerId,
+    /// Display name: the username if registered, else the id.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `LIST_RESPONSE {users}`, sorted by name, then id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListResponse {
+    pub users: Vec<ListedUser>,
+}
+
+/// `COMMAND {cmd}` (the first seed's `/list`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Command {
+    pub cmd: String,
+}
+
+/// `COMMAND_RESPONSE {cmd, users}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandResponse {
+    pub cmd: String,
+    #[serde(default)]
+    pub users: Vec<ListedUser>,
+}
+
+/// `ACK {msg_ref}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ack {
+    pub msg_ref: String,
+}
+
+/// `ERROR {code, detail}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    pub code: ErrorCode,
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl ErrorPayload {
+    /// An error payload.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ErrorPayload {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// `USER_REGISTER {user_id, username, pubkey, privkey_store}` (SPEC.md §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRegister {
+    pub user_id: UserId,
+    pub username: Username,
+    pub pubkey: PublicKey,
+    /// The password-protected PKCS#8 private key (PEM text).
+    pub privkey_store: String,
+}
+
+/// `REGISTER_OK {user_id, username}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterOk {
+    pub user_id: UserId,
+    pub username: Username,
+}
+
+/// `LOGIN_REQUEST {who}`: a username or a user id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub who: String,
+}
+
+/// `LOGIN_CHALLENGE {user_id, privkey_store, nonce}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginChallenge {
+    pub user_id: UserId,
+    pub privkey_store: String,
+    pub nonce: String,
+}
