@@ -3,14 +3,16 @@
 //! A Rust implementation of the Secure Overlay Chat Protocol (SOCP v1.3):
 //! a federated, end-to-end-encrypted chat network.
 //!
-//! Layout (see `ARCHITECTURE.md` of the project):
+//! Layout (ARCHITECTURE.md):
 //! - `socp-protocol` (`protocol/`): envelopes, payloads, canonical JSON, RSA-4096 crypto.
 //! - `socp-db` (`db/`): the server's SQLite storage.
 //! - `socp-actors` (`actors/`): the server's actix actors.
-//! - this crate: configuration, server assembly and the client; the binaries in
-//!   `bin/` are thin mains over [`server_main`] and [`client_main`].
+//! - this crate: [`config`] (clap + environment), [`server`] (assembly of the
+//!   actors and the actix-web App); the binaries in `bin/` are thin mains over
+//!   [`server_main`] and [`client_main`].
 
 pub mod config;
+pub mod server;
 
 use clap::Parser;
 
@@ -18,11 +20,49 @@ use clap::Parser;
 pub fn server_main() -> i32 {
     let args = config::ServerArgs::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    log::error!(
-        "socp-server is not implemented yet (would listen on {}); see README.md, Status",
-        args.bind
-    );
-    2
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("socp-server: {e}");
+            return 2;
+        }
+    };
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let server = match server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                return 1;
+            }
+        };
+        wait_for_signal().await;
+        log::info!("shutting down: goodbye to every server and user");
+        server.shutdown().await;
+        0
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = actix_web::rt::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = actix_web::rt::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_web::rt::signal::ctrl_c().await;
+    }
 }
 
 /// Entry point of `socp-client`; returns the process exit code.

@@ -1,1 +1,124 @@
-//! socp-actors
+//! # socp-actors
+//!
+//! The server's actix actors (ARCHITECTURE.md):
+//! - [`router`]: the Router, sole owner of presence, servers and seen-ids, over
+//!   the plain [`routing::RouterState`] whose methods return what to send;
+//! - [`session`]: ClientSession, one per connected user;
+//! - [`peer`]: PeerLink, one per server link (inbound or outbound), and the dialer;
+//! - [`introducer`]: joining a mesh through an introducer;
+//! - [`heartbeat`]: liveness, dead-peer detection, reconnect with backoff;
+//! - [`crypto`]: CryptoPool, all RSA off the event loops;
+//! - [`store`]: Store, all SQLite off the event loops;
+//! - [`transport`]: WebSocket transports and the ordered outbound queue.
+
+pub mod crypto;
+pub mod heartbeat;
+pub mod introducer;
+pub mod peer;
+pub mod router;
+pub mod routing;
+pub mod sequencer;
+pub mod session;
+pub mod store;
+pub mod transport;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use socp_protocol::{Limits, ServerId};
+
+use crate::crypto::CryptoPool;
+use crate::heartbeat::Activity;
+use crate::router::Router;
+use crate::routing::ConnId;
+use crate::store::Store;
+
+/// Limits and timings of a server. The defaults are SPEC.md's.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Frame and envelope size limits.
+    pub limits: Limits,
+    /// A connection must identify within this long.
+    pub identify_timeout: Duration,
+    /// Sustained frames per second a user may send.
+    pub user_rate: f64,
+    /// Burst of frames a user may send.
+    pub user_burst: f64,
+    /// Frames from one user waiting to be processed before it is cut off.
+    pub max_backlog: usize,
+    /// Accept only registered users.
+    pub require_registration: bool,
+    /// A directory-only introducer: no users, no chat.
+    pub introducer_only: bool,
+    /// HEARTBEAT every this long.
+    pub heartbeat_interval: Duration,
+    /// A server silent this long is dead.
+    pub peer_timeout: Duration,
+    /// Signed hellos must be this fresh (ms).
+    pub hello_window_ms: i64,
+    /// Content frames must be this fresh (ms).
+    pub ts_window_ms: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            identify_timeout: Duration::from_secs(10),
+            user_rate: 50.0,
+            user_burst: 200.0,
+            max_backlog: 256,
+            require_registration: false,
+            introducer_only: false,
+            heartbeat_interval: Duration::from_secs(15),
+            peer_timeout: Duration::from_secs(45),
+            hello_window_ms: 2 * 60 * 1000,
+            ts_window_ms: socp_protocol::envelope::TS_WINDOW_MS,
+        }
+    }
+}
+
+/// What every session and link needs: the router, the pools, our id.
+#[derive(Clone)]
+pub struct Shared {
+    pub router: Addr<Router>,
+    pub pool: CryptoPool,
+    pub store: Addr<Store>,
+    pub liveness: Recipient<Activity>,
+    pub me: ServerId,
+    /// Where other servers reach us (host, port), as our hellos say.
+    pub advertised: (String, u16),
+    pub settings: Arc<Settings>,
+    conn_ids: Arc<AtomicU64>,
+}
+
+impl Shared {
+    /// Bundle the server's shared parts.
+    pub fn new(
+        router: Addr<Router>,
+        pool: CryptoPool,
+        store: Addr<Store>,
+        liveness: Recipient<Activity>,
+        me: ServerId,
+        advertised: (String, u16),
+        settings: Settings,
+    ) -> Self {
+        Shared {
+            router,
+            pool,
+            store,
+            liveness,
+            me,
+            advertised,
+            settings: Arc::new(settings),
+            conn_ids: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}

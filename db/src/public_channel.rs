@@ -126,6 +126,19 @@ impl Db {
         })
     }
 
+    /// Raise the stored version to at least `version` (the router counts
+    /// membership changes across the mesh; the stored version never goes back).
+    pub fn raise_public_version(&self, at_least: u64) -> Result<u64> {
+        let wanted = i64::try_from(at_least).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE groups SET version = max(version, ?1) WHERE group_id = ?2",
+                params![wanted, PUBLIC_GROUP],
+            )?;
+            version(tx)
+        })
+    }
+
     /// Whether `member` is in the public channel.
     pub fn is_public_member(&self, member: &UserId) -> Result<bool> {
         self.read(|conn| {
@@ -174,6 +187,14 @@ mod tests {
 
     fn uid(s: &str) -> UserId {
         UserId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn raising_the_version_never_lowers_it() {
+        let db = Db::open_in_memory().unwrap();
+        assert_eq!(db.raise_public_version(7).unwrap(), 7);
+        assert_eq!(db.raise_public_version(3).unwrap(), 7);
+        assert_eq!(db.public_version().unwrap(), 7);
     }
 
     #[test]

@@ -1,0 +1,282 @@
+//! CryptoPool: every RSA operation of the server, on a SyncArbiter with one
+//! thread per core, never on an event loop.
+//!
+//! Signing returns a [`SignedFrame`]: a shared handle that resolves to the
+//! frame's JSON text once signed, so one signature serves every destination
+//! of a broadcast, and destinations can queue it in order before it is ready.
+//! Because a transport signature covers only the payload, identical payloads
+//! (heartbeats, common errors, a user's advertise) are signed once and the
+//! signature is reused from a small cache.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use socp_protocol::crypto::sha256;
+use socp_protocol::{Envelope, PrivateKey, PublicKey, Signature};
+
+/// Frame text ready to write; shared between destinations.
+pub type FrameText = Arc<str>;
+
+/// A frame that is, or will be, signed: resolves to its JSON text, or `None`
+/// if signing failed (the frame is then dropped and logged).
+#[derive(Clone)]
+pub struct SignedFrame(Shared<BoxFuture<'static, Option<FrameText>>>);
+
+impl SignedFrame {
+    /// A frame whose text is already final (a relayed frame, unchanged).
+    pub fn ready(text: FrameText) -> Self {
+        SignedFrame(futures_util::future::ready(Some(text)).boxed().shared())
+    }
+
+    /// Wait for the text.
+    pub fn text(&self) -> impl Future<Output = Option<FrameText>> + Send + 'static {
+        self.0.clone()
+    }
+
+    /// The text, if signing has finished.
+    pub fn peek(&self) -> Option<FrameText> {
+        self.0.peek().cloned().flatten()
+    }
+}
+
+impl std::fmt::Debug for SignedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignedFrame")
+    }
+}
+
+/// How many payload signatures the cache keeps.
+const SIG_CACHE_ENTRIES: usize = 4096;
+
+/// Payload hash → signature, bounded, oldest evicted first.
+#[derive(Default)]
+struct SigCache {
+    map: HashMap<[u8; 32], Signature>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl SigCache {
+    fn get(&self, key: &[u8; 32]) -> Option<Signature> {
+        self.map.get(key).cloned()
+    }
+
+    fn put(&mut self, key: [u8; 32], sig: Signature) {
+        if self.map.insert(key, sig).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > SIG_CACHE_ENTRIES {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// The SyncArbiter worker: holds the server key.
+pub struct CryptoWorker {
+    key: Arc<PrivateKey>,
+}
+
+impl Actor for CryptoWorker {
+    type Context = SyncContext<Self>;
+}
+
+/// Sign an envelope's payload; returns the envelope with `sig` set.
+#[derive(Message)]
+#[rtype(result = "Result<Envelope, socp_protocol::Error>")]
+struct SignEnvelope(Envelope);
+
+impl Handler<SignEnvelope> for CryptoWorker {
+    type Result = Result<Envelope, socp_protocol::Error>;
+
+    fn handle(&mut self, msg: SignEnvelope, _: &mut Self::Context) -> Self::Result {
+        let mut env = msg.0;
+        env.sign(&self.key)?;
+        Ok(env)
+    }
+}
+
+/// Verify an envelope's transport signature; gives the envelope back.
+#[derive(Message)]
+#[rtype(result = "(Envelope, bool)")]
+struct VerifyEnvelope(Envelope, PublicKey);
+
+impl Handler<VerifyEnvelope> for CryptoWorker {
+    type Result = MessageResult<VerifyEnvelope>;
+
+    fn handle(&mut self, msg: VerifyEnvelope, _: &mut Self::Context) -> Self::Result {
+        let ok = msg.0.verify(&msg.1).is_ok();
+        MessageResult((msg.0, ok))
+    }
+}
+
+/// Run a closure on a crypto thread (content-signature checks, OAEP wraps).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Job(Box<dyn FnOnce(&PrivateKey) + Send>);
+
+impl Handler<Job> for CryptoWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Job, _: &mut Self::Context) {
+        (msg.0)(&self.key);
+    }
+}
+
+/// Handle to the pool; cheap to clone.
+#[derive(Clone)]
+pub struct CryptoPool {
+    addr: Addr<CryptoWorker>,
+    public: PublicKey,
+    cache: Arc<Mutex<SigCache>>,
+}
+
+impl CryptoPool {
+    /// Start `threads` workers holding `key` (inside a running actix System).
+    pub fn start(key: PrivateKey, threads: usize) -> CryptoPool {
+        let public = key.public_key().clone();
+        let key = Arc::new(key);
+        let addr = SyncArbiter::start(threads.max(1), move || CryptoWorker { key: key.clone() });
+        CryptoPool {
+            addr,
+            public,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The server's public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// Sign `env` on the pool (or from the cache) and serialise it.
+    pub fn sign(&self, mut env: Envelope) -> SignedFrame {
+        let hash = sha256(&env.signing_bytes());
+        if let Some(sig) = self.cache.lock().ok().and_then(|c| c.get(&hash)) {
+            env.set_sig(sig);
+            return SignedFrame::ready(Arc::from(env.to_json()));
+        }
+        let what = env.summary();
+        let request = self.addr.send(SignEnvelope(env));
+        let cache = self.cache.clone();
+        SignedFrame(
+            async move {
+                match request.await {
+                    Ok(Ok(env)) => {
+                        if let (Some(sig), Ok(mut c)) = (env.sig(), cache.lock()) {
+                            c.put(hash, sig.clone());
+                        }
+                        Some(Arc::from(env.to_json()))
+                    }
+                    Ok(Err(e)) => {
+                        log::error!("signing {what} failed: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        log::error!("crypto pool unavailable: {e}");
+                        None
+                    }
+                }
+            }
+            .boxed()
+            .shared(),
+        )
+    }
+
+    /// Build an envelope on a crypto thread (it may need RSA itself, like an
+    /// OAEP key wrap), sign it there, and serialise it.
+    pub fn sign_built(&self, build: Box<dyn FnOnce() -> Option<Envelope> + Send>) -> SignedFrame {
+        let built = self.run(move |key| {
+            let mut env = build()?;
+            env.sign(key).ok()?;
+            Some(env.to_json())
+        });
+        SignedFrame(
+            async move { built.await.flatten().map(Arc::from) }
+                .boxed()
+                .shared(),
+        )
+    }
+
+    /// Verify `env`'s transport signature with `key` on the pool.
+    pub fn verify(
+        &self,
+        env: Envelope,
+        key: PublicKey,
+    ) -> impl Future<Output = Option<(Envelope, bool)>> + Send + 'static {
+        let request = self.addr.send(VerifyEnvelope(env, key));
+        async move { request.await.ok() }
+    }
+
+    /// Run `f` on a crypto thread and return its result.
+    pub fn run<R, F>(&self, f: F) -> impl Future<Output = Option<R>> + Send + 'static
+    where
+        R: Send + 'static,
+        F: FnOnce(&PrivateKey) -> R + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job(Box::new(move |key| {
+            // The receiver may be gone if the caller stopped; nothing to do then.
+            let _ = tx.send(f(key));
+        }));
+        let sent = self.addr.send(job);
+        async move {
+            sent.await.ok()?;
+            rx.await.ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socp_protocol::message::Heartbeat;
+    use socp_protocol::{fixtures, ServerId, To};
+
+    #[actix::test]
+    async fn signs_off_loop_and_caches_identical_payloads() {
+        let key = fixtures::key(0);
+        let public = key.public_key().clone();
+        let pool = CryptoPool::start(key, 2);
+        let me = ServerId::random();
+        let env = Envelope::new(&me, To::All, 1, &Heartbeat {});
+        let first = pool.sign(env.clone());
+        let text = first.text().await.expect("signed");
+        let parsed = Envelope::parse(text.as_bytes()).expect("parses");
+        parsed.verify(&public).expect("verifies");
+        // Same payload, other envelope fields: served from the cache at once.
+        let again = pool.sign(Envelope::new(&me, To::All, 2, &Heartbeat {}));
+        assert!(
+            again.peek().is_some(),
+            "cached signature is ready immediately"
+        );
+        let (env, ok) = pool.verify(parsed, public).await.expect("pool answers");
+        assert!(ok);
+        assert_eq!(env.ts(), 1);
+    }
+
+    #[actix::test]
+    async fn verify_rejects_another_key() {
+        let pool = CryptoPool::start(fixtures::key(1), 1);
+        let me = ServerId::random();
+        let text = pool
+            .sign(Envelope::new(&me, To::All, 1, &Heartbeat {}))
+            .text()
+            .await
+            .expect("signed");
+        let env = Envelope::parse(text.as_bytes()).expect("parses");
+        let other = fixtures::key(2).public_key().clone();
+        let (_, ok) = pool.verify(env, other).await.expect("pool answers");
+        assert!(!ok);
+    }
+
+    #[actix::test]
+    async fn run_executes_on_the_pool() {
+        let pool = CryptoPool::start(fixtures::key(3), 1);
+        let fp = pool.run(|key| key.public_key().fingerprint()).await;
+        assert_eq!(fp, Some(pool.public_key().fingerprint()));
+    }
+}

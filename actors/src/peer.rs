@@ -1,0 +1,536 @@
+//! PeerLink: one per server-to-server link, inbound or outbound. Owns the
+//! socket (through its transport), the peer's pinned key and its outbound
+//! queue. Every frame received is verified (on the crypto pool) against the
+//! key pinned to its `from` server before the router sees it (SPEC.md §5.2).
+//!
+//! Also the [`Dialer`], which opens outbound links with awc.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use socp_protocol::message::{ErrorPayload, ServerAddress, ServerHelloJoin, ServerHelloLink};
+use socp_protocol::{now_ms, Envelope, ErrorCode, Message, PublicKey, ServerId, To};
+
+use crate::crypto::FrameText;
+use crate::heartbeat::Activity;
+use crate::router::{
+    Dial, JoinRequest, LinkDown, LinkEvent, LinkFrame, LinkUp, Outbound, ServerKey,
+};
+use crate::routing::{Conn, ConnId, Peer};
+use crate::transport::{close, AwcTransport, HasOutQueue, Inbound, OutQueue, Wire};
+use crate::Shared;
+
+/// Bad frames a link may send before it is closed.
+const MAX_STRIKES: u32 = 50;
+
+/// Most frames waiting on one link while one is verified.
+const MAX_LINK_BACKLOG: usize = 4096;
+
+/// One server link.
+pub struct PeerLink {
+    shared: Shared,
+    conn_id: ConnId,
+    out: OutQueue,
+    /// The server at the other end: known from the start when we dial, after
+    /// its verified hello when it dialled us.
+    peer: Option<Peer>,
+    /// Whether we opened this link.
+    outbound: bool,
+    /// Frames received while one is being verified.
+    backlog: VecDeque<FrameText>,
+    busy: bool,
+    /// Bad frames so far.
+    strikes: u32,
+    /// When liveness was last reported (reports are throttled).
+    reported: Option<Instant>,
+}
+
+impl PeerLink {
+    fn new(shared: Shared, transport: Recipient<Wire>, peer: Option<Peer>, outbound: bool) -> Self {
+        PeerLink {
+            conn_id: shared.next_conn_id(),
+            shared,
+            out: OutQueue::new(transport),
+            peer,
+            outbound,
+            backlog: VecDeque::new(),
+            busy: false,
+            strikes: 0,
+            reported: None,
+        }
+    }
+
+    /// A link a server opened to us; `first` is its first frame.
+    pub fn start_inbound(
+        shared: Shared,
+        transport: Recipient<Wire>,
+        first: FrameText,
+    ) -> Addr<PeerLink> {
+        let addr = PeerLink::new(shared, transport, None, false).start();
+        addr.do_send(Inbound::Text(first));
+        addr
+    }
+
+    /// A link we open to `peer` over a connected awc socket.
+    pub fn start_outbound(
+        shared: Shared,
+        framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+        peer: Peer,
+    ) -> Addr<PeerLink> {
+        let max_frame = shared.settings.limits.max_frame_bytes;
+        PeerLink::create(move |ctx| {
+            let transport = AwcTransport::start(framed, ctx.address().recipient(), max_frame);
+            PeerLink::new(shared, transport.recipient(), Some(peer), true)
+        })
+    }
+
+    /// A link over an arbitrary transport (tests stand a recorder in for the socket).
+    pub fn start_with_transport(
+        shared: Shared,
+        transport: Recipient<Wire>,
+        peer: Option<Peer>,
+        outbound: bool,
+    ) -> Addr<PeerLink> {
+        PeerLink::new(shared, transport, peer, outbound).start()
+    }
+
+    fn conn(&self, ctx: &Context<Self>) -> Conn<crate::router::Handle> {
+        Conn {
+            id: self.conn_id,
+            tx: ctx.address().recipient(),
+        }
+    }
+
+    fn send(&mut self, ctx: &mut Context<Self>, to: To, msg: Message) {
+        let frame =
+            self.shared
+                .pool
+                .sign(Envelope::from_message(&self.shared.me, to, now_ms(), &msg));
+        OutQueue::push(ctx, self, Outbound::Frame(frame));
+    }
+
+    fn strike(&mut self, ctx: &mut Context<Self>, code: ErrorCode, detail: String) {
+        self.strikes += 1;
+        let who = self.peer.as_ref().map_or_else(
+            || "unidentified server".to_owned(),
+            |p| p.server_id.to_string(),
+        );
+        log::warn!("link {} ({who}): {code} {detail}", self.conn_id);
+        let to = self
+            .peer
+            .as_ref()
+            .map_or(To::All, |p| To::from(&p.server_id));
+        self.send(ctx, to, Message::Error(ErrorPayload::new(code, detail)));
+        if self.strikes > MAX_STRIKES || self.peer.is_none() {
+            self.close(ctx, close::POLICY, "bad frames");
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        OutQueue::push(ctx, self, Outbound::Close(code, reason.to_owned()));
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while !self.busy {
+            let Some(text) = self.backlog.pop_front() else {
+                return;
+            };
+            self.process(ctx, text);
+        }
+    }
+
+    fn wait_for<F, T>(&mut self, ctx: &mut Context<Self>, fut: F, then: T)
+    where
+        F: std::future::Future + 'static,
+        T: FnOnce(&mut Self, &mut Context<Self>, F::Output) + 'static,
+    {
+        self.busy = true;
+        ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
+            then(act, ctx, out);
+            act.busy = false;
+            act.drain(ctx);
+        }));
+    }
+
+    fn report_alive(&mut self) {
+        let Some(peer) = &self.peer else { return };
+        let now = Instant::now();
+        let every = self.shared.settings.heartbeat_interval / 4;
+        if self.reported.is_none_or(|t| now.duration_since(t) >= every) {
+            self.reported = Some(now);
+            self.shared
+                .liveness
+                .do_send(Activity(peer.server_id.clone()));
+        }
+    }
+
+    fn process(&mut self, ctx: &mut Context<Self>, raw: FrameText) {
+        let env = match Envelope::parse_with(raw.as_bytes(), &self.shared.settings.limits) {
+            Ok(env) => env,
+            Err(e) => return self.strike(ctx, e.code(), e.to_string()),
+        };
+        if env.known_type().is_none() {
+            let t: String = env.msg_type().chars().take(64).collect();
+            return self.strike(ctx, ErrorCode::UnknownType, format!("unknown type {t}"));
+        }
+        let msg = match env.message() {
+            Ok(msg) => msg,
+            Err(e) => return self.strike(ctx, e.code(), e.to_string()),
+        };
+        match self.peer.clone() {
+            None => self.identify(ctx, env, msg, raw),
+            Some(peer) => self.linked(ctx, peer, env, msg, raw),
+        }
+    }
+
+    /// The first frame of an inbound link: a join request, or a hello from a
+    /// server in the mesh. Self-signed with the key it carries.
+    fn identify(&mut self, ctx: &mut Context<Self>, env: Envelope, msg: Message, raw: FrameText) {
+        let address = match &msg {
+            Message::ServerHelloJoin(ServerHelloJoin(a)) => a.clone(),
+            Message::ServerHelloLink(ServerHelloLink(a)) => a.clone(),
+            Message::ServerAnnounce(socp_protocol::message::ServerAnnounce(a)) => a.clone(),
+            _ => {
+                self.close(ctx, close::POLICY, "identify first");
+                return;
+            }
+        };
+        let server_id = env.from_server();
+        if server_id == self.shared.me {
+            self.close(ctx, close::POLICY, "that is our own server id");
+            return;
+        }
+        let pool = self.shared.pool.clone();
+        let router = self.shared.router.clone();
+        let key = address.pubkey.clone();
+        let fut = async move {
+            let pinned = router
+                .send(ServerKey(server_id.clone()))
+                .await
+                .ok()
+                .flatten();
+            if pinned.as_ref().is_some_and(|p| *p != key) {
+                return Err(format!("server id {server_id} is pinned to another key"));
+            }
+            match pool.verify(env, key).await {
+                Some((env, true)) => Ok(env),
+                _ => Err("hello signature does not verify with its key".to_owned()),
+            }
+        };
+        self.wait_for(ctx, fut, move |act, ctx, checked| {
+            let env = match checked {
+                Ok(env) => env,
+                Err(detail) => {
+                    act.strike(ctx, ErrorCode::InvalidSig, detail);
+                    return;
+                }
+            };
+            match msg {
+                Message::ServerHelloJoin(_) => act.join(ctx, env, address),
+                _ => act.link(ctx, env, msg, address, raw),
+            }
+        });
+    }
+
+    /// We are the introducer: answer SERVER_WELCOME, then close.
+    fn join(&mut self, ctx: &mut Context<Self>, env: Envelope, address: ServerAddress) {
+        let requested = env.from_server();
+        let request = self.shared.router.send(JoinRequest {
+            requested: requested.clone(),
+            address,
+        });
+        self.wait_for(ctx, request, move |act, ctx, welcome| match welcome {
+            Ok(welcome) => {
+                act.send(ctx, To::from(&requested), Message::ServerWelcome(welcome));
+                act.close(ctx, close::NORMAL, "welcome sent");
+            }
+            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+        });
+    }
+
+    /// A mesh server linked to us.
+    fn link(
+        &mut self,
+        ctx: &mut Context<Self>,
+        env: Envelope,
+        msg: Message,
+        address: ServerAddress,
+        raw: FrameText,
+    ) {
+        let peer = Peer {
+            server_id: env.from_server(),
+            host: address.host,
+            port: address.port,
+            pubkey: address.pubkey,
+        };
+        let up = self.shared.router.send(LinkUp {
+            peer: peer.clone(),
+            conn: self.conn(ctx),
+            opened_by_me: false,
+        });
+        self.wait_for(ctx, up, move |act, ctx, result| match result {
+            Ok(Ok(())) => {
+                act.peer = Some(peer.clone());
+                act.report_alive();
+                if matches!(msg, Message::ServerAnnounce(_)) {
+                    act.shared.router.do_send(LinkFrame {
+                        link: peer.server_id,
+                        env,
+                        msg,
+                        raw,
+                    });
+                }
+            }
+            Ok(Err(refusal)) => {
+                act.send(
+                    ctx,
+                    To::from(&peer.server_id),
+                    Message::Error(ErrorPayload::new(refusal.code, refusal.detail)),
+                );
+                act.close(ctx, close::POLICY, "link refused");
+            }
+            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+        });
+    }
+
+    /// A frame on an established link: verify against the key pinned to its
+    /// `from` server, then hand it to the router in arrival order.
+    fn linked(
+        &mut self,
+        ctx: &mut Context<Self>,
+        peer: Peer,
+        env: Envelope,
+        msg: Message,
+        raw: FrameText,
+    ) {
+        let from = env.from_server();
+        let from_link = from == peer.server_id;
+        if matches!(msg, Message::Heartbeat(_) | Message::ServerHelloLink(_)) && !from_link {
+            return self.strike(
+                ctx,
+                ErrorCode::InvalidSig,
+                format!(
+                    "{} must come from the link's own server",
+                    msg.msg_type().as_str()
+                ),
+            );
+        }
+        if !env.is_fresh(now_ms(), self.shared.settings.ts_window_ms) {
+            return self.strike(
+                ctx,
+                ErrorCode::BadRequest,
+                "`ts` is outside the accepted window".into(),
+            );
+        }
+        let pool = self.shared.pool.clone();
+        let router = self.shared.router.clone();
+        let link_key = peer.pubkey.clone();
+        let fut = async move {
+            let key: PublicKey = if from_link {
+                link_key
+            } else {
+                match router.send(ServerKey(from.clone())).await.ok().flatten() {
+                    Some(k) => k,
+                    // `from` is no server we know. Another implementation may
+                    // forward a user's content frame as-is (SPEC.md §6.4): such a
+                    // frame must carry the link server's signature.
+                    None if is_user_content(&msg) => link_key,
+                    None => return Err(format!("`from` {from} is not a known server")),
+                }
+            };
+            match pool.verify(env, key).await {
+                Some((env, true)) => Ok((env, msg)),
+                _ => Err("signature does not verify".to_owned()),
+            }
+        };
+        self.wait_for(ctx, fut, move |act, ctx, checked| match checked {
+            Ok((env, msg)) => {
+                act.report_alive();
+                act.shared.router.do_send(LinkFrame {
+                    link: peer.server_id,
+                    env,
+                    msg,
+                    raw,
+                });
+            }
+            Err(detail) => act.strike(ctx, ErrorCode::InvalidSig, detail),
+        });
+    }
+}
+
+fn is_user_content(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::MsgDirect(_)
+            | Message::MsgPublicChannel(_)
+            | Message::FileStart(_)
+            | Message::FileChunk(_)
+            | Message::FileEnd(_)
+    )
+}
+
+impl Actor for PeerLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if !self.outbound {
+            let within = self.shared.settings.identify_timeout;
+            ctx.run_later(within, |act, ctx| {
+                if act.peer.is_none() {
+                    act.close(ctx, close::POLICY, "identification timeout");
+                }
+            });
+            return;
+        }
+        let Some(peer) = self.peer.clone() else {
+            return;
+        };
+        // Our hello first, then the router learns the link is up (and sends
+        // our SERVER_ANNOUNCE over it).
+        let hello = ServerHelloLink(ServerAddress {
+            host: self.shared_host(),
+            port: self.shared_port(),
+            pubkey: self.shared.pool.public_key().clone(),
+        });
+        self.send(
+            ctx,
+            To::from(&peer.server_id),
+            Message::ServerHelloLink(hello),
+        );
+        let up = self.shared.router.send(LinkUp {
+            peer: peer.clone(),
+            conn: self.conn(ctx),
+            opened_by_me: true,
+        });
+        self.report_alive();
+        self.wait_for(ctx, up, move |act, ctx, result| {
+            if !matches!(result, Ok(Ok(()))) {
+                log::warn!("link to {} refused by the router", peer.server_id);
+                act.close(ctx, close::POLICY, "link refused");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(peer) = &self.peer {
+            self.shared.router.do_send(LinkDown {
+                server_id: peer.server_id.clone(),
+                conn_id: self.conn_id,
+            });
+        }
+    }
+}
+
+impl PeerLink {
+    fn shared_host(&self) -> String {
+        self.shared.advertised.0.clone()
+    }
+
+    fn shared_port(&self) -> u16 {
+        self.shared.advertised.1
+    }
+}
+
+impl HasOutQueue for PeerLink {
+    fn out_queue(&mut self) -> &mut OutQueue {
+        &mut self.out
+    }
+}
+
+impl Handler<Inbound> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+        match msg {
+            Inbound::Text(text) => {
+                if self.backlog.len() >= MAX_LINK_BACKLOG {
+                    self.close(ctx, close::POLICY, "too many frames waiting");
+                    return;
+                }
+                self.backlog.push_back(text);
+                self.drain(ctx);
+            }
+            Inbound::Binary => self.strike(
+                ctx,
+                ErrorCode::BadRequest,
+                "binary frames are not part of the protocol".into(),
+            ),
+            Inbound::Closed => ctx.stop(),
+        }
+    }
+}
+
+impl Handler<Outbound> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        OutQueue::push(ctx, self, msg);
+    }
+}
+
+/// Opens outbound links with awc; one dial per server at a time.
+pub struct Dialer {
+    shared: Shared,
+    client: Option<awc::Client>,
+    /// Servers being dialled now.
+    dialling: HashSet<ServerId>,
+    liveness: Recipient<LinkEvent>,
+}
+
+impl Dialer {
+    /// A dialer whose links use `shared`; failures are reported to `liveness`
+    /// (which schedules the retry).
+    pub fn new(shared: Shared, liveness: Recipient<LinkEvent>) -> Self {
+        Dialer {
+            shared,
+            client: None,
+            dialling: HashSet::new(),
+            liveness,
+        }
+    }
+}
+
+impl Actor for Dialer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        self.client = Some(
+            awc::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .finish(),
+        );
+    }
+}
+
+impl Handler<Dial> for Dialer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) {
+        let peer = msg.0;
+        let Some(client) = &self.client else { return };
+        if !self.dialling.insert(peer.server_id.clone()) {
+            return;
+        }
+        let url = format!("ws://{}:{}/ws", peer.host, peer.port);
+        let max_frame = self.shared.settings.limits.max_frame_bytes;
+        let request = client.ws(url.as_str()).max_frame_size(max_frame);
+        let shared = self.shared.clone();
+        let liveness = self.liveness.clone();
+        ctx.spawn(async move { request.connect().await }.into_actor(self).map(
+            move |result, act, _| {
+                act.dialling.remove(&peer.server_id);
+                match result {
+                    Ok((_, framed)) => {
+                        log::info!("dialled server {} at {url}", peer.server_id);
+                        PeerLink::start_outbound(shared, framed, peer);
+                    }
+                    Err(e) => {
+                        log::info!("cannot reach server {} at {url}: {e}", peer.server_id);
+                        liveness.do_send(LinkEvent::Down(peer.server_id));
+                    }
+                }
+            },
+        ));
+    }
+}

@@ -1,0 +1,438 @@
+//! The Router actor and its messages: the only owner of local users, user
+//! locations, servers, server addresses and the seen-ids cache. A thin shell
+//! over [`RouterState`]: handlers feed it and carry out the returned actions.
+
+use actix::prelude::*;
+use serde_json::Value;
+use socp_protocol::message::{ServerAddress, ServerWelcome};
+use socp_protocol::{now_ms, Envelope, Message, PublicKey, ServerId, UserId};
+
+use crate::crypto::{FrameText, SignedFrame};
+use crate::routing::{Action, Conn, ConnId, Peer, PeerFrame, Refusal, RouterState, StoreOp};
+
+/// What the router (or a session) tells a session or link to do.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum Outbound {
+    /// Write this frame (in the order queued).
+    Frame(SignedFrame),
+    /// Close with this WebSocket close code, after the frames queued before.
+    Close(u16, String),
+}
+
+/// A session's or link's handle as the router keeps it.
+pub type Handle = Recipient<Outbound>;
+
+/// Attach a user (a USER_HELLO passed its checks).
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct Attach {
+    pub conn: Conn<Handle>,
+    pub user_id: UserId,
+    pub pubkey: PublicKey,
+    pub name: Option<String>,
+    pub registered: bool,
+}
+
+/// A user's session ended or re-identified. Idempotent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub conn_id: ConnId,
+    pub user_id: UserId,
+}
+
+/// A checked frame from a local user.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UserFrame {
+    pub user_id: UserId,
+    pub env: Envelope,
+    pub msg: Message,
+}
+
+/// Whether a user id is attached anywhere in the mesh.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsOnline(pub UserId);
+
+/// Record a frame in the seen-ids cache; false if it was seen before (replay).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct FirstSight(pub [u8; 32], pub i64);
+
+/// The pinned key of a server (for verifying frames from it).
+#[derive(Message)]
+#[rtype(result = "Option<PublicKey>")]
+pub struct ServerKey(pub ServerId);
+
+/// A server link is up.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct LinkUp {
+    pub peer: Peer,
+    pub conn: Conn<Handle>,
+    pub opened_by_me: bool,
+}
+
+/// A server link closed. Idempotent per connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkDown {
+    pub server_id: ServerId,
+    pub conn_id: ConnId,
+}
+
+/// A verified frame from a server link.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkFrame {
+    pub link: ServerId,
+    pub env: Envelope,
+    pub msg: Message,
+    pub raw: FrameText,
+}
+
+/// A server asks to join through us.
+#[derive(Message)]
+#[rtype(result = "ServerWelcome")]
+pub struct JoinRequest {
+    pub requested: ServerId,
+    pub address: ServerAddress,
+}
+
+/// Our join was answered: learn the mesh and link to every server.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Joined(pub ServerWelcome);
+
+/// Time to send heartbeats.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendHeartbeats;
+
+/// A linked server went silent past the timeout.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerDead(pub ServerId);
+
+/// Try to link to a known server again (after backoff).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconnect(pub ServerId);
+
+/// A server remembered from an earlier run: learn it and link to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Remember(pub Peer);
+
+/// Say goodbye to everyone and close every connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// A JSON snapshot for `/status`.
+#[derive(Message)]
+#[rtype(result = "Value")]
+pub struct Status;
+
+/// Ask a dialer to open an outbound link.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Dial(pub Peer);
+
+/// What the router tells the heartbeat actor about links.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum LinkEvent {
+    /// A link is up: start watching it, reset its backoff.
+    Up(ServerId),
+    /// A link went down: schedule a reconnect.
+    Down(ServerId),
+    /// A server left for good (goodbye): stop reconnecting.
+    Gone(ServerId),
+}
+
+/// Where the router's side effects go: injected so tests can record them.
+pub struct RouterPorts {
+    pub store: Recipient<StoreOp>,
+    pub dialer: Recipient<Dial>,
+    pub liveness: Recipient<LinkEvent>,
+}
+
+/// The Router actor.
+pub struct Router {
+    state: RouterState<Handle>,
+    ports: RouterPorts,
+    /// Heartbeat rounds so far (the known-servers log line is periodic).
+    rounds: u64,
+}
+
+impl Router {
+    /// A router over `state`.
+    pub fn new(state: RouterState<Handle>, ports: RouterPorts) -> Self {
+        Router {
+            state,
+            ports,
+            rounds: 0,
+        }
+    }
+
+    fn run(&mut self, actions: Vec<Action<Handle>>) {
+        for action in actions {
+            match action {
+                Action::Send(to, frame) => to.do_send(Outbound::Frame(frame)),
+                Action::Close(to, code, reason) => to.do_send(Outbound::Close(code, reason)),
+                Action::Connect(peer) => self.ports.dialer.do_send(Dial(peer)),
+                Action::Store(op) => self.ports.store.do_send(op),
+            }
+        }
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Routing must not stall under load: a deep mailbox is better than
+        // dropped frames; sessions apply their own rate limits.
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<Attach> for Router {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) -> Self::Result {
+        let user = msg.user_id.clone();
+        let actions = self.state.attach(
+            msg.conn,
+            msg.user_id,
+            msg.pubkey,
+            msg.name,
+            msg.registered,
+            now_ms(),
+        )?;
+        log::info!("user {user} attached");
+        self.run(actions);
+        Ok(())
+    }
+}
+
+impl Handler<Detach> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, _: &mut Self::Context) {
+        let actions = self.state.detach(msg.conn_id, &msg.user_id, now_ms());
+        if !actions.is_empty() {
+            log::info!("user {} left", msg.user_id);
+        }
+        self.run(actions);
+    }
+}
+
+impl Handler<UserFrame> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: UserFrame, _: &mut Self::Context) {
+        let actions = self
+            .state
+            .from_user(&msg.user_id, &msg.env, msg.msg, now_ms());
+        self.run(actions);
+    }
+}
+
+impl Handler<IsOnline> for Router {
+    type Result = bool;
+
+    fn handle(&mut self, msg: IsOnline, _: &mut Self::Context) -> bool {
+        self.state.is_online(&msg.0)
+    }
+}
+
+impl Handler<FirstSight> for Router {
+    type Result = bool;
+
+    fn handle(&mut self, msg: FirstSight, _: &mut Self::Context) -> bool {
+        self.state.first_sight_key(msg.0, msg.1, now_ms())
+    }
+}
+
+impl Handler<ServerKey> for Router {
+    type Result = Option<PublicKey>;
+
+    fn handle(&mut self, msg: ServerKey, _: &mut Self::Context) -> Self::Result {
+        self.state.server_key(&msg.0).cloned()
+    }
+}
+
+impl Handler<LinkUp> for Router {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: LinkUp, _: &mut Self::Context) -> Self::Result {
+        let server = msg.peer.server_id.clone();
+        let tx = msg.conn.tx.clone();
+        let mut actions = self.state.link_up(msg.peer, msg.conn, msg.opened_by_me)?;
+        if msg.opened_by_me {
+            // Our SERVER_ANNOUNCE follows our hello on every link we open.
+            for action in self.state.announce(now_ms()) {
+                if let Action::Send(_, frame) = action {
+                    actions.push(Action::Send(tx.clone(), frame));
+                    break;
+                }
+            }
+        }
+        log::info!("link to server {server} up");
+        self.ports.liveness.do_send(LinkEvent::Up(server));
+        self.run(actions);
+        Ok(())
+    }
+}
+
+impl Handler<LinkDown> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkDown, _: &mut Self::Context) {
+        let (actions, was_current) = self.state.link_down(&msg.server_id, msg.conn_id, now_ms());
+        if was_current {
+            log::info!("link to server {} down", msg.server_id);
+            self.ports.liveness.do_send(LinkEvent::Down(msg.server_id));
+        }
+        self.run(actions);
+    }
+}
+
+impl Handler<LinkFrame> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkFrame, _: &mut Self::Context) {
+        let now = now_ms();
+        let from_is_server = self.state.server_key(&msg.env.from_server()).is_some();
+        if let (Message::ServerGoodbye(_), true) = (&msg.msg, from_is_server) {
+            let server = msg.env.from_server();
+            self.ports.liveness.do_send(LinkEvent::Gone(server.clone()));
+        }
+        let actions = if from_is_server {
+            self.state.from_server(
+                PeerFrame {
+                    link: &msg.link,
+                    env: &msg.env,
+                    msg: msg.msg,
+                    raw: &msg.raw,
+                },
+                now,
+            )
+        } else {
+            self.state
+                .from_server_user_frame(&msg.link, &msg.env, msg.msg, now)
+        };
+        self.run(actions);
+    }
+}
+
+impl Handler<JoinRequest> for Router {
+    type Result = MessageResult<JoinRequest>;
+
+    fn handle(&mut self, msg: JoinRequest, _: &mut Self::Context) -> Self::Result {
+        let welcome = self.state.welcome(&msg.requested, &msg.address);
+        log::info!(
+            "server {} joins through us as {}",
+            msg.requested,
+            welcome.assigned_id
+        );
+        MessageResult(welcome)
+    }
+}
+
+impl Handler<Joined> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Joined, _: &mut Self::Context) {
+        let (to_link, actions) = self.state.apply_welcome(&msg.0);
+        self.run(actions);
+        for peer in to_link {
+            self.ports.dialer.do_send(Dial(peer));
+        }
+    }
+}
+
+impl Handler<SendHeartbeats> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: SendHeartbeats, _: &mut Self::Context) {
+        let actions = self.state.heartbeat(now_ms());
+        self.run(actions);
+        self.rounds += 1;
+        if self.rounds % 4 == 1 {
+            log::info!("{}", self.state.known_servers_line());
+        }
+    }
+}
+
+impl Handler<PeerDead> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerDead, _: &mut Self::Context) {
+        let Some(conn) = self.state.link_of(&msg.0).cloned() else {
+            return;
+        };
+        log::warn!("server {} silent past the timeout: closing its link", msg.0);
+        conn.tx
+            .do_send(Outbound::Close(1001, "heartbeat timeout".into()));
+        let (actions, was_current) = self.state.link_down(&msg.0, conn.id, now_ms());
+        if was_current {
+            self.ports.liveness.do_send(LinkEvent::Down(msg.0));
+        }
+        self.run(actions);
+    }
+}
+
+impl Handler<Reconnect> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconnect, _: &mut Self::Context) {
+        if self.state.is_linked(&msg.0) {
+            return;
+        }
+        if let Some(peer) = self
+            .state
+            .peers()
+            .into_iter()
+            .find(|p| p.server_id == msg.0)
+        {
+            self.ports.dialer.do_send(Dial(peer));
+        }
+    }
+}
+
+impl Handler<Remember> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Remember, _: &mut Self::Context) {
+        match self.state.learn_server(msg.0.clone()) {
+            Ok(_) => {
+                if !self.state.is_linked(&msg.0.server_id) {
+                    self.ports.dialer.do_send(Dial(msg.0));
+                }
+            }
+            Err(r) => log::warn!("remembered server {}: {}", msg.0.server_id, r.detail),
+        }
+    }
+}
+
+impl Handler<Shutdown> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+        let actions = self.state.shutdown(now_ms());
+        self.run(actions);
+    }
+}
+
+impl Handler<Status> for Router {
+    type Result = MessageResult<Status>;
+
+    fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.status())
+    }
+}

@@ -1,0 +1,723 @@
+//! ClientSession: one per connected user. Owns the user's identity once a
+//! hello succeeded, its rate limiter, and its ordered outbound queue.
+//!
+//! Frames from the user are handled one at a time, in order: checks that need
+//! the database or RSA run off the loop and the next frame waits for them. A
+//! user is limited to `user_rate` frames/s (burst `user_burst`) anyway, so
+//! order costs no throughput; parallelism comes from many users.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use actix::prelude::*;
+use socp_db::NewUser;
+use socp_protocol::content;
+use socp_protocol::message::{
+    Ack, ErrorPayload, LoginChallenge, LoginRequest, RegisterOk, UserHello, UserRegister,
+};
+use socp_protocol::{
+    crypto::b64url_encode, crypto::random_bytes, now_ms, Envelope, ErrorCode, Message, PublicKey,
+    To, UserId,
+};
+
+use crate::crypto::FrameText;
+use crate::router::{Attach, Detach, Outbound, UserFrame};
+use crate::routing::{Conn, ConnId};
+use crate::store::{FindUser, GetUser, Register};
+use crate::transport::{close, HasOutQueue, Inbound, OutQueue, Wire};
+use crate::Shared;
+
+/// A content-signature check to run on the crypto pool.
+type ContentCheck = Box<dyn FnOnce(&PublicKey) -> bool + Send>;
+
+/// Longest accepted `privkey_store` (an encrypted RSA-4096 PKCS#8 PEM is ~3.5 KB).
+const MAX_KEY_STORE: usize = 16 * 1024;
+
+/// Tokens a malformed or refused frame costs, on top of its own: garbage
+/// floods reach the limit sooner than traffic.
+const BAD_FRAME_COST: f64 = 4.0;
+
+/// A token bucket: `rate` tokens/s up to `burst`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        TokenBucket {
+            tokens: burst,
+            rate,
+            burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Take `n` tokens at `now`; the balance may go negative (debt), and the
+    /// result says whether the frame was within the limit.
+    pub fn take_at(&mut self, n: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens -= n;
+        self.tokens >= 0.0
+    }
+
+    /// Whether the debt is so deep the sender is flooding (a full burst owed).
+    pub fn flooding(&self) -> bool {
+        self.tokens < -self.burst
+    }
+}
+
+/// Who the session is.
+#[derive(Debug, Clone)]
+struct Identity {
+    user_id: UserId,
+    pubkey: PublicKey,
+}
+
+/// One connected user.
+pub struct ClientSession {
+    shared: Shared,
+    conn_id: ConnId,
+    out: OutQueue,
+    /// Set once a hello succeeded.
+    identity: Option<Identity>,
+    /// Frames received while one is being handled.
+    backlog: VecDeque<FrameText>,
+    /// A frame's checks are running off the loop.
+    busy: bool,
+    bucket: TokenBucket,
+    /// The last LOGIN_CHALLENGE sent: for whom, and its nonce.
+    challenge: Option<(UserId, String)>,
+}
+
+impl ClientSession {
+    /// Start a session for a connection whose first frame is `first`.
+    pub fn start(
+        shared: Shared,
+        transport: Recipient<Wire>,
+        first: FrameText,
+    ) -> Addr<ClientSession> {
+        let settings = shared.settings.clone();
+        let session = ClientSession {
+            conn_id: shared.next_conn_id(),
+            shared,
+            out: OutQueue::new(transport),
+            identity: None,
+            backlog: VecDeque::new(),
+            busy: false,
+            bucket: TokenBucket::new(settings.user_rate, settings.user_burst),
+            challenge: None,
+        };
+        let addr = session.start();
+        addr.do_send(Inbound::Text(first));
+        addr
+    }
+
+    fn handle_of(ctx: &Context<Self>) -> crate::router::Handle {
+        ctx.address().recipient()
+    }
+
+    /// Sign and queue a frame to the user.
+    fn reply(&mut self, ctx: &mut Context<Self>, to: &str, msg: Message) {
+        let to = To::parse(to).unwrap_or(To::All);
+        let frame =
+            self.shared
+                .pool
+                .sign(Envelope::from_message(&self.shared.me, to, now_ms(), &msg));
+        OutQueue::push(ctx, self, Outbound::Frame(frame));
+    }
+
+    fn error(
+        &mut self,
+        ctx: &mut Context<Self>,
+        to: &str,
+        code: ErrorCode,
+        detail: impl Into<String>,
+    ) {
+        let detail = detail.into();
+        log::debug!("session {}: ERROR {code} {detail}", self.conn_id);
+        self.reply(ctx, to, Message::Error(ErrorPayload::new(code, detail)));
+    }
+
+    /// An error for bad input: costs extra tokens; a flood is cut off.
+    fn bad_input(
+        &mut self,
+        ctx: &mut Context<Self>,
+        to: &str,
+        code: ErrorCode,
+        detail: impl Into<String>,
+    ) {
+        self.bucket.take_at(BAD_FRAME_COST, Instant::now());
+        self.error(ctx, to, code, detail);
+        if self.bucket.flooding() {
+            self.close(ctx, close::POLICY, "too many bad frames");
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        log::info!("session {}: closing ({code} {reason})", self.conn_id);
+        OutQueue::push(ctx, self, Outbound::Close(code, reason.to_owned()));
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while !self.busy {
+            let Some(text) = self.backlog.pop_front() else {
+                return;
+            };
+            self.process(ctx, text);
+        }
+    }
+
+    /// Run `fut` off the loop; the next frame waits until `then` has run.
+    fn wait_for<F, T>(&mut self, ctx: &mut Context<Self>, fut: F, then: T)
+    where
+        F: std::future::Future + 'static,
+        T: FnOnce(&mut Self, &mut Context<Self>, F::Output) + 'static,
+    {
+        self.busy = true;
+        ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
+            then(act, ctx, out);
+            act.busy = false;
+            act.drain(ctx);
+        }));
+    }
+
+    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText) {
+        let env = match Envelope::parse_with(text.as_bytes(), &self.shared.settings.limits) {
+            Ok(env) => env,
+            Err(e) => {
+                let to = self
+                    .identity
+                    .as_ref()
+                    .map_or_else(|| "*".to_owned(), |i| i.user_id.to_string());
+                self.bad_input(ctx, &to, e.code(), e.to_string());
+                if self.identity.is_none() {
+                    self.close(ctx, close::POLICY, "identify with USER_HELLO first");
+                }
+                return;
+            }
+        };
+        let from = env.from().to_owned();
+        if env.known_type().is_none() {
+            self.bad_input(
+                ctx,
+                &from,
+                ErrorCode::UnknownType,
+                format!(
+                    "unknown type {}",
+                    env.msg_type().chars().take(64).collect::<String>()
+                ),
+            );
+            return;
+        }
+        let msg = match env.message() {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.bad_input(ctx, &from, e.code(), e.to_string());
+                if self.identity.is_none() {
+                    self.close(ctx, close::POLICY, "identification failed");
+                }
+                return;
+            }
+        };
+        match msg {
+            Message::UserHello(hello) => self.hello(ctx, env, hello),
+            Message::UserRegister(reg) if self.may_register() => self.register(ctx, env, reg),
+            Message::LoginRequest(req) if self.may_register() => self.login(ctx, &from, req),
+            _ if self.identity.is_none() => {
+                self.bad_input(
+                    ctx,
+                    &from,
+                    ErrorCode::BadRequest,
+                    "identify with USER_HELLO first",
+                );
+                self.close(ctx, close::POLICY, "identify with USER_HELLO first");
+            }
+            msg => self.attached_frame(ctx, env, msg),
+        }
+    }
+
+    /// USER_REGISTER and LOGIN_REQUEST are accepted once attached, or first
+    /// when the server accepts only registered users.
+    fn may_register(&self) -> bool {
+        self.identity.is_some() || self.shared.settings.require_registration
+    }
+
+    fn attached_frame(&mut self, ctx: &mut Context<Self>, env: Envelope, msg: Message) {
+        let Some(me) = self.identity.clone() else {
+            return;
+        };
+        let from = env.from().to_owned();
+        if from != me.user_id.as_str() {
+            self.bad_input(
+                ctx,
+                me.user_id.as_str(),
+                ErrorCode::BadRequest,
+                "`from` is not the user this connection identified as",
+            );
+            return;
+        }
+        let now = now_ms();
+        match msg {
+            Message::CtrlClose(_) => self.close(ctx, close::NORMAL, "bye"),
+            Message::Ack(_) | Message::Heartbeat(_) => {}
+            Message::ListRequest(_) | Message::Command(_) | Message::PublicChannelKeyShare(_) => {
+                self.to_router(me.user_id, env, msg)
+            }
+            Message::MsgDirect(_)
+            | Message::MsgPublicChannel(_)
+            | Message::FileStart(_)
+            | Message::FileChunk(_)
+            | Message::FileEnd(_) => {
+                if !env.is_fresh(now, self.shared.settings.ts_window_ms) {
+                    self.bad_input(
+                        ctx,
+                        &from,
+                        ErrorCode::BadRequest,
+                        "`ts` is outside the accepted window",
+                    );
+                    return;
+                }
+                self.content(ctx, me, env, msg);
+            }
+            Message::UserRegister(_) | Message::LoginRequest(_) | Message::UserHello(_) => {}
+            other => self.bad_input(
+                ctx,
+                &from,
+                ErrorCode::BadRequest,
+                format!("{} is not accepted from a user", other.msg_type().as_str()),
+            ),
+        }
+    }
+
+    fn to_router(&self, user_id: UserId, env: Envelope, msg: Message) {
+        self.shared.router.do_send(UserFrame { user_id, env, msg });
+    }
+
+    /// A content frame: `sender_pub` must be the session's key and the content
+    /// signature must verify (on the pool) before it is routed.
+    fn content(&mut self, ctx: &mut Context<Self>, me: Identity, env: Envelope, msg: Message) {
+        let from = env.from().to_owned();
+        let to = env.to().as_str().to_owned();
+        let ts = env.ts();
+        let check: Option<(PublicKey, ContentCheck)> = match &msg {
+            Message::MsgDirect(m) => {
+                let (sig, ct, f, t) = (
+                    m.content_sig.clone(),
+                    m.ciphertext.clone(),
+                    from.clone(),
+                    to.clone(),
+                );
+                Some((
+                    m.sender_pub.clone(),
+                    Box::new(move |k| content::verify_dm(k, &sig, &ct, &f, &t, ts).is_ok()),
+                ))
+            }
+            Message::MsgPublicChannel(m) => {
+                let (sig, ct, f) = (m.content_sig.clone(), m.ciphertext.clone(), from.clone());
+                Some((
+                    m.sender_pub.clone(),
+                    Box::new(move |k| content::verify_public(k, &sig, &ct, &f, ts).is_ok()),
+                ))
+            }
+            Message::FileChunk(m) => match (&m.sender_pub, &m.content_sig) {
+                (Some(pk), Some(sig)) => {
+                    let (sig, ct, f, t) =
+                        (sig.clone(), m.ciphertext.clone(), from.clone(), to.clone());
+                    Some((
+                        pk.clone(),
+                        Box::new(move |k| content::verify_dm(k, &sig, &ct, &f, &t, ts).is_ok()),
+                    ))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((sender_pub, verify)) = check else {
+            self.to_router(me.user_id, env, msg);
+            return;
+        };
+        if sender_pub != me.pubkey {
+            self.bad_input(
+                ctx,
+                &from,
+                ErrorCode::BadKey,
+                "`sender_pub` is not the key this user identified with",
+            );
+            return;
+        }
+        let key = me.pubkey.clone();
+        let fut = self.shared.pool.run(move |_| verify(&key));
+        self.wait_for(ctx, fut, move |act, ctx, ok| {
+            if ok == Some(true) {
+                act.to_router(me.user_id, env, msg);
+            } else {
+                act.bad_input(
+                    ctx,
+                    &from,
+                    ErrorCode::InvalidSig,
+                    "content signature does not verify",
+                );
+            }
+        });
+    }
+
+    /// USER_HELLO: first identification, or a login on an attached session.
+    fn hello(&mut self, ctx: &mut Context<Self>, env: Envelope, hello: UserHello) {
+        let user_id = env.from_user();
+        let from = user_id.to_string();
+        if self.identity.as_ref().is_some_and(|i| i.user_id == user_id) {
+            self.error(
+                ctx,
+                &from,
+                ErrorCode::NameInUse,
+                "this connection is already that user",
+            );
+            return;
+        }
+        let lookup = self.shared.store.send(GetUser(user_id.clone()));
+        let shared = self.shared.clone();
+        let challenge = self.challenge.clone();
+        let hello_window = self.shared.settings.hello_window_ms;
+        let require_registration = self.shared.settings.require_registration;
+        let pubkey = hello.pubkey.clone();
+        let who = user_id.clone();
+        let fut = async move {
+            let user_id = who;
+            let record = match lookup.await {
+                Ok(Ok(record)) => record,
+                Ok(Err(e)) => {
+                    log::error!("user lookup failed: {e}");
+                    return Err((
+                        ErrorCode::BadRequest,
+                        "the server cannot check users right now".to_owned(),
+                    ));
+                }
+                Err(_) => {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        "the server is shutting down".to_owned(),
+                    ))
+                }
+            };
+            let Some(record) = record else {
+                if require_registration {
+                    return Err((
+                        ErrorCode::AuthFailed,
+                        "this server accepts registered users only".to_owned(),
+                    ));
+                }
+                return Ok((None, false));
+            };
+            // A registered id: the hello must be signed by the registered key,
+            // fresh, never seen before, and answer our challenge if one is open.
+            if hello.pubkey != record.pubkey {
+                return Err((
+                    ErrorCode::AuthFailed,
+                    "hello key is not the registered key".to_owned(),
+                ));
+            }
+            if !env.is_fresh(now_ms(), hello_window) {
+                return Err((ErrorCode::AuthFailed, "hello `ts` is not fresh".to_owned()));
+            }
+            match (&challenge, &hello.nonce) {
+                (Some((who, nonce)), Some(got)) if *who == user_id && nonce == got => {}
+                (_, Some(_)) => {
+                    return Err((
+                        ErrorCode::AuthFailed,
+                        "hello answers no open challenge".to_owned(),
+                    ))
+                }
+                _ => {}
+            }
+            let seen_key = env.seen_key();
+            let ts = env.ts();
+            match shared.pool.verify(env, record.pubkey.clone()).await {
+                Some((_, true)) => {}
+                _ => {
+                    return Err((
+                        ErrorCode::AuthFailed,
+                        "hello signature does not verify with the registered key".to_owned(),
+                    ))
+                }
+            }
+            match shared
+                .router
+                .send(crate::router::FirstSight(seen_key, ts))
+                .await
+            {
+                Ok(true) => {}
+                _ => return Err((ErrorCode::AuthFailed, "replayed hello".to_owned())),
+            }
+            Ok((record.username.map(|u| u.to_string()), true))
+        };
+        self.wait_for(ctx, fut, move |act, ctx, checked| {
+            let (name, registered) = match checked {
+                Ok(ok) => ok,
+                Err((code, detail)) => {
+                    log::info!(
+                        "session {}: hello for {user_id} refused: {detail}",
+                        act.conn_id
+                    );
+                    act.error(ctx, &from, code, detail);
+                    if act.identity.is_none() {
+                        act.close(ctx, close::POLICY, "identification failed");
+                    }
+                    return;
+                }
+            };
+            act.attach(ctx, user_id, pubkey, name, registered);
+        });
+    }
+
+    fn attach(
+        &mut self,
+        ctx: &mut Context<Self>,
+        user_id: UserId,
+        pubkey: PublicKey,
+        name: Option<String>,
+        registered: bool,
+    ) {
+        // A login replaces the connection's earlier (ephemeral) identity.
+        if let Some(old) = self.identity.take() {
+            self.shared.router.do_send(Detach {
+                conn_id: self.conn_id,
+                user_id: old.user_id,
+            });
+        }
+        let request = self.shared.router.send(Attach {
+            conn: Conn {
+                id: self.conn_id,
+                tx: Self::handle_of(ctx),
+            },
+            user_id: user_id.clone(),
+            pubkey: pubkey.clone(),
+            name,
+            registered,
+        });
+        let from = user_id.to_string();
+        self.wait_for(ctx, request, move |act, ctx, result| match result {
+            Ok(Ok(())) => {
+                act.challenge = None;
+                act.identity = Some(Identity { user_id, pubkey });
+                act.reply(
+                    ctx,
+                    &from,
+                    Message::Ack(Ack {
+                        msg_ref: "USER_HELLO".into(),
+                    }),
+                );
+            }
+            Ok(Err(refusal)) => {
+                act.error(ctx, &from, refusal.code, refusal.detail);
+                act.close(ctx, close::POLICY, "identification failed");
+            }
+            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+        });
+    }
+
+    /// USER_REGISTER: the envelope must be signed with the key being
+    /// registered (proof of possession); then one database transaction.
+    fn register(&mut self, ctx: &mut Context<Self>, env: Envelope, reg: UserRegister) {
+        let from = env.from().to_owned();
+        if reg.privkey_store.is_empty() || reg.privkey_store.len() > MAX_KEY_STORE {
+            self.bad_input(
+                ctx,
+                &from,
+                ErrorCode::BadRequest,
+                "`privkey_store` missing or too large",
+            );
+            return;
+        }
+        let shared = self.shared.clone();
+        let fut = async move {
+            match shared.pool.verify(env, reg.pubkey.clone()).await {
+                Some((_, true)) => {}
+                _ => {
+                    return Err((
+                        ErrorCode::InvalidSig,
+                        "USER_REGISTER must be signed with the key it registers".to_owned(),
+                    ))
+                }
+            }
+            let user = NewUser {
+                user_id: reg.user_id.clone(),
+                username: reg.username.clone(),
+                pubkey: reg.pubkey,
+                privkey_store: reg.privkey_store,
+                meta: None,
+            };
+            match shared.store.send(Register(user)).await {
+                Ok(Ok(())) => Ok(RegisterOk {
+                    user_id: reg.user_id,
+                    username: reg.username,
+                }),
+                Ok(Err(socp_db::Error::NameInUse)) => {
+                    Err((ErrorCode::NameInUse, "that username is taken".to_owned()))
+                }
+                Ok(Err(socp_db::Error::IdInUse)) => {
+                    Err((ErrorCode::NameInUse, "that user id is taken".to_owned()))
+                }
+                Ok(Err(e)) => {
+                    log::error!("registration failed: {e}");
+                    Err((
+                        ErrorCode::BadRequest,
+                        "the server could not store the registration".to_owned(),
+                    ))
+                }
+                Err(_) => Err((
+                    ErrorCode::BadRequest,
+                    "the server is shutting down".to_owned(),
+                )),
+            }
+        };
+        self.wait_for(ctx, fut, move |act, ctx, result| match result {
+            Ok(ok) => {
+                log::info!("registered user {} ({})", ok.user_id, ok.username);
+                act.reply(ctx, &from, Message::RegisterOk(ok));
+            }
+            Err((code, detail)) => act.error(ctx, &from, code, detail),
+        });
+    }
+
+    /// LOGIN_REQUEST: answer with the stored key and a fresh challenge.
+    fn login(&mut self, ctx: &mut Context<Self>, from: &str, req: LoginRequest) {
+        if req.who.is_empty() || req.who.len() > 64 {
+            self.bad_input(
+                ctx,
+                from,
+                ErrorCode::BadRequest,
+                "`who` must be a username or user id",
+            );
+            return;
+        }
+        // Login requests hand out key stores: they cost like bad frames.
+        self.bucket.take_at(BAD_FRAME_COST, Instant::now());
+        let from = from.to_owned();
+        let lookup = self.shared.store.send(FindUser(req.who.clone()));
+        self.wait_for(ctx, lookup, move |act, ctx, found| match found {
+            Ok(Ok(Some(record))) => {
+                let nonce = b64url_encode(&random_bytes(32));
+                act.challenge = Some((record.user_id.clone(), nonce.clone()));
+                act.reply(
+                    ctx,
+                    &from,
+                    Message::LoginChallenge(LoginChallenge {
+                        user_id: record.user_id,
+                        privkey_store: record.privkey_store,
+                        nonce,
+                    }),
+                );
+            }
+            Ok(Ok(None)) => act.error(
+                ctx,
+                &from,
+                ErrorCode::UserNotFound,
+                format!("no registered user {}", req.who),
+            ),
+            Ok(Err(e)) => {
+                log::error!("login lookup failed: {e}");
+                act.error(
+                    ctx,
+                    &from,
+                    ErrorCode::BadRequest,
+                    "the server cannot check users right now",
+                );
+            }
+            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+        });
+    }
+}
+
+impl Actor for ClientSession {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(identity) = self.identity.take() {
+            self.shared.router.do_send(Detach {
+                conn_id: self.conn_id,
+                user_id: identity.user_id,
+            });
+        }
+    }
+}
+
+impl HasOutQueue for ClientSession {
+    fn out_queue(&mut self) -> &mut OutQueue {
+        &mut self.out
+    }
+}
+
+impl Handler<Inbound> for ClientSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+        let to = self
+            .identity
+            .as_ref()
+            .map_or_else(|| "*".to_owned(), |i| i.user_id.to_string());
+        match msg {
+            Inbound::Text(text) => {
+                if !self.bucket.take_at(1.0, Instant::now()) {
+                    if self.bucket.flooding() {
+                        self.close(ctx, close::POLICY, "flooding");
+                    } else {
+                        self.error(ctx, &to, ErrorCode::RateLimited, "slow down");
+                    }
+                    return;
+                }
+                if self.backlog.len() >= self.shared.settings.max_backlog {
+                    self.close(ctx, close::POLICY, "too many frames waiting");
+                    return;
+                }
+                self.backlog.push_back(text);
+                self.drain(ctx);
+            }
+            Inbound::Binary => self.bad_input(
+                ctx,
+                &to,
+                ErrorCode::BadRequest,
+                "binary frames are not part of the protocol",
+            ),
+            Inbound::Closed => ctx.stop(),
+        }
+    }
+}
+
+impl Handler<Outbound> for ClientSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        OutQueue::push(ctx, self, msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(50.0, 200.0);
+        for _ in 0..200 {
+            assert!(b.take_at(1.0, t0));
+        }
+        assert!(!b.take_at(1.0, t0), "burst spent");
+        // 100 ms later: 5 tokens back, one debt repaid.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(b.take_at(1.0, t1));
+        assert!(!b.flooding());
+        for _ in 0..250 {
+            b.take_at(1.0, t1);
+        }
+        assert!(b.flooding(), "a full burst of debt is a flood");
+    }
+}

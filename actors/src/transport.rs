@@ -1,0 +1,540 @@
+//! WebSocket transports, and the ordered outbound queue sessions and links share.
+//!
+//! A transport owns one socket and nothing else: it reassembles fragmented
+//! messages under a size cap, checks UTF-8, answers pings, and hands complete
+//! text frames to its owner (a [`ClientSession`](crate::session::ClientSession)
+//! or [`PeerLink`](crate::peer::PeerLink)) as [`Inbound`]; the owner writes with
+//! [`Wire`]. Inbound connections arrive on the server's endpoint
+//! ([`WsTransport`], actix-web-actors) and are bound to an owner by their first
+//! frame; outbound links are made with awc ([`AwcTransport`]).
+
+use std::time::Duration;
+
+use actix::io::{SinkWrite, WriteHandler};
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::SplitSink;
+
+use crate::crypto::FrameText;
+use crate::router::Outbound;
+use crate::sequencer::{Sequencer, Ticket};
+
+/// WebSocket close codes we use.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Going away (shutdown, heartbeat timeout).
+    pub const AWAY: u16 = 1001;
+    /// Unsupported data (a binary frame before identification).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Invalid payload data (text that is not UTF-8).
+    pub const INVALID_DATA: u16 = 1007;
+    /// Policy violation (identification failed or timed out, abuse).
+    pub const POLICY: u16 = 1008;
+    /// Message too big.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// What a transport hands its owner.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum Inbound {
+    /// One complete text message.
+    Text(FrameText),
+    /// A binary message (not part of the protocol).
+    Binary,
+    /// The socket closed or failed; the owner should stop.
+    Closed,
+}
+
+/// What an owner tells its transport.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum Wire {
+    /// Write one text message.
+    Text(FrameText),
+    /// Close with a code and reason, then stop.
+    Close(u16, String),
+}
+
+/// Frames waiting for their signatures, written strictly in queue order.
+pub struct OutQueue {
+    seq: Sequencer<Wire>,
+    transport: Recipient<Wire>,
+    /// Set once a close is released: nothing more is written.
+    closed: bool,
+}
+
+/// An actor with an [`OutQueue`].
+pub trait HasOutQueue: Actor<Context = Context<Self>> {
+    /// The queue.
+    fn out_queue(&mut self) -> &mut OutQueue;
+}
+
+impl OutQueue {
+    /// A queue writing to `transport`.
+    pub fn new(transport: Recipient<Wire>) -> Self {
+        OutQueue {
+            seq: Sequencer::new(),
+            transport,
+            closed: false,
+        }
+    }
+
+    /// Queue a frame or a close; it is written after everything queued before.
+    pub fn push<A: HasOutQueue>(ctx: &mut Context<A>, act: &mut A, out: Outbound) {
+        let queue = act.out_queue();
+        if queue.closed {
+            return;
+        }
+        let ticket = queue.seq.take();
+        match out {
+            Outbound::Close(code, reason) => {
+                queue.seq.complete(ticket, Wire::Close(code, reason));
+                Self::flush(ctx, act);
+            }
+            Outbound::Frame(frame) => {
+                if let Some(text) = frame.peek() {
+                    queue.seq.complete(ticket, Wire::Text(text));
+                    Self::flush(ctx, act);
+                } else {
+                    ctx.spawn(
+                        frame
+                            .text()
+                            .into_actor(act)
+                            .map(move |text, act: &mut A, ctx| Self::done(ctx, act, ticket, text)),
+                    );
+                }
+            }
+        }
+    }
+
+    fn done<A: HasOutQueue>(
+        ctx: &mut Context<A>,
+        act: &mut A,
+        ticket: Ticket,
+        text: Option<FrameText>,
+    ) {
+        // A frame whose signing failed is skipped (and was logged by the pool);
+        // an empty text keeps the ticket order without writing anything.
+        let item = Wire::Text(text.unwrap_or_else(|| FrameText::from("")));
+        act.out_queue().seq.complete(ticket, item);
+        Self::flush(ctx, act);
+    }
+
+    fn flush<A: HasOutQueue>(ctx: &mut Context<A>, act: &mut A) {
+        let queue = act.out_queue();
+        while let Some(item) = queue.seq.pop_ready() {
+            match item {
+                Wire::Text(text) if text.is_empty() => {}
+                Wire::Text(text) => queue.transport.do_send(Wire::Text(text)),
+                close @ Wire::Close(..) => {
+                    queue.transport.do_send(close);
+                    queue.closed = true;
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Frames queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.seq.len()
+    }
+}
+
+/// Reassembles fragmented messages under a size cap.
+#[derive(Default)]
+struct Fragments {
+    /// The message being reassembled: whether it is text, and its bytes so far.
+    partial: Option<(bool, BytesMut)>,
+}
+
+/// The result of feeding a frame to [`Fragments`].
+enum Assembled {
+    Incomplete,
+    Text(Bytes),
+    Binary,
+    TooBig,
+    Protocol,
+}
+
+impl Fragments {
+    fn feed(&mut self, item: actix_http::ws::Item, cap: usize) -> Assembled {
+        match item {
+            actix_http::ws::Item::FirstText(b) | actix_http::ws::Item::FirstBinary(b)
+                if self.partial.is_some() =>
+            {
+                let _ = b;
+                Assembled::Protocol
+            }
+            actix_http::ws::Item::FirstText(b) => self.start(true, b, cap),
+            actix_http::ws::Item::FirstBinary(b) => self.start(false, b, cap),
+            actix_http::ws::Item::Continue(b) => match &mut self.partial {
+                None => Assembled::Protocol,
+                Some((_, buf)) if buf.len() + b.len() > cap => {
+                    self.partial = None;
+                    Assembled::TooBig
+                }
+                Some((_, buf)) => {
+                    buf.extend_from_slice(&b);
+                    Assembled::Incomplete
+                }
+            },
+            actix_http::ws::Item::Last(b) => match self.partial.take() {
+                None => Assembled::Protocol,
+                Some((_, buf)) if buf.len() + b.len() > cap => Assembled::TooBig,
+                Some((is_text, mut buf)) => {
+                    buf.extend_from_slice(&b);
+                    if is_text {
+                        Assembled::Text(buf.freeze())
+                    } else {
+                        Assembled::Binary
+                    }
+                }
+            },
+        }
+    }
+
+    fn start(&mut self, is_text: bool, b: Bytes, cap: usize) -> Assembled {
+        if b.len() > cap {
+            return Assembled::TooBig;
+        }
+        let mut buf = BytesMut::with_capacity(b.len().min(64 * 1024));
+        buf.extend_from_slice(&b);
+        self.partial = Some((is_text, buf));
+        Assembled::Incomplete
+    }
+}
+
+/// Decides what owns an inbound connection, from its first frame.
+pub trait Acceptor: Unpin + 'static {
+    /// Bind the connection whose first text frame is `first`: start its owner
+    /// (which gets `first` too) and return where to send later frames, or the
+    /// close code and reason to refuse it.
+    fn accept(
+        &self,
+        first: FrameText,
+        transport: Recipient<Wire>,
+    ) -> Result<Recipient<Inbound>, (u16, String)>;
+}
+
+/// An inbound WebSocket (actix-web-actors): unidentified until its first
+/// frame, then a transport for a user session or a server link.
+pub struct WsTransport<A: Acceptor> {
+    acceptor: A,
+    owner: Option<Recipient<Inbound>>,
+    fragments: Fragments,
+    max_frame: usize,
+    identify_within: Duration,
+    peer: String,
+}
+
+impl<A: Acceptor> WsTransport<A> {
+    /// A transport for a connection from `peer` (address, for logs).
+    pub fn new(acceptor: A, max_frame: usize, identify_within: Duration, peer: String) -> Self {
+        WsTransport {
+            acceptor,
+            owner: None,
+            fragments: Fragments::default(),
+            max_frame,
+            identify_within,
+            peer,
+        }
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        log::debug!("closing connection from {}: {code} {reason}", self.peer);
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: FrameText) {
+        match &self.owner {
+            Some(owner) => owner.do_send(Inbound::Text(text)),
+            None => match self.acceptor.accept(text, ctx.address().recipient()) {
+                Ok(owner) => self.owner = Some(owner),
+                Err((code, reason)) => {
+                    log::info!("refused connection from {}: {reason}", self.peer);
+                    self.close(ctx, code, &reason);
+                }
+            },
+        }
+    }
+}
+
+impl<A: Acceptor> Actor for WsTransport<A> {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_later(self.identify_within, |act, ctx| {
+            if act.owner.is_none() {
+                log::info!("connection from {} did not identify in time", act.peer);
+                act.close(ctx, close::POLICY, "identification timeout");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(owner) = &self.owner {
+            owner.do_send(Inbound::Closed);
+        }
+    }
+}
+
+impl<A: Acceptor> StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsTransport<A> {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        match msg {
+            Ok(ws::Message::Text(text)) => {
+                let text: &str = &text;
+                self.text(ctx, FrameText::from(text));
+            }
+            Ok(ws::Message::Binary(_)) => match &self.owner {
+                Some(owner) => owner.do_send(Inbound::Binary),
+                None => self.close(ctx, close::UNSUPPORTED, "binary frames are not accepted"),
+            },
+            Ok(ws::Message::Continuation(item)) => {
+                match self.fragments.feed(item, self.max_frame) {
+                    Assembled::Incomplete => {}
+                    Assembled::Text(bytes) => match std::str::from_utf8(&bytes) {
+                        Ok(text) => self.text(ctx, FrameText::from(text)),
+                        Err(_) => self.close(ctx, close::INVALID_DATA, "text is not UTF-8"),
+                    },
+                    Assembled::Binary => match &self.owner {
+                        Some(owner) => owner.do_send(Inbound::Binary),
+                        None => {
+                            self.close(ctx, close::UNSUPPORTED, "binary frames are not accepted")
+                        }
+                    },
+                    Assembled::TooBig => self.close(ctx, close::TOO_BIG, "message too big"),
+                    Assembled::Protocol => self.close(ctx, close::POLICY, "bad fragmentation"),
+                }
+            }
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ws::ProtocolError::Overflow) => self.close(ctx, close::TOO_BIG, "message too big"),
+            Err(ws::ProtocolError::Io(e))
+                if e.to_string().contains("utf") || e.to_string().contains("UTF") =>
+            {
+                self.close(ctx, close::INVALID_DATA, "text is not UTF-8")
+            }
+            Err(e) => {
+                log::debug!("protocol error from {}: {e}", self.peer);
+                self.close(ctx, close::POLICY, "protocol error");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl<A: Acceptor> Handler<Wire> for WsTransport<A> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Wire, ctx: &mut Self::Context) {
+        match msg {
+            Wire::Text(text) => ctx.text(&*text),
+            Wire::Close(code, reason) => self.close(ctx, code, &reason),
+        }
+    }
+}
+
+/// The write half of an awc WebSocket.
+pub type AwcSink =
+    SplitSink<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>, awc::ws::Message>;
+
+/// An outbound WebSocket made with awc.
+pub struct AwcTransport {
+    sink: SinkWrite<awc::ws::Message, AwcSink>,
+    owner: Recipient<Inbound>,
+    fragments: Fragments,
+    max_frame: usize,
+}
+
+impl AwcTransport {
+    /// Wrap a connected awc socket; frames go to `owner`.
+    pub fn start(
+        framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+        owner: Recipient<Inbound>,
+        max_frame: usize,
+    ) -> Addr<AwcTransport> {
+        use futures_util::StreamExt;
+        let (sink, stream) = framed.split();
+        AwcTransport::create(move |ctx| {
+            ctx.add_stream(stream);
+            AwcTransport {
+                sink: SinkWrite::new(sink, ctx),
+                owner,
+                fragments: Fragments::default(),
+                max_frame,
+            }
+        })
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        let _ = self
+            .sink
+            .write(awc::ws::Message::Close(Some(awc::ws::CloseReason {
+                code: awc::ws::CloseCode::from(code),
+                description: Some(reason.to_owned()),
+            })));
+        self.sink.close();
+        ctx.stop();
+    }
+}
+
+impl Actor for AwcTransport {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.owner.do_send(Inbound::Closed);
+    }
+}
+
+impl WriteHandler<awc::error::WsProtocolError> for AwcTransport {}
+
+impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcTransport {
+    fn handle(
+        &mut self,
+        msg: Result<awc::ws::Frame, awc::error::WsProtocolError>,
+        ctx: &mut Self::Context,
+    ) {
+        use awc::ws::Frame;
+        match msg {
+            Ok(Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.owner.do_send(Inbound::Text(FrameText::from(text))),
+                Err(_) => self.close(ctx, close::INVALID_DATA, "text is not UTF-8"),
+            },
+            Ok(Frame::Binary(_)) => self.owner.do_send(Inbound::Binary),
+            Ok(Frame::Continuation(item)) => match self.fragments.feed(item, self.max_frame) {
+                Assembled::Incomplete => {}
+                Assembled::Text(bytes) => match std::str::from_utf8(&bytes) {
+                    Ok(text) => self.owner.do_send(Inbound::Text(FrameText::from(text))),
+                    Err(_) => self.close(ctx, close::INVALID_DATA, "text is not UTF-8"),
+                },
+                Assembled::Binary => self.owner.do_send(Inbound::Binary),
+                Assembled::TooBig => self.close(ctx, close::TOO_BIG, "message too big"),
+                Assembled::Protocol => self.close(ctx, close::POLICY, "bad fragmentation"),
+            },
+            Ok(Frame::Ping(p)) => {
+                let _ = self.sink.write(awc::ws::Message::Pong(p));
+            }
+            Ok(Frame::Pong(_)) => {}
+            Ok(Frame::Close(_)) => ctx.stop(),
+            Err(e) => {
+                log::debug!("outbound link protocol error: {e}");
+                self.close(ctx, close::POLICY, "protocol error");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Wire> for AwcTransport {
+    type Result = ();
+
+    fn handle(&mut self, msg: Wire, ctx: &mut Self::Context) {
+        match msg {
+            Wire::Text(text) => {
+                if self
+                    .sink
+                    .write(awc::ws::Message::Text(bytestring::ByteString::from(&*text)))
+                    .is_err()
+                {
+                    ctx.stop();
+                }
+            }
+            Wire::Close(code, reason) => self.close(ctx, code, &reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_reassemble_under_the_cap() {
+        let mut f = Fragments::default();
+        assert!(matches!(
+            f.feed(
+                actix_http::ws::Item::FirstText(Bytes::from_static(b"{\"a\"")),
+                16
+            ),
+            Assembled::Incomplete
+        ));
+        assert!(matches!(
+            f.feed(
+                actix_http::ws::Item::Continue(Bytes::from_static(b":1")),
+                16
+            ),
+            Assembled::Incomplete
+        ));
+        match f.feed(actix_http::ws::Item::Last(Bytes::from_static(b"}")), 16) {
+            Assembled::Text(b) => assert_eq!(&b[..], b"{\"a\":1}"),
+            _ => panic!("expected text"),
+        }
+    }
+
+    #[test]
+    fn fragments_past_the_cap_are_refused_without_growing() {
+        let mut f = Fragments::default();
+        assert!(matches!(
+            f.feed(
+                actix_http::ws::Item::FirstText(Bytes::from(vec![b'a'; 10])),
+                16
+            ),
+            Assembled::Incomplete
+        ));
+        assert!(matches!(
+            f.feed(
+                actix_http::ws::Item::Continue(Bytes::from(vec![b'a'; 10])),
+                16
+            ),
+            Assembled::TooBig
+        ));
+        assert!(f.partial.is_none(), "the buffer is dropped");
+        assert!(matches!(
+            f.feed(
+                actix_http::ws::Item::FirstText(Bytes::from(vec![b'a'; 17])),
+                16
+            ),
+            Assembled::TooBig
+        ));
+    }
+
+    #[test]
+    fn continuation_without_start_is_a_protocol_error() {
+        let mut f = Fragments::default();
+        assert!(matches!(
+            f.feed(actix_http::ws::Item::Continue(Bytes::new()), 16),
+            Assembled::Protocol
+        ));
+        assert!(matches!(
+            f.feed(actix_http::ws::Item::Last(Bytes::new()), 16),
+            Assembled::Protocol
+        ));
+        assert!(matches!(
+            f.feed(actix_http::ws::Item::FirstBinary(Bytes::new()), 16),
+            Assembled::Incomplete
+        ));
+        assert!(matches!(
+            f.feed(actix_http::ws::Item::FirstText(Bytes::new()), 16),
+            Assembled::Protocol
+        ));
+    }
+}

@@ -1,0 +1,447 @@
+//! Server assembly: the database and identity, the actors, and the actix-web
+//! App (WebSocket at `/ws` and `/`, `/health`, `/status`).
+//!
+//! [`start`] binds first (tests pass port 0 and read the real port back), then
+//! runs until [`RunningServer::shutdown`] (SIGINT/SIGTERM in the binary).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web_actors::ws;
+use socp_actors::crypto::{CryptoPool, FrameText, SignedFrame};
+use socp_actors::heartbeat::{Heartbeat, HeartbeatPorts};
+use socp_actors::introducer::{join_any, Bootstrap, IntroducerLink};
+use socp_actors::peer::{Dialer, PeerLink};
+use socp_actors::router::{Joined, Router, RouterPorts, Shutdown, Status};
+use socp_actors::routing::{Peer, RouterConfig, RouterState, Signer};
+use socp_actors::session::ClientSession;
+use socp_actors::store::Store;
+use socp_actors::transport::{close, Acceptor, Inbound, Wire, WsTransport};
+use socp_actors::{Settings, Shared};
+use socp_db::Db;
+use socp_protocol::message::ServerAddress;
+use socp_protocol::{Envelope, MessageType, PrivateKey, ServerId};
+
+/// Everything a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0: any free port).
+    pub bind: SocketAddr,
+    /// Host other servers use to reach us (default: the bind host, or
+    /// 127.0.0.1 when binding every interface).
+    pub public_host: Option<String>,
+    /// Our id: `None` for the persisted one, or a fresh UUID v4 on first start.
+    pub server_id: Option<ServerId>,
+    /// Introducers to join through, tried in order.
+    pub bootstrap: Vec<Bootstrap>,
+    /// The SQLite database file (`None`: in memory, for tests).
+    pub db_path: Option<PathBuf>,
+    /// Key to use when the database has no identity yet (tests pass fixture
+    /// keys; otherwise a key is generated on first start, which takes seconds).
+    pub first_key_pem: Option<String>,
+    /// Limits, timings and modes.
+    pub settings: Settings,
+    /// Threads signing and verifying (default: one per core).
+    pub crypto_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            public_host: None,
+            server_id: None,
+            bootstrap: Vec::new(),
+            db_path: Some(PathBuf::from("chat.db")),
+            first_key_pem: None,
+            settings: Settings::default(),
+            crypto_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Db(#[from] socp_db::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server key: {0}")]
+    Key(#[from] socp_protocol::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its server id.
+    pub server_id: ServerId,
+    router: Addr<Router>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl RunningServer {
+    /// The JSON `/status` snapshot.
+    pub async fn status(&self) -> serde_json::Value {
+        self.router.send(Status).await.unwrap_or_default()
+    }
+
+    /// Graceful shutdown: SERVER_GOODBYE and USER_REMOVE to every server,
+    /// close code 1000 to everyone, then stop listening.
+    pub async fn shutdown(self) {
+        let _ = self.router.send(Shutdown).await;
+        // Give the goodbye frames a moment to be signed and written.
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        self.handle.stop(true).await;
+    }
+
+    /// Stop at once without goodbyes (a crash, for tests).
+    pub async fn kill(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+struct PoolSigner(CryptoPool);
+
+impl Signer for PoolSigner {
+    fn sign(&self, env: Envelope) -> SignedFrame {
+        self.0.sign(env)
+    }
+
+    fn sign_built(&self, build: Box<dyn FnOnce() -> Option<Envelope> + Send>) -> SignedFrame {
+        self.0.sign_built(build)
+    }
+}
+
+/// Decides from its first frame whether a connection is a user or a server.
+struct ServerAcceptor {
+    shared: Shared,
+}
+
+impl Acceptor for ServerAcceptor {
+    fn accept(
+        &self,
+        first: FrameText,
+        transport: Recipient<Wire>,
+    ) -> Result<Recipient<Inbound>, (u16, String)> {
+        let env = Envelope::parse_with(first.as_bytes(), &self.shared.settings.limits)
+            .map_err(|e| (close::POLICY, format!("first frame: {e}")))?;
+        let settings = &self.shared.settings;
+        match env.known_type() {
+            Some(MessageType::UserHello) if settings.introducer_only => Err((
+                close::POLICY,
+                "this is a directory-only introducer; it hosts no users".into(),
+            )),
+            Some(MessageType::UserHello) => {
+                Ok(ClientSession::start(self.shared.clone(), transport, first).recipient())
+            }
+            Some(MessageType::UserRegister | MessageType::LoginRequest)
+                if settings.require_registration && !settings.introducer_only =>
+            {
+                Ok(ClientSession::start(self.shared.clone(), transport, first).recipient())
+            }
+            Some(
+                MessageType::ServerHelloJoin
+                | MessageType::ServerHelloLink
+                | MessageType::ServerAnnounce,
+            ) => Ok(PeerLink::start_inbound(self.shared.clone(), transport, first).recipient()),
+            _ => Err((
+                close::POLICY,
+                format!("first frame must identify the peer, not {}", env.msg_type()),
+            )),
+        }
+    }
+}
+
+async fn ws_route(
+    req: HttpRequest,
+    stream: web::Payload,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "?".to_owned(), |a| a.to_string());
+    let settings = &shared.settings;
+    let transport = WsTransport::new(
+        ServerAcceptor {
+            shared: shared.get_ref().clone(),
+        },
+        settings.limits.max_frame_bytes,
+        settings.identify_timeout,
+        peer,
+    );
+    ws::WsResponseBuilder::new(transport, &req, stream)
+        .frame_size(settings.limits.max_frame_bytes)
+        .start()
+}
+
+async fn index(
+    req: HttpRequest,
+    stream: web::Payload,
+    shared: web::Data<Shared>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if req.headers().contains_key("upgrade") {
+        return ws_route(req, stream, shared).await;
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("socp server: WebSocket endpoint at /ws (SOCP v1.3); /health, /status\n"))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn status(router: web::Data<Addr<Router>>) -> HttpResponse {
+    match router.send(Status).await {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+/// Load the server's identity, creating it on first start.
+async fn identity(config: &ServerConfig, db: &Db) -> Result<(ServerId, PrivateKey), StartError> {
+    let stored = {
+        let db = db.clone();
+        actix_web::rt::task::spawn_blocking(move || db.load_identity())
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))??
+    };
+    if let Some(id) = stored {
+        let key = PrivateKey::from_pem(&id.private_key_pem)?;
+        if let Some(wanted) = &config.server_id {
+            if *wanted != id.server_id {
+                log::warn!(
+                    "--server-id {wanted} ignored: this database belongs to server {}",
+                    id.server_id
+                );
+            }
+        }
+        return Ok((id.server_id, key));
+    }
+    let server_id = config.server_id.clone().unwrap_or_else(ServerId::random);
+    let pem = config.first_key_pem.clone();
+    let key = actix_web::rt::task::spawn_blocking(move || match pem {
+        Some(pem) => PrivateKey::from_pem(&pem),
+        None => {
+            log::info!("generating the server's RSA-4096 key (first start; takes a few seconds)");
+            PrivateKey::generate()
+        }
+    })
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))??;
+    let pem = key.to_pkcs8_pem()?;
+    let (db2, id2) = (db.clone(), server_id.clone());
+    actix_web::rt::task::spawn_blocking(move || db2.save_identity(&id2, &pem))
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))??;
+    log::info!("created server identity {server_id}");
+    Ok((server_id, key))
+}
+
+/// Start a server inside the running actix System.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let db = match &config.db_path {
+        Some(path) => {
+            let path = path.clone();
+            actix_web::rt::task::spawn_blocking(move || Db::open(path))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))??
+        }
+        None => Db::open_in_memory()?,
+    };
+    let (mut me, key) = identity(&config, &db).await?;
+
+    let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let host = config.public_host.clone().unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        }
+    });
+    let settings = config.settings.clone();
+    let pool = CryptoPool::start(key, config.crypto_threads);
+    let address = ServerAddress {
+        host: host.clone(),
+        port: addr.port(),
+        pubkey: pool.public_key().clone(),
+    };
+
+    // Join before serving, so the id the introducer assigns is the one we use.
+    let max_frame = settings.limits.max_frame_bytes;
+    let welcome = if config.bootstrap.is_empty() {
+        None
+    } else {
+        match join_any(&pool, &config.bootstrap, &me, &address, max_frame).await {
+            Ok(w) => {
+                if w.assigned_id != me {
+                    log::warn!(
+                        "introducer assigned id {} (another server holds {me})",
+                        w.assigned_id
+                    );
+                    me = w.assigned_id.clone();
+                    let (db2, id2, pem) = (db.clone(), me.clone(), pool_pem(&db)?);
+                    actix_web::rt::task::spawn_blocking(move || db2.replace_identity(&id2, &pem))
+                        .await
+                        .map_err(|e| StartError::Other(e.to_string()))??;
+                }
+                Some(w)
+            }
+            Err(e) => {
+                log::warn!("no introducer reachable ({e}): running standalone, retrying");
+                None
+            }
+        }
+    };
+
+    let public_version = {
+        let db = db.clone();
+        actix_web::rt::task::spawn_blocking(move || db.public_version())
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))??
+    };
+    let known = {
+        let db = db.clone();
+        actix_web::rt::task::spawn_blocking(move || db.known_servers())
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))??
+    };
+    let store = Store::start(db, 2);
+    let state = RouterState::new(
+        RouterConfig {
+            me: me.clone(),
+            host: host.clone(),
+            port: addr.port(),
+            pubkey: pool.public_key().clone(),
+            introducer_only: settings.introducer_only,
+            seen_capacity: 262_144,
+            public_version,
+        },
+        Arc::new(PoolSigner(pool.clone())),
+    );
+
+    let mut shared_out = None;
+    let (interval, timeout) = (settings.heartbeat_interval, settings.peer_timeout);
+    let router = Router::create(|ctx| {
+        let heartbeat = Heartbeat::new(
+            HeartbeatPorts {
+                send_heartbeats: ctx.address().recipient(),
+                dead: ctx.address().recipient(),
+                reconnect: ctx.address().recipient(),
+            },
+            interval,
+            timeout,
+        )
+        .start();
+        let shared = Shared::new(
+            ctx.address(),
+            pool.clone(),
+            store.clone(),
+            heartbeat.clone().recipient(),
+            me.clone(),
+            (host.clone(), addr.port()),
+            settings.clone(),
+        );
+        let dialer = Dialer::new(shared.clone(), heartbeat.clone().recipient()).start();
+        shared_out = Some(shared);
+        Router::new(
+            state,
+            RouterPorts {
+                store: store.clone().recipient(),
+                dialer: dialer.recipient(),
+                liveness: heartbeat.recipient(),
+            },
+        )
+    });
+    let shared = shared_out.ok_or_else(|| StartError::Other("router did not start".into()))?;
+
+    // Servers remembered from earlier runs: learn them and link again.
+    for k in known {
+        if k.server_id == me {
+            continue;
+        }
+        let peer = Peer {
+            server_id: k.server_id,
+            host: k.host,
+            port: k.port,
+            pubkey: k.pubkey,
+        };
+        router.do_send(socp_actors::router::Remember(peer));
+    }
+    match welcome {
+        Some(w) => router.do_send(Joined(w)),
+        None if !config.bootstrap.is_empty() => {
+            IntroducerLink::new(
+                pool.clone(),
+                router.clone(),
+                config.bootstrap.clone(),
+                me.clone(),
+                address,
+                max_frame,
+                Duration::from_secs(2).min(settings.heartbeat_interval),
+            )
+            .start();
+        }
+        None => {}
+    }
+
+    let data = web::Data::new(shared);
+    let router_data = web::Data::new(router.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(router_data.clone())
+            .route("/ws", web::get().to(ws_route))
+            .route("/", web::get().to(index))
+            .route("/health", web::get().to(health))
+            .route("/status", web::get().to(status))
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    log::info!(
+        "socp server {me} listening on ws://{addr}/ws{}",
+        if settings.introducer_only {
+            " (directory-only introducer)"
+        } else {
+            ""
+        }
+    );
+    Ok(RunningServer {
+        addr,
+        server_id: me,
+        router,
+        handle,
+    })
+}
+
+fn pool_pem(db: &Db) -> Result<String, StartError> {
+    db.load_identity()?
+        .map(|i| i.private_key_pem)
+        .ok_or_else(|| StartError::Other("identity vanished".into()))
+}
