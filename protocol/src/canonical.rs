@@ -158,6 +158,8 @@ fn write_string(out: &mut String, s: &str, escaping: Escaping) {
             '\u{08}' => out.push_str("\\b"),
             '\u{0c}' => out.push_str("\\f"),
             c if (c as u32) < 0x20 => push_u_escape(out, c as u32),
+            // Python's ensure_ascii escapes everything outside ' '..='~', DEL included.
+            '\u{7f}' if escaping == Escaping::Ascii => push_u_escape(out, 0x7f),
             c if c.is_ascii() || escaping == Escaping::Utf8 => out.push(c),
             c => {
                 let mut units = [0u16; 2];
@@ -210,8 +212,12 @@ mod tests {
         let v = json!("q\" b\\ n\n r\r t\t b\u{8} f\u{c} nul\u{0} us\u{1f} del\u{7f} /");
         assert_eq!(
             canon(&v),
-            r#""q\" b\\ n\n r\r t\t b\b f\f nul\u0000 us\u001f del/ /""#
-                .replace("del/", "del\u{7f}")
+            r#""q\" b\\ n\n r\r t\t b\b f\f nul\u0000 us\u001f del\u007f /""#
+        );
+        let utf8 = String::from_utf8(canonical_bytes_with(&v, Escaping::Utf8)).unwrap();
+        assert!(
+            utf8.contains("del\u{7f} /"),
+            "DEL stays raw in the UTF-8 form"
         );
     }
 

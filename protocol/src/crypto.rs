@@ -38,7 +38,9 @@ pub const MAX_PSS_SALT: usize = BLOCK_BYTES - 32 - 2;
 const MAX_KEY_TEXT: usize = 8 * 1024;
 /// Upper bounds on the work a key file may ask of us before it is opened:
 /// a hostile `privkey_store` must not make a client spend minutes or gigabytes.
-const MAX_SCRYPT_LOG_N: u32 = 20;
+/// scrypt work (N·r·p, memory 128·N·r bytes) allowed: at most 4× what our own
+/// files use (log₂N = 17, r = 8, p = 1: 128 MiB), e.g. log₂N = 19 with r = 8.
+const MAX_SCRYPT_WORK: u64 = 1 << 22;
 const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
 
 /// base64url, no padding on output, padding optional on input.
@@ -54,10 +56,16 @@ pub fn b64url_encode(bytes: &[u8]) -> String {
     B64URL.encode(bytes)
 }
 
-/// Decode base64url, with or without `=` padding.
+/// Decode base64url, with or without `=` padding (when present, padding must
+/// be the right amount: one or two `=` completing a multiple of 4).
 pub fn b64url_decode(text: &str) -> Result<Vec<u8>> {
+    let body = text.trim_end_matches('=');
+    let pad = text.len() - body.len();
+    if pad > 0 && (pad > 2 || text.len() % 4 != 0 || body.is_empty()) {
+        return Err(Error::BadBase64("wrong padding".into()));
+    }
     B64URL
-        .decode(text.trim_end_matches('='))
+        .decode(body)
         .map_err(|e| Error::BadBase64(e.to_string()))
 }
 
@@ -469,7 +477,7 @@ impl PrivateKey {
     }
 
     /// Password-protected PKCS#8 PEM (`ENCRYPTED PRIVATE KEY`): PBES2 with
-    /// scrypt (log₂N = 15, r = 8, p = 1) and AES-256-CBC.
+    /// scrypt (log₂N = 17, r = 8, p = 1) and AES-256-CBC.
     pub fn to_encrypted_pem(&self, password: &str) -> Result<String> {
         self.key
             .to_pkcs8_encrypted_pem(&mut OsRng, password.as_bytes(), LineEnding::LF)
@@ -556,15 +564,19 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme<'_>) -> Result<()> {
             p.iteration_count
         ))),
         Kdf::Scrypt(p) => {
-            let log_n = u64::BITS - 1 - p.cost_parameter.leading_zeros();
-            if !p.cost_parameter.is_power_of_two()
-                || log_n > MAX_SCRYPT_LOG_N
-                || p.block_size > 32
-                || p.parallelization > 16
-            {
-                Err(Error::BadKey("scrypt parameters out of range".into()))
-            } else {
+            let n = p.cost_parameter;
+            let work = n
+                .checked_mul(u64::from(p.block_size))
+                .and_then(|w| w.checked_mul(u64::from(p.parallelization)));
+            let ok = n >= 2
+                && n.is_power_of_two()
+                && p.block_size >= 1
+                && p.parallelization >= 1
+                && work.is_some_and(|w| w <= MAX_SCRYPT_WORK);
+            if ok {
                 Ok(())
+            } else {
+                Err(Error::BadKey("scrypt parameters out of range".into()))
             }
         }
         Kdf::Pbkdf2(_) => Ok(()),

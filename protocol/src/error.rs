@@ -100,6 +100,9 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
+/// How a [`Error::BadKey`] message starts (payload parsing recognises it).
+pub(crate) const BAD_KEY_PREFIX: &str = "bad key: ";
+
 /// Everything that can go wrong in this crate. Each variant maps to a wire
 /// [`ErrorCode`] through [`Error::code`], so a server can answer any parse or
 /// crypto failure with the right `ERROR` frame.

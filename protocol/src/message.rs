@@ -59,7 +59,7 @@ macro_rules! messages {
                 let t = MessageType::parse(msg_type)
                     .ok_or_else(|| Error::UnknownType(msg_type.chars().take(64).collect()))?;
                 match t {
-                    $(MessageType::$variant => parse_payload::<$payload>(payload).map(Message::$variant),)*
+                    $(MessageType::$variant => parse_payload::<$payload>(t, payload).map(Message::$variant),)*
                 }
             }
 
@@ -155,20 +155,25 @@ messages! {
     CtrlClose(CtrlClose) = "CTRL_CLOSE",
 }
 
-fn parse_payload<T: DeserializeOwned>(payload: &Value) -> Result<T> {
+fn parse_payload<T: DeserializeOwned>(t: MessageType, payload: &Value) -> Result<T> {
     if !payload.is_object() {
         return Err(Error::InvalidField {
             field: "payload",
             reason: "must be an object".into(),
         });
     }
-    T::deserialize(payload).map_err(|e| Error::InvalidPayload {
-        msg_type: std::any::type_name::<T>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("payload")
-            .to_owned(),
-        reason: e.to_string(),
+    T::deserialize(payload).map_err(|e| {
+        let reason = e.to_string();
+        // A key rejected inside a payload is BAD_KEY wherever it appears
+        // (SPEC.md §2); serde only carries the key error's text.
+        if reason.starts_with(crate::error::BAD_KEY_PREFIX) {
+            Error::BadKey(format!("{}: {reason}", t.as_str()))
+        } else {
+            Error::InvalidPayload {
+                msg_type: t.as_str().to_owned(),
+                reason,
+            }
+        }
     })
 }
 
