@@ -194,9 +194,9 @@ impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Routing must not stall under load: a deep mailbox is better than
-        // dropped frames; sessions apply their own rate limits.
-        ctx.set_mailbox_capacity(usize::MAX);
+        // `send` callers (sessions, links) wait when this many requests are
+        // queued: backpressure instead of unbounded growth. `do_send` never waits.
+        ctx.set_mailbox_capacity(4096);
     }
 }
 

@@ -1,0 +1,304 @@
+//! Test harness: real servers on free loopback ports, and raw protocol test
+//! users speaking SOCP over awc. Keys come from the protocol crate's fixtures.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use socp::server::{start, RunningServer, ServerConfig};
+use socp_actors::introducer::Bootstrap;
+use socp_actors::Settings;
+use socp_protocol::message::{MsgDirect, UserHello};
+use socp_protocol::{
+    content, fixtures, now_ms, Base64Url, Envelope, Message, PrivateKey, To, UserId,
+};
+
+/// Fast heartbeats so liveness tests take seconds.
+pub fn fast_settings() -> Settings {
+    Settings {
+        heartbeat_interval: Duration::from_millis(300),
+        peer_timeout: Duration::from_millis(1500),
+        ..Settings::default()
+    }
+}
+
+/// A server config on a free port with fixture key `key` and a database in `db`
+/// (`None`: in memory).
+pub fn config(key: usize, db: Option<PathBuf>, bootstrap: &[SocketAddr]) -> ServerConfig {
+    ServerConfig {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        db_path: db,
+        first_key_pem: Some(fixtures::key_pem(key).to_owned()),
+        bootstrap: bootstrap
+            .iter()
+            .map(|a| Bootstrap {
+                host: a.ip().to_string(),
+                port: a.port(),
+                pubkey: None,
+            })
+            .collect(),
+        settings: fast_settings(),
+        crypto_threads: 2,
+        ..ServerConfig::default()
+    }
+}
+
+/// Start a server with fixture key `key`, joining through `bootstrap`.
+pub async fn server(key: usize, bootstrap: &[SocketAddr]) -> RunningServer {
+    start(config(key, None, bootstrap))
+        .await
+        .expect("server starts")
+}
+
+/// Poll `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Linked servers in a `/status` snapshot.
+pub fn links_up(status: &Value) -> usize {
+    status["servers"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|s| s["link"] == "up").count())
+}
+
+/// Users (local + remote) in a `/status` snapshot.
+pub fn users_known(status: &Value) -> usize {
+    status["local_users"].as_array().map_or(0, Vec::len)
+        + status["remote_users"].as_array().map_or(0, Vec::len)
+}
+
+type Framed = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// A raw protocol user (or a fake server) on one WebSocket.
+pub struct Peer {
+    framed: Framed,
+    /// Frames received and not yet taken.
+    pub inbox: VecDeque<Envelope>,
+    /// Close code, once the server closed the connection.
+    pub closed: Option<u16>,
+}
+
+impl Peer {
+    /// Connect to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Peer {
+        let (_, framed) = awc::Client::new()
+            .ws(format!("ws://{addr}/ws"))
+            .max_frame_size(4 * 1024 * 1024)
+            .connect()
+            .await
+            .expect("connects");
+        Peer {
+            framed,
+            inbox: VecDeque::new(),
+            closed: None,
+        }
+    }
+
+    /// Send raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        let _ = self
+            .framed
+            .send(awc::ws::Message::Text(text.to_owned().into()))
+            .await;
+    }
+
+    /// Send an envelope.
+    pub async fn send(&mut self, env: &Envelope) {
+        self.send_text(&env.to_json()).await;
+    }
+
+    /// Read frames for up to `wait`, into the inbox. False once closed.
+    pub async fn pump(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            match tokio::time::timeout(left, self.framed.next()).await {
+                Err(_) => return true,
+                Ok(Some(Ok(awc::ws::Frame::Text(bytes)))) => match Envelope::parse(&bytes) {
+                    Ok(env) => self.inbox.push_back(env),
+                    Err(e) => panic!("server sent an unparsable frame: {e}"),
+                },
+                Ok(Some(Ok(awc::ws::Frame::Close(reason)))) => {
+                    self.closed = Some(reason.map_or(1005, |r| u16::from(r.code)));
+                    return false;
+                }
+                Ok(Some(Ok(awc::ws::Frame::Ping(p)))) => {
+                    let _ = self.framed.send(awc::ws::Message::Pong(p)).await;
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) => {
+                    self.closed.get_or_insert(1006);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Wait up to `wait` for a frame matching `pred`; it is removed from the inbox.
+    pub async fn expect<F: Fn(&Envelope) -> bool>(
+        &mut self,
+        wait: Duration,
+        what: &str,
+        pred: F,
+    ) -> Envelope {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(i) = self.inbox.iter().position(&pred) {
+                return self.inbox.remove(i).expect("index is valid");
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero()
+                || !self.pump(left.min(Duration::from_millis(100))).await
+                    && self.inbox.iter().all(|e| !pred(e))
+            {
+                let types: Vec<String> = self.inbox.iter().map(Envelope::summary).collect();
+                panic!(
+                    "no {what} within {wait:?} (closed: {:?}); inbox: {types:?}",
+                    self.closed
+                );
+            }
+        }
+    }
+
+    /// Whether a frame matching `pred` arrives within `wait` (it stays in the inbox).
+    pub async fn sees<F: Fn(&Envelope) -> bool>(&mut self, wait: Duration, pred: F) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.inbox.iter().any(&pred) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !self.pump(left.min(Duration::from_millis(100))).await {
+                return self.inbox.iter().any(&pred);
+            }
+        }
+    }
+
+    /// Count frames matching `pred` received within `wait`, removing them.
+    pub async fn count<F: Fn(&Envelope) -> bool>(&mut self, wait: Duration, pred: F) -> usize {
+        self.pump(wait).await;
+        let before = self.inbox.len();
+        self.inbox.retain(|e| !pred(e));
+        before - self.inbox.len()
+    }
+
+    /// Wait for the server to close the connection; the close code.
+    pub async fn closed_within(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.closed.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.pump(left).await;
+        }
+        self.closed
+    }
+}
+
+/// Frame-type predicate.
+pub fn is(t: &'static str) -> impl Fn(&Envelope) -> bool {
+    move |e: &Envelope| e.msg_type() == t
+}
+
+/// An ERROR frame with this code.
+pub fn error_code(code: &'static str) -> impl Fn(&Envelope) -> bool {
+    move |e: &Envelope| e.msg_type() == "ERROR" && e.payload()["code"] == code
+}
+
+/// A test user with a fixture key.
+pub struct User {
+    pub id: UserId,
+    pub key: PrivateKey,
+    pub peer: Peer,
+}
+
+impl User {
+    /// Connect as a fresh ephemeral user with fixture key `key` and wait for the
+    /// server's acknowledgement.
+    pub async fn join(addr: SocketAddr, key: usize) -> User {
+        let user = Self::hello(addr, key, UserId::random()).await;
+        let mut user = user;
+        user.peer
+            .expect(Duration::from_secs(10), "hello ACK", is("ACK"))
+            .await;
+        user
+    }
+
+    /// Connect and send USER_HELLO, without waiting for anything.
+    pub async fn hello(addr: SocketAddr, key: usize, id: UserId) -> User {
+        let key = fixtures::key(key);
+        let mut peer = Peer::connect(addr).await;
+        let hello = Envelope::new(
+            &id,
+            To::parse("server").expect("valid"),
+            now_ms(),
+            &UserHello {
+                client: "socp-tests".into(),
+                pubkey: key.public_key().clone(),
+                enc_pubkey: None,
+                meta: None,
+                nonce: None,
+            },
+        );
+        peer.send(&hello).await;
+        User { id, key, peer }
+    }
+
+    /// A signed DM envelope for `to` (key `to_key`).
+    pub fn dm(&self, to: &UserId, to_key: &socp_protocol::PublicKey, text: &str) -> Envelope {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(&to_key.encrypt(text.as_bytes()).expect("fits"));
+        let sig =
+            content::sign_dm(&self.key, &ct, self.id.as_str(), to.as_str(), ts).expect("signs");
+        Envelope::from_message(
+            &self.id,
+            To::from(to),
+            ts,
+            &Message::MsgDirect(MsgDirect {
+                ciphertext: ct,
+                sender_pub: self.key.public_key().clone(),
+                content_sig: sig,
+            }),
+        )
+    }
+
+    /// Wait for a USER_ADVERTISE of `who`.
+    pub async fn sees_user(&mut self, who: &UserId, wait: Duration) -> bool {
+        let id = who.to_string();
+        self.peer
+            .sees(wait, move |e| {
+                e.msg_type() == "USER_ADVERTISE" && e.payload()["user_id"] == id.as_str()
+            })
+            .await
+    }
+
+    /// Decrypt a USER_DELIVER's ciphertext.
+    pub fn open(&self, env: &Envelope) -> String {
+        let ct = Base64Url::parse(env.payload()["ciphertext"].as_str().expect("ciphertext"))
+            .expect("b64");
+        String::from_utf8(self.key.decrypt(ct.bytes()).expect("decrypts")).expect("utf8")
+    }
+}
