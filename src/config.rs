@@ -216,12 +216,104 @@ impl ServerArgs {
 }
 
 /// `socp-client`: the SOCP v1.3 terminal client.
+///
+/// `socp-client --server ws://127.0.0.1:8765`, or the positional form
+/// `socp-client alice 127.0.0.1 8080` (user id, host, port).
 #[derive(Debug, Parser)]
 #[command(name = "socp-client", version, about)]
 pub struct ClientArgs {
+    /// Ephemeral user id (positional form: USER HOST PORT).
+    pub user: Option<String>,
+    /// Server host (positional form).
+    pub host: Option<String>,
+    /// Server port (positional form).
+    pub port: Option<u16>,
     /// Server to connect to, as ws://HOST:PORT.
-    #[arg(long, default_value = "ws://127.0.0.1:8765")]
-    pub server: String,
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Directory for keys and settings (default: ~/.config/socp).
+    #[arg(long, env = "SOCP_HOME")]
+    pub home: Option<PathBuf>,
+    /// Where received files are saved (default: HOME/downloads).
+    #[arg(long)]
+    pub download_dir: Option<PathBuf>,
+    /// Print one JSON object per event.
+    #[arg(long)]
+    pub json: bool,
+    /// Read the password for /register and /login from this file.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Use this unencrypted PEM key for the session instead of generating one.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Use this unencrypted PEM key for /register instead of generating one.
+    #[arg(long)]
+    pub register_key: Option<PathBuf>,
+    /// Frames per second to send at most (the server's limit; default 50).
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+}
+
+impl ClientArgs {
+    /// Turn the arguments into a client configuration.
+    pub fn to_config(&self) -> Result<crate::client::ClientConfig, ConfigError> {
+        use std::io::IsTerminal;
+        let (host, port) = match (&self.server, &self.host, self.port) {
+            (Some(url), _, _) => parse_ws_url(url)?,
+            (None, Some(host), Some(port)) => (host.clone(), port),
+            (None, Some(_), None) => {
+                return Err(ConfigError(
+                    "give HOST and PORT, or --server ws://HOST:PORT".into(),
+                ))
+            }
+            (None, None, _) => ("127.0.0.1".to_owned(), 8765),
+        };
+        let user_id = match &self.user {
+            Some(u) => Some(
+                socp_protocol::UserId::parse(u)
+                    .map_err(|e| ConfigError(format!("user id: {e}")))?,
+            ),
+            None => None,
+        };
+        let home = match &self.home {
+            Some(h) => h.clone(),
+            None => std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("socp"),
+        };
+        let password = match &self.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => std::env::var("SOCP_PASSWORD").ok(),
+        };
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(ConfigError("--rate must be positive".into()));
+        }
+        Ok(crate::client::ClientConfig {
+            host,
+            port,
+            user_id,
+            download_dir: self
+                .download_dir
+                .clone()
+                .unwrap_or_else(|| home.join("downloads")),
+            home,
+            json: self.json,
+            key_file: self.key.clone(),
+            register_key_file: self.register_key.clone(),
+            password,
+            send_rate: self.rate,
+            terminal: std::io::stdin().is_terminal()
+                && std::io::stdout().is_terminal()
+                && !self.json,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +371,23 @@ mod tests {
         assert!(config.settings.introducer_only);
         let bad = ServerArgs::parse_from(["socp-server", "--timeout", "-1"]);
         assert!(bad.to_config().is_err());
+    }
+
+    #[test]
+    fn client_forms() {
+        let seed1 = ClientArgs::parse_from(["socp-client", "alice", "127.0.0.1", "8080"])
+            .to_config()
+            .unwrap();
+        assert_eq!((seed1.host.as_str(), seed1.port), ("127.0.0.1", 8080));
+        assert_eq!(seed1.user_id.unwrap().as_str(), "alice");
+        let seed2 = ClientArgs::parse_from(["socp-client", "--server", "ws://127.0.0.1:8766"])
+            .to_config()
+            .unwrap();
+        assert_eq!(seed2.port, 8766);
+        assert!(seed2.user_id.is_none());
+        assert!(ClientArgs::parse_from(["socp-client", "al ice"])
+            .to_config()
+            .is_err());
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! - `socp-db` (`db/`): the server's SQLite storage.
 //! - `socp-actors` (`actors/`): the server's actix actors.
 //! - this crate: [`config`] (clap + environment), [`server`] (assembly of the
-//!   actors and the actix-web App); the binaries in `bin/` are thin mains over
+//!   actors and the actix-web App), [`client`] (the terminal client); the binaries in `bin/` are thin mains over
 //!   [`server_main`] and [`client_main`].
 
+pub mod client;
 pub mod config;
 pub mod server;
 
@@ -69,9 +70,12 @@ async fn wait_for_signal() {
 pub fn client_main() -> i32 {
     let args = config::ClientArgs::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    log::error!(
-        "socp-client is not implemented yet (would connect to {}); see README.md, Status",
-        args.server
-    );
-    2
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("socp-client: {e}");
+            return 2;
+        }
+    };
+    actix_web::rt::System::new().block_on(client::run(config))
 }

@@ -80,7 +80,8 @@ pub enum StartError {
     Other(String),
 }
 
-/// A started server.
+/// A started server. Dropping it stops the server at once, as [`kill`](Self::kill)
+/// does: keep it for as long as the server should run.
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -88,6 +89,11 @@ pub struct RunningServer {
     pub server_id: ServerId,
     router: Addr<Router>,
     handle: actix_web::dev::ServerHandle,
+    /// The thread the router, heartbeat, dialer, introducer link and outbound
+    /// links run on. Stopping it stops them all at once: without it a stopped
+    /// server's outbound links and heartbeats would outlive it (and its
+    /// reconnects would link it to the mesh again).
+    core: Arbiter,
 }
 
 impl RunningServer {
@@ -97,17 +103,28 @@ impl RunningServer {
     }
 
     /// Graceful shutdown: SERVER_GOODBYE and USER_REMOVE to every server,
-    /// close code 1000 to everyone, then stop listening.
+    /// close code 1000 to everyone, then stop listening and stop every actor.
     pub async fn shutdown(self) {
         let _ = self.router.send(Shutdown).await;
         // Give the goodbye frames a moment to be signed and written.
         actix_web::rt::time::sleep(Duration::from_millis(300)).await;
         self.handle.stop(true).await;
+        // Dropping `self` stops the actors.
     }
 
-    /// Stop at once without goodbyes (a crash, for tests).
+    /// Stop at once without goodbyes (a crash, for tests): connections are
+    /// dropped, not closed with a code.
     pub async fn kill(self) {
+        self.core.stop();
         self.handle.stop(false).await;
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.core.stop();
+        // Sends the stop command now; the returned future only reports completion.
+        drop(self.handle.stop(false));
     }
 }
 
@@ -338,9 +355,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(PoolSigner(pool.clone())),
     );
 
-    let mut shared_out = None;
+    // The server's actors run on their own thread, so that stopping it stops
+    // them all (see `RunningServer::core`).
+    let core = Arbiter::try_new()
+        .map_err(|e| StartError::Other(format!("cannot start the actors' thread: {e}")))?;
+    let (shared_tx, shared_rx) = std::sync::mpsc::channel();
     let (interval, timeout) = (settings.heartbeat_interval, settings.peer_timeout);
-    let router = Router::create(|ctx| {
+    let (pool2, store2, me2, host2, settings2) = (
+        pool.clone(),
+        store.clone(),
+        me.clone(),
+        host.clone(),
+        settings.clone(),
+    );
+    let port = addr.port();
+    let router = Router::start_in_arbiter(&core.handle(), move |ctx| {
+        let (pool, store, me, host, settings) = (pool2, store2, me2, host2, settings2);
         let heartbeat = Heartbeat::new(
             HeartbeatPorts {
                 send_heartbeats: ctx.address().recipient(),
@@ -356,12 +386,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             pool.clone(),
             store.clone(),
             heartbeat.clone().recipient(),
-            me.clone(),
-            (host.clone(), addr.port()),
-            settings.clone(),
+            me,
+            (host, port),
+            settings,
         );
         let dialer = Dialer::new(shared.clone(), heartbeat.clone().recipient()).start();
-        shared_out = Some(shared);
+        // The receiver waits below; it is gone only if `start` was dropped.
+        let _ = shared_tx.send(shared);
         Router::new(
             state,
             RouterPorts {
@@ -371,7 +402,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             },
         )
     });
-    let shared = shared_out.ok_or_else(|| StartError::Other("router did not start".into()))?;
+    let shared = actix_web::rt::task::spawn_blocking(move || shared_rx.recv())
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .map_err(|_| StartError::Other("router did not start".into()))?;
 
     // Servers remembered from earlier runs: learn them and link again.
     for k in known {
@@ -389,7 +423,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     match welcome {
         Some(w) => router.do_send(Joined(w)),
         None if !config.bootstrap.is_empty() => {
-            IntroducerLink::new(
+            let link = IntroducerLink::new(
                 pool.clone(),
                 router.clone(),
                 config.bootstrap.clone(),
@@ -397,8 +431,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                 address,
                 max_frame,
                 Duration::from_secs(2).min(settings.heartbeat_interval),
-            )
-            .start();
+            );
+            IntroducerLink::start_in_arbiter(&core.handle(), move |_| link);
         }
         None => {}
     }
@@ -437,6 +471,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         server_id: me,
         router,
         handle,
+        core,
     })
 }
 

@@ -1,0 +1,194 @@
+//! The client's commands: `/register`, `/login`, `/list`, `/tell`, `/all`,
+//! `/file`, `/help`, `/quit`.
+
+use std::path::PathBuf;
+
+/// One parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/register [username]`.
+    Register { username: Option<String> },
+    /// `/login <username|uuid>`.
+    Login { who: String },
+    /// `/list`.
+    List,
+    /// `/tell <user> <message>`.
+    Tell { to: String, text: String },
+    /// `/all <message>`.
+    All { text: String },
+    /// `/file <user> <path>`.
+    File { to: String, path: PathBuf },
+    /// `/help`.
+    Help,
+    /// `/quit`.
+    Quit,
+    /// A blank line.
+    Nothing,
+}
+
+/// Why a line is not a command, in words for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage(pub String);
+
+/// What `/help` prints.
+pub const HELP: &str = "\
+commands:
+  /register [username]        create an account (RSA-4096 key protected by a password)
+  /login <username|uuid>      log in to an account (from any machine)
+  /list                       who is online across the mesh
+  /tell <user> <message>      end-to-end encrypted direct message (user: name or uuid)
+  /all <message>              end-to-end encrypted message to everyone (public channel)
+  /file <user> <path>         send a file, end-to-end encrypted
+  /help                       this help
+  /quit                       leave (also Ctrl-D)";
+
+/// Split off the first word.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+/// Parse one input line.
+pub fn parse(line: &str) -> Result<Command, Usage> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(Command::Nothing);
+    }
+    let (name, rest) = word(line);
+    let usage = |u: &str| Err(Usage(format!("usage: {u}")));
+    match name {
+        "/register" => {
+            let (username, extra) = word(rest);
+            if !extra.is_empty() {
+                return usage("/register [username]");
+            }
+            Ok(Command::Register {
+                username: (!username.is_empty()).then(|| username.to_owned()),
+            })
+        }
+        "/login" => {
+            let (who, extra) = word(rest);
+            if who.is_empty() || !extra.is_empty() {
+                return usage("/login <username|uuid>");
+            }
+            Ok(Command::Login { who: who.to_owned() })
+        }
+        "/list" if rest.is_empty() => Ok(Command::List),
+        "/list" => usage("/list"),
+        "/tell" | "/msg" => {
+            let (to, text) = word(rest);
+            if to.is_empty() || text.is_empty() {
+                return usage("/tell <user> <message>");
+            }
+            Ok(Command::Tell {
+                to: to.to_owned(),
+                text: text.to_owned(),
+            })
+        }
+        "/all" => {
+            if rest.is_empty() {
+                return usage("/all <message>");
+            }
+            Ok(Command::All {
+                text: rest.to_owned(),
+            })
+        }
+        "/file" => {
+            let (to, path) = word(rest);
+            if to.is_empty() || path.is_empty() {
+                return usage("/file <user> <path>");
+            }
+            Ok(Command::File {
+                to: to.to_owned(),
+                path: PathBuf::from(path),
+            })
+        }
+        "/help" | "/?" => Ok(Command::Help),
+        "/quit" | "/exit" => Ok(Command::Quit),
+        other if other.starts_with('/') => Err(Usage(format!("unknown command {other}\n{HELP}"))),
+        _ => Err(Usage(format!(
+            "commands start with /; to send text use /tell <user> <message> or /all <message>\n{HELP}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(
+            parse("/register").unwrap(),
+            Command::Register { username: None }
+        );
+        assert_eq!(
+            parse("/register alice").unwrap(),
+            Command::Register {
+                username: Some("alice".into())
+            }
+        );
+        assert_eq!(
+            parse("/login bob").unwrap(),
+            Command::Login { who: "bob".into() }
+        );
+        assert_eq!(parse("/list").unwrap(), Command::List);
+        assert_eq!(
+            parse("/tell bob  hello there  ").unwrap(),
+            Command::Tell {
+                to: "bob".into(),
+                text: "hello there  ".into()
+            }
+        );
+        assert_eq!(
+            parse("/all hi all").unwrap(),
+            Command::All {
+                text: "hi all".into()
+            }
+        );
+        assert_eq!(
+            parse("/file bob /tmp/a file.txt").unwrap(),
+            Command::File {
+                to: "bob".into(),
+                path: "/tmp/a file.txt".into()
+            }
+        );
+        assert_eq!(parse("/quit").unwrap(), Command::Quit);
+        assert_eq!(parse("/help").unwrap(), Command::Help);
+        assert_eq!(parse("   ").unwrap(), Command::Nothing);
+        assert_eq!(
+            parse("/tell bob hi\r\n").unwrap(),
+            Command::Tell {
+                to: "bob".into(),
+                text: "hi".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_lines_give_usage() {
+        for bad in [
+            "/tell bob",
+            "/tell",
+            "/all",
+            "/login",
+            "/login a b",
+            "/file bob",
+            "/list x",
+            "/register a b",
+        ] {
+            assert!(parse(bad).unwrap_err().0.starts_with("usage:"), "{bad}");
+        }
+        assert!(parse("/frobnicate")
+            .unwrap_err()
+            .0
+            .contains("unknown command"));
+        assert!(parse("hello")
+            .unwrap_err()
+            .0
+            .contains("commands start with /"));
+    }
+}

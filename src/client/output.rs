@@ -1,0 +1,93 @@
+//! What the client shows: one line per event, as text for people or as one
+//! JSON object per line (`--json`) for scripts. In a terminal, lines are
+//! printed above the line being typed, never through it.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+/// Prints above the prompt (rustyline's external printer).
+pub type ExternalPrinter = Box<dyn rustyline::ExternalPrinter + Send>;
+
+/// Where events go.
+#[derive(Clone)]
+pub struct Output {
+    json: bool,
+    printer: Arc<Mutex<Option<ExternalPrinter>>>,
+}
+
+impl Output {
+    /// Text (`json = false`) or JSON lines.
+    pub fn new(json: bool) -> Self {
+        Output {
+            json,
+            printer: Arc::default(),
+        }
+    }
+
+    /// Route lines through a terminal line editor from now on.
+    pub fn attach_printer(&self, printer: ExternalPrinter) {
+        if let Ok(mut p) = self.printer.lock() {
+            *p = Some(printer);
+        }
+    }
+
+    /// Whether events are JSON.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    fn line(&self, line: String) {
+        if let Ok(mut p) = self.printer.lock() {
+            if let Some(printer) = p.as_mut() {
+                if printer.print(format!("{line}\n")).is_ok() {
+                    return;
+                }
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    /// One event: `text` for people, `fields` (plus `"event": kind`) for scripts.
+    pub fn event(&self, kind: &str, text: impl Into<String>, fields: Value) {
+        if self.json {
+            let mut obj = match fields {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            obj.insert("event".into(), Value::String(kind.to_owned()));
+            self.line(Value::Object(obj).to_string());
+        } else {
+            self.line(text.into());
+        }
+    }
+
+    /// Informational text (JSON: `{"event":"info","text":...}`).
+    pub fn info(&self, text: impl Into<String>) {
+        let text = text.into();
+        self.event("info", text.clone(), json!({ "text": text }));
+    }
+
+    /// A problem the user should see (JSON: `{"event":"error",...}`).
+    pub fn error(&self, code: &str, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.event(
+            "error",
+            format!("[error] {detail}"),
+            json!({ "code": code, "detail": detail }),
+        );
+    }
+
+    /// A warning (forged or unverifiable content).
+    pub fn warning(&self, text: impl Into<String>) {
+        let text = text.into();
+        self.event(
+            "warning",
+            format!("[warning] {text}"),
+            json!({ "text": text }),
+        );
+    }
+}
