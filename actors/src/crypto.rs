@@ -28,7 +28,12 @@ pub struct SignedFrame(Shared<BoxFuture<'static, Option<FrameText>>>);
 impl SignedFrame {
     /// A frame whose text is already final (a relayed frame, unchanged).
     pub fn ready(text: FrameText) -> Self {
-        SignedFrame(futures_util::future::ready(Some(text)).boxed().shared())
+        let shared = futures_util::future::ready(Some(text)).boxed().shared();
+        // A `Shared` shows its output to `peek` only once it has been polled.
+        // This one is ready, so one poll completes it: writers then see the
+        // text at once instead of waiting a round trip of the event loop.
+        let _ready_now = shared.clone().now_or_never();
+        SignedFrame(shared)
     }
 
     /// Wait for the text.
@@ -256,6 +261,13 @@ mod tests {
         let (env, ok) = pool.verify(parsed, public).await.expect("pool answers");
         assert!(ok);
         assert_eq!(env.ts(), 1);
+    }
+
+    #[test]
+    fn ready_frames_can_be_peeked_at_once() {
+        let frame = SignedFrame::ready(FrameText::from("{}"));
+        assert_eq!(frame.peek().as_deref(), Some("{}"));
+        assert_eq!(frame.clone().peek().as_deref(), Some("{}"));
     }
 
     #[actix::test]

@@ -43,6 +43,11 @@ impl Roster {
         }
     }
 
+    /// Forget a user wherever located (our own previous identity after a login).
+    pub fn forget(&mut self, user: &UserId) -> Option<Contact> {
+        self.users.remove(user)
+    }
+
     /// A user by id.
     pub fn get(&self, user: &UserId) -> Option<&Contact> {
         self.users.get(user)

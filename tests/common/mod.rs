@@ -13,9 +13,12 @@ use serde_json::Value;
 use socp::server::{start, RunningServer, ServerConfig};
 use socp_actors::introducer::Bootstrap;
 use socp_actors::Settings;
-use socp_protocol::message::{MsgDirect, UserHello};
+use socp_protocol::message::{
+    MsgDirect, MsgPublicChannel, ServerAddress, ServerAnnounce, ServerHelloLink, UserHello,
+};
 use socp_protocol::{
-    content, fixtures, now_ms, Base64Url, Envelope, Message, PrivateKey, To, UserId,
+    content, fixtures, now_ms, Base64Url, Envelope, Message, PrivateKey, PublicKey, ServerId, To,
+    UserId,
 };
 
 /// Fast heartbeats so liveness tests take seconds.
@@ -46,6 +49,25 @@ pub fn config(key: usize, db: Option<PathBuf>, bootstrap: &[SocketAddr]) -> Serv
         crypto_threads: 2,
         ..ServerConfig::default()
     }
+}
+
+/// [`config`] with other settings.
+pub fn config_with(
+    key: usize,
+    db: Option<PathBuf>,
+    bootstrap: &[SocketAddr],
+    settings: Settings,
+) -> ServerConfig {
+    ServerConfig {
+        settings,
+        ..config(key, db, bootstrap)
+    }
+}
+
+/// A loopback address where nothing listens (a port bound, then released).
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds a free port");
+    listener.local_addr().expect("has an address")
 }
 
 /// Start a server with fixture key `key`, joining through `bootstrap`.
@@ -124,6 +146,48 @@ impl Peer {
     /// Send an envelope.
     pub async fn send(&mut self, env: &Envelope) {
         self.send_text(&env.to_json()).await;
+    }
+
+    /// Send a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        let _ = self
+            .framed
+            .send(awc::ws::Message::Binary(bytes.to_vec().into()))
+            .await;
+    }
+
+    /// Write one final, masked WebSocket frame with `opcode` and `payload`
+    /// straight to the socket, bypassing the codec (which cannot carry a text
+    /// frame that is not UTF-8).
+    pub async fn send_raw_frame(&mut self, opcode: u8, payload: &[u8]) {
+        use actix_codec::AsyncWrite;
+        use std::pin::Pin;
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let io = self.framed.io_mut();
+        let mut written = 0;
+        while written < frame.len() {
+            match std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, &frame[written..]))
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(n) => written += n,
+            }
+        }
+        let _ = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await;
     }
 
     /// Read frames for up to `wait`, into the inbox. False once closed.
@@ -300,5 +364,78 @@ impl User {
         let ct = Base64Url::parse(env.payload()["ciphertext"].as_str().expect("ciphertext"))
             .expect("b64");
         String::from_utf8(self.key.decrypt(ct.bytes()).expect("decrypts")).expect("utf8")
+    }
+}
+
+impl User {
+    /// A signed public channel message for member `to` (key `to_key`).
+    pub fn public(&self, to: &UserId, to_key: &PublicKey, text: &str) -> Envelope {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(&to_key.encrypt(text.as_bytes()).expect("fits"));
+        let sig = content::sign_public(&self.key, &ct, self.id.as_str(), ts).expect("signs");
+        Envelope::from_message(
+            &self.id,
+            To::from(to),
+            ts,
+            &Message::MsgPublicChannel(MsgPublicChannel {
+                ciphertext: ct,
+                sender_pub: self.key.public_key().clone(),
+                content_sig: sig,
+                group_id: "public".into(),
+                public_version: None,
+            }),
+        )
+    }
+}
+
+/// A fake server: a raw connection that linked to a real server with
+/// SERVER_HELLO_LINK, signed with its own fixture key.
+pub struct FakeServer {
+    pub id: ServerId,
+    pub key: PrivateKey,
+    pub peer: Peer,
+}
+
+impl FakeServer {
+    /// Link to the server at `addr` as a new server with fixture key `key`.
+    pub async fn link(addr: SocketAddr, key: usize, to: &ServerId) -> FakeServer {
+        let key = fixtures::key(key);
+        let id = ServerId::random();
+        let mut peer = Peer::connect(addr).await;
+        let hello = Envelope::new(
+            &id,
+            To::from(to),
+            now_ms(),
+            &ServerHelloLink(ServerAddress {
+                host: "127.0.0.1".into(),
+                port: 9,
+                pubkey: key.public_key().clone(),
+            }),
+        )
+        .signed(&key)
+        .expect("signs");
+        peer.send(&hello).await;
+        FakeServer { id, key, peer }
+    }
+
+    /// Broadcast SERVER_ANNOUNCE, so that servers beyond the linked one learn
+    /// (and pin) this server's key.
+    pub async fn announce(&mut self) {
+        let env = self.signed(
+            To::All,
+            &Message::ServerAnnounce(ServerAnnounce(ServerAddress {
+                host: "127.0.0.1".into(),
+                port: 9,
+                pubkey: self.key.public_key().clone(),
+            })),
+        );
+        self.peer.send(&env).await;
+    }
+
+    /// An envelope from this server, signed with its key.
+    pub fn signed(&self, to: To, msg: &Message) -> Envelope {
+        Envelope::from_message(&self.id, to, now_ms(), msg)
+            .signed(&self.key)
+            .expect("signs")
     }
 }
