@@ -55,6 +55,70 @@ pub struct ServerArgs {
     /// Accept only registered users (no ephemeral identities).
     #[arg(long)]
     pub require_registration: bool,
+    /// On first start, use this unencrypted PEM key instead of generating one.
+    #[arg(long)]
+    pub first_key: Option<PathBuf>,
+}
+
+/// `socp-bench`: how close a socp mesh runs to the crypto limit.
+#[derive(Debug, Parser)]
+#[command(name = "socp-bench", version, about)]
+pub struct BenchArgs {
+    /// Seconds per crypto measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub crypto_secs: f64,
+    /// K: sender/receiver pairs for the DM relay.
+    #[arg(short = 'k', long, default_value_t = 4)]
+    pub pairs: usize,
+    /// T: seconds of DM relay.
+    #[arg(short = 't', long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// DMs in flight per pair.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// N: public channel members (over 3 servers).
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub members: usize,
+    /// File size in KiB.
+    #[arg(long, default_value_t = 1024)]
+    pub file_kib: usize,
+    /// C: idle users attached to one server.
+    #[arg(short = 'c', long, default_value_t = 1000)]
+    pub idle_users: usize,
+    /// S: servers joining one introducer.
+    #[arg(short = 's', long, default_value_t = 4)]
+    pub servers: usize,
+    /// U: users in the mesh-formation test.
+    #[arg(short = 'u', long, default_value_t = 40)]
+    pub users: usize,
+    /// Run only these parts (dm, fanout, file, idle, mesh); repeatable.
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// The socp-server binary for the idle test (default: next to socp-bench).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// The bench configuration.
+    pub fn to_config(&self) -> crate::bench::BenchConfig {
+        crate::bench::BenchConfig {
+            crypto_secs: self.crypto_secs,
+            pairs: self.pairs.max(1),
+            dm_secs: self.seconds,
+            window: self.window.max(1),
+            members: self.members.max(1),
+            file_bytes: self.file_kib * 1024,
+            idle_users: self.idle_users,
+            mesh_servers: self.servers.max(2),
+            mesh_users: self.users,
+            only: self.only.clone(),
+            server_bin: self.server_bin.clone(),
+        }
+    }
 }
 
 /// A configuration error, for the person at the terminal.
@@ -203,8 +267,16 @@ impl ServerArgs {
             introducer_only: self.introducer_only,
             ..Settings::default()
         };
+        let first_key_pem = match &self.first_key {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
         Ok(ServerConfig {
             bind,
+            first_key_pem,
             public_host: self.public_host.clone(),
             server_id,
             bootstrap,
@@ -369,7 +441,7 @@ mod tests {
             Duration::from_millis(500)
         );
         assert!(config.settings.introducer_only);
-        let bad = ServerArgs::parse_from(["socp-server", "--timeout", "-1"]);
+        let bad = ServerArgs::parse_from(["socp-server", "--timeout=-1"]);
         assert!(bad.to_config().is_err());
     }
 

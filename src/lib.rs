@@ -11,6 +11,7 @@
 //!   actors and the actix-web App), [`client`] (the terminal client); the binaries in `bin/` are thin mains over
 //!   [`server_main`] and [`client_main`].
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod server;
@@ -78,4 +79,20 @@ pub fn client_main() -> i32 {
         }
     };
     actix_web::rt::System::new().block_on(client::run(config))
+}
+
+/// Entry point of `socp-bench`; returns the process exit code.
+pub fn bench_main() -> i32 {
+    let args = config::BenchArgs::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
+    let report = actix_web::rt::System::new().block_on(bench::run(args.to_config()));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", bench::table(&report));
+    }
+    i32::from(!report.errors.is_empty())
 }

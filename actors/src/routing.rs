@@ -6,7 +6,7 @@
 //! Handles (`H`) are whatever the shell uses to reach a session or link
 //! (`Recipient<Outbound>` in the server, plain values in tests).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -157,12 +157,17 @@ struct Link<H> {
     opened_by: ServerId,
 }
 
-/// The seen-ids cache (SPEC.md §5.5), bounded in entries. When an entry is
-/// evicted for room before its time, its `ts` becomes a floor: anything at or
-/// below it counts as seen, so eviction never lets a replay through.
+/// The seen-ids cache (SPEC.md §5.5), bounded in entries. When the cache is
+/// full, the entry with the oldest `ts` is evicted and its `ts` becomes a
+/// floor: anything at or below it counts as seen, so eviction never lets a
+/// replay through. Evicting by `ts` rather than by arrival keeps the floor
+/// below every entry still held: a frame stamped ahead (a peer whose clock runs
+/// fast, still inside the window) cannot lift the floor over frames from
+/// correctly set clocks.
 pub struct SeenCache {
     set: HashSet<[u8; 32]>,
-    queue: VecDeque<(i64, [u8; 32])>,
+    /// The same keys ordered by `ts`, oldest first: what pruning and eviction take.
+    by_ts: BTreeSet<(i64, [u8; 32])>,
     capacity: usize,
     floor_ts: i64,
 }
@@ -172,7 +177,7 @@ impl SeenCache {
     pub fn new(capacity: usize) -> Self {
         SeenCache {
             set: HashSet::new(),
-            queue: VecDeque::new(),
+            by_ts: BTreeSet::new(),
             capacity: capacity.max(1),
             floor_ts: i64::MIN,
         }
@@ -182,19 +187,19 @@ impl SeenCache {
     pub fn insert(&mut self, key: [u8; 32], ts: i64, now: i64) -> bool {
         // Entries older than the acceptance window can go: such frames are
         // rejected as stale before they reach the cache.
-        while let Some((t, k)) = self.queue.front().copied() {
-            if t < now - 2 * TS_WINDOW_MS {
-                self.queue.pop_front();
-                self.set.remove(&k);
-            } else {
+        let horizon = now.saturating_sub(2 * TS_WINDOW_MS);
+        while let Some(&(t, k)) = self.by_ts.first() {
+            if t >= horizon {
                 break;
             }
+            self.by_ts.pop_first();
+            self.set.remove(&k);
         }
         if ts <= self.floor_ts || self.set.contains(&key) {
             return false;
         }
-        if self.queue.len() >= self.capacity {
-            if let Some((t, k)) = self.queue.pop_front() {
+        if self.by_ts.len() >= self.capacity {
+            if let Some((t, k)) = self.by_ts.pop_first() {
                 self.set.remove(&k);
                 self.floor_ts = self.floor_ts.max(t);
             }
@@ -203,7 +208,7 @@ impl SeenCache {
             }
         }
         self.set.insert(key);
-        self.queue.push_back((ts, key));
+        self.by_ts.insert((ts, key));
         true
     }
 
@@ -354,10 +359,15 @@ impl<H: Clone> RouterState<H> {
             ));
         }
         if let Some(r) = self.remote.get(&user_id) {
-            return Err(Refusal::new(
-                ErrorCode::NameInUse,
-                format!("{user_id} is attached to server {}", r.server_id),
-            ));
+            if self.is_linked(&r.server_id) {
+                return Err(Refusal::new(
+                    ErrorCode::NameInUse,
+                    format!("{user_id} is attached to server {}", r.server_id),
+                ));
+            }
+            // Learnt from a welcome or gossip, at a server we have no link
+            // to: not reachable, so not in use (as for USER_ADVERTISE).
+            self.remote.remove(&user_id);
         }
         let mut out = Vec::new();
         // The roster first, so the client has every pubkey.
@@ -548,6 +558,7 @@ impl<H: Clone> RouterState<H> {
             .chain(
                 self.remote
                     .iter()
+                    .filter(|(_, u)| self.is_linked(&u.server_id))
                     .map(|(id, u)| listed(id, &u.server_id, u.name.as_deref())),
             )
             .collect();
@@ -1177,16 +1188,21 @@ impl<H: Clone> RouterState<H> {
                         .map(|l| l.conn.tx.clone());
                     match target {
                         Some(tx) => out.push(Action::Send(tx, relay)),
-                        None => self.deliver(
-                            d.user_id,
-                            d.sender,
-                            orig_ts,
-                            d.content,
-                            None,
-                            Some(frame.link),
-                            now,
-                            &mut out,
-                        ),
+                        // Nowhere to forward it but back (or nowhere at all):
+                        // answer on the link it came from. Re-sending it as our
+                        // own SERVER_DELIVER would put it back to its origin.
+                        None => {
+                            let detail = format!("{} is not online", d.user_id);
+                            let error = self.error_frame(
+                                To::from(frame.link),
+                                now,
+                                ErrorCode::UserNotFound,
+                                &detail,
+                            );
+                            if let Some(link) = self.link_of(frame.link) {
+                                out.push(Action::Send(link.tx.clone(), error));
+                            }
+                        }
                     }
                 }
             }

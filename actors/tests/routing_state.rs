@@ -1,0 +1,1604 @@
+//! `RouterState` as plain logic (SPEC.md §5, §6, §8): no actix System. Handles
+//! are plain strings naming the session or link they stand for; the frames the
+//! state returns are parsed back from their JSON. Most tests use the `Plain`
+//! signer (no RSA); one checks real signatures with a fixture key.
+
+mod common;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use socp_actors::crypto::FrameText;
+use socp_actors::routing::{
+    Action, Conn, Peer, PeerFrame, RouterConfig, RouterState, SeenCache, StoreOp,
+};
+use socp_protocol::envelope::TS_WINDOW_MS;
+use socp_protocol::message::{
+    ClientInfo, Command, DeliverContent, KeyShare, ListRequest, ListResponse, ListedUser,
+    MsgDirect, MsgPublicChannel, PublicChannelKeyShare, PublicChannelUpdated, ServerAddress,
+    ServerAnnounce, ServerDeliver, ServerInfo, ServerWelcome, UserAdvertise, UserRemove,
+};
+use socp_protocol::{Base64Url, Envelope, ErrorCode, Message, ServerId, Signature, To, UserId};
+
+use common::{parse_ready, pk, private, KeySigner, Plain};
+
+/// A handle: the name of the session or link a frame went to.
+type H = &'static str;
+
+/// The clock of every test (Unix ms).
+const NOW: i64 = 1_700_000_000_000;
+
+/// The public channel version the router starts at.
+const START_VERSION: u64 = 7;
+
+fn sid(s: &str) -> ServerId {
+    ServerId::parse(s).expect("test server id")
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).expect("test user id")
+}
+
+fn config(me: &str) -> RouterConfig {
+    RouterConfig {
+        me: sid(me),
+        host: "127.0.0.1".into(),
+        port: 9000,
+        pubkey: pk(0),
+        introducer_only: false,
+        seen_capacity: 1024,
+        public_version: START_VERSION,
+    }
+}
+
+/// A router for server `me` (fixture key 0) that signs nothing.
+fn router(me: &str) -> RouterState<H> {
+    RouterState::new(config(me), Arc::new(Plain))
+}
+
+/// Server `id` with fixture key `n`.
+fn peer(id: &str, n: usize) -> Peer {
+    Peer {
+        server_id: sid(id),
+        host: format!("10.0.0.{n}"),
+        port: 9000 + n as u16,
+        pubkey: pk(n),
+    }
+}
+
+/// Link to server `id` (key `n`) over `handle`, opened by us.
+fn link(st: &mut RouterState<H>, id: &str, n: usize, handle: H, conn: u64) -> Vec<Action<H>> {
+    st.link_up(
+        peer(id, n),
+        Conn {
+            id: conn,
+            tx: handle,
+        },
+        true,
+    )
+    .expect("link accepted")
+}
+
+/// Attach an ephemeral user with fixture key `n` over `handle`.
+fn attach(st: &mut RouterState<H>, user: &str, n: usize, handle: H, conn: u64) -> Vec<Action<H>> {
+    st.attach(
+        Conn {
+            id: conn,
+            tx: handle,
+        },
+        uid(user),
+        pk(n),
+        None,
+        false,
+        NOW,
+    )
+    .expect("attached")
+}
+
+// ----- reading actions ------------------------------------------------------
+
+/// Every frame sent, with where it went.
+fn sent(actions: &[Action<H>]) -> Vec<(H, Envelope)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(h, f) => Some((*h, parse_ready(f))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The frames sent to `h`, in order.
+fn sent_to(actions: &[Action<H>], h: H) -> Vec<Envelope> {
+    sent(actions)
+        .into_iter()
+        .filter(|(to, _)| *to == h)
+        .map(|(_, e)| e)
+        .collect()
+}
+
+/// The text of the frames sent to `h`, in order.
+fn raw_to(actions: &[Action<H>], h: H) -> Vec<FrameText> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(to, f) if *to == h => Some(f.peek().expect("frame is ready")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The types of the frames sent to `h`, in order.
+fn types_to(actions: &[Action<H>], h: H) -> Vec<String> {
+    sent_to(actions, h)
+        .iter()
+        .map(|e| e.msg_type().to_owned())
+        .collect()
+}
+
+/// Who got a frame of type `t`, sorted.
+fn receivers_of(actions: &[Action<H>], t: &str) -> Vec<H> {
+    let mut hs: Vec<H> = sent(actions)
+        .into_iter()
+        .filter(|(_, e)| e.msg_type() == t)
+        .map(|(h, _)| h)
+        .collect();
+    hs.sort_unstable();
+    hs
+}
+
+fn closes(actions: &[Action<H>]) -> Vec<(H, u16)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Close(h, code, _) => Some((*h, *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stores(actions: &[Action<H>]) -> Vec<StoreOp> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Store(op) => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn connects(actions: &[Action<H>]) -> Vec<Peer> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Connect(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn field<'a>(env: &'a Envelope, name: &str) -> &'a Value {
+    &env.payload()[name]
+}
+
+fn error_code(env: &Envelope) -> &str {
+    assert_eq!(env.msg_type(), "ERROR");
+    field(env, "code").as_str().expect("error code")
+}
+
+// ----- frames from servers and users ----------------------------------------
+
+/// A frame as a server link delivers it: the envelope and its text.
+struct Incoming {
+    env: Envelope,
+    raw: FrameText,
+}
+
+fn incoming(from: &str, to: To, ts: i64, msg: &Message) -> Incoming {
+    let raw = FrameText::from(Envelope::from_message(&sid(from), to, ts, msg).to_json());
+    let env = Envelope::parse(raw.as_bytes()).expect("frame parses");
+    Incoming { env, raw }
+}
+
+/// Feed a verified frame that arrived on the link to `link`.
+fn feed(st: &mut RouterState<H>, link: &str, frame: &Incoming) -> Vec<Action<H>> {
+    let link = sid(link);
+    st.from_server(
+        PeerFrame {
+            link: &link,
+            env: &frame.env,
+            msg: frame.env.message().expect("typed payload"),
+            raw: &frame.raw,
+        },
+        NOW,
+    )
+}
+
+fn advertise(user: &str, server: &str, n: usize) -> Message {
+    Message::UserAdvertise(UserAdvertise {
+        user_id: uid(user),
+        server_id: sid(server),
+        pubkey: pk(n),
+        meta: Some(json!({ "name": user })),
+    })
+}
+
+/// `server` advertises `user` (key `n`), as sent by `server` itself.
+fn advert_from(server: &str, user: &str, n: usize) -> Incoming {
+    incoming(server, To::All, NOW, &advertise(user, server, n))
+}
+
+fn user_remove(user: &str, server: &str) -> Message {
+    Message::UserRemove(UserRemove {
+        user_id: uid(user),
+        server_id: sid(server),
+    })
+}
+
+fn dm() -> MsgDirect {
+    MsgDirect {
+        ciphertext: Base64Url::from_bytes(b"opaque ciphertext"),
+        sender_pub: pk(9),
+        content_sig: Signature::from_bytes(&[7; 512]),
+    }
+}
+
+fn server_deliver(user: &str, sender: &str, orig_ts: Option<i64>) -> Message {
+    Message::ServerDeliver(ServerDeliver {
+        user_id: uid(user),
+        sender: uid(sender),
+        orig_ts,
+        content: DeliverContent::Dm(dm()),
+    })
+}
+
+/// A frame from local user `from`, as its session hands it over.
+fn from_user(st: &mut RouterState<H>, from: &str, to: To, ts: i64, msg: Message) -> Vec<Action<H>> {
+    let env = Envelope::from_message(&uid(from), to, ts, &msg);
+    st.from_user(&uid(from), &env, msg, NOW)
+}
+
+/// Server `srv-a` (us) linked to `srv-b` ("link-b", conn 1) and `srv-c`
+/// ("link-c", conn 2); `rita` attached to srv-b (advertised), `alice`
+/// attached here ("alice", conn 10).
+fn mesh() -> (RouterState<H>, Incoming) {
+    let mut st = router("srv-a");
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    link(&mut st, "srv-c", 2, "link-c", 2);
+    let rita = advert_from("srv-b", "rita", 12);
+    assert!(!feed(&mut st, "srv-b", &rita).is_empty());
+    attach(&mut st, "alice", 10, "alice", 10);
+    (st, rita)
+}
+
+fn location(st: &RouterState<H>, user: &str) -> Option<ServerId> {
+    st.listing()
+        .into_iter()
+        .find(|u| u.user_id == uid(user))
+        .map(|u| u.server_id)
+}
+
+// ----- attach ---------------------------------------------------------------
+
+#[test]
+fn attach_sends_roster_gossips_tells_local_users_and_joins_the_public_channel() {
+    let (mut st, rita) = mesh();
+    let a = st
+        .attach(
+            Conn { id: 11, tx: "bob" },
+            uid("bob"),
+            pk(11),
+            Some("bobby".into()),
+            false,
+            NOW,
+        )
+        .expect("attached");
+
+    // The new user: the roster (local users, then remote ones), its own
+    // advert, then the public channel frames.
+    let to_bob = sent_to(&a, "bob");
+    assert_eq!(
+        types_to(&a, "bob"),
+        [
+            "USER_ADVERTISE",
+            "USER_ADVERTISE",
+            "USER_ADVERTISE",
+            "PUBLIC_CHANNEL_ADD",
+            "PUBLIC_CHANNEL_UPDATED"
+        ]
+    );
+    let advertised: Vec<&str> = to_bob[..3]
+        .iter()
+        .map(|e| field(e, "user_id").as_str().expect("user_id"))
+        .collect();
+    assert_eq!(advertised, ["alice", "rita", "bob"]);
+    assert_eq!(
+        raw_to(&a, "bob")[1],
+        rita.raw,
+        "a remote user's advert is the origin's frame, unchanged"
+    );
+
+    // Every linked server and every other local user hear of bob.
+    for h in ["link-b", "link-c", "alice"] {
+        assert_eq!(
+            types_to(&a, h),
+            [
+                "USER_ADVERTISE",
+                "PUBLIC_CHANNEL_ADD",
+                "PUBLIC_CHANNEL_UPDATED"
+            ],
+            "{h}"
+        );
+    }
+    let gossip = &sent_to(&a, "link-b")[0];
+    assert_eq!(gossip.from(), "srv-a");
+    assert_eq!(gossip.to(), &To::All);
+    assert_eq!(field(gossip, "user_id"), "bob");
+    assert_eq!(field(gossip, "server_id"), "srv-a");
+    assert_eq!(field(gossip, "pubkey"), pk(11).to_wire());
+    assert_eq!(field(gossip, "meta"), &json!({ "name": "bobby" }));
+    assert_eq!(raw_to(&a, "link-b")[0], raw_to(&a, "bob")[2], "signed once");
+
+    // alice joined at START_VERSION + 1; bob's join makes the next version.
+    let version = START_VERSION + 2;
+    let add = &sent_to(&a, "link-c")[1];
+    assert_eq!(add.to(), &To::Public);
+    assert_eq!(field(add, "add"), &json!(["bob"]));
+    assert_eq!(field(add, "if_version"), version - 1);
+    let updated = &sent_to(&a, "alice")[2];
+    assert_eq!(field(updated, "version"), version);
+    let wraps = field(updated, "wraps").as_array().expect("wraps");
+    assert_eq!(wraps.len(), 1, "only the new member's wrap");
+    assert_eq!(wraps[0]["member_id"], "bob");
+
+    let ops = stores(&a);
+    let [StoreOp::PublicJoin {
+        user_id,
+        pubkey,
+        group_key,
+        version: stored,
+    }] = ops.as_slice()
+    else {
+        panic!("one PublicJoin expected, got {ops:?}");
+    };
+    assert_eq!((user_id, pubkey, *stored), (&uid("bob"), &pk(11), version));
+    let wrapped =
+        Base64Url::parse(wraps[0]["wrapped_key"].as_str().expect("wrapped_key")).expect("b64");
+    let unwrapped = private(11)
+        .decrypt(wrapped.bytes())
+        .expect("bob can unwrap");
+    assert_eq!(&unwrapped, group_key.as_ref(), "the wrap is the group key");
+    assert_eq!(group_key.len(), 32);
+
+    assert_eq!(st.status()["public_version"], version);
+    assert!(st.is_online(&uid("bob")));
+    assert_eq!(st.session(&uid("bob")).map(|c| c.id), Some(11));
+    assert!(closes(&a).is_empty() && connects(&a).is_empty());
+}
+
+#[test]
+fn attach_refuses_an_id_attached_here_or_elsewhere_in_the_mesh() {
+    let (mut st, _) = mesh();
+    let again = st.attach(
+        Conn {
+            id: 12,
+            tx: "alice-2",
+        },
+        uid("alice"),
+        pk(13),
+        None,
+        false,
+        NOW,
+    );
+    assert_eq!(again.expect_err("refused").code, ErrorCode::NameInUse);
+    assert_eq!(
+        st.session(&uid("alice")).map(|c| c.id),
+        Some(10),
+        "the first session keeps the id"
+    );
+    assert_eq!(st.pubkey_of(&uid("alice")), Some(&pk(10)));
+
+    let remote = st.attach(
+        Conn {
+            id: 13,
+            tx: "rita-here",
+        },
+        uid("rita"),
+        pk(13),
+        None,
+        false,
+        NOW,
+    );
+    assert_eq!(remote.expect_err("refused").code, ErrorCode::NameInUse);
+    assert_eq!(location(&st, "rita"), Some(sid("srv-b")));
+    assert!(st.session(&uid("rita")).is_none());
+    assert_eq!(st.status()["public_version"], START_VERSION + 1);
+}
+
+#[test]
+fn an_id_held_at_an_unlinked_server_is_not_in_use() {
+    let (mut st, _) = mesh();
+    // A welcome lists "ghost" at srv-x, which we never manage to link to.
+    let welcome = ServerWelcome {
+        assigned_id: sid("srv-a"),
+        servers: vec![ServerInfo {
+            server_id: sid("srv-x"),
+            host: "127.0.0.1".into(),
+            port: 9,
+            pubkey: pk(7),
+        }],
+        clients: vec![ClientInfo {
+            user_id: uid("ghost"),
+            server_id: sid("srv-x"),
+            pubkey: pk(13),
+            meta: None,
+        }],
+    };
+    st.apply_welcome(&welcome);
+    assert_eq!(
+        location(&st, "ghost"),
+        None,
+        "unreachable users are not listed"
+    );
+    st.attach(
+        Conn {
+            id: 14,
+            tx: "ghost-here",
+        },
+        uid("ghost"),
+        pk(14),
+        None,
+        false,
+        NOW,
+    )
+    .expect("the id is free: its server is not linked");
+    assert_eq!(location(&st, "ghost"), Some(sid("srv-a")));
+    // While rita's server is linked, her id stays taken.
+    let taken = st.attach(
+        Conn {
+            id: 15,
+            tx: "rita-2",
+        },
+        uid("rita"),
+        pk(15),
+        None,
+        false,
+        NOW,
+    );
+    assert_eq!(taken.expect_err("refused").code, ErrorCode::NameInUse);
+}
+
+#[test]
+fn a_directory_only_introducer_hosts_no_users_and_relays_no_chat() {
+    let mut st: RouterState<H> = RouterState::new(
+        RouterConfig {
+            introducer_only: true,
+            ..config("srv-a")
+        },
+        Arc::new(Plain),
+    );
+    let refused = st.attach(
+        Conn { id: 1, tx: "alice" },
+        uid("alice"),
+        pk(10),
+        None,
+        false,
+        NOW,
+    );
+    assert_eq!(refused.expect_err("refused").code, ErrorCode::BadRequest);
+    assert!(!st.is_online(&uid("alice")));
+
+    link(&mut st, "srv-b", 1, "link-b", 2);
+    let deliver = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW,
+        &server_deliver("nobody", "rita", Some(NOW)),
+    );
+    assert!(
+        feed(&mut st, "srv-b", &deliver).is_empty(),
+        "not even USER_NOT_FOUND: chat is not for the introducer"
+    );
+    // Presence is still tracked.
+    feed(&mut st, "srv-b", &advert_from("srv-b", "rita", 12));
+    assert_eq!(location(&st, "rita"), Some(sid("srv-b")));
+}
+
+// ----- detach ---------------------------------------------------------------
+
+#[test]
+fn detach_works_once_and_only_for_the_attaching_connection() {
+    let (mut st, _) = mesh();
+    attach(&mut st, "bob", 11, "bob", 11);
+
+    assert!(
+        st.detach(99, &uid("alice"), NOW).is_empty(),
+        "stale conn id"
+    );
+    assert!(st.is_online(&uid("alice")));
+
+    let a = st.detach(10, &uid("alice"), NOW);
+    assert!(!st.is_online(&uid("alice")));
+    for h in ["link-b", "link-c", "bob"] {
+        assert_eq!(
+            types_to(&a, h),
+            ["USER_REMOVE", "PUBLIC_CHANNEL_UPDATED"],
+            "{h}"
+        );
+    }
+    assert!(sent_to(&a, "alice").is_empty());
+    let remove = &sent_to(&a, "link-b")[0];
+    assert_eq!(
+        (field(remove, "user_id"), field(remove, "server_id")),
+        (&json!("alice"), &json!("srv-a"))
+    );
+    let version = START_VERSION + 3;
+    let updated = &sent_to(&a, "bob")[1];
+    assert_eq!(field(updated, "version"), version);
+    assert_eq!(field(updated, "wraps"), &json!([]));
+    assert_eq!(
+        stores(&a),
+        [StoreOp::PublicLeave {
+            user_id: uid("alice"),
+            remove_row: true,
+            version,
+        }]
+    );
+
+    assert!(st.detach(10, &uid("alice"), NOW).is_empty(), "idempotent");
+
+    // alice comes back on a new connection: the old one's late detach is ignored.
+    attach(&mut st, "alice", 10, "alice", 12);
+    assert!(st.detach(10, &uid("alice"), NOW).is_empty());
+    assert_eq!(st.session(&uid("alice")).map(|c| c.id), Some(12));
+}
+
+#[test]
+fn a_registered_user_who_leaves_stays_a_channel_member() {
+    let mut st = router("srv-a");
+    st.attach(
+        Conn { id: 1, tx: "carol" },
+        uid("carol"),
+        pk(14),
+        Some("carol".into()),
+        true,
+        NOW,
+    )
+    .expect("attached");
+    let a = st.detach(1, &uid("carol"), NOW);
+    assert_eq!(
+        stores(&a),
+        [StoreOp::PublicLeave {
+            user_id: uid("carol"),
+            remove_row: false,
+            version: START_VERSION + 2,
+        }]
+    );
+}
+
+// ----- routing (SPEC.md §8) -------------------------------------------------
+
+#[test]
+fn content_for_a_local_user_is_delivered_as_user_deliver() {
+    let (mut st, _) = mesh();
+    attach(&mut st, "bob", 11, "bob", 11);
+    let sent_at = NOW - 5_000;
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("bob")),
+        sent_at,
+        Message::MsgDirect(dm()),
+    );
+    assert_eq!(sent(&a).len(), 1, "{a:?}");
+    let d = &sent_to(&a, "bob")[0];
+    assert_eq!(d.msg_type(), "USER_DELIVER");
+    assert_eq!((d.from(), d.to()), ("srv-a", &To::from(&uid("bob"))));
+    assert_eq!(d.ts(), NOW);
+    assert_eq!(field(d, "kind"), "dm");
+    assert_eq!(field(d, "sender"), "alice");
+    assert_eq!(field(d, "orig_ts"), sent_at, "what the content sig covers");
+    assert_eq!(field(d, "ciphertext"), dm().ciphertext.as_str());
+    assert_eq!(field(d, "sender_pub"), pk(9).to_wire());
+    assert_eq!(field(d, "content_sig"), dm().content_sig.as_str());
+
+    let public = Message::MsgPublicChannel(MsgPublicChannel {
+        ciphertext: Base64Url::from_bytes(b"for bob"),
+        sender_pub: pk(9),
+        content_sig: Signature::from_bytes(&[3; 512]),
+        group_id: "public".into(),
+        public_version: Some(9),
+    });
+    let a = from_user(&mut st, "alice", To::from(&uid("bob")), sent_at, public);
+    let d = &sent_to(&a, "bob")[0];
+    assert_eq!(d.msg_type(), "USER_DELIVER");
+    assert_eq!(field(d, "kind"), "public");
+    assert_eq!(field(d, "group_id"), "public");
+    assert_eq!(field(d, "public_version"), 9);
+}
+
+#[test]
+fn content_for_a_remote_user_goes_to_its_servers_link() {
+    let (mut st, _) = mesh();
+    let sent_at = NOW - 1;
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("rita")),
+        sent_at,
+        Message::MsgDirect(dm()),
+    );
+    assert_eq!(sent(&a).len(), 1, "{a:?}");
+    let d = &sent_to(&a, "link-b")[0];
+    assert_eq!(d.msg_type(), "SERVER_DELIVER");
+    assert_eq!((d.from(), d.to()), ("srv-a", &To::from(&sid("srv-b"))));
+    assert_eq!(field(d, "user_id"), "rita");
+    assert_eq!(field(d, "sender"), "alice");
+    assert_eq!(field(d, "orig_ts"), sent_at);
+    assert_eq!(field(d, "kind"), "dm");
+    assert_eq!(field(d, "ciphertext"), dm().ciphertext.as_str());
+}
+
+#[test]
+fn content_for_an_unreachable_user_is_answered_user_not_found() {
+    let (mut st, _) = mesh();
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("nobody")),
+        NOW,
+        Message::MsgDirect(dm()),
+    );
+    assert_eq!(sent(&a).len(), 1, "{a:?}");
+    let e = &sent_to(&a, "alice")[0];
+    assert_eq!(error_code(e), "USER_NOT_FOUND");
+    assert_eq!(e.to(), &To::from(&uid("alice")));
+
+    // Known to be at a server we know but have no link to.
+    let welcome = ServerWelcome {
+        assigned_id: sid("srv-a"),
+        servers: vec![ServerInfo {
+            server_id: sid("srv-d"),
+            host: "10.0.0.3".into(),
+            port: 9003,
+            pubkey: pk(3),
+        }],
+        clients: vec![ClientInfo {
+            user_id: uid("dora"),
+            server_id: sid("srv-d"),
+            pubkey: pk(15),
+            meta: None,
+        }],
+    };
+    st.apply_welcome(&welcome);
+    assert!(st.is_online(&uid("dora")));
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("dora")),
+        NOW,
+        Message::MsgDirect(dm()),
+    );
+    assert_eq!(sent(&a).len(), 1, "{a:?}");
+    assert_eq!(error_code(&sent_to(&a, "alice")[0]), "USER_NOT_FOUND");
+
+    // `to` that is no user id at all.
+    let a = from_user(&mut st, "alice", To::Public, NOW, Message::MsgDirect(dm()));
+    assert_eq!(error_code(&sent_to(&a, "alice")[0]), "BAD_REQUEST");
+}
+
+#[test]
+fn user_requests_other_than_content_are_answered_to_the_user() {
+    let (mut st, _) = mesh();
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&sid("srv-a")),
+        NOW,
+        Message::ListRequest(ListRequest {}),
+    );
+    let r = &sent_to(&a, "alice")[0];
+    assert_eq!(r.msg_type(), "LIST_RESPONSE");
+    let listed: ListResponse = serde_json::from_value(r.payload().clone()).expect("listing");
+    assert_eq!(listed.users, st.listing());
+    assert_eq!(listed.users.len(), 2);
+
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&sid("srv-a")),
+        NOW,
+        Message::Command(Command { cmd: "LIST".into() }),
+    );
+    let r = &sent_to(&a, "alice")[0];
+    assert_eq!(r.msg_type(), "COMMAND_RESPONSE");
+    assert_eq!(field(r, "users").as_array().map(Vec::len), Some(2));
+
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&sid("srv-a")),
+        NOW,
+        Message::Command(Command {
+            cmd: "dance".into(),
+        }),
+    );
+    assert_eq!(error_code(&sent_to(&a, "alice")[0]), "UNKNOWN_TYPE");
+
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::All,
+        NOW,
+        advertise("alice", "srv-a", 10),
+    );
+    assert_eq!(sent(&a).len(), 1, "a user cannot gossip: {a:?}");
+    assert_eq!(error_code(&sent_to(&a, "alice")[0]), "BAD_REQUEST");
+
+    let a = from_user(
+        &mut st,
+        "stranger",
+        To::from(&uid("alice")),
+        NOW,
+        Message::MsgDirect(dm()),
+    );
+    assert!(
+        a.is_empty(),
+        "frames of a user not attached here are ignored"
+    );
+}
+
+#[test]
+fn a_key_share_goes_to_each_member_where_it_is() {
+    let (mut st, _) = mesh();
+    attach(&mut st, "bob", 11, "bob", 11);
+    let share = |member: &str| KeyShare {
+        member: uid(member),
+        wrapped_public_channel_key: Base64Url::from_bytes(member.as_bytes()),
+    };
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::Public,
+        NOW - 3,
+        Message::PublicChannelKeyShare(PublicChannelKeyShare {
+            shares: vec![share("bob"), share("rita"), share("nobody")],
+            creator_pub: pk(10),
+            content_sig: Signature::from_bytes(&[1; 512]),
+        }),
+    );
+    assert_eq!(
+        receivers_of(&a, "PUBLIC_CHANNEL_KEY_SHARE"),
+        ["bob", "link-b"]
+    );
+    let to_rita = &sent_to(&a, "link-b")[0];
+    assert_eq!(to_rita.from(), "alice");
+    assert_eq!(to_rita.to(), &To::from(&uid("rita")));
+    assert_eq!(to_rita.ts(), NOW - 3);
+}
+
+// ----- frames from servers ---------------------------------------------------
+
+#[test]
+fn an_advertise_must_name_its_sending_server() {
+    let mut st = router("srv-a");
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    attach(&mut st, "alice", 10, "alice", 10);
+    let forged = incoming("srv-b", To::All, NOW, &advertise("rita", "srv-c", 12));
+    assert!(feed(&mut st, "srv-b", &forged).is_empty());
+    assert!(!st.is_online(&uid("rita")));
+}
+
+#[test]
+fn an_advertise_cannot_take_over_a_live_user() {
+    let (mut st, _) = mesh();
+    // rita is attached to srv-b, which is linked: srv-c cannot claim her.
+    let claim = advert_from("srv-c", "rita", 13);
+    assert!(feed(&mut st, "srv-c", &claim).is_empty());
+    assert_eq!(location(&st, "rita"), Some(sid("srv-b")));
+    assert_eq!(st.pubkey_of(&uid("rita")), Some(&pk(12)));
+
+    // Nor a user attached here.
+    let claim = advert_from("srv-b", "alice", 13);
+    assert!(feed(&mut st, "srv-b", &claim).is_empty());
+    assert_eq!(st.pubkey_of(&uid("alice")), Some(&pk(10)));
+    assert_eq!(
+        st.listing()
+            .iter()
+            .filter(|u| u.user_id == uid("alice"))
+            .count(),
+        1
+    );
+
+    // The same server re-advertising its own user is an update.
+    let again = incoming(
+        "srv-b",
+        To::All,
+        NOW + 1,
+        &Message::UserAdvertise(UserAdvertise {
+            user_id: uid("rita"),
+            server_id: sid("srv-b"),
+            pubkey: pk(12),
+            meta: Some(json!({ "name": "rita2" })),
+        }),
+    );
+    assert!(!feed(&mut st, "srv-b", &again).is_empty());
+    let listed = st.listing();
+    let rita = listed.iter().find(|u| u.user_id == uid("rita"));
+    assert_eq!(rita.map(|u| u.name.as_str()), Some("rita2"));
+}
+
+#[test]
+fn an_advertise_for_a_user_whose_server_is_unreachable_is_accepted() {
+    let (mut st, _) = mesh();
+    // dora is listed at srv-d, which we know but are not linked to.
+    st.apply_welcome(&ServerWelcome {
+        assigned_id: sid("srv-a"),
+        servers: vec![ServerInfo {
+            server_id: sid("srv-d"),
+            host: "10.0.0.3".into(),
+            port: 9003,
+            pubkey: pk(3),
+        }],
+        clients: vec![ClientInfo {
+            user_id: uid("dora"),
+            server_id: sid("srv-d"),
+            pubkey: pk(15),
+            meta: None,
+        }],
+    });
+    let moved = advert_from("srv-c", "dora", 15);
+    let a = feed(&mut st, "srv-c", &moved);
+    assert_eq!(receivers_of(&a, "USER_ADVERTISE"), ["alice", "link-b"]);
+    assert_eq!(location(&st, "dora"), Some(sid("srv-c")));
+}
+
+#[test]
+fn user_remove_applies_only_when_the_user_is_at_that_server() {
+    let (mut st, _) = mesh();
+    let wrong_server = incoming("srv-c", To::All, NOW, &user_remove("rita", "srv-c"));
+    assert!(feed(&mut st, "srv-c", &wrong_server).is_empty());
+    assert!(st.is_online(&uid("rita")));
+
+    let not_its_own = incoming("srv-c", To::All, NOW, &user_remove("rita", "srv-b"));
+    assert!(feed(&mut st, "srv-c", &not_its_own).is_empty());
+    assert!(st.is_online(&uid("rita")));
+
+    let remove = incoming("srv-b", To::All, NOW, &user_remove("rita", "srv-b"));
+    let a = feed(&mut st, "srv-b", &remove);
+    assert!(!st.is_online(&uid("rita")));
+    assert_eq!(receivers_of(&a, "USER_REMOVE"), ["alice", "link-c"]);
+    assert_eq!(
+        raw_to(&a, "link-c"),
+        std::slice::from_ref(&remove.raw),
+        "forwarded unchanged"
+    );
+    assert_eq!(raw_to(&a, "alice"), std::slice::from_ref(&remove.raw));
+
+    // Removing a user nobody has is not gossiped.
+    let unknown = incoming("srv-b", To::All, NOW + 1, &user_remove("rita", "srv-b"));
+    assert!(feed(&mut st, "srv-b", &unknown).is_empty());
+}
+
+#[test]
+fn gossip_is_forwarded_to_other_links_but_not_back_nor_to_its_origin() {
+    let (mut st, _) = mesh();
+    link(&mut st, "srv-d", 3, "link-d", 3);
+    attach(&mut st, "bob", 11, "bob", 11);
+
+    // srv-b's advert of ruth, relayed to us by srv-c.
+    let ruth = advert_from("srv-b", "ruth", 13);
+    let a = feed(&mut st, "srv-c", &ruth);
+    assert_eq!(
+        receivers_of(&a, "USER_ADVERTISE"),
+        ["alice", "bob", "link-d"]
+    );
+    for h in ["alice", "bob", "link-d"] {
+        assert_eq!(
+            raw_to(&a, h),
+            std::slice::from_ref(&ruth.raw),
+            "{h}: unchanged"
+        );
+    }
+    assert_eq!(location(&st, "ruth"), Some(sid("srv-b")));
+
+    // Straight from its origin: every other link.
+    let sam = advert_from("srv-b", "sam", 14);
+    let a = feed(&mut st, "srv-b", &sam);
+    assert_eq!(
+        receivers_of(&a, "USER_ADVERTISE"),
+        ["alice", "bob", "link-c", "link-d"]
+    );
+}
+
+#[test]
+fn a_frame_seen_before_is_dropped() {
+    let (mut st, rita) = mesh();
+    assert!(feed(&mut st, "srv-b", &rita).is_empty(), "replayed");
+    assert!(
+        feed(&mut st, "srv-c", &rita).is_empty(),
+        "the same frame relayed back by another server"
+    );
+
+    let remove = incoming("srv-b", To::All, NOW, &user_remove("rita", "srv-b"));
+    assert!(!feed(&mut st, "srv-b", &remove).is_empty());
+    // Replaying the old advert must not bring rita back.
+    assert!(feed(&mut st, "srv-b", &rita).is_empty());
+    assert!(!st.is_online(&uid("rita")));
+}
+
+#[test]
+fn server_deliver_for_a_local_user_is_delivered_once() {
+    let (mut st, _) = mesh();
+    let sent_at = NOW - 7_000;
+    let d = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW,
+        &server_deliver("alice", "rita", Some(sent_at)),
+    );
+    let a = feed(&mut st, "srv-b", &d);
+    assert_eq!(sent(&a).len(), 1, "{a:?}");
+    let u = &sent_to(&a, "alice")[0];
+    assert_eq!(u.msg_type(), "USER_DELIVER");
+    assert_eq!(u.from(), "srv-a");
+    assert_eq!(field(u, "sender"), "rita");
+    assert_eq!(field(u, "orig_ts"), sent_at);
+    assert_eq!(field(u, "kind"), "dm");
+    assert_eq!(field(u, "ciphertext"), dm().ciphertext.as_str());
+
+    assert!(feed(&mut st, "srv-b", &d).is_empty(), "a replay is dropped");
+
+    // Without `orig_ts` the envelope's ts stands in.
+    let bare = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW - 20,
+        &server_deliver("alice", "rita", None),
+    );
+    let a = feed(&mut st, "srv-b", &bare);
+    assert_eq!(field(&sent_to(&a, "alice")[0], "orig_ts"), NOW - 20);
+}
+
+#[test]
+fn server_deliver_for_a_user_who_moved_is_forwarded_unchanged() {
+    let (mut st, _) = mesh();
+    feed(&mut st, "srv-c", &advert_from("srv-c", "carl", 13));
+    let d = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW,
+        &server_deliver("carl", "rita", Some(NOW - 1)),
+    );
+    let a = feed(&mut st, "srv-b", &d);
+    assert_eq!(sent(&a).len(), 1, "{a:?}");
+    assert_eq!(raw_to(&a, "link-c"), std::slice::from_ref(&d.raw));
+}
+
+#[test]
+fn server_deliver_for_an_unknown_user_is_answered_on_the_link() {
+    let (mut st, _) = mesh();
+    let d = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW,
+        &server_deliver("nobody", "rita", Some(NOW)),
+    );
+    let a = feed(&mut st, "srv-b", &d);
+    assert_eq!(sent(&a).len(), 1, "{a:?}");
+    let e = &sent_to(&a, "link-b")[0];
+    assert_eq!(error_code(e), "USER_NOT_FOUND");
+    assert_eq!(e.to(), &To::from(&sid("srv-b")));
+
+    // A user the sending server itself hosts is never sent back to it.
+    let back = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW + 1,
+        &server_deliver("rita", "rita", Some(NOW)),
+    );
+    let a = feed(&mut st, "srv-b", &back);
+    assert_eq!(types_to(&a, "link-b"), ["ERROR"]);
+    assert_eq!(error_code(&sent_to(&a, "link-b")[0]), "USER_NOT_FOUND");
+}
+
+#[test]
+fn a_relayed_server_deliver_is_never_sent_back_to_its_origin() {
+    let (mut st, _) = mesh();
+    // srv-b's SERVER_DELIVER for rita, relayed to us by srv-c (srv-c thinks
+    // rita is here). We think rita is at srv-b: the tables disagree. The frame
+    // must not go back to srv-b, neither unchanged nor re-signed by us.
+    let d = incoming(
+        "srv-b",
+        To::from(&sid("srv-c")),
+        NOW,
+        &server_deliver("rita", "bert", Some(NOW - 1)),
+    );
+    let a = feed(&mut st, "srv-c", &d);
+    assert!(sent_to(&a, "link-b").is_empty(), "{:?}", sent(&a));
+    assert_eq!(types_to(&a, "link-c"), ["ERROR"]);
+    let e = &sent_to(&a, "link-c")[0];
+    assert_eq!(error_code(e), "USER_NOT_FOUND");
+    assert_eq!(e.to(), &To::from(&sid("srv-c")));
+}
+
+#[test]
+fn content_relayed_as_is_by_another_implementation_is_delivered() {
+    let (mut st, _) = mesh();
+    let env = Envelope::from_message(
+        &uid("ulla"),
+        To::from(&uid("alice")),
+        NOW - 9,
+        &Message::MsgDirect(dm()),
+    );
+    let msg = env.message().expect("typed");
+    let a = st.from_server_user_frame(&sid("srv-b"), &env, msg.clone(), NOW);
+    let u = &sent_to(&a, "alice")[0];
+    assert_eq!(u.msg_type(), "USER_DELIVER");
+    assert_eq!(field(u, "sender"), "ulla");
+    assert_eq!(field(u, "orig_ts"), NOW - 9);
+    assert!(
+        st.from_server_user_frame(&sid("srv-b"), &env, msg, NOW)
+            .is_empty(),
+        "replay"
+    );
+}
+
+#[test]
+fn server_announce_is_learnt_forwarded_and_linked() {
+    let (mut st, _) = mesh();
+    let announce = incoming(
+        "srv-d",
+        To::All,
+        NOW,
+        &Message::ServerAnnounce(ServerAnnounce(ServerAddress {
+            host: "10.0.0.3".into(),
+            port: 9003,
+            pubkey: pk(3),
+        })),
+    );
+    // srv-d's announce, relayed by srv-b.
+    let a = feed(&mut st, "srv-b", &announce);
+    assert_eq!(raw_to(&a, "link-c"), std::slice::from_ref(&announce.raw));
+    assert_eq!(receivers_of(&a, "SERVER_ANNOUNCE"), ["link-c"]);
+    assert_eq!(connects(&a), [peer("srv-d", 3)]);
+    assert_eq!(stores(&a), [StoreOp::KnownServer(peer("srv-d", 3))]);
+    assert_eq!(st.server_key(&sid("srv-d")), Some(&pk(3)));
+    assert!(feed(&mut st, "srv-b", &announce).is_empty(), "replay");
+
+    // srv-b announcing another key for itself is refused.
+    let rekey = incoming(
+        "srv-b",
+        To::All,
+        NOW,
+        &Message::ServerAnnounce(ServerAnnounce(ServerAddress {
+            host: "10.0.0.1".into(),
+            port: 9001,
+            pubkey: pk(5),
+        })),
+    );
+    assert!(feed(&mut st, "srv-b", &rekey).is_empty());
+    assert_eq!(st.server_key(&sid("srv-b")), Some(&pk(1)));
+}
+
+#[test]
+fn a_servers_channel_version_raises_ours() {
+    let (mut st, _) = mesh();
+    let updated = incoming(
+        "srv-b",
+        To::Public,
+        NOW,
+        &Message::PublicChannelUpdated(PublicChannelUpdated {
+            version: 40,
+            wraps: Vec::new(),
+        }),
+    );
+    let a = feed(&mut st, "srv-b", &updated);
+    assert_eq!(
+        receivers_of(&a, "PUBLIC_CHANNEL_UPDATED"),
+        ["alice", "link-c"]
+    );
+    assert_eq!(st.status()["public_version"], 40);
+    let a = attach(&mut st, "bob", 11, "bob", 11);
+    let add = &sent_to(&a, "link-b")[1];
+    assert_eq!(field(add, "if_version"), 40);
+    let ops = stores(&a);
+    let [StoreOp::PublicJoin { version, .. }] = ops.as_slice() else {
+        panic!("one PublicJoin");
+    };
+    assert_eq!(*version, 41);
+}
+
+// ----- links ----------------------------------------------------------------
+
+#[test]
+fn of_two_links_the_one_opened_by_the_lower_server_id_is_kept() {
+    let mut st = router("srv-m");
+    // srv-z > srv-m: the link we opened wins.
+    let a = st
+        .link_up(peer("srv-z", 1), Conn { id: 1, tx: "z-in" }, false)
+        .expect("up");
+    assert!(closes(&a).is_empty());
+    let a = st
+        .link_up(peer("srv-z", 1), Conn { id: 2, tx: "z-out" }, true)
+        .expect("up");
+    assert_eq!(closes(&a), [("z-in", 1000)]);
+    assert_eq!(st.link_of(&sid("srv-z")).map(|c| c.id), Some(2));
+    let a = st
+        .link_up(peer("srv-z", 1), Conn { id: 3, tx: "z-in2" }, false)
+        .expect("up");
+    assert_eq!(closes(&a), [("z-in2", 1000)], "the newcomer loses");
+    assert_eq!(st.link_of(&sid("srv-z")).map(|c| c.id), Some(2));
+
+    // srv-b < srv-m: the link srv-b opened wins.
+    st.link_up(peer("srv-b", 2), Conn { id: 4, tx: "b-out" }, true)
+        .expect("up");
+    let a = st
+        .link_up(peer("srv-b", 2), Conn { id: 5, tx: "b-in" }, false)
+        .expect("up");
+    assert_eq!(closes(&a), [("b-out", 1000)]);
+    assert_eq!(st.link_of(&sid("srv-b")).map(|c| c.id), Some(5));
+    let a = st
+        .link_up(
+            peer("srv-b", 2),
+            Conn {
+                id: 6,
+                tx: "b-out2",
+            },
+            true,
+        )
+        .expect("up");
+    assert_eq!(closes(&a), [("b-out2", 1000)]);
+
+    // Same opener (a reconnect): the newer connection replaces the old one.
+    let a = st
+        .link_up(peer("srv-b", 2), Conn { id: 7, tx: "b-in2" }, false)
+        .expect("up");
+    assert_eq!(closes(&a), [("b-in", 1000)]);
+    assert_eq!(st.link_of(&sid("srv-b")).map(|c| c.id), Some(7));
+
+    // A known id with another key is refused, and the link stays.
+    let refused = st.link_up(
+        peer("srv-b", 3),
+        Conn {
+            id: 8,
+            tx: "b-evil",
+        },
+        false,
+    );
+    assert_eq!(refused.expect_err("refused").code, ErrorCode::NameInUse);
+    assert_eq!(st.link_of(&sid("srv-b")).map(|c| c.id), Some(7));
+}
+
+#[test]
+fn link_down_drops_the_servers_users_only_for_the_current_link() {
+    let (mut st, _) = mesh();
+    feed(&mut st, "srv-b", &advert_from("srv-b", "ruth", 13));
+    feed(&mut st, "srv-c", &advert_from("srv-c", "carl", 14));
+
+    let (a, current) = st.link_down(&sid("srv-b"), 99, NOW);
+    assert!(a.is_empty() && !current, "a stale connection");
+    assert!(st.is_online(&uid("rita")) && st.is_linked(&sid("srv-b")));
+
+    let (a, current) = st.link_down(&sid("srv-b"), 1, NOW);
+    assert!(current);
+    assert!(!st.is_linked(&sid("srv-b")));
+    assert!(!st.is_online(&uid("rita")) && !st.is_online(&uid("ruth")));
+    assert!(st.is_online(&uid("carl")));
+    assert_eq!(types_to(&a, "alice"), ["USER_REMOVE", "USER_REMOVE"]);
+    let mut gone: Vec<String> = sent_to(&a, "alice")
+        .iter()
+        .map(|e| {
+            assert_eq!(field(e, "server_id"), "srv-b");
+            field(e, "user_id").as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    gone.sort();
+    assert_eq!(gone, ["rita", "ruth"]);
+    assert!(
+        sent_to(&a, "link-c").is_empty(),
+        "other servers see for themselves"
+    );
+    assert_eq!(st.server_key(&sid("srv-b")), Some(&pk(1)), "still known");
+
+    let (a, current) = st.link_down(&sid("srv-b"), 1, NOW);
+    assert!(a.is_empty() && !current, "idempotent");
+
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("rita")),
+        NOW,
+        Message::MsgDirect(dm()),
+    );
+    assert_eq!(error_code(&sent_to(&a, "alice")[0]), "USER_NOT_FOUND");
+}
+
+#[test]
+fn learn_server_pins_each_id_to_one_key() {
+    let mut st = router("srv-a");
+    let b = peer("srv-b", 1);
+    assert_eq!(
+        stores(
+            &st.learn_server(b.clone())
+                .expect("new")
+                .into_iter()
+                .collect::<Vec<_>>()
+        ),
+        [StoreOp::KnownServer(b.clone())]
+    );
+    assert!(st.learn_server(b.clone()).expect("same").is_none());
+    let refused = st.learn_server(peer("srv-b", 2));
+    assert_eq!(refused.expect_err("refused").code, ErrorCode::NameInUse);
+    assert_eq!(st.server_key(&sid("srv-b")), Some(&pk(1)));
+    assert!(st.learn_server(peer("srv-a", 0)).is_err(), "our own id");
+
+    let moved = Peer {
+        host: "10.9.9.9".into(),
+        port: 9999,
+        ..b
+    };
+    let a: Vec<Action<H>> = st
+        .learn_server(moved.clone())
+        .expect("moved")
+        .into_iter()
+        .collect();
+    assert_eq!(stores(&a), [StoreOp::KnownServer(moved.clone())]);
+    assert_eq!(st.peers(), [moved]);
+}
+
+// ----- joining --------------------------------------------------------------
+
+#[test]
+fn welcome_keeps_the_requested_id_unless_another_server_holds_it() {
+    let (mut st, _) = mesh();
+    let address = |n: usize| ServerAddress {
+        host: format!("10.0.1.{n}"),
+        port: 7000,
+        pubkey: pk(n),
+    };
+    let w = st.welcome(&sid("srv-n"), &address(5));
+    assert_eq!(w.assigned_id, sid("srv-n"));
+    assert_eq!(
+        w.servers[0],
+        ServerInfo {
+            server_id: sid("srv-a"),
+            host: "127.0.0.1".into(),
+            port: 9000,
+            pubkey: pk(0),
+        },
+        "the introducer first"
+    );
+    let mut others: Vec<&ServerId> = w.servers[1..].iter().map(|s| &s.server_id).collect();
+    others.sort();
+    assert_eq!(others, [&sid("srv-b"), &sid("srv-c")]);
+    let mut clients: Vec<(&UserId, &ServerId, Option<&Value>)> = w
+        .clients
+        .iter()
+        .map(|c| (&c.user_id, &c.server_id, c.meta.as_ref()))
+        .collect();
+    clients.sort_by_key(|c| c.0);
+    let rita_meta = json!({ "name": "rita" });
+    assert_eq!(
+        clients,
+        [
+            (&uid("alice"), &sid("srv-a"), None),
+            (&uid("rita"), &sid("srv-b"), Some(&rita_meta)),
+        ]
+    );
+
+    // srv-b re-joining with its own key keeps its id.
+    let w = st.welcome(&sid("srv-b"), &address(1));
+    assert_eq!(w.assigned_id, sid("srv-b"));
+    assert!(w.servers.iter().all(|s| s.server_id != sid("srv-b")));
+
+    // Another key asking for srv-b's id, or ours, gets a fresh one.
+    for taken in ["srv-b", "srv-a"] {
+        let w = st.welcome(&sid(taken), &address(5));
+        assert_ne!(w.assigned_id, sid(taken));
+        assert!(w.assigned_id.is_uuid());
+    }
+}
+
+#[test]
+fn apply_welcome_learns_the_mesh_and_returns_the_servers_to_link() {
+    let mut st = router("srv-n");
+    link(&mut st, "srv-c", 2, "link-c", 1);
+    let info = |id: &str, n: usize| ServerInfo {
+        server_id: sid(id),
+        host: format!("10.0.0.{n}"),
+        port: 9000 + n as u16,
+        pubkey: pk(n),
+    };
+    let client = |user: &str, server: &str, n: usize, meta: Option<Value>| ClientInfo {
+        user_id: uid(user),
+        server_id: sid(server),
+        pubkey: pk(n),
+        meta,
+    };
+    let welcome = ServerWelcome {
+        assigned_id: sid("srv-n"),
+        servers: vec![
+            info("srv-a", 0),
+            info("srv-b", 1),
+            info("srv-c", 2),
+            // Another key for srv-c, which we have pinned: skipped.
+            ServerInfo {
+                pubkey: pk(6),
+                ..info("srv-c", 2)
+            },
+            // Ourselves: skipped.
+            info("srv-n", 5),
+        ],
+        clients: vec![
+            client("alice", "srv-a", 10, Some(json!({ "username": "al" }))),
+            client("rita", "srv-b", 12, None),
+            client("ghost", "srv-n", 13, None),
+        ],
+    };
+    let (to_link, a) = st.apply_welcome(&welcome);
+    let mut ids: Vec<&ServerId> = to_link.iter().map(|p| &p.server_id).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [&sid("srv-a"), &sid("srv-b")],
+        "srv-c is linked already"
+    );
+    let mut known: Vec<StoreOp> = stores(&a);
+    known.sort_by_key(|op| match op {
+        StoreOp::KnownServer(p) => p.server_id.clone(),
+        _ => sid("zzz"),
+    });
+    assert_eq!(
+        known,
+        [
+            StoreOp::KnownServer(peer("srv-a", 0)),
+            StoreOp::KnownServer(peer("srv-b", 1)),
+        ]
+    );
+    assert_eq!(st.server_key(&sid("srv-c")), Some(&pk(2)));
+    // Users at servers not linked yet are known but not listed (unreachable).
+    assert!(st.listing().is_empty());
+    link(&mut st, "srv-a", 0, "a", 101);
+    link(&mut st, "srv-b", 1, "b", 102);
+    assert_eq!(
+        st.listing(),
+        [
+            ListedUser {
+                user_id: uid("alice"),
+                server_id: sid("srv-a"),
+                name: "al".into(),
+            },
+            ListedUser {
+                user_id: uid("rita"),
+                server_id: sid("srv-b"),
+                name: "rita".into(),
+            },
+        ],
+        "our own server's users are ours to know"
+    );
+
+    // A user attaching now gets adverts for them (signed by us).
+    let a = attach(&mut st, "zed", 14, "zed", 2);
+    let adverts: Vec<(String, String, String)> = sent_to(&a, "zed")
+        .iter()
+        .filter(|e| e.msg_type() == "USER_ADVERTISE")
+        .map(|e| {
+            (
+                field(e, "user_id").as_str().unwrap_or_default().to_owned(),
+                field(e, "server_id")
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e.from().to_owned(),
+            )
+        })
+        .collect();
+    let mut roster = adverts[..2].to_vec();
+    roster.sort();
+    assert_eq!(
+        roster,
+        [
+            ("alice".into(), "srv-a".into(), "srv-n".into()),
+            ("rita".into(), "srv-b".into(), "srv-n".into()),
+        ]
+    );
+    assert_eq!(adverts[2].0, "zed");
+}
+
+// ----- listing --------------------------------------------------------------
+
+#[test]
+fn listing_is_sorted_by_name_then_id() {
+    let mut st = router("srv-a");
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    let named = |st: &mut RouterState<H>, id: &str, name: Option<&str>, conn: u64| {
+        st.attach(
+            Conn { id: conn, tx: "u" },
+            uid(id),
+            pk(10),
+            name.map(str::to_owned),
+            name.is_some(),
+            NOW,
+        )
+        .expect("attached");
+    };
+    named(&mut st, "u-carol", Some("carol"), 1);
+    named(&mut st, "z-dave", Some("dave"), 2);
+    named(&mut st, "bbb", None, 3);
+    named(&mut st, "u-alice", Some("alice"), 4);
+    named(&mut st, "a-dave", Some("dave"), 5);
+    let erin = incoming(
+        "srv-b",
+        To::All,
+        NOW,
+        &Message::UserAdvertise(UserAdvertise {
+            user_id: uid("u-erin"),
+            server_id: sid("srv-b"),
+            pubkey: pk(11),
+            meta: Some(json!({ "display_name": "erin" })),
+        }),
+    );
+    feed(&mut st, "srv-b", &erin);
+    let order: Vec<(String, String)> = st
+        .listing()
+        .into_iter()
+        .map(|u| (u.name, u.user_id.to_string()))
+        .collect();
+    let expected = [
+        ("alice", "u-alice"),
+        ("bbb", "bbb"),
+        ("carol", "u-carol"),
+        ("dave", "a-dave"),
+        ("dave", "z-dave"),
+        ("erin", "u-erin"),
+    ];
+    assert_eq!(order, expected.map(|(n, i)| (n.to_owned(), i.to_owned())));
+}
+
+// ----- seen-ids cache (SPEC.md §5.5) ----------------------------------------
+
+fn key(i: u8) -> [u8; 32] {
+    [i; 32]
+}
+
+#[test]
+fn seen_cache_is_bounded_and_eviction_never_lets_a_replay_through() {
+    let mut seen = SeenCache::new(4);
+    for i in 0..10u8 {
+        assert!(
+            seen.insert(key(i), NOW + i64::from(i), NOW),
+            "first sight {i}"
+        );
+        assert!(!seen.insert(key(i), NOW + i64::from(i), NOW), "repeat {i}");
+    }
+    assert_eq!(seen.len(), 4);
+    for i in 0..10u8 {
+        assert!(!seen.insert(key(i), NOW + i64::from(i), NOW), "replay {i}");
+        assert_eq!(seen.len(), 4);
+    }
+    // Anything at or below the newest evicted ts counts as seen.
+    assert!(!seen.insert(key(100), NOW + 5, NOW));
+    assert!(seen.insert(key(101), NOW + 11, NOW));
+}
+
+#[test]
+fn seen_cache_eviction_is_not_skewed_by_a_fast_clock() {
+    // A server whose clock runs 9 minutes fast is within the ts window. When
+    // its entry is the one evicted, the floor must not jump 9 minutes ahead
+    // and refuse every frame from correctly set clocks as a "replay".
+    let fast = NOW + 9 * 60 * 1000;
+    let mut seen = SeenCache::new(2);
+    assert!(seen.insert(key(1), fast, NOW));
+    assert!(seen.insert(key(2), NOW, NOW));
+    assert!(seen.insert(key(3), NOW + 1, NOW), "never seen before");
+    assert!(seen.insert(key(4), NOW + 2, NOW), "never seen before");
+    assert!(!seen.insert(key(1), fast, NOW), "still a replay");
+    assert!(!seen.insert(key(2), NOW, NOW), "evicted, still a replay");
+}
+
+#[test]
+fn seen_cache_forgets_entries_older_than_twice_the_window() {
+    let mut seen = SeenCache::new(100);
+    assert!(seen.is_empty());
+    assert!(seen.insert(key(1), NOW, NOW));
+    assert!(seen.insert(key(2), NOW + 1, NOW));
+    let later = NOW + 2 * TS_WINDOW_MS + 1;
+    assert!(seen.insert(key(3), later, later));
+    assert_eq!(seen.len(), 2, "key 1 is older than twice the window");
+    assert!(!seen.insert(key(2), NOW + 1, later), "key 2 is not");
+    assert_eq!(seen.len(), 2);
+}
+
+#[test]
+fn the_router_seen_cache_covers_user_frames_too() {
+    let mut st = router("srv-a");
+    assert!(st.first_sight_key(key(1), NOW, NOW));
+    assert!(!st.first_sight_key(key(1), NOW, NOW));
+}
+
+// ----- periodic and final frames --------------------------------------------
+
+#[test]
+fn heartbeat_and_announce_go_to_every_linked_server_only() {
+    let (st, _) = mesh();
+    let a = st.heartbeat(NOW);
+    assert_eq!(receivers_of(&a, "HEARTBEAT"), ["link-b", "link-c"]);
+    assert_eq!(sent(&a).len(), 2);
+    let a = st.announce(NOW);
+    assert_eq!(receivers_of(&a, "SERVER_ANNOUNCE"), ["link-b", "link-c"]);
+    let env = &sent_to(&a, "link-b")[0];
+    assert_eq!(
+        env.payload(),
+        &json!({ "host": "127.0.0.1", "port": 9000, "pubkey": pk(0).to_wire() })
+    );
+}
+
+#[test]
+fn shutdown_says_goodbye_then_closes_everything() {
+    let (mut st, _) = mesh();
+    attach(&mut st, "bob", 11, "bob", 11);
+    let a = st.shutdown(NOW);
+    for h in ["link-b", "link-c"] {
+        assert_eq!(
+            types_to(&a, h),
+            ["USER_REMOVE", "USER_REMOVE", "SERVER_GOODBYE"],
+            "{h}"
+        );
+    }
+    assert!(sent_to(&a, "alice").is_empty() && sent_to(&a, "bob").is_empty());
+    let mut closed = closes(&a);
+    closed.sort_unstable();
+    assert_eq!(
+        closed,
+        [
+            ("alice", 1000),
+            ("bob", 1000),
+            ("link-b", 1000),
+            ("link-c", 1000)
+        ]
+    );
+    let first_close = a
+        .iter()
+        .position(|x| matches!(x, Action::Close(..)))
+        .expect("closes");
+    assert!(
+        a[first_close..]
+            .iter()
+            .all(|x| matches!(x, Action::Close(..))),
+        "every frame is queued before the closes"
+    );
+}
+
+// ----- real signatures ------------------------------------------------------
+
+#[test]
+fn our_frames_carry_our_signature_and_relayed_ones_keep_theirs() {
+    let mut st: RouterState<H> = RouterState::new(config("srv-a"), Arc::new(KeySigner(0)));
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    let a = attach(&mut st, "alice", 10, "alice", 10);
+    let to_b = sent_to(&a, "link-b");
+    assert_eq!(to_b.len(), 3);
+    for env in &to_b {
+        env.verify(&pk(0))
+            .unwrap_or_else(|e| panic!("{} verifies: {e}", env.msg_type()));
+    }
+
+    let mut rita =
+        Envelope::from_message(&sid("srv-b"), To::All, NOW, &advertise("rita", "srv-b", 12));
+    rita.sign(private(1)).expect("signs");
+    let raw = FrameText::from(rita.to_json());
+    let link_b = sid("srv-b");
+    let a = st.from_server(
+        PeerFrame {
+            link: &link_b,
+            env: &rita,
+            msg: rita.message().expect("typed"),
+            raw: &raw,
+        },
+        NOW,
+    );
+    let relayed = &sent_to(&a, "alice")[0];
+    relayed.verify(&pk(1)).expect("still srv-b's signature");
+    assert!(relayed.verify(&pk(0)).is_err());
+}

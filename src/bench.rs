@@ -1,0 +1,986 @@
+//! `socp-bench`: measures how close a socp mesh runs to the crypto limit of
+//! the machine, with every figure and ratio measured side by side in one run.
+//!
+//! 1. Crypto ceiling: PSS sign/verify and OAEP encrypt/decrypt per second, one
+//!    core and all cores, with the same code the server uses.
+//! 2. DM relay across a 2-server mesh: K sender/receiver pairs, closed loop
+//!    (W in flight per pair) for T seconds: DMs/s, latency, lost, duplicated.
+//! 3. Public channel fan-out: one message to N members on 3 servers.
+//! 4. File transfer: a file across servers, end to end.
+//! 5. Idle capacity: C attached users on one server process: RSS per connection.
+//! 6. Mesh formation: S servers joining one introducer, U users.
+//!
+//! Servers run in-process (1-4, 6) or as a child `socp-server` process (5, so
+//! its memory is its own). Keys come from the fixture pool: key generation is
+//! never measured. Client-side signing is done before each timed phase.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+use socp_actors::Settings;
+use socp_protocol::crypto::{sha256, MAX_OAEP_PLAINTEXT};
+use socp_protocol::message::{
+    FileChunk, FileEnd, FileId, FileMode, FileStart, MsgDirect, MsgPublicChannel, UserHello,
+};
+use socp_protocol::{content, fixtures, now_ms, Base64Url, Envelope, PrivateKey, To, UserId};
+use tokio::sync::mpsc;
+
+use crate::server::{start, RunningServer, ServerConfig};
+
+/// What to run and how big.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Seconds per crypto measurement.
+    pub crypto_secs: f64,
+    /// Sender/receiver pairs for the DM relay.
+    pub pairs: usize,
+    /// Seconds of DM relay.
+    pub dm_secs: f64,
+    /// DMs in flight per pair.
+    pub window: usize,
+    /// Public channel members.
+    pub members: usize,
+    /// File size in bytes.
+    pub file_bytes: usize,
+    /// Idle users on one server.
+    pub idle_users: usize,
+    /// Servers in the mesh-formation test.
+    pub mesh_servers: usize,
+    /// Users in the mesh-formation test.
+    pub mesh_users: usize,
+    /// Which parts to run (empty: all).
+    pub only: Vec<String>,
+    /// The `socp-server` binary for the idle test (default: next to this one).
+    pub server_bin: Option<PathBuf>,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            crypto_secs: 1.0,
+            pairs: 4,
+            dm_secs: 10.0,
+            window: 8,
+            members: 100,
+            file_bytes: 1024 * 1024,
+            idle_users: 1000,
+            mesh_servers: 4,
+            mesh_users: 40,
+            only: Vec::new(),
+            server_bin: None,
+        }
+    }
+}
+
+/// Operations per second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Crypto {
+    pub cores: usize,
+    pub sign_per_s_1: f64,
+    pub verify_per_s_1: f64,
+    pub encrypt_per_s_1: f64,
+    pub decrypt_per_s_1: f64,
+    pub sign_per_s_all: f64,
+    pub verify_per_s_all: f64,
+    pub encrypt_per_s_all: f64,
+    pub decrypt_per_s_all: f64,
+    /// One signature, milliseconds (1 / sign_per_s_1).
+    pub sign_ms: f64,
+}
+
+/// Run `op` on `threads` threads for `secs`; operations per second in all.
+fn rate(threads: usize, secs: f64, op: impl Fn() + Sync) -> f64 {
+    let count = AtomicUsize::new(0);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while Instant::now() < deadline {
+                    op();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The crypto ceiling of this machine, with the server's own code.
+pub fn crypto(secs: f64) -> Crypto {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let key = fixtures::key(20);
+    let public = key.public_key().clone();
+    let msg = b"{\"user_id\":\"bench\",\"server_id\":\"bench\"}".to_vec();
+    let sig = key
+        .sign(&msg)
+        .unwrap_or_else(|_| socp_protocol::Signature::from_bytes(&[0; 512]));
+    let plain = vec![7u8; 32];
+    let ct = public.encrypt(&plain).unwrap_or_default();
+    let sign = || {
+        let _ = key.sign(&msg);
+    };
+    let verify = || {
+        let _ = public.verify(&msg, &sig);
+    };
+    let encrypt = || {
+        let _ = public.encrypt(&plain);
+    };
+    let decrypt = || {
+        let _ = key.decrypt(&ct);
+    };
+    let mut c = Crypto {
+        cores,
+        sign_per_s_1: rate(1, secs, sign),
+        verify_per_s_1: rate(1, secs, verify),
+        encrypt_per_s_1: rate(1, secs, encrypt),
+        decrypt_per_s_1: rate(1, secs, decrypt),
+        sign_per_s_all: rate(cores, secs, sign),
+        verify_per_s_all: rate(cores, secs, verify),
+        encrypt_per_s_all: rate(cores, secs, encrypt),
+        decrypt_per_s_all: rate(cores, secs, decrypt),
+        sign_ms: 0.0,
+    };
+    c.sign_ms = 1000.0 / c.sign_per_s_1.max(f64::MIN_POSITIVE);
+    c
+}
+
+/// Servers for the bench: fast heartbeats, and the per-user frame limit
+/// raised so that servers, not the limiter, set the pace.
+fn bench_settings() -> Settings {
+    Settings {
+        user_rate: 100_000.0,
+        user_burst: 100_000.0,
+        max_backlog: 100_000,
+        heartbeat_interval: Duration::from_secs(2),
+        peer_timeout: Duration::from_secs(10),
+        ..Settings::default()
+    }
+}
+
+fn server_config(key: usize, bootstrap: &[SocketAddr]) -> ServerConfig {
+    ServerConfig {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        db_path: None,
+        first_key_pem: Some(fixtures::key_pem(key).to_owned()),
+        bootstrap: bootstrap
+            .iter()
+            .map(|a| socp_actors::introducer::Bootstrap {
+                host: a.ip().to_string(),
+                port: a.port(),
+                pubkey: None,
+            })
+            .collect(),
+        settings: bench_settings(),
+        ..ServerConfig::default()
+    }
+}
+
+async fn mesh(n: usize) -> Result<Vec<RunningServer>, String> {
+    let first = start(server_config(0, &[]))
+        .await
+        .map_err(|e| e.to_string())?;
+    let intro = first.addr;
+    let mut servers = vec![first];
+    for i in 1..n {
+        servers.push(
+            start(server_config(i, &[intro]))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for s in &servers {
+        while links_up(&s.status().await) < n - 1 {
+            if Instant::now() > deadline {
+                return Err("the mesh did not form within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(servers)
+}
+
+fn links_up(status: &Value) -> usize {
+    status["servers"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|s| s["link"] == "up").count())
+}
+
+fn users_known(status: &Value) -> usize {
+    status["local_users"].as_array().map_or(0, Vec::len)
+        + status["remote_users"].as_array().map_or(0, Vec::len)
+}
+
+/// A delivery a bench user saw: which message (hash of its ciphertext) and when.
+struct Seen {
+    id: [u8; 32],
+    at: Instant,
+}
+
+/// A protocol-level bench user: a writer channel and a stream of deliveries.
+struct BenchUser {
+    id: UserId,
+    key: Arc<PrivateKey>,
+    tx: mpsc::UnboundedSender<String>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+impl BenchUser {
+    /// Connect, say hello, wait for the server's ACK.
+    async fn join(addr: SocketAddr, key: usize) -> Result<BenchUser, String> {
+        let key = Arc::new(fixtures::key(key));
+        let id = UserId::random();
+        let (_, framed) = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish()
+            .ws(format!("ws://{addr}/ws"))
+            .max_frame_size(4 * 1024 * 1024)
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sink, mut stream) = framed.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        actix_web::rt::spawn(async move {
+            while let Some(text) = rx.recv().await {
+                if sink
+                    .send(awc::ws::Message::Text(text.into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel::<()>();
+        actix_web::rt::spawn(async move {
+            let mut ack = Some(ack_tx);
+            while let Some(Ok(frame)) = stream.next().await {
+                let awc::ws::Frame::Text(bytes) = frame else {
+                    continue;
+                };
+                // Only the fields the bench needs; no RSA on the client side.
+                let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+                    continue;
+                };
+                match v["type"].as_str() {
+                    Some("ACK") => {
+                        if let Some(a) = ack.take() {
+                            let _ = a.send(());
+                        }
+                    }
+                    Some("USER_DELIVER") => {
+                        let ct = v["payload"]["ciphertext"].as_str().unwrap_or("");
+                        let _ = seen_tx.send(Seen {
+                            id: sha256(ct.as_bytes()),
+                            at: Instant::now(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let hello = Envelope::new(
+            &id,
+            To::Id("server".into()),
+            now_ms(),
+            &UserHello {
+                client: "socp-bench".into(),
+                pubkey: key.public_key().clone(),
+                enc_pubkey: None,
+                meta: None,
+                nonce: None,
+            },
+        );
+        tx.send(hello.to_json()).map_err(|_| "closed")?;
+        tokio::time::timeout(Duration::from_secs(60), ack_rx)
+            .await
+            .map_err(|_| "no ACK within 60 s".to_owned())?
+            .map_err(|_| "closed before ACK".to_owned())?;
+        Ok(BenchUser { id, key, tx, seen })
+    }
+}
+
+/// A signed DM from `from` to `to` and the id its delivery will carry.
+fn dm(
+    from: &BenchUser,
+    to: &UserId,
+    to_key: &socp_protocol::PublicKey,
+    n: usize,
+) -> Option<(String, [u8; 32])> {
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&to_key.encrypt(format!("bench {n}").as_bytes()).ok()?);
+    let sig = content::sign_dm(&from.key, &ct, from.id.as_str(), to.as_str(), ts).ok()?;
+    let id = sha256(ct.as_str().as_bytes());
+    let env = Envelope::new(
+        &from.id,
+        To::from(to),
+        ts,
+        &MsgDirect {
+            ciphertext: ct,
+            sender_pub: from.key.public_key().clone(),
+            content_sig: sig,
+        },
+    );
+    Some((env.to_json(), id))
+}
+
+/// Sign many frames on every core.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let out: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items.len() {
+                    break;
+                }
+                let r = f(&items[i]);
+                if let Ok(mut slot) = out[i].lock() {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    out.into_iter()
+        .filter_map(|m| m.into_inner().ok().flatten())
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// DM relay figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DmRelay {
+    pub pairs: usize,
+    pub seconds: f64,
+    pub sent: usize,
+    pub delivered: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub dms_per_s: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p95: f64,
+    pub latency_ms_p99: f64,
+    /// Signatures the mesh makes per DM (SERVER_DELIVER + USER_DELIVER).
+    pub signatures_per_dm: f64,
+    /// All-core signatures/s ÷ signatures per DM.
+    pub ceiling_dms_per_s: f64,
+    pub ratio_to_ceiling: f64,
+    /// p50 latency in signature times.
+    pub p50_in_signatures: f64,
+}
+
+async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String> {
+    let servers = mesh(2).await?;
+    let (a, b) = (servers[0].addr, servers[1].addr);
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..cfg.pairs {
+        senders.push(BenchUser::join(a, 10 + (2 * i) % 20).await?);
+        receivers.push(BenchUser::join(b, 11 + (2 * i) % 20).await?);
+    }
+    // Wait until server a knows every receiver.
+    let want = 2 * cfg.pairs;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while users_known(&servers[0].status().await) < want {
+        if Instant::now() > deadline {
+            return Err("presence did not converge".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Pre-sign enough DMs for the run at up to 1.5x the ceiling.
+    let per_pair = ((crypto.sign_per_s_all / 2.0 * 1.5 * cfg.dm_secs) as usize / cfg.pairs.max(1))
+        .max(cfg.window * 2)
+        + cfg.window;
+    let mut queues: Vec<Vec<(String, [u8; 32])>> = Vec::new();
+    for (i, s) in senders.iter().enumerate() {
+        let r = &receivers[i];
+        let rkey = r.key.public_key().clone();
+        let items: Vec<usize> = (0..per_pair).collect();
+        let frames = parallel_map(&items, |n| dm(s, &r.id, &rkey, *n));
+        queues.push(frames.into_iter().flatten().collect());
+    }
+    // Closed loop: each pair keeps `window` DMs in flight.
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(cfg.dm_secs);
+    let mut sent_at: HashMap<[u8; 32], Instant> = HashMap::new();
+    let mut counts: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut latencies = Vec::new();
+    let mut next = vec![0usize; cfg.pairs];
+    let mut in_flight = vec![0usize; cfg.pairs];
+    let mut sent = 0;
+    let send = |p: usize,
+                next: &mut Vec<usize>,
+                in_flight: &mut Vec<usize>,
+                sent_at: &mut HashMap<[u8; 32], Instant>,
+                sent: &mut usize| {
+        if let Some((text, id)) = queues[p].get(next[p]) {
+            next[p] += 1;
+            in_flight[p] += 1;
+            sent_at.insert(*id, Instant::now());
+            *sent += 1;
+            let _ = senders[p].tx.send(text.clone());
+        }
+    };
+    for p in 0..cfg.pairs {
+        for _ in 0..cfg.window {
+            send(p, &mut next, &mut in_flight, &mut sent_at, &mut sent);
+        }
+    }
+    let mut delivered = 0;
+    let mut measured_end = end;
+    loop {
+        let now = Instant::now();
+        let draining = now >= end;
+        let wait = if draining {
+            Duration::from_secs(5)
+        } else {
+            end - now
+        };
+        let mut progressed = false;
+        for (p, r) in receivers.iter_mut().enumerate() {
+            while let Ok(seen) = r.seen.try_recv() {
+                progressed = true;
+                let c = counts.entry(seen.id).or_default();
+                *c += 1;
+                if *c == 1 {
+                    if let Some(t) = sent_at.get(&seen.id) {
+                        if *t < end {
+                            latencies.push(seen.at.duration_since(*t).as_secs_f64() * 1000.0);
+                            if seen.at <= end {
+                                delivered += 1;
+                            }
+                        }
+                    }
+                    in_flight[p] = in_flight[p].saturating_sub(1);
+                    if Instant::now() < end {
+                        send(p, &mut next, &mut in_flight, &mut sent_at, &mut sent);
+                    }
+                }
+            }
+        }
+        if draining && in_flight.iter().all(|n| *n == 0) {
+            break;
+        }
+        if !progressed {
+            let sleep = wait.min(Duration::from_millis(2));
+            if draining && Instant::now() > end + Duration::from_secs(15) {
+                break;
+            }
+            tokio::time::sleep(sleep).await;
+        }
+        if !draining {
+            measured_end = end;
+        }
+    }
+    let total_seen: usize = counts.values().filter(|c| **c >= 1).count();
+    let duplicated: usize = counts.values().map(|c| c.saturating_sub(1)).sum();
+    let lost = sent.saturating_sub(total_seen);
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let secs = measured_end.duration_since(started).as_secs_f64();
+    let dms_per_s = delivered as f64 / secs;
+    let ceiling = crypto.sign_per_s_all / 2.0;
+    for s in servers {
+        s.kill().await;
+    }
+    Ok(DmRelay {
+        pairs: cfg.pairs,
+        seconds: secs,
+        sent,
+        delivered: total_seen,
+        lost,
+        duplicated,
+        dms_per_s,
+        latency_ms_p50: percentile(&latencies, 0.50),
+        latency_ms_p95: percentile(&latencies, 0.95),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        signatures_per_dm: 2.0,
+        ceiling_dms_per_s: ceiling,
+        ratio_to_ceiling: dms_per_s / ceiling,
+        p50_in_signatures: percentile(&latencies, 0.50) / crypto.sign_ms,
+    })
+}
+
+/// Fan-out figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Fanout {
+    pub members: usize,
+    pub servers: usize,
+    pub delivered: usize,
+    pub duplicated: usize,
+    pub seconds_to_last: f64,
+    /// members × one signature ÷ cores (the goal is ≤ 2× this).
+    pub bound_seconds: f64,
+    pub ratio_to_bound: f64,
+}
+
+async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
+    let servers = mesh(3).await?;
+    let sender = BenchUser::join(servers[0].addr, 10).await?;
+    let mut members = Vec::new();
+    for i in 0..cfg.members {
+        members.push(BenchUser::join(servers[i % 3].addr, 11 + i % 20).await?);
+    }
+    let want = cfg.members + 1;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while users_known(&servers[0].status().await) < want {
+        if Instant::now() > deadline {
+            return Err("presence did not converge".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let targets: Vec<(UserId, socp_protocol::PublicKey)> = members
+        .iter()
+        .map(|m| (m.id.clone(), m.key.public_key().clone()))
+        .collect();
+    let frames: Vec<Option<String>> = parallel_map(&targets, |(id, key)| {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(&key.encrypt(b"to everyone").ok()?);
+        let sig = content::sign_public(&sender.key, &ct, sender.id.as_str(), ts).ok()?;
+        Some(
+            Envelope::new(
+                &sender.id,
+                To::from(id),
+                ts,
+                &MsgPublicChannel {
+                    ciphertext: ct,
+                    sender_pub: sender.key.public_key().clone(),
+                    content_sig: sig,
+                    group_id: "public".into(),
+                    public_version: None,
+                },
+            )
+            .to_json(),
+        )
+    });
+    let started = Instant::now();
+    for f in frames.into_iter().flatten() {
+        let _ = sender.tx.send(f);
+    }
+    let mut delivered = 0;
+    let mut duplicated = 0;
+    let mut last = started;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for m in members.iter_mut() {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, m.seen.recv()).await {
+                Ok(Some(seen)) => {
+                    delivered += 1;
+                    last = last.max(seen.at);
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for m in members.iter_mut() {
+        while m.seen.try_recv().is_ok() {
+            duplicated += 1;
+        }
+    }
+    let secs = last.duration_since(started).as_secs_f64();
+    let bound = cfg.members as f64 * (crypto.sign_ms / 1000.0) / crypto.cores as f64;
+    for s in servers {
+        s.kill().await;
+    }
+    Ok(Fanout {
+        members: cfg.members,
+        servers: 3,
+        delivered,
+        duplicated,
+        seconds_to_last: secs,
+        bound_seconds: bound,
+        ratio_to_bound: secs / bound.max(f64::MIN_POSITIVE),
+    })
+}
+
+/// File transfer figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileTransfer {
+    pub bytes: usize,
+    pub chunks: usize,
+    pub delivered_chunks: usize,
+    pub seconds: f64,
+    pub bytes_per_s: f64,
+    /// Bytes/s if the receiver's decryption on all cores were the only cost.
+    pub decrypt_ceiling_bytes_per_s: f64,
+    pub ratio_to_decrypt_ceiling: f64,
+}
+
+async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String> {
+    let servers = mesh(2).await?;
+    let sender = BenchUser::join(servers[0].addr, 10).await?;
+    let mut receiver = BenchUser::join(servers[1].addr, 11).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while users_known(&servers[0].status().await) < 2 {
+        if Instant::now() > deadline {
+            return Err("presence did not converge".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let data: Vec<u8> = (0..cfg.file_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let file_id = FileId::random();
+    let rkey = receiver.key.public_key().clone();
+    let chunks: Vec<(u64, &[u8])> = data
+        .chunks(MAX_OAEP_PLAINTEXT)
+        .enumerate()
+        .map(|(i, c)| (i as u64, c))
+        .collect();
+    let frames: Vec<Option<String>> = parallel_map(&chunks, |(index, plain)| {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(&rkey.encrypt(plain).ok()?);
+        let sig = content::sign_dm(
+            &sender.key,
+            &ct,
+            sender.id.as_str(),
+            receiver.id.as_str(),
+            ts,
+        )
+        .ok()?;
+        Some(
+            Envelope::new(
+                &sender.id,
+                To::from(&receiver.id),
+                ts,
+                &FileChunk {
+                    file_id: file_id.clone(),
+                    index: *index,
+                    ciphertext: ct,
+                    sender_pub: Some(sender.key.public_key().clone()),
+                    content_sig: Some(sig),
+                },
+            )
+            .to_json(),
+        )
+    });
+    let start_frame = Envelope::new(
+        &sender.id,
+        To::from(&receiver.id),
+        now_ms(),
+        &FileStart {
+            file_id: file_id.clone(),
+            name: "bench.bin".into(),
+            size: data.len() as u64,
+            sha256: socp_protocol::crypto::sha256_hex(&data),
+            mode: FileMode::Dm,
+        },
+    )
+    .to_json();
+    let end_frame = Envelope::new(
+        &sender.id,
+        To::from(&receiver.id),
+        now_ms(),
+        &FileEnd { file_id },
+    )
+    .to_json();
+    let n = chunks.len();
+    let started = Instant::now();
+    let _ = sender.tx.send(start_frame);
+    for f in frames.into_iter().flatten() {
+        let _ = sender.tx.send(f);
+    }
+    let _ = sender.tx.send(end_frame);
+    // FILE_START and FILE_END arrive too (with an empty ciphertext id).
+    let mut got = 0;
+    let mut last = started;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while got < n + 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, receiver.seen.recv()).await {
+            Ok(Some(seen)) => {
+                got += 1;
+                last = seen.at;
+            }
+            _ => break,
+        }
+    }
+    // The receiver decrypts every chunk: that is the end-to-end cost too.
+    let secs = last.duration_since(started).as_secs_f64();
+    let decrypt_ceiling = crypto.decrypt_per_s_all * MAX_OAEP_PLAINTEXT as f64;
+    let bps = data.len() as f64 / secs.max(f64::MIN_POSITIVE);
+    for s in servers {
+        s.kill().await;
+    }
+    Ok(FileTransfer {
+        bytes: data.len(),
+        chunks: n,
+        delivered_chunks: got.saturating_sub(2),
+        seconds: secs,
+        bytes_per_s: bps,
+        decrypt_ceiling_bytes_per_s: decrypt_ceiling,
+        ratio_to_decrypt_ceiling: bps / decrypt_ceiling,
+    })
+}
+
+/// Idle capacity figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Idle {
+    pub users: usize,
+    pub attached: usize,
+    pub seconds_to_attach: f64,
+    pub server_rss_before_kib: u64,
+    pub server_rss_after_kib: u64,
+    pub kib_per_connection: f64,
+    /// RSS for 10,000 users at this rate, MiB (the goal is ≤ 200).
+    pub projected_mib_for_10000: f64,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn idle(cfg: &BenchConfig) -> Result<Idle, String> {
+    let bin = cfg
+        .server_bin
+        .clone()
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("socp-server")))
+        })
+        .ok_or("cannot find socp-server")?;
+    let dir = std::env::temp_dir().join(format!("socp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let key_path = dir.join("server.pem");
+    std::fs::write(&key_path, fixtures::key_pem(0)).map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let mut child = std::process::Command::new(&bin)
+        .args(["--port", &port.to_string(), "--db"])
+        .arg(dir.join("idle.db"))
+        .arg("--first-key")
+        .arg(&key_path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                return Err("the server did not start".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_kib(child.id());
+        let started = Instant::now();
+        let mut users = Vec::new();
+        // Attach in batches, concurrently.
+        for batch in (0..cfg.idle_users).collect::<Vec<_>>().chunks(50) {
+            let joins = batch.iter().map(|i| BenchUser::join(addr, 10 + i % 20));
+            for r in futures_util::future::join_all(joins).await {
+                users.push(r?);
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_kib(child.id());
+        let per = (after.saturating_sub(before)) as f64 / cfg.idle_users.max(1) as f64;
+        Ok(Idle {
+            users: cfg.idle_users,
+            attached: users.len(),
+            seconds_to_attach: secs,
+            server_rss_before_kib: before,
+            server_rss_after_kib: after,
+            kib_per_connection: per,
+            projected_mib_for_10000: (before as f64 + per * 10_000.0) / 1024.0,
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Mesh formation figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MeshFormation {
+    pub servers: usize,
+    pub users: usize,
+    pub seconds_to_mesh: f64,
+    pub seconds_to_presence: f64,
+}
+
+async fn mesh_formation(cfg: &BenchConfig) -> Result<MeshFormation, String> {
+    let started = Instant::now();
+    let servers = mesh(cfg.mesh_servers).await?;
+    let meshed = started.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut users = Vec::new();
+    for i in 0..cfg.mesh_users {
+        users.push(BenchUser::join(servers[i % servers.len()].addr, 10 + i % 20).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for s in &servers {
+        while users_known(&s.status().await) < cfg.mesh_users {
+            if Instant::now() > deadline {
+                return Err("presence did not converge within 120 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let presence = t.elapsed().as_secs_f64();
+    drop(users);
+    for s in servers {
+        s.kill().await;
+    }
+    Ok(MeshFormation {
+        servers: cfg.mesh_servers,
+        users: cfg.mesh_users,
+        seconds_to_mesh: meshed,
+        seconds_to_presence: presence,
+    })
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub machine: Value,
+    pub crypto: Crypto,
+    pub dm_relay: Option<DmRelay>,
+    pub fanout: Option<Fanout>,
+    pub file: Option<FileTransfer>,
+    pub idle: Option<Idle>,
+    pub mesh: Option<MeshFormation>,
+    pub errors: Vec<String>,
+}
+
+fn wanted(cfg: &BenchConfig, part: &str) -> bool {
+    cfg.only.is_empty() || cfg.only.iter().any(|p| p == part)
+}
+
+/// Run the benchmark (inside an actix System).
+pub async fn run(cfg: BenchConfig) -> Report {
+    let mut report = Report {
+        machine: json!({
+            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        }),
+        ..Report::default()
+    };
+    let secs = cfg.crypto_secs;
+    report.crypto = actix_web::rt::task::spawn_blocking(move || crypto(secs))
+        .await
+        .unwrap_or_default();
+    let c = report.crypto.clone();
+    macro_rules! part {
+        ($name:literal, $field:ident, $fut:expr) => {
+            if wanted(&cfg, $name) {
+                match $fut.await {
+                    Ok(v) => report.$field = Some(v),
+                    Err(e) => report.errors.push(format!("{}: {e}", $name)),
+                }
+            }
+        };
+    }
+    part!("dm", dm_relay, dm_relay(&cfg, &c));
+    part!("fanout", fanout, fanout(&cfg, &c));
+    part!("file", file, file(&cfg, &c));
+    part!("idle", idle, idle(&cfg));
+    part!("mesh", mesh, mesh_formation(&cfg));
+    report
+}
+
+/// The report as a table for people.
+pub fn table(r: &Report) -> String {
+    let mut s = String::new();
+    let c = &r.crypto;
+    s += &format!("machine: {}\n\n", r.machine);
+    s += "crypto ceiling (same code as the server)      1 core     all cores\n";
+    s += &format!(
+        "  PSS-SHA256 sign/s                      {:>10.1}  {:>12.1}\n",
+        c.sign_per_s_1, c.sign_per_s_all
+    );
+    s += &format!(
+        "  PSS-SHA256 verify/s                    {:>10.1}  {:>12.1}\n",
+        c.verify_per_s_1, c.verify_per_s_all
+    );
+    s += &format!(
+        "  OAEP-SHA256 encrypt/s                  {:>10.1}  {:>12.1}\n",
+        c.encrypt_per_s_1, c.encrypt_per_s_all
+    );
+    s += &format!(
+        "  OAEP-SHA256 decrypt/s                  {:>10.1}  {:>12.1}\n",
+        c.decrypt_per_s_1, c.decrypt_per_s_all
+    );
+    s += &format!("  one signature: {:.2} ms\n\n", c.sign_ms);
+    if let Some(d) = &r.dm_relay {
+        s += &format!(
+            "DM relay, 2 servers, {} pairs, {:.1} s\n",
+            d.pairs, d.seconds
+        );
+        s += &format!(
+            "  delivered {} of {} sent; lost {}, duplicated {}\n",
+            d.delivered, d.sent, d.lost, d.duplicated
+        );
+        s += &format!(
+            "  {:.1} DMs/s; ceiling {:.1} DMs/s ({} signatures per DM); ratio {:.2}\n",
+            d.dms_per_s, d.ceiling_dms_per_s, d.signatures_per_dm, d.ratio_to_ceiling
+        );
+        s += &format!(
+            "  latency p50 {:.1} ms ({:.2} signature times), p95 {:.1} ms, p99 {:.1} ms\n\n",
+            d.latency_ms_p50, d.p50_in_signatures, d.latency_ms_p95, d.latency_ms_p99
+        );
+    }
+    if let Some(f) = &r.fanout {
+        s += &format!(
+            "public fan-out: {} members on {} servers\n",
+            f.members, f.servers
+        );
+        s += &format!("  delivered {} (duplicated {}); last after {:.2} s; bound {:.2} s; ratio {:.2} (goal <= 2)\n\n", f.delivered, f.duplicated, f.seconds_to_last, f.bound_seconds, f.ratio_to_bound);
+    }
+    if let Some(f) = &r.file {
+        s += &format!(
+            "file transfer across servers: {} bytes in {} chunks\n",
+            f.bytes, f.chunks
+        );
+        s += &format!("  {} chunks delivered in {:.2} s: {:.0} B/s; decrypt ceiling {:.0} B/s; ratio {:.2}\n\n", f.delivered_chunks, f.seconds, f.bytes_per_s, f.decrypt_ceiling_bytes_per_s, f.ratio_to_decrypt_ceiling);
+    }
+    if let Some(i) = &r.idle {
+        s += &format!("idle capacity: {} users on one server process\n", i.users);
+        s += &format!("  attached {} in {:.2} s; RSS {} -> {} KiB: {:.1} KiB per connection; 10,000 users ≈ {:.0} MiB (goal <= 200)\n\n", i.attached, i.seconds_to_attach, i.server_rss_before_kib, i.server_rss_after_kib, i.kib_per_connection, i.projected_mib_for_10000);
+    }
+    if let Some(m) = &r.mesh {
+        s += &format!("mesh formation: {} servers, {} users\n", m.servers, m.users);
+        s += &format!("  mesh formed in {:.2} s; every server knew every user {:.2} s after the users joined\n\n", m.seconds_to_mesh, m.seconds_to_presence);
+    }
+    for e in &r.errors {
+        s += &format!("error: {e}\n");
+    }
+    s
+}
