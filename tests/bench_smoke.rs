@@ -1,0 +1,83 @@
+//! socp-bench with tiny settings: every message delivered exactly once, and
+//! every figure present in the JSON report. No timing thresholds.
+
+use std::path::PathBuf;
+
+use socp::bench::{run, BenchConfig};
+
+#[actix_rt::test]
+async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
+    let cfg = BenchConfig {
+        crypto_secs: 0.2,
+        pairs: 2,
+        dm_secs: 1.0,
+        window: 2,
+        members: 4,
+        file_bytes: 3 * 446 + 10,
+        idle_users: 5,
+        mesh_servers: 2,
+        mesh_users: 3,
+        only: Vec::new(),
+        server_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_socp-server"))),
+    };
+    let report = run(cfg).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let c = &report.crypto;
+    for (name, v) in [
+        ("sign 1", c.sign_per_s_1),
+        ("verify 1", c.verify_per_s_1),
+        ("encrypt 1", c.encrypt_per_s_1),
+        ("decrypt 1", c.decrypt_per_s_1),
+        ("sign all", c.sign_per_s_all),
+        ("verify all", c.verify_per_s_all),
+        ("encrypt all", c.encrypt_per_s_all),
+        ("decrypt all", c.decrypt_per_s_all),
+    ] {
+        assert!(v > 0.0, "{name} measured");
+    }
+
+    let dm = report.dm_relay.as_ref().expect("dm relay ran");
+    assert!(dm.sent > 0);
+    assert_eq!(dm.delivered, dm.sent, "every DM delivered");
+    assert_eq!(dm.lost, 0);
+    assert_eq!(dm.duplicated, 0);
+    assert!(dm.ceiling_dms_per_s > 0.0 && dm.ratio_to_ceiling > 0.0);
+
+    let f = report.fanout.as_ref().expect("fan-out ran");
+    assert_eq!(f.delivered, 4, "every member got the public message");
+    assert_eq!(f.duplicated, 0);
+
+    let file = report.file.as_ref().expect("file ran");
+    assert_eq!(file.chunks, 4);
+    assert_eq!(file.delivered_chunks, 4, "every chunk delivered");
+
+    let idle = report.idle.as_ref().expect("idle ran");
+    assert_eq!(idle.attached, 5);
+    assert!(idle.server_rss_after_kib > 0);
+
+    let mesh = report.mesh.as_ref().expect("mesh ran");
+    assert_eq!((mesh.servers, mesh.users), (2, 3));
+
+    // The JSON report carries every section and figure.
+    let json = serde_json::to_value(&report).expect("serialises");
+    for key in [
+        "machine", "crypto", "dm_relay", "fanout", "file", "idle", "mesh",
+    ] {
+        assert!(!json[key].is_null(), "{key} in the JSON");
+    }
+    for key in [
+        "dms_per_s",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "latency_ms_p99",
+        "lost",
+        "duplicated",
+        "ratio_to_ceiling",
+    ] {
+        assert!(json["dm_relay"][key].is_number(), "dm_relay.{key}");
+    }
+    assert!(json["idle"]["kib_per_connection"].is_number());
+    assert!(json["file"]["bytes_per_s"].is_number());
+    assert!(json["fanout"]["seconds_to_last"].is_number());
+}
