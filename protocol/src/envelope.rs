@@ -210,13 +210,13 @@ impl Envelope {
 
     /// `from` as a user id.
     pub fn from_user(&self) -> UserId {
-        // `from` was validated as an id when parsed or built.
-        UserId::parse(&self.from).unwrap_or_else(|_| UserId::random())
+        // `from` was validated as an id when parsed, or came from an id when built.
+        UserId::from_validated(self.from.clone())
     }
 
     /// `from` as a server id.
     pub fn from_server(&self) -> ServerId {
-        self.from_user().as_server_id()
+        ServerId::from_validated(self.from.clone())
     }
 
     /// `to`.

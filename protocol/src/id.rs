@@ -58,6 +58,12 @@ macro_rules! id_type {
                 &self.0
             }
 
+            /// Wrap text already checked by `check_id` (inside this crate).
+            pub(crate) fn from_validated(s: String) -> Self {
+                debug_assert!(check_id(&s).is_ok());
+                $name(s)
+            }
+
             /// Whether this id is a UUID (the form our own software creates).
             pub fn is_uuid(&self) -> bool {
                 is_uuid(&self.0)
