@@ -616,16 +616,10 @@ async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
     let mut last = started;
     let deadline = Instant::now() + Duration::from_secs(300);
     for m in members.iter_mut() {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, m.seen.recv()).await {
-                Ok(Some(seen)) => {
-                    delivered += 1;
-                    last = last.max(seen.at);
-                    break;
-                }
-                _ => break,
-            }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Some(seen)) = tokio::time::timeout(left, m.seen.recv()).await {
+            delivered += 1;
+            last = last.max(seen.at);
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

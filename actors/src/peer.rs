@@ -147,8 +147,10 @@ impl PeerLink {
     {
         self.busy = true;
         ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
-            then(act, ctx, out);
+            // Not busy before `then`: if `then` waits for something else in
+            // turn, it sets `busy` again and the next frame keeps waiting.
             act.busy = false;
+            then(act, ctx, out);
             act.drain(ctx);
         }));
     }
@@ -332,11 +334,17 @@ impl PeerLink {
             } else {
                 match router.send(ServerKey(from.clone())).await.ok().flatten() {
                     Some(k) => k,
-                    // `from` is no server we know. Another implementation may
-                    // forward a user's content frame as-is (SPEC.md §6.4): such a
-                    // frame must carry the link server's signature.
-                    None if is_user_content(&msg) => link_key,
-                    None => return Err(format!("`from` {from} is not a known server")),
+                    // A server we do not know yet, announced through the mesh
+                    // (SPEC.md §5.1): its announce is self-signed, like a hello,
+                    // and the router pins the key it carries.
+                    None => match &msg {
+                        Message::ServerAnnounce(a) => a.0.pubkey.clone(),
+                        // Another implementation may forward a user's content
+                        // frame as-is (SPEC.md §6.4): such a frame must carry
+                        // the link server's signature.
+                        _ if is_user_content(&msg) => link_key,
+                        _ => return Err(format!("`from` {from} is not a known server")),
+                    },
                 }
             };
             match pool.verify(env, key).await {
@@ -405,7 +413,8 @@ impl Actor for PeerLink {
         });
         self.report_alive();
         self.wait_for(ctx, up, move |act, ctx, result| {
-            if !matches!(result, Ok(Ok(()))) {
+            if matches!(result, Ok(Ok(()))) {
+            } else {
                 log::warn!("link to {} refused by the router", peer.server_id);
                 act.close(ctx, close::POLICY, "link refused");
             }
@@ -448,6 +457,10 @@ impl Handler<Inbound> for PeerLink {
                     self.close(ctx, close::POLICY, "too many frames waiting");
                     return;
                 }
+                // The socket is the identified server's: a frame arriving
+                // proves it alive, even while earlier frames wait to be
+                // verified (a long backlog must not look like silence).
+                self.report_alive();
                 self.backlog.push_back(text);
                 self.drain(ctx);
             }

@@ -166,6 +166,8 @@ pub struct Router {
     ports: RouterPorts,
     /// Heartbeat rounds so far (the known-servers log line is periodic).
     rounds: u64,
+    /// Shut down: no more links are made (reconnects, remembered servers).
+    stopping: bool,
 }
 
 impl Router {
@@ -175,6 +177,7 @@ impl Router {
             state,
             ports,
             rounds: 0,
+            stopping: false,
         }
     }
 
@@ -272,16 +275,16 @@ impl Handler<LinkUp> for Router {
     fn handle(&mut self, msg: LinkUp, _: &mut Self::Context) -> Self::Result {
         let server = msg.peer.server_id.clone();
         let tx = msg.conn.tx.clone();
-        let mut actions = self.state.link_up(msg.peer, msg.conn, msg.opened_by_me)?;
+        let now = now_ms();
+        let up = self
+            .state
+            .link_up(msg.peer, msg.conn, msg.opened_by_me, now)?;
+        let mut actions = Vec::with_capacity(up.len() + 1);
         if msg.opened_by_me {
             // Our SERVER_ANNOUNCE follows our hello on every link we open.
-            for action in self.state.announce(now_ms()) {
-                if let Action::Send(_, frame) = action {
-                    actions.push(Action::Send(tx.clone(), frame));
-                    break;
-                }
-            }
+            actions.push(Action::Send(tx, self.state.announce_frame(now)));
         }
+        actions.extend(up);
         log::info!("link to server {server} up");
         self.ports.liveness.do_send(LinkEvent::Up(server));
         self.run(actions);
@@ -307,7 +310,11 @@ impl Handler<LinkFrame> for Router {
 
     fn handle(&mut self, msg: LinkFrame, _: &mut Self::Context) {
         let now = now_ms();
-        let from_is_server = self.state.server_key(&msg.env.from_server()).is_some();
+        // A SERVER_ANNOUNCE from a server we do not know yet was verified
+        // with the key it carries: it is how the rest of the mesh learns a
+        // server that linked to only some of us.
+        let from_is_server = self.state.server_key(&msg.env.from_server()).is_some()
+            || matches!(msg.msg, Message::ServerAnnounce(_));
         if let (Message::ServerGoodbye(_), true) = (&msg.msg, from_is_server) {
             let server = msg.env.from_server();
             self.ports.liveness.do_send(LinkEvent::Gone(server.clone()));
@@ -391,7 +398,7 @@ impl Handler<Reconnect> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Reconnect, _: &mut Self::Context) {
-        if self.state.is_linked(&msg.0) {
+        if self.stopping || self.state.is_linked(&msg.0) {
             return;
         }
         if let Some(peer) = self
@@ -424,6 +431,11 @@ impl Handler<Shutdown> for Router {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+        // The links about to close are not to be retried.
+        self.stopping = true;
+        for peer in self.state.peers() {
+            self.ports.liveness.do_send(LinkEvent::Gone(peer.server_id));
+        }
         let actions = self.state.shutdown(now_ms());
         self.run(actions);
     }

@@ -387,17 +387,7 @@ impl<H: Clone> RouterState<H> {
             }
         }
 
-        let meta = name.as_ref().map(|n| serde_json::json!({ "name": n }));
-        let advert = self.sign(
-            To::All,
-            now,
-            Message::UserAdvertise(UserAdvertise {
-                user_id: user_id.clone(),
-                server_id: self.config.me.clone(),
-                pubkey: pubkey.clone(),
-                meta,
-            }),
-        );
+        let advert = self.local_advert(&user_id, &pubkey, name.as_deref(), now);
         // The user itself learns its own advert too: the client sees itself online.
         out.push(Action::Send(conn.tx.clone(), advert.clone()));
         self.to_all_servers(&advert, &[], &mut out);
@@ -415,6 +405,26 @@ impl<H: Clone> RouterState<H> {
         );
         self.public_join(&user_id, &pubkey, now, &mut out);
         Ok(out)
+    }
+
+    /// Our USER_ADVERTISE for a local user (`meta.name` = username if registered).
+    fn local_advert(
+        &self,
+        user_id: &UserId,
+        pubkey: &PublicKey,
+        name: Option<&str>,
+        now: i64,
+    ) -> SignedFrame {
+        self.sign(
+            To::All,
+            now,
+            Message::UserAdvertise(UserAdvertise {
+                user_id: user_id.clone(),
+                server_id: self.config.me.clone(),
+                pubkey: pubkey.clone(),
+                meta: name.map(|n| serde_json::json!({ "name": n })),
+            }),
+        )
     }
 
     /// Our own signed advert for a remote user we learnt without one (from a
@@ -826,12 +836,17 @@ impl<H: Clone> RouterState<H> {
 
     /// A link to `peer` is up (after its first frame verified, or our hello
     /// was sent). Of two links to the same server, the one opened by the lower
-    /// server id is kept and the other closed.
+    /// server id is kept and the other closed. Over the kept link every local
+    /// user is advertised again with a fresh `ts`: adverts sent over a link that
+    /// was then closed as a duplicate, and users the other side dropped when its
+    /// previous link went down, would otherwise be lost until they reconnect
+    /// (a fresh `ts` gets past the seen-ids cache).
     pub fn link_up(
         &mut self,
         peer: Peer,
         conn: Conn<H>,
         opened_by_me: bool,
+        now: i64,
     ) -> Result<Vec<Action<H>>, Refusal> {
         let mut out = Vec::new();
         if let Some(a) = self.learn_server(peer.clone())? {
@@ -858,7 +873,12 @@ impl<H: Clone> RouterState<H> {
                 "duplicate link".into(),
             ));
         }
+        let tx = conn.tx.clone();
         entry.link = Some(Link { conn, opened_by });
+        for (user_id, user) in &self.local {
+            let advert = self.local_advert(user_id, &user.pubkey, user.name.as_deref(), now);
+            out.push(Action::Send(tx.clone(), advert));
+        }
         Ok(out)
     }
 
@@ -1007,9 +1027,9 @@ impl<H: Clone> RouterState<H> {
         (to_link, out)
     }
 
-    /// Our SERVER_ANNOUNCE, for every server.
-    pub fn announce(&self, now: i64) -> Vec<Action<H>> {
-        let frame = self.sign(
+    /// Our SERVER_ANNOUNCE (one signature serves every link: same payload).
+    pub fn announce_frame(&self, now: i64) -> SignedFrame {
+        self.sign(
             To::All,
             now,
             Message::ServerAnnounce(ServerAnnounce(ServerAddress {
@@ -1017,7 +1037,12 @@ impl<H: Clone> RouterState<H> {
                 port: self.config.port,
                 pubkey: self.config.pubkey.clone(),
             })),
-        );
+        )
+    }
+
+    /// Our SERVER_ANNOUNCE, for every server.
+    pub fn announce(&self, now: i64) -> Vec<Action<H>> {
+        let frame = self.announce_frame(now);
         let mut out = Vec::new();
         self.to_all_servers(&frame, &[], &mut out);
         out

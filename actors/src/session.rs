@@ -92,6 +92,10 @@ pub struct ClientSession {
     /// A frame's checks are running off the loop.
     busy: bool,
     bucket: TokenBucket,
+    /// RATE_LIMITED was sent and the user has not been within the limit
+    /// since: one notice per episode, not one signed ERROR per frame (a flood
+    /// must not make the server sign hundreds of frames).
+    limited: bool,
     /// The last LOGIN_CHALLENGE sent: for whom, and its nonce.
     challenge: Option<(UserId, String)>,
 }
@@ -112,6 +116,7 @@ impl ClientSession {
             backlog: VecDeque::new(),
             busy: false,
             bucket: TokenBucket::new(settings.user_rate, settings.user_burst),
+            limited: false,
             challenge: None,
         };
         let addr = session.start();
@@ -182,8 +187,10 @@ impl ClientSession {
     {
         self.busy = true;
         ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
-            then(act, ctx, out);
+            // Not busy before `then`: if `then` waits for something else in
+            // turn, it sets `busy` again and the next frame keeps waiting.
             act.busy = false;
+            then(act, ctx, out);
             act.drain(ctx);
         }));
     }
@@ -667,11 +674,18 @@ impl Handler<Inbound> for ClientSession {
                 if !self.bucket.take_at(1.0, Instant::now()) {
                     if self.bucket.flooding() {
                         self.close(ctx, close::POLICY, "flooding");
-                    } else {
-                        self.error(ctx, &to, ErrorCode::RateLimited, "slow down");
+                    } else if !self.limited {
+                        self.limited = true;
+                        self.error(
+                            ctx,
+                            &to,
+                            ErrorCode::RateLimited,
+                            "slow down: frames over the limit are dropped",
+                        );
                     }
                     return;
                 }
+                self.limited = false;
                 if self.backlog.len() >= self.shared.settings.max_backlog {
                     self.close(ctx, close::POLICY, "too many frames waiting");
                     return;

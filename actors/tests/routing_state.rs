@@ -75,6 +75,7 @@ fn link(st: &mut RouterState<H>, id: &str, n: usize, handle: H, conn: u64) -> Ve
             tx: handle,
         },
         true,
+        NOW,
     )
     .expect("link accepted")
 }
@@ -466,6 +467,23 @@ fn an_id_held_at_an_unlinked_server_is_not_in_use() {
         NOW,
     );
     assert_eq!(taken.expect_err("refused").code, ErrorCode::NameInUse);
+}
+
+#[test]
+fn a_new_link_carries_fresh_adverts_of_every_local_user() {
+    let (mut st, _) = mesh();
+    attach(&mut st, "bob", 11, "bob", 11);
+    let a = link(&mut st, "srv-d", 3, "link-d", 40);
+    let mut adverts: Vec<String> = sent_to(&a, "link-d")
+        .iter()
+        .filter(|e| e.msg_type() == "USER_ADVERTISE")
+        .map(|e| {
+            assert_eq!(field(e, "server_id"), "srv-a");
+            field(e, "user_id").as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    adverts.sort();
+    assert_eq!(adverts, ["alice", "bob"], "local users only, not rita");
 }
 
 #[test]
@@ -1116,25 +1134,25 @@ fn of_two_links_the_one_opened_by_the_lower_server_id_is_kept() {
     let mut st = router("srv-m");
     // srv-z > srv-m: the link we opened wins.
     let a = st
-        .link_up(peer("srv-z", 1), Conn { id: 1, tx: "z-in" }, false)
+        .link_up(peer("srv-z", 1), Conn { id: 1, tx: "z-in" }, false, NOW)
         .expect("up");
     assert!(closes(&a).is_empty());
     let a = st
-        .link_up(peer("srv-z", 1), Conn { id: 2, tx: "z-out" }, true)
+        .link_up(peer("srv-z", 1), Conn { id: 2, tx: "z-out" }, true, NOW)
         .expect("up");
     assert_eq!(closes(&a), [("z-in", 1000)]);
     assert_eq!(st.link_of(&sid("srv-z")).map(|c| c.id), Some(2));
     let a = st
-        .link_up(peer("srv-z", 1), Conn { id: 3, tx: "z-in2" }, false)
+        .link_up(peer("srv-z", 1), Conn { id: 3, tx: "z-in2" }, false, NOW)
         .expect("up");
     assert_eq!(closes(&a), [("z-in2", 1000)], "the newcomer loses");
     assert_eq!(st.link_of(&sid("srv-z")).map(|c| c.id), Some(2));
 
     // srv-b < srv-m: the link srv-b opened wins.
-    st.link_up(peer("srv-b", 2), Conn { id: 4, tx: "b-out" }, true)
+    st.link_up(peer("srv-b", 2), Conn { id: 4, tx: "b-out" }, true, NOW)
         .expect("up");
     let a = st
-        .link_up(peer("srv-b", 2), Conn { id: 5, tx: "b-in" }, false)
+        .link_up(peer("srv-b", 2), Conn { id: 5, tx: "b-in" }, false, NOW)
         .expect("up");
     assert_eq!(closes(&a), [("b-out", 1000)]);
     assert_eq!(st.link_of(&sid("srv-b")).map(|c| c.id), Some(5));
@@ -1146,13 +1164,14 @@ fn of_two_links_the_one_opened_by_the_lower_server_id_is_kept() {
                 tx: "b-out2",
             },
             true,
+            NOW,
         )
         .expect("up");
     assert_eq!(closes(&a), [("b-out2", 1000)]);
 
     // Same opener (a reconnect): the newer connection replaces the old one.
     let a = st
-        .link_up(peer("srv-b", 2), Conn { id: 7, tx: "b-in2" }, false)
+        .link_up(peer("srv-b", 2), Conn { id: 7, tx: "b-in2" }, false, NOW)
         .expect("up");
     assert_eq!(closes(&a), [("b-in", 1000)]);
     assert_eq!(st.link_of(&sid("srv-b")).map(|c| c.id), Some(7));
@@ -1165,6 +1184,7 @@ fn of_two_links_the_one_opened_by_the_lower_server_id_is_kept() {
             tx: "b-evil",
         },
         false,
+        NOW,
     );
     assert_eq!(refused.expect_err("refused").code, ErrorCode::NameInUse);
     assert_eq!(st.link_of(&sid("srv-b")).map(|c| c.id), Some(7));

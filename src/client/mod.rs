@@ -96,6 +96,8 @@ struct Me {
 /// Everything the reader and the commands share (one thread: `Rc<RefCell>`).
 struct Client {
     me: Me,
+    /// The account a `/login` is switching to, until the server accepts it.
+    joining: Option<UserId>,
     roster: Roster,
     files: HashMap<(UserId, String), IncomingFile>,
     waiters: Vec<Waiter>,
@@ -162,6 +164,7 @@ pub async fn run(config: ClientConfig) -> i32 {
     };
     let shared: Shared = Rc::new(RefCell::new(Client {
         me: me.clone(),
+        joining: None,
         roster: Roster::default(),
         files: HashMap::new(),
         waiters: Vec::new(),
@@ -426,6 +429,80 @@ impl Pacer {
     }
 }
 
+/// Frames sent between two flow-control round trips.
+const FLOW_WINDOW: usize = 64;
+
+/// Sends a run of frames: paced at the server's rate limit, and with at most
+/// about two windows of frames waiting at the server. A server processes a
+/// user's frames in order and cuts off a user with too many frames waiting
+/// (256 by default), which a loaded server reaches even at the allowed rate.
+/// So after every [`FLOW_WINDOW`] frames the client asks for the user list
+/// and, before the next window, waits for the answer to the previous request:
+/// the answer comes only once every frame before it was handled. In a
+/// `strict` run an ERROR meanwhile (a frame refused, the recipient gone) ends
+/// the run; otherwise it is shown and the run goes on.
+struct Flow {
+    pacer: Pacer,
+    sent: usize,
+    sync: Option<oneshot::Receiver<Envelope>>,
+    strict: bool,
+}
+
+impl Flow {
+    fn new(rate: f64, strict: bool) -> Self {
+        Flow {
+            pacer: Pacer::new(rate),
+            sent: 0,
+            sync: None,
+            strict,
+        }
+    }
+
+    async fn send(&mut self, shared: &Shared, tx: &Sink, env: &Envelope) -> Result<(), Failure> {
+        self.pacer.wait().await;
+        send(tx, env)?;
+        self.sent += 1;
+        if self.sent % FLOW_WINDOW == 0 {
+            self.settle().await?;
+            self.request(shared, tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn request(&mut self, shared: &Shared, tx: &Sink) -> Result<(), Failure> {
+        let me = shared.borrow().me.id.clone();
+        let rx = if self.strict {
+            expect(shared, |e| {
+                matches!(e.msg_type(), "LIST_RESPONSE" | "ERROR")
+            })
+        } else {
+            expect(shared, |e| e.msg_type() == "LIST_RESPONSE")
+        };
+        self.pacer.wait().await;
+        send(
+            tx,
+            &Envelope::new(&me, To::Id("server".into()), now_ms(), &ListRequest {}),
+        )?;
+        self.sync = Some(rx);
+        Ok(())
+    }
+
+    /// Wait for the outstanding round trip, if any.
+    async fn settle(&mut self) -> Result<(), Failure> {
+        match self.sync.take() {
+            Some(rx) => answer(rx, "sending").await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until the server has handled every frame sent.
+    async fn confirm(&mut self, shared: &Shared, tx: &Sink) -> Result<(), Failure> {
+        self.settle().await?;
+        self.request(shared, tx).await?;
+        self.settle().await
+    }
+}
+
 async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> Result<(), Failure> {
     let contact = resolve(shared, who)?;
     let (me, rate) = {
@@ -436,7 +513,7 @@ async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> Result<(), F
         .into_iter()
         .map(str::to_owned)
         .collect();
-    let mut pacer = Pacer::new(rate);
+    let mut flow = Flow::new(rate, true);
     for piece in pieces {
         let (me2, to) = (me.clone(), contact.clone());
         let env = blocking(move || -> Result<Envelope, socp_protocol::Error> {
@@ -456,9 +533,9 @@ async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> Result<(), F
         })
         .await?
         .map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
-        pacer.wait().await;
-        send(tx, &env)?;
+        flow.send(shared, tx, &env).await?;
     }
+    flow.settle().await?;
     let out = shared.borrow().out.clone();
     let name = shared.borrow().roster.display(&contact.user_id);
     out.event(
@@ -556,12 +633,13 @@ async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Failure> {
         },
     )
     .await?;
-    let mut pacer = Pacer::new(rate);
+    // One member gone must not stop the message to the others.
+    let mut flow = Flow::new(rate, false);
     for env in frames {
         let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
-        pacer.wait().await;
-        send(tx, &env)?;
+        flow.send(shared, tx, &env).await?;
     }
+    flow.settle().await?;
     let out = shared.borrow().out.clone();
     out.event(
         "sent",
@@ -649,14 +727,12 @@ async fn send_file(shared: &Shared, tx: &Sink, who: &str, path: PathBuf) -> Resu
         },
     )
     .await?;
-    let mut pacer = Pacer::new(rate);
-    pacer.wait().await;
-    send(tx, &start)?;
+    let mut flow = Flow::new(rate, true);
+    flow.send(shared, tx, &start).await?;
     let mut shown = 0;
     for (i, env) in frames.into_iter().enumerate() {
         let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
-        pacer.wait().await;
-        send(tx, &env)?;
+        flow.send(shared, tx, &env).await?;
         let pct = (i + 1) * 100 / total.max(1);
         if pct >= shown + 10 {
             shown = pct - pct % 10;
@@ -667,8 +743,8 @@ async fn send_file(shared: &Shared, tx: &Sink, who: &str, path: PathBuf) -> Resu
             );
         }
     }
-    pacer.wait().await;
-    send(
+    flow.send(
+        shared,
         tx,
         &Envelope::new(
             &me.id,
@@ -678,7 +754,10 @@ async fn send_file(shared: &Shared, tx: &Sink, who: &str, path: PathBuf) -> Resu
                 file_id: file_id.clone(),
             },
         ),
-    )?;
+    )
+    .await?;
+    // `file_sent` means the server took every frame.
+    flow.confirm(shared, tx).await?;
     out.event(
         "file_sent",
         format!("sent {name} to {}", contact.user_id),
@@ -877,7 +956,10 @@ async fn login(shared: &Shared, tx: &Sink, input: &mut Input, who: &str) -> Resu
         key: Arc::new(key),
         name: (!who.eq_ignore_ascii_case(challenge.user_id.as_str())).then(|| who.to_owned()),
     };
-    hello(shared, tx, &new_me, Some(challenge.nonce)).await?;
+    shared.borrow_mut().joining = Some(new_me.id.clone());
+    let accepted = hello(shared, tx, &new_me, Some(challenge.nonce)).await;
+    shared.borrow_mut().joining = None;
+    accepted?;
     let name = shared
         .borrow()
         .roster
@@ -888,7 +970,15 @@ async fn login(shared: &Shared, tx: &Sink, input: &mut Input, who: &str) -> Resu
         name: name.clone(),
         ..new_me
     };
-    shared.borrow_mut().me = new_me.clone();
+    {
+        let mut c = shared.borrow_mut();
+        c.me = new_me.clone();
+        // The server detached our earlier identity; nobody tells this
+        // connection, so forget it here (else `/all` would still send to it).
+        if me.id != new_me.id {
+            c.roster.forget(&me.id);
+        }
+    }
     out.event(
         "login",
         format!(
@@ -920,6 +1010,8 @@ async fn handle_frame(shared: &Shared, bytes: &[u8]) {
     // Requests waiting for this answer.
     {
         let mut c = shared.borrow_mut();
+        // Requests given up on (timed out, or their command failed).
+        c.waiters.retain(|w| !w.tx.is_closed());
         if let Some(i) = c.waiters.iter().position(|w| (w.want)(&env)) {
             let w = c.waiters.remove(i);
             let _ = w.tx.send(env.clone());
@@ -947,7 +1039,10 @@ async fn handle_frame(shared: &Shared, bytes: &[u8]) {
                     .iter()
                     .find_map(|k| m.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
             });
-            let is_me = shared.borrow().me.id == user_id;
+            let is_me = {
+                let c = shared.borrow();
+                c.me.id == user_id || c.joining.as_ref() == Some(&user_id)
+            };
             let new = shared.borrow_mut().roster.upsert(Contact {
                 user_id: user_id.clone(),
                 server_id: server_id.clone(),

@@ -30,6 +30,15 @@ pub fn fast_settings() -> Settings {
     }
 }
 
+/// [`fast_settings`], but a linked server that sends nothing (a fake one)
+/// is not declared dead while a test runs.
+pub fn patient_settings() -> Settings {
+    Settings {
+        peer_timeout: Duration::from_secs(60),
+        ..fast_settings()
+    }
+}
+
 /// A server config on a free port with fixture key `key` and a database in `db`
 /// (`None`: in memory).
 pub fn config(key: usize, db: Option<PathBuf>, bootstrap: &[SocketAddr]) -> ServerConfig {
@@ -148,6 +157,17 @@ impl Peer {
         self.send_text(&env.to_json()).await;
     }
 
+    /// Send several envelopes in one write, so that they arrive together.
+    pub async fn send_batch(&mut self, envs: &[Envelope]) {
+        for env in envs {
+            let _ = self
+                .framed
+                .feed(awc::ws::Message::Text(env.to_json().into()))
+                .await;
+        }
+        let _ = self.framed.flush().await;
+    }
+
     /// Send a binary frame.
     pub async fn send_binary(&mut self, bytes: &[u8]) {
         let _ = self
@@ -156,14 +176,14 @@ impl Peer {
             .await;
     }
 
-    /// Write one final, masked WebSocket frame with `opcode` and `payload`
-    /// straight to the socket, bypassing the codec (which cannot carry a text
-    /// frame that is not UTF-8).
-    pub async fn send_raw_frame(&mut self, opcode: u8, payload: &[u8]) {
+    /// Write one masked WebSocket frame with `opcode` and `payload` (final if
+    /// `fin`) straight to the socket, bypassing the codec, which can carry
+    /// neither a text frame that is not UTF-8 nor a fragment of raw bytes.
+    pub async fn send_raw_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         use actix_codec::AsyncWrite;
         use std::pin::Pin;
         let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![0x80 | opcode];
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
         match payload.len() {
             n if n < 126 => frame.push(0x80 | n as u8),
             n if n <= 0xffff => {
@@ -313,22 +333,34 @@ impl User {
 
     /// Connect and send USER_HELLO, without waiting for anything.
     pub async fn hello(addr: SocketAddr, key: usize, id: UserId) -> User {
+        let user = Self::connect(addr, key, id).await;
+        let mut user = user;
+        let hello = user.hello_frame(None);
+        user.peer.send(&hello).await;
+        user
+    }
+
+    /// Connect without sending anything.
+    pub async fn connect(addr: SocketAddr, key: usize, id: UserId) -> User {
         let key = fixtures::key(key);
-        let mut peer = Peer::connect(addr).await;
-        let hello = Envelope::new(
-            &id,
+        let peer = Peer::connect(addr).await;
+        User { id, key, peer }
+    }
+
+    /// An unsigned USER_HELLO for this user (with a login `nonce` if given).
+    pub fn hello_frame(&self, nonce: Option<String>) -> Envelope {
+        Envelope::new(
+            &self.id,
             To::parse("server").expect("valid"),
             now_ms(),
             &UserHello {
                 client: "socp-tests".into(),
-                pubkey: key.public_key().clone(),
+                pubkey: self.key.public_key().clone(),
                 enc_pubkey: None,
                 meta: None,
-                nonce: None,
+                nonce,
             },
-        );
-        peer.send(&hello).await;
-        User { id, key, peer }
+        )
     }
 
     /// A signed DM envelope for `to` (key `to_key`).
@@ -399,23 +431,34 @@ pub struct FakeServer {
 impl FakeServer {
     /// Link to the server at `addr` as a new server with fixture key `key`.
     pub async fn link(addr: SocketAddr, key: usize, to: &ServerId) -> FakeServer {
+        Self::link_as(addr, key, ServerId::random(), to).await
+    }
+
+    /// Link to the server at `addr` as server `id` with fixture key `key`.
+    pub async fn link_as(addr: SocketAddr, key: usize, id: ServerId, to: &ServerId) -> FakeServer {
+        let mut fake = Self::connect_as(addr, key, id).await;
+        let hello = fake.hello(to);
+        fake.peer.send(&hello).await;
+        fake
+    }
+
+    /// Connect as server `id` with fixture key `key`, sending nothing.
+    pub async fn connect_as(addr: SocketAddr, key: usize, id: ServerId) -> FakeServer {
         let key = fixtures::key(key);
-        let id = ServerId::random();
-        let mut peer = Peer::connect(addr).await;
-        let hello = Envelope::new(
-            &id,
+        let peer = Peer::connect(addr).await;
+        FakeServer { id, key, peer }
+    }
+
+    /// Our signed SERVER_HELLO_LINK to server `to`.
+    pub fn hello(&self, to: &ServerId) -> Envelope {
+        self.signed(
             To::from(to),
-            now_ms(),
-            &ServerHelloLink(ServerAddress {
+            &Message::ServerHelloLink(ServerHelloLink(ServerAddress {
                 host: "127.0.0.1".into(),
                 port: 9,
-                pubkey: key.public_key().clone(),
-            }),
+                pubkey: self.key.public_key().clone(),
+            })),
         )
-        .signed(&key)
-        .expect("signs");
-        peer.send(&hello).await;
-        FakeServer { id, key, peer }
     }
 
     /// Broadcast SERVER_ANNOUNCE, so that servers beyond the linked one learn

@@ -1,0 +1,835 @@
+//! End-to-end: the `socp-client` binary in its scripting mode (`--json`,
+//! commands on stdin) against real servers started in-process.
+//!
+//! - two servers, three clients: register, log in again after the server
+//!   restarted (and a wrong password refused), /list, DMs across servers,
+//!   /all to everyone, a file of ~160 KiB arriving byte-identical;
+//! - forged DMs, public messages and file chunks (bad content_sig, or a
+//!   sender_pub that is not the advertised key) refused with a warning;
+//! - a hostile file name (`../../etc/passwd`) saved as a safe name inside the
+//!   download directory.
+
+mod client_common;
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use client_common::{bytes, event_where, files_under, is_event, Client, Options, WAIT};
+use common::{config_with, eventually, fast_settings, links_up, FakeServer, User};
+use serde_json::{json, Value};
+use socp::server::{start, RunningServer, ServerConfig};
+use socp_actors::Settings;
+use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
+use socp_protocol::message::{
+    DeliverContent, FileChunk, FileEnd, FileId, FileMode, FileStart, MsgDirect, MsgPublicChannel,
+    ServerDeliver, UserAdvertise,
+};
+use socp_protocol::{
+    content, fixtures, now_ms, Base64Url, Envelope, Message, ServerId, To, UserId,
+};
+
+/// A file of ~160 KiB: 368 chunks, each encrypted and signed by the sender,
+/// signed again by both servers and decrypted by the recipient (RSA-4096).
+const FILE_SIZE: usize = 160 * 1024 + 123;
+
+/// Fast heartbeats, but a server is declared dead only after long silence:
+/// a fake server sends no heartbeats, and on a loaded machine a real one's may
+/// wait behind hundreds of signatures.
+fn patient() -> Settings {
+    Settings {
+        peer_timeout: Duration::from_secs(60),
+        ..fast_settings()
+    }
+}
+
+async fn linked(servers: &[&RunningServer], links: usize) {
+    for s in servers {
+        eventually(WAIT, "servers linked", || async {
+            links_up(&s.status().await) == links
+        })
+        .await;
+    }
+}
+
+fn password(opts: Options, password: &str) -> Options {
+    Options {
+        password: Some(password.to_owned()),
+        ..opts
+    }
+}
+
+/// The `dm` event from `from` with exactly `text`.
+fn dm_from(from: &str, text: &str) -> impl Fn(&Value) -> bool {
+    let (from, text) = (from.to_owned(), text.to_owned());
+    move |e| e["event"] == "dm" && e["from"] == from.as_str() && e["text"] == text.as_str()
+}
+
+/// The `public` event from `from` with exactly `text`.
+fn public_from(from: &str, text: &str) -> impl Fn(&Value) -> bool {
+    let (from, text) = (from.to_owned(), text.to_owned());
+    move |e| e["event"] == "public" && e["from"] == from.as_str() && e["text"] == text.as_str()
+}
+
+fn no_errors(client: &Client) {
+    let errors = client.logged(|e| matches!(e["event"].as_str(), Some("error" | "warning")));
+    assert!(
+        errors.is_empty(),
+        "{} reported problems: {errors:#?}",
+        client.label
+    );
+}
+
+#[actix_rt::test]
+async fn register_restart_login_list_dm_all_and_a_file_across_two_servers() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let db = tmp.path().join("a.db");
+    let a = start(config_with(0, Some(db.clone()), &[], patient()))
+        .await
+        .expect("a starts");
+    let a_addr = a.addr;
+    let a_id = a.server_id.clone();
+    let b = start(config_with(1, None, &[a_addr], patient()))
+        .await
+        .expect("b starts");
+    linked(&[&a, &b], 1).await;
+
+    // Register on a, then leave.
+    let mut first = Client::start(
+        "alice (registering)",
+        a_addr,
+        Options {
+            register_key: Some(20),
+            ..password(
+                Options::new(10, &tmp.path().join("alice-1")),
+                "correct horse",
+            )
+        },
+    )
+    .await;
+    first.send("/register alice");
+    let registered = first.expect("registered", is_event("registered")).await;
+    assert_eq!(registered["username"], "alice");
+    let alice_id = registered["user_id"]
+        .as_str()
+        .expect("a user id")
+        .to_owned();
+    assert_ne!(alice_id, first.id, "the account is not the session id");
+    // The local copy of the key is encrypted, never the plain PEM.
+    let stored = std::fs::read_to_string(
+        tmp.path()
+            .join("alice-1/keys")
+            .join(format!("{alice_id}.pem")),
+    )
+    .expect("the client keeps an encrypted copy of the key");
+    assert!(stored.contains("ENCRYPTED PRIVATE KEY"), "{stored}");
+    no_errors(&first);
+    let (status, _) = first.quit().await;
+    assert!(status.success(), "/quit exits 0: {status}");
+
+    // Restart a on the same database and port; b links to it again.
+    a.shutdown().await;
+    let a = start(ServerConfig {
+        bind: a_addr,
+        ..config_with(0, Some(db), &[], patient())
+    })
+    .await
+    .expect("a restarts");
+    assert_eq!(a.server_id, a_id, "a keeps its identity");
+    linked(&[&a, &b], 1).await;
+
+    // A wrong password: refused before anything is sent.
+    let mut wrong = Client::start(
+        "alice (wrong password)",
+        a_addr,
+        password(
+            Options::new(14, &tmp.path().join("wrong")),
+            "incorrect horse",
+        ),
+    )
+    .await;
+    wrong.send("/login alice");
+    let refused = wrong.expect("an error", is_event("error")).await;
+    assert_eq!(refused["code"], "AUTH_FAILED", "{refused}");
+    assert!(wrong.logged(is_event("login")).is_empty());
+    let (status, _) = wrong.quit().await;
+    assert!(status.success(), "{status}");
+
+    // Log in from another machine (an empty home: the key comes from the
+    // server), with the registered password.
+    let mut alice = Client::start(
+        "alice",
+        a_addr,
+        password(
+            Options::new(11, &tmp.path().join("alice-2")),
+            "correct horse",
+        ),
+    )
+    .await;
+    let ephemeral = alice.id.clone();
+    alice.send("/login alice");
+    let login = alice.expect("login", is_event("login")).await;
+    assert_eq!(login["user_id"], alice_id.as_str());
+    alice.id = alice_id.clone();
+
+    let mut bob = Client::start("bob", b.addr, Options::new(12, &tmp.path().join("bob"))).await;
+    let mut carol =
+        Client::start("carol", a_addr, Options::new(13, &tmp.path().join("carol"))).await;
+    let ids = [alice.id.clone(), bob.id.clone(), carol.id.clone()];
+    for c in [&mut alice, &mut bob, &mut carol] {
+        for other in &ids {
+            if *other != c.id {
+                c.sees_online(other).await;
+            }
+        }
+    }
+    assert!(
+        alice
+            .logged(event_where("presence", "user_id", alice_id.as_str()))
+            .is_empty(),
+        "alice is not told that she herself came online: {:#?}",
+        alice.log
+    );
+    let seen = bob.logged(event_where("presence", "user_id", alice_id.as_str()));
+    assert_eq!(seen[0]["name"], "alice", "alice is advertised by name");
+
+    // /list: everyone across the mesh, where they are, alice by name.
+    bob.send("/list");
+    let list = bob.expect("list", is_event("list")).await;
+    let users = list["users"].as_array().expect("users").clone();
+    let mut listed: Vec<&str> = users.iter().filter_map(|u| u["user_id"].as_str()).collect();
+    listed.sort_unstable();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        listed, expected,
+        "exactly the three users (not alice's old session id {ephemeral}): {list}"
+    );
+    let entry = |id: &str| users.iter().find(|u| u["user_id"] == id).cloned();
+    let alice_entry = entry(&alice.id).expect("alice listed");
+    assert_eq!(alice_entry["name"], "alice");
+    assert_eq!(alice_entry["server_id"], a_id.as_str());
+    assert_eq!(
+        entry(&bob.id).expect("bob listed")["server_id"],
+        b.server_id.as_str()
+    );
+
+    // DMs across servers: by id one way, by name the other.
+    let hello_bob = "hello bob, from server a: ünïcödé ✓";
+    alice.send(&format!("/tell {} {hello_bob}", bob.id));
+    alice
+        .expect("sent", event_where("sent", "text", hello_bob))
+        .await;
+    bob.expect("alice's DM", dm_from(&alice.id, hello_bob))
+        .await;
+    // Longer than one RSA block: several frames, each delivered.
+    let long = "x".repeat(MAX_OAEP_PLAINTEXT + 50);
+    bob.send(&format!("/tell alice {long}"));
+    bob.expect("sent", is_event("sent")).await;
+    alice
+        .expect(
+            "bob's first piece",
+            dm_from(&bob.id, &"x".repeat(MAX_OAEP_PLAINTEXT)),
+        )
+        .await;
+    alice
+        .expect("bob's second piece", dm_from(&bob.id, &"x".repeat(50)))
+        .await;
+
+    // /all reaches everyone else, on both servers, from a session and from
+    // a logged-in account.
+    carol.send("/all hello everyone, from carol");
+    let sent = carol.expect("sent", is_event("sent")).await;
+    assert_eq!(sent["kind"], "public");
+    assert_eq!(sent["members"], 2, "{sent}");
+    for c in [&mut alice, &mut bob] {
+        c.expect(
+            "carol's public message",
+            public_from(&carol.id, "hello everyone, from carol"),
+        )
+        .await;
+    }
+    alice.send("/all and hello from alice");
+    let sent = alice.expect("sent", is_event("sent")).await;
+    assert_eq!(
+        sent["members"], 2,
+        "alice's old session is not a member: {sent}"
+    );
+    for c in [&mut bob, &mut carol] {
+        c.expect(
+            "alice's public message",
+            public_from(&alice.id, "and hello from alice"),
+        )
+        .await;
+    }
+
+    // A file from b to a arrives byte-identical.
+    let data = bytes(FILE_SIZE, 7);
+    let path = tmp.path().join("report.bin");
+    std::fs::write(&path, &data).expect("writes the file");
+    bob.send(&format!("/file alice {}", path.display()));
+    let sent = bob
+        .expect_within(Duration::from_secs(120), "file_sent", is_event("file_sent"))
+        .await;
+    assert_eq!(sent["size"], FILE_SIZE);
+    no_errors(&bob);
+    let received = alice
+        .expect_within(
+            Duration::from_secs(120),
+            "file_received",
+            is_event("file_received"),
+        )
+        .await;
+    assert_eq!(received["from"], bob.id.as_str());
+    assert_eq!(received["size"], FILE_SIZE);
+    assert_eq!(received["sha256"], sha256_hex(&data).as_str());
+    let saved = Path::new(received["path"].as_str().expect("a path"));
+    assert_eq!(
+        saved,
+        tmp.path().join("alice-2/downloads/report.bin"),
+        "saved in alice's download directory under the sender's name"
+    );
+    assert!(
+        std::fs::read(saved).expect("the saved file") == data,
+        "the file arrived byte-identical"
+    );
+
+    for c in [&alice, &bob, &carol] {
+        no_errors(c);
+        assert!(
+            c.logged(|e| e["event"] == "not-json").is_empty(),
+            "{}: every line is JSON",
+            c.label
+        );
+    }
+    for c in [alice, bob, carol] {
+        let label = c.label.clone();
+        let (status, _) = c.quit().await;
+        assert!(status.success(), "{label}: /quit exits 0: {status}");
+    }
+}
+
+/// Signed SERVER_DELIVERs from a fake server to `to` for `recipient` (fixture key
+/// `recipient_key`), claiming to come from `sender`.
+struct Forgery<'a> {
+    /// The fake server's id and key.
+    fake: (ServerId, socp_protocol::PrivateKey),
+    to: &'a ServerId,
+    recipient: UserId,
+    recipient_key: usize,
+}
+
+impl Forgery<'_> {
+    /// A DM from `sender` with `sender_pub` of key `claimed`, its content
+    /// signed with key `signer`.
+    fn dm(&self, sender: &UserId, claimed: usize, signer: usize, text: &str) -> Envelope {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(
+            &fixtures::key(self.recipient_key)
+                .public_key()
+                .encrypt(text.as_bytes())
+                .expect("fits"),
+        );
+        let sig = content::sign_dm(
+            &fixtures::key(signer),
+            &ct,
+            sender.as_str(),
+            self.recipient.as_str(),
+            ts,
+        )
+        .expect("signs");
+        self.deliver(
+            sender,
+            ts,
+            DeliverContent::Dm(MsgDirect {
+                ciphertext: ct,
+                sender_pub: fixtures::key(claimed).public_key().clone(),
+                content_sig: sig,
+            }),
+        )
+    }
+
+    /// A public-channel message, as [`Forgery::dm`].
+    fn public(&self, sender: &UserId, claimed: usize, signer: usize, text: &str) -> Envelope {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(
+            &fixtures::key(self.recipient_key)
+                .public_key()
+                .encrypt(text.as_bytes())
+                .expect("fits"),
+        );
+        let sig =
+            content::sign_public(&fixtures::key(signer), &ct, sender.as_str(), ts).expect("signs");
+        self.deliver(
+            sender,
+            ts,
+            DeliverContent::Public(MsgPublicChannel {
+                ciphertext: ct,
+                sender_pub: fixtures::key(claimed).public_key().clone(),
+                content_sig: sig,
+                group_id: "public".into(),
+                public_version: None,
+            }),
+        )
+    }
+
+    /// A one-chunk file: FILE_START, a chunk with `sender_pub` of key
+    /// `claimed` signed with key `signer`, FILE_END.
+    fn file(&self, sender: &UserId, claimed: usize, signer: usize, data: &[u8]) -> [Envelope; 3] {
+        let file_id = FileId::random();
+        let start = FileStart {
+            file_id: file_id.clone(),
+            name: "forged.txt".into(),
+            size: data.len() as u64,
+            sha256: sha256_hex(data),
+            mode: FileMode::Dm,
+        };
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(
+            &fixtures::key(self.recipient_key)
+                .public_key()
+                .encrypt(data)
+                .expect("fits"),
+        );
+        let sig = content::sign_dm(
+            &fixtures::key(signer),
+            &ct,
+            sender.as_str(),
+            self.recipient.as_str(),
+            ts,
+        )
+        .expect("signs");
+        let chunk = FileChunk {
+            file_id: file_id.clone(),
+            index: 0,
+            ciphertext: ct,
+            sender_pub: Some(fixtures::key(claimed).public_key().clone()),
+            content_sig: Some(sig),
+        };
+        [
+            self.deliver(sender, ts, DeliverContent::FileStart(start)),
+            self.deliver(sender, ts, DeliverContent::FileChunk(chunk)),
+            self.deliver(sender, ts, DeliverContent::FileEnd(FileEnd { file_id })),
+        ]
+    }
+
+    fn deliver(&self, sender: &UserId, ts: i64, content: DeliverContent) -> Envelope {
+        Envelope::from_message(
+            &self.fake.0,
+            To::from(self.to),
+            now_ms(),
+            &Message::ServerDeliver(ServerDeliver {
+                user_id: self.recipient.clone(),
+                sender: sender.clone(),
+                orig_ts: Some(ts),
+                content,
+            }),
+        )
+        .signed(&self.fake.1)
+        .expect("signs")
+    }
+}
+
+#[actix_rt::test]
+async fn forged_dms_are_refused_with_a_warning() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(2, None, &[], patient()))
+        .await
+        .expect("a starts");
+    let downloads = tmp.path().join("downloads");
+    // Bob: a genuine user (a raw protocol user, fixture key 13).
+    let mut bob = User::join(a.addr, 13).await;
+    let mut alice = Client::start(
+        "alice",
+        a.addr,
+        Options {
+            download_dir: Some(downloads.clone()),
+            ..Options::new(12, &tmp.path().join("alice"))
+        },
+    )
+    .await;
+    alice.sees_online(bob.id.as_str()).await;
+    let alice_id = UserId::parse(&alice.id).expect("alice's id");
+    let alice_pub = fixtures::key(12).public_key().clone();
+
+    // A user cannot get a forged DM past our server: a bad content_sig, or a
+    // sender_pub other than the key it identified with, is refused there.
+    let raw = |text: &str, claimed: usize, signer: usize| {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(&alice_pub.encrypt(text.as_bytes()).expect("fits"));
+        let sig = content::sign_dm(
+            &fixtures::key(signer),
+            &ct,
+            bob.id.as_str(),
+            alice_id.as_str(),
+            ts,
+        )
+        .expect("signs");
+        Envelope::from_message(
+            &bob.id,
+            To::from(&alice_id),
+            ts,
+            &Message::MsgDirect(MsgDirect {
+                ciphertext: ct,
+                sender_pub: fixtures::key(claimed).public_key().clone(),
+                content_sig: sig,
+            }),
+        )
+    };
+    let bad_sig = raw("via server: bad content_sig", 13, 14);
+    let other_pub = raw("via server: another key", 14, 14);
+    bob.peer.send(&bad_sig).await;
+    bob.peer
+        .expect(WAIT, "INVALID_SIG", common::error_code("INVALID_SIG"))
+        .await;
+    bob.peer.send(&other_pub).await;
+    bob.peer
+        .expect(WAIT, "BAD_KEY", common::error_code("BAD_KEY"))
+        .await;
+
+    // So the forger is a server: a fake one linked to a, with its own user
+    // mallory (key 20), delivering straight to alice.
+    let mut fake = FakeServer::link(a.addr, 7, &a.server_id).await;
+    let fake_id = fake.id.to_string();
+    eventually(WAIT, "the fake server is linked", || async {
+        a.status().await["servers"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|x| x["server_id"] == fake_id.as_str() && x["link"] == "up")
+        })
+    })
+    .await;
+    fake.announce().await;
+    let mallory = UserId::random();
+    let advert = fake.signed(
+        To::All,
+        &Message::UserAdvertise(UserAdvertise {
+            user_id: mallory.clone(),
+            server_id: fake.id.clone(),
+            pubkey: fixtures::key(20).public_key().clone(),
+            meta: Some(json!({ "name": "mallory" })),
+        }),
+    );
+    fake.peer.send(&advert).await;
+    alice.sees_online(mallory.as_str()).await;
+
+    let forge = Forgery {
+        fake: (fake.id.clone(), fixtures::key(7)),
+        to: &a.server_id,
+        recipient: alice_id.clone(),
+        recipient_key: 12,
+    };
+    let forgeries = [
+        // mallory's advertised key, content signed with another key.
+        forge.dm(&mallory, 20, 21, "forged 1: bad content_sig"),
+        // a key mallory was never advertised with (and a signature by it).
+        forge.dm(&mallory, 21, 21, "forged 2: sender_pub not advertised"),
+        // claims to be bob, with mallory's key.
+        forge.dm(&bob.id, 20, 20, "forged 3: bob with mallory's key"),
+        // claims to be bob with bob's key, but mallory signed it.
+        forge.dm(&bob.id, 13, 20, "forged 4: bob's key, mallory's signature"),
+        // from someone nobody advertised.
+        forge.dm(&UserId::random(), 22, 22, "forged 5: unknown sender"),
+        // the public channel, signed with the wrong key.
+        forge.public(&mallory, 20, 21, "forged 6: public, bad content_sig"),
+    ];
+    for f in &forgeries {
+        fake.peer.send(f).await;
+    }
+    // Files: a chunk signed with another key; a chunk with a key mallory was
+    // never advertised with.
+    for f in [
+        forge.file(&mallory, 20, 21, b"forged file 1"),
+        forge.file(&mallory, 21, 21, b"forged file 2"),
+    ] {
+        for frame in &f {
+            fake.peer.send(frame).await;
+        }
+    }
+    // Genuine messages last: the client handles deliveries in order, so once
+    // they are shown every forgery before them has been handled.
+    fake.peer
+        .send(&forge.dm(&mallory, 20, 20, "genuine: from mallory"))
+        .await;
+    fake.peer
+        .send(&forge.public(&mallory, 20, 20, "genuine: public"))
+        .await;
+    alice
+        .expect(
+            "mallory's genuine DM",
+            dm_from(mallory.as_str(), "genuine: from mallory"),
+        )
+        .await;
+    alice
+        .expect(
+            "mallory's genuine public message",
+            public_from(mallory.as_str(), "genuine: public"),
+        )
+        .await;
+
+    let warnings: Vec<String> = alice
+        .logged(is_event("warning"))
+        .iter()
+        .map(|w| w["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        forgeries.len() + 2,
+        "one warning per forgery: {warnings:#?}"
+    );
+    let shown: Vec<&Value> = alice.logged(|e| matches!(e["event"].as_str(), Some("dm" | "public")));
+    assert_eq!(
+        shown.len(),
+        2,
+        "only the genuine messages are shown: {shown:#?}"
+    );
+    assert!(
+        shown.iter().all(
+            |e| !e["text"].as_str().unwrap_or_default().contains("forged")
+                && !e["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("via server")
+        ),
+        "{shown:#?}"
+    );
+    // The warnings say who was impersonated and why.
+    assert!(
+        warnings[0].contains("mallory") && warnings[0].contains("signature"),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[1].contains("FORGED"), "{}", warnings[1]);
+    assert!(
+        warnings[2].contains("FORGED") && warnings[2].contains(bob.id.as_str()),
+        "{}",
+        warnings[2]
+    );
+    assert!(
+        warnings[3].contains(bob.id.as_str()) && warnings[3].contains("signature"),
+        "{}",
+        warnings[3]
+    );
+    assert!(warnings[4].contains("not advertised"), "{}", warnings[4]);
+    assert!(
+        warnings[5].contains("public") && warnings[5].contains("signature"),
+        "{}",
+        warnings[5]
+    );
+    assert!(
+        warnings[6].contains("discarded") && warnings[6].contains("signature"),
+        "{}",
+        warnings[6]
+    );
+    assert!(warnings[7].contains("FORGED file chunk"), "{}", warnings[7]);
+    assert!(alice.logged(is_event("file_received")).is_empty());
+    assert_eq!(
+        files_under(&downloads),
+        Vec::<std::path::PathBuf>::new(),
+        "no forged file saved"
+    );
+    assert!(
+        alice.logged(is_event("error")).is_empty(),
+        "{:#?}",
+        alice.log
+    );
+
+    // Alice still works: a genuine DM from bob through the server.
+    let dm = bob.dm(&alice_id, &alice_pub, "hello alice");
+    bob.peer.send(&dm).await;
+    alice
+        .expect("bob's DM", dm_from(bob.id.as_str(), "hello alice"))
+        .await;
+    let (status, _) = alice.quit().await;
+    assert!(status.success(), "{status}");
+}
+
+/// Send a file from a raw user to `to` (fixture key `to_key`), with
+/// `announced` as the SHA-256 in FILE_START (the real one if `None`).
+async fn send_file(
+    from: &mut User,
+    to: &UserId,
+    to_key: usize,
+    name: &str,
+    data: &[u8],
+    announced: Option<String>,
+) {
+    let to_pub = fixtures::key(to_key).public_key().clone();
+    let file_id = FileId::random();
+    let start = Envelope::from_message(
+        &from.id,
+        To::from(to),
+        now_ms(),
+        &Message::FileStart(FileStart {
+            file_id: file_id.clone(),
+            name: name.to_owned(),
+            size: data.len() as u64,
+            sha256: announced.unwrap_or_else(|| sha256_hex(data)),
+            mode: FileMode::Dm,
+        }),
+    );
+    from.peer.send(&start).await;
+    for (index, chunk) in data.chunks(MAX_OAEP_PLAINTEXT).enumerate() {
+        let ts = now_ms();
+        let ct = Base64Url::from_bytes(&to_pub.encrypt(chunk).expect("fits"));
+        let sig =
+            content::sign_dm(&from.key, &ct, from.id.as_str(), to.as_str(), ts).expect("signs");
+        let env = Envelope::from_message(
+            &from.id,
+            To::from(to),
+            ts,
+            &Message::FileChunk(FileChunk {
+                file_id: file_id.clone(),
+                index: index as u64,
+                ciphertext: ct,
+                sender_pub: Some(from.key.public_key().clone()),
+                content_sig: Some(sig),
+            }),
+        );
+        from.peer.send(&env).await;
+    }
+    let end = Envelope::from_message(
+        &from.id,
+        To::from(to),
+        now_ms(),
+        &Message::FileEnd(FileEnd { file_id }),
+    );
+    from.peer.send(&end).await;
+}
+
+#[actix_rt::test]
+async fn hostile_file_names_land_as_safe_names_inside_the_download_dir() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // Everything the client may write for files lives under `root`, deep
+    // enough that `../../` from the download directory is still inside it.
+    let root = tmp.path().join("root");
+    let downloads = root.join("a/b/c/downloads");
+    let a = common::server(3, &[]).await;
+    let mut mallory = User::join(a.addr, 16).await;
+    let mut alice = Client::start(
+        "alice",
+        a.addr,
+        Options {
+            download_dir: Some(downloads.clone()),
+            ..Options::new(15, &tmp.path().join("home"))
+        },
+    )
+    .await;
+    alice.sees_online(mallory.id.as_str()).await;
+    let alice_id = UserId::parse(&alice.id).expect("alice's id");
+
+    let files = [
+        ("../../etc/passwd", bytes(2000, 1), None),
+        // Announced with the wrong SHA-256: discarded, nothing saved.
+        (
+            "../../tampered",
+            bytes(900, 2),
+            Some(sha256_hex(b"something else")),
+        ),
+        ("../../etc/passwd", bytes(1500, 3), None),
+        ("..\\..\\etc\\passwd", bytes(10, 4), None),
+        ("../../..", bytes(5, 5), None),
+    ];
+    for (name, data, announced) in &files {
+        send_file(&mut mallory, &alice_id, 15, name, data, announced.clone()).await;
+    }
+    let expected = [
+        (downloads.join("passwd"), &files[0].1),
+        (downloads.join("passwd (1)"), &files[2].1),
+        (downloads.join("passwd (2)"), &files[3].1),
+        (downloads.join("file"), &files[4].1),
+    ];
+    for (path, data) in &expected {
+        let got = alice
+            .expect(
+                &format!("file_received {}", path.display()),
+                is_event("file_received"),
+            )
+            .await;
+        assert_eq!(got["from"], mallory.id.as_str());
+        assert_eq!(
+            Path::new(got["path"].as_str().expect("a path")),
+            path.as_path(),
+            "{got}"
+        );
+        assert_eq!(got["sha256"], sha256_hex(data).as_str());
+        assert!(
+            std::fs::read(path).expect("saved") == **data,
+            "{} has the sender's bytes",
+            path.display()
+        );
+    }
+    let warnings = alice.logged(is_event("warning"));
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SHA-256"),
+        "{}",
+        warnings[0]
+    );
+    // Nothing else anywhere: not beside the download directory, not above it.
+    let written = files_under(&root);
+    let mut want: Vec<_> = expected.iter().map(|(p, _)| p.clone()).collect();
+    want.sort();
+    assert_eq!(written, want);
+    assert!(files_under(&tmp.path().join("home"))
+        .iter()
+        .all(|p| p.starts_with(tmp.path().join("home/fixture-keys"))));
+    let (status, _) = alice.quit().await;
+    assert!(status.success(), "{status}");
+}
+
+#[actix_rt::test]
+async fn a_fast_sender_is_not_cut_off_by_a_server_that_falls_behind() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // No rate limit to speak of, but few frames may wait: a sender that does
+    // not wait for the server to catch up is cut off ("too many frames
+    // waiting"), as any sender is by a loaded server at the normal rate.
+    let settings = Settings {
+        user_rate: 1_000_000.0,
+        user_burst: 1_000_000.0,
+        max_backlog: 150,
+        ..fast_settings()
+    };
+    let a = start(config_with(4, None, &[], settings))
+        .await
+        .expect("a starts");
+    let mut alice =
+        Client::start("alice", a.addr, Options::new(17, &tmp.path().join("alice"))).await;
+    let mut bob = Client::start(
+        "bob",
+        a.addr,
+        Options {
+            rate: Some(1_000_000.0),
+            ..Options::new(18, &tmp.path().join("bob"))
+        },
+    )
+    .await;
+    bob.sees_online(&alice.id).await;
+    let data = bytes(MAX_OAEP_PLAINTEXT * 200 - 17, 9);
+    let path = tmp.path().join("burst.bin");
+    std::fs::write(&path, &data).expect("writes the file");
+    bob.send(&format!("/file {} {}", alice.id, path.display()));
+    bob.expect_within(Duration::from_secs(120), "file_sent", is_event("file_sent"))
+        .await;
+    no_errors(&bob);
+    let received = alice
+        .expect_within(
+            Duration::from_secs(120),
+            "file_received",
+            is_event("file_received"),
+        )
+        .await;
+    assert!(
+        std::fs::read(received["path"].as_str().expect("a path")).expect("saved") == data,
+        "the file arrived byte-identical"
+    );
+    no_errors(&alice);
+    for c in [alice, bob] {
+        let label = c.label.clone();
+        let (status, _) = c.quit().await;
+        assert!(status.success(), "{label}: {status}");
+    }
+}

@@ -1,0 +1,311 @@
+//! End-to-end: hostile or broken clients. Bad frames are answered with ERROR
+//! and the connection survives; abuse and failed identification close it
+//! (SPEC.md §1, §3, ARCHITECTURE.md "How a message travels").
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use socp::server::start;
+use socp_protocol::{now_ms, Envelope, Message, To};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A DM to itself arrives: the connection is open and served.
+async fn still_served(user: &mut User, text: &str) {
+    let dm = user.dm(&user.id, user.key.public_key(), text);
+    user.peer.send(&dm).await;
+    let got = user.peer.expect(WAIT, "own DM", is("USER_DELIVER")).await;
+    assert_eq!(user.open(&got), text);
+    assert!(user.peer.closed.is_none());
+}
+
+#[actix_rt::test]
+async fn frames_before_identification_close_the_connection() {
+    let a = server(0, &[]).await;
+    let alice = User::join(a.addr, 10).await;
+
+    // A DM as the first frame.
+    let mut peer = Peer::connect(a.addr).await;
+    let dm = alice.dm(&alice.id, alice.key.public_key(), "who am I");
+    peer.send(&dm).await;
+    assert_eq!(peer.closed_within(WAIT).await, Some(1008), "DM first");
+
+    // Garbage as the first frame.
+    let mut peer = Peer::connect(a.addr).await;
+    peer.send_text("this is not json").await;
+    assert_eq!(peer.closed_within(WAIT).await, Some(1008), "garbage first");
+
+    // A binary frame as the first frame.
+    let mut peer = Peer::connect(a.addr).await;
+    peer.send_binary(b"\x00\x01binary").await;
+    assert_eq!(peer.closed_within(WAIT).await, Some(1003), "binary first");
+
+    // The DM was not delivered to alice.
+    let mut alice = alice;
+    assert_eq!(
+        alice
+            .peer
+            .count(Duration::from_millis(300), is("USER_DELIVER"))
+            .await,
+        0
+    );
+    still_served(&mut alice, "still here").await;
+}
+
+#[actix_rt::test]
+async fn no_identification_within_the_timeout_closes_the_connection() {
+    let settings = socp_actors::Settings {
+        identify_timeout: Duration::from_millis(300),
+        ..fast_settings()
+    };
+    let a = start(config_with(1, None, &[], settings))
+        .await
+        .expect("a starts");
+    let mut silent = Peer::connect(a.addr).await;
+    assert_eq!(silent.closed_within(WAIT).await, Some(1008));
+    // Someone who identifies is served.
+    let mut alice = User::join(a.addr, 11).await;
+    still_served(&mut alice, "identified in time").await;
+}
+
+#[actix_rt::test]
+async fn bad_frames_after_identification_get_errors_and_the_connection_stays() {
+    let a = server(2, &[]).await;
+    let mut alice = User::join(a.addr, 12).await;
+
+    alice.peer.send_text("{\"type\": \"MSG_DIRECT\", ").await;
+    alice
+        .peer
+        .expect(WAIT, "BAD_REQUEST for bad JSON", error_code("BAD_REQUEST"))
+        .await;
+    still_served(&mut alice, "after bad JSON").await;
+
+    let unknown = format!(
+        r#"{{"type":"FROBNICATE","from":"{}","to":"server","ts":{},"payload":{{}}}}"#,
+        alice.id,
+        now_ms()
+    );
+    alice.peer.send_text(&unknown).await;
+    alice
+        .peer
+        .expect(WAIT, "UNKNOWN_TYPE", error_code("UNKNOWN_TYPE"))
+        .await;
+    still_served(&mut alice, "after an unknown type").await;
+
+    alice.peer.send_binary(b"\x00\xffnot text").await;
+    alice
+        .peer
+        .expect(WAIT, "ERROR for binary", is("ERROR"))
+        .await;
+    still_served(&mut alice, "after a binary frame").await;
+
+    // A payload of the wrong shape.
+    let bad_payload = format!(
+        r#"{{"type":"MSG_DIRECT","from":"{}","to":"{}","ts":{},"payload":{{"ciphertext":5}}}}"#,
+        alice.id,
+        alice.id,
+        now_ms()
+    );
+    alice.peer.send_text(&bad_payload).await;
+    alice
+        .peer
+        .expect(
+            WAIT,
+            "BAD_REQUEST for a bad payload",
+            error_code("BAD_REQUEST"),
+        )
+        .await;
+    still_served(&mut alice, "after a bad payload").await;
+}
+
+#[actix_rt::test]
+async fn a_spoofed_from_is_refused_and_nothing_is_delivered() {
+    let a = server(3, &[]).await;
+    let mut alice = User::join(a.addr, 13).await;
+    let mut bob = User::join(a.addr, 14).await;
+    assert!(alice.sees_user(&bob.id, WAIT).await);
+
+    // Alice sends as bob, to bob, content signed with her own key.
+    let mut as_bob = alice.dm(&bob.id, bob.key.public_key(), "I am bob");
+    as_bob = Envelope::parse(
+        as_bob
+            .to_json()
+            .replacen(
+                &format!("\"from\":\"{}\"", alice.id),
+                &format!("\"from\":\"{}\"", bob.id),
+                1,
+            )
+            .as_bytes(),
+    )
+    .expect("parses");
+    assert_eq!(as_bob.from(), bob.id.as_str());
+    alice.peer.send(&as_bob).await;
+    alice
+        .peer
+        .expect(WAIT, "BAD_REQUEST", error_code("BAD_REQUEST"))
+        .await;
+
+    // The next real DM is the first thing bob receives.
+    let real = alice.dm(&bob.id, bob.key.public_key(), "really alice");
+    alice.peer.send(&real).await;
+    let got = bob
+        .peer
+        .expect(WAIT, "USER_DELIVER", is("USER_DELIVER"))
+        .await;
+    assert_eq!(bob.open(&got), "really alice");
+    assert_eq!(got.payload()["sender"], alice.id.as_str());
+    assert!(alice.peer.closed.is_none());
+}
+
+#[actix_rt::test]
+async fn a_frame_over_the_limit_is_refused_and_others_are_served() {
+    let a = server(4, &[]).await;
+    let mut alice = User::join(a.addr, 15).await;
+    let mut bob = User::join(a.addr, 16).await;
+
+    let padding = "x".repeat(2 * 1024 * 1024);
+    let huge = format!(
+        r#"{{"type":"LIST_REQUEST","from":"{}","to":"server","ts":{},"payload":{{"pad":"{padding}"}}}}"#,
+        alice.id,
+        now_ms()
+    );
+    alice.peer.send_text(&huge).await;
+    let refused = alice
+        .peer
+        .sees(WAIT, |e| {
+            e.msg_type() == "ERROR" && e.payload()["code"] == "TOO_LARGE"
+        })
+        .await;
+    assert!(
+        refused || alice.peer.closed == Some(1009),
+        "closed with 1009 or answered TOO_LARGE; closed: {:?}",
+        alice.peer.closed
+    );
+
+    // The server serves everyone else.
+    still_served(&mut bob, "bob is fine").await;
+    let mut carol = User::join(a.addr, 17).await;
+    let dm = carol.dm(&bob.id, bob.key.public_key(), "hi bob");
+    carol.peer.send(&dm).await;
+    let got = bob
+        .peer
+        .expect(WAIT, "carol's DM", is("USER_DELIVER"))
+        .await;
+    assert_eq!(bob.open(&got), "hi bob");
+}
+
+#[actix_rt::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    let a = server(5, &[]).await;
+    // One frame.
+    let mut alice = User::join(a.addr, 18).await;
+    alice
+        .peer
+        .send_raw_frame(true, 0x1, b"{\"type\":\"\xff\xfe\"}")
+        .await;
+    assert_eq!(alice.peer.closed_within(WAIT).await, Some(1007));
+    // Fragmented: a text frame and its continuation.
+    let mut bob = User::join(a.addr, 19).await;
+    bob.peer
+        .send_raw_frame(false, 0x1, b"{\"type\":\"\xc3")
+        .await;
+    bob.peer.send_raw_frame(true, 0x0, b"\x28\"}").await;
+    assert_eq!(bob.peer.closed_within(WAIT).await, Some(1007));
+    // A character split across fragments is fine.
+    let mut carol = User::join(a.addr, 20).await;
+    let text = format!(
+        r#"{{"type":"LIST_REQUEST","from":"{}","to":"server","ts":{},"payload":{{"note":"café"}}}}"#,
+        carol.id,
+        now_ms()
+    );
+    let bytes = text.as_bytes();
+    let split = text.find('\u{e9}').expect("has é") + 1;
+    carol.peer.send_raw_frame(false, 0x1, &bytes[..split]).await;
+    carol.peer.send_raw_frame(true, 0x0, &bytes[split..]).await;
+    carol
+        .peer
+        .expect(WAIT, "LIST_RESPONSE", is("LIST_RESPONSE"))
+        .await;
+    still_served(&mut carol, "fragments are fine").await;
+}
+
+#[actix_rt::test]
+async fn a_flood_is_rate_limited_and_others_are_still_served() {
+    let a = server(6, &[]).await;
+    let mut mallory = User::join(a.addr, 21).await;
+    let mut bob = User::join(a.addr, 22).await;
+    let mut carol = User::join(a.addr, 23).await;
+    assert!(bob.sees_user(&carol.id, WAIT).await);
+
+    let flood = heartbeats(&mallory, 1000);
+    for chunk in flood.chunks(100) {
+        mallory.peer.send_batch(chunk).await;
+    }
+    mallory
+        .peer
+        .expect(WAIT, "RATE_LIMITED", error_code("RATE_LIMITED"))
+        .await;
+    // A flood this deep is cut off.
+    assert_eq!(mallory.peer.closed_within(WAIT).await, Some(1008));
+
+    let dm = bob.dm(&carol.id, carol.key.public_key(), "still talking");
+    bob.peer.send(&dm).await;
+    let got = carol
+        .peer
+        .expect(WAIT, "bob's DM", is("USER_DELIVER"))
+        .await;
+    assert_eq!(carol.open(&got), "still talking");
+    let status = a.status().await;
+    assert!(
+        !status["local_users"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|u| u == mallory.id.as_str())),
+        "mallory is detached: {status}"
+    );
+}
+
+/// `n` HEARTBEAT frames from `user` (accepted and ignored: cheap to handle).
+fn heartbeats(user: &User, n: usize) -> Vec<Envelope> {
+    (0..n)
+        .map(|_| {
+            Envelope::from_message(
+                &user.id,
+                To::parse("server").expect("valid"),
+                now_ms(),
+                &Message::Heartbeat(Default::default()),
+            )
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_user_over_the_limit_is_told_and_served_again_once_it_slows_down() {
+    let a = server(7, &[]).await;
+    let mut alice = User::join(a.addr, 24).await;
+    // The burst and then some: over the limit, far from a flood.
+    let burst = heartbeats(&alice, 260);
+    for chunk in burst.chunks(65) {
+        alice.peer.send_batch(chunk).await;
+    }
+    alice
+        .peer
+        .expect(WAIT, "RATE_LIMITED", error_code("RATE_LIMITED"))
+        .await;
+    // Frames are dropped until the bucket refills; then a DM goes through.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let dm = alice.dm(&alice.id, alice.key.public_key(), "slowed down");
+        alice.peer.send(&dm).await;
+        if alice
+            .peer
+            .sees(Duration::from_millis(400), is("USER_DELIVER"))
+            .await
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never served again");
+    }
+    assert!(alice.peer.closed.is_none(), "not cut off");
+}
