@@ -309,3 +309,42 @@ async fn a_user_over_the_limit_is_told_and_served_again_once_it_slows_down() {
     }
     assert!(alice.peer.closed.is_none(), "not cut off");
 }
+
+/// Within the rate but faster than the server checks content signatures: the
+/// frames past the backlog are dropped with a RATE_LIMITED notice (one per
+/// episode, not one per frame), and the user is not cut off.
+#[actix_rt::test]
+async fn a_backlog_past_its_bound_drops_frames_but_keeps_the_user() {
+    let settings = socp_actors::Settings {
+        max_backlog: 2,
+        ..fast_settings()
+    };
+    let a = start(config_with(7, None, &[], settings))
+        .await
+        .expect("starts");
+    let mut alice = User::join(a.addr, 24).await;
+    let burst: Vec<Envelope> = (0..30)
+        .map(|i| alice.dm(&alice.id, alice.key.public_key(), &format!("burst {i}")))
+        .collect();
+    alice.peer.send_batch(&burst).await;
+    alice
+        .peer
+        .expect(WAIT, "RATE_LIMITED", error_code("RATE_LIMITED"))
+        .await;
+    let delivered = alice
+        .peer
+        .count(Duration::from_secs(3), is("USER_DELIVER"))
+        .await;
+    assert!(
+        delivered >= 1 && delivered < 30,
+        "{delivered} of 30 delivered"
+    );
+    // One notice per episode of drops, not one per dropped frame.
+    let notices = 1 + alice
+        .peer
+        .count(Duration::ZERO, error_code("RATE_LIMITED"))
+        .await;
+    let drops = 30 - delivered;
+    assert!(notices < drops, "{notices} notices for {drops} drops");
+    still_served(&mut alice, "after the burst").await;
+}

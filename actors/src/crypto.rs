@@ -36,6 +36,11 @@ impl SignedFrame {
         SignedFrame(shared)
     }
 
+    /// A frame that could not be made (dropped by writers, and logged).
+    pub fn failed() -> Self {
+        SignedFrame(futures_util::future::ready(None).boxed().shared())
+    }
+
     /// Wait for the text.
     pub fn text(&self) -> impl Future<Output = Option<FrameText>> + Send + 'static {
         self.0.clone()
@@ -56,20 +61,29 @@ impl std::fmt::Debug for SignedFrame {
 /// How many payload signatures the cache keeps.
 const SIG_CACHE_ENTRIES: usize = 4096;
 
-/// Payload hash → signature, bounded, oldest evicted first.
+/// A payload's signature, made or being made: requests for the same payload
+/// at the same moment share one signing job.
+type SigSlot = Shared<BoxFuture<'static, Option<Signature>>>;
+
+/// Payload hash → signature slot, bounded, oldest evicted first.
 #[derive(Default)]
 struct SigCache {
-    map: HashMap<[u8; 32], Signature>,
+    map: HashMap<[u8; 32], SigSlot>,
     order: VecDeque<[u8; 32]>,
 }
 
 impl SigCache {
-    fn get(&self, key: &[u8; 32]) -> Option<Signature> {
-        self.map.get(key).cloned()
+    /// The slot for `key`, unless its signing failed (then it is retried).
+    fn get(&self, key: &[u8; 32]) -> Option<SigSlot> {
+        let slot = self.map.get(key)?;
+        match slot.peek() {
+            Some(None) => None,
+            _ => Some(slot.clone()),
+        }
     }
 
-    fn put(&mut self, key: [u8; 32], sig: Signature) {
-        if self.map.insert(key, sig).is_none() {
+    fn put(&mut self, key: [u8; 32], slot: SigSlot) {
+        if self.map.insert(key, slot).is_none() {
             self.order.push_back(key);
             if self.order.len() > SIG_CACHE_ENTRIES {
                 if let Some(old) = self.order.pop_front() {
@@ -89,18 +103,16 @@ impl Actor for CryptoWorker {
     type Context = SyncContext<Self>;
 }
 
-/// Sign an envelope's payload; returns the envelope with `sig` set.
+/// Sign canonical payload bytes.
 #[derive(Message)]
-#[rtype(result = "Result<Envelope, socp_protocol::Error>")]
-struct SignEnvelope(Envelope);
+#[rtype(result = "Result<Signature, socp_protocol::Error>")]
+struct SignBytes(Vec<u8>);
 
-impl Handler<SignEnvelope> for CryptoWorker {
-    type Result = Result<Envelope, socp_protocol::Error>;
+impl Handler<SignBytes> for CryptoWorker {
+    type Result = Result<Signature, socp_protocol::Error>;
 
-    fn handle(&mut self, msg: SignEnvelope, _: &mut Self::Context) -> Self::Result {
-        let mut env = msg.0;
-        env.sign(&self.key)?;
-        Ok(env)
+    fn handle(&mut self, msg: SignBytes, _: &mut Self::Context) -> Self::Result {
+        self.key.sign(&msg.0)
     }
 }
 
@@ -159,32 +171,46 @@ impl CryptoPool {
 
     /// Sign `env` on the pool (or from the cache) and serialise it.
     pub fn sign(&self, mut env: Envelope) -> SignedFrame {
-        let hash = sha256(&env.signing_bytes());
-        if let Some(sig) = self.cache.lock().ok().and_then(|c| c.get(&hash)) {
-            env.set_sig(sig);
+        let bytes = env.signing_bytes();
+        let hash = sha256(&bytes);
+        let slot = {
+            let Ok(mut cache) = self.cache.lock() else {
+                log::error!("signature cache poisoned; {} dropped", env.summary());
+                return SignedFrame::failed();
+            };
+            match cache.get(&hash) {
+                Some(slot) => slot,
+                None => {
+                    let what = env.summary();
+                    let request = self.addr.send(SignBytes(bytes));
+                    let slot: SigSlot = async move {
+                        match request.await {
+                            Ok(Ok(sig)) => Some(sig),
+                            Ok(Err(e)) => {
+                                log::error!("signing {what} failed: {e}");
+                                None
+                            }
+                            Err(e) => {
+                                log::error!("crypto pool unavailable: {e}");
+                                None
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    cache.put(hash, slot.clone());
+                    slot
+                }
+            }
+        };
+        if let Some(Some(sig)) = slot.peek() {
+            env.set_sig(sig.clone());
             return SignedFrame::ready(Arc::from(env.to_json()));
         }
-        let what = env.summary();
-        let request = self.addr.send(SignEnvelope(env));
-        let cache = self.cache.clone();
         SignedFrame(
             async move {
-                match request.await {
-                    Ok(Ok(env)) => {
-                        if let (Some(sig), Ok(mut c)) = (env.sig(), cache.lock()) {
-                            c.put(hash, sig.clone());
-                        }
-                        Some(Arc::from(env.to_json()))
-                    }
-                    Ok(Err(e)) => {
-                        log::error!("signing {what} failed: {e}");
-                        None
-                    }
-                    Err(e) => {
-                        log::error!("crypto pool unavailable: {e}");
-                        None
-                    }
-                }
+                env.set_sig(slot.await?);
+                Some(Arc::from(env.to_json()))
             }
             .boxed()
             .shared(),
@@ -268,6 +294,23 @@ mod tests {
         let frame = SignedFrame::ready(FrameText::from("{}"));
         assert_eq!(frame.peek().as_deref(), Some("{}"));
         assert_eq!(frame.clone().peek().as_deref(), Some("{}"));
+    }
+
+    #[actix::test]
+    async fn simultaneous_requests_for_one_payload_share_one_signature() {
+        let pool = CryptoPool::start(fixtures::key(4), 2);
+        let me = ServerId::random();
+        let a = pool.sign(Envelope::new(&me, To::All, 1, &Heartbeat {}));
+        let b = pool.sign(Envelope::new(&me, To::All, 2, &Heartbeat {}));
+        let (a, b) = (a.text().await.expect("a"), b.text().await.expect("b"));
+        let (a, b) = (
+            Envelope::parse(a.as_bytes()).unwrap(),
+            Envelope::parse(b.as_bytes()).unwrap(),
+        );
+        assert_eq!((a.ts(), b.ts()), (1, 2));
+        // PSS is randomised: equal signatures mean one signing job served both.
+        assert_eq!(a.sig(), b.sig());
+        a.verify(pool.public_key()).expect("verifies");
     }
 
     #[actix::test]

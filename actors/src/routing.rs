@@ -1131,6 +1131,11 @@ impl<H: Clone> RouterState<H> {
                         return out;
                     }
                 }
+                // Local users hear of new users and of changes, not of every
+                // repeat (a server re-advertises its users on each new link).
+                let changed = self.remote.get(&adv.user_id).is_none_or(|u| {
+                    u.server_id != adv.server_id || u.pubkey != adv.pubkey || u.meta != adv.meta
+                });
                 self.remote.insert(
                     adv.user_id.clone(),
                     RemoteUser {
@@ -1142,7 +1147,9 @@ impl<H: Clone> RouterState<H> {
                     },
                 );
                 self.to_all_servers(&relay, &[frame.link, &origin], &mut out);
-                self.to_all_users(&relay, None, &mut out);
+                if changed {
+                    self.to_all_users(&relay, None, &mut out);
+                }
             }
             Message::UserRemove(rm) => {
                 if rm.server_id != origin {

@@ -685,11 +685,22 @@ impl Handler<Inbound> for ClientSession {
                     }
                     return;
                 }
-                self.limited = false;
                 if self.backlog.len() >= self.shared.settings.max_backlog {
-                    self.close(ctx, close::POLICY, "too many frames waiting");
+                    // Within the rate but faster than the server can check
+                    // (signatures run on a shared pool): dropped and told
+                    // once, not cut off.
+                    if !self.limited {
+                        self.limited = true;
+                        self.error(
+                            ctx,
+                            &to,
+                            ErrorCode::RateLimited,
+                            "server busy: frames are dropped until it catches up",
+                        );
+                    }
                     return;
                 }
+                self.limited = false;
                 self.backlog.push_back(text);
                 self.drain(ctx);
             }

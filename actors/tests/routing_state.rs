@@ -487,6 +487,21 @@ fn a_new_link_carries_fresh_adverts_of_every_local_user() {
 }
 
 #[test]
+fn a_repeated_advert_is_relayed_to_servers_but_not_to_users() {
+    let (mut st, _) = mesh();
+    // The same advert of rita again, with a fresh ts (a re-advertise on a new link).
+    let again = incoming("srv-b", To::All, NOW + 1, &advertise("rita", "srv-b", 12));
+    let a = feed(&mut st, "srv-b", &again);
+    assert!(sent_to(&a, "alice").is_empty(), "nothing new for users");
+    assert_eq!(sent_to(&a, "link-c").len(), 1, "still gossiped");
+    // A changed key is news.
+    let changed = incoming("srv-b", To::All, NOW + 2, &advertise("rita", "srv-b", 14));
+    let a = feed(&mut st, "srv-b", &changed);
+    assert_eq!(sent_to(&a, "alice").len(), 1);
+    assert_eq!(st.pubkey_of(&uid("rita")), Some(&pk(14)));
+}
+
+#[test]
 fn a_directory_only_introducer_hosts_no_users_and_relays_no_chat() {
     let mut st: RouterState<H> = RouterState::new(
         RouterConfig {
