@@ -219,6 +219,16 @@ pub async fn run(config: ClientConfig) -> i32 {
     }
 
     let mut input = input::spawn(out.clone(), config.terminal);
+    // One listener for the whole run, so a Ctrl-C during a long command is
+    // not lost: the client leaves once the command is done.
+    let (interrupt_tx, mut interrupted) = mpsc::unbounded_channel::<()>();
+    actix_web::rt::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if interrupt_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
     let code = loop {
         let event = tokio::select! {
             reason = &mut closed_rx => {
@@ -226,6 +236,8 @@ pub async fn run(config: ClientConfig) -> i32 {
                 break 1;
             }
             event = input.events.recv() => event,
+            // Ctrl-C outside the line editor (scripts): leave cleanly, code 1000.
+            _ = interrupted.recv() => break 0,
         };
         match event {
             Some(InputEvent::Line(line)) => {
