@@ -1,0 +1,91 @@
+//! End-to-end: a directory-only introducer, and pinned introducer keys.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use socp::server::start;
+use socp_actors::introducer::Bootstrap;
+use socp_protocol::fixtures;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[actix_rt::test]
+async fn a_directory_only_introducer_admits_servers_and_hosts_no_users() {
+    let mut cfg = config(0, None, &[]);
+    cfg.settings.introducer_only = true;
+    let intro = start(cfg).await.expect("introducer starts");
+    let a = server(1, &[intro.addr]).await;
+    let b = server(2, &[intro.addr]).await;
+    for s in [&a, &b] {
+        eventually(
+            WAIT,
+            "linked to the other server and the introducer",
+            || async { links_up(&s.status().await) == 2 },
+        )
+        .await;
+    }
+    assert_eq!(intro.status().await["introducer_only"], true);
+
+    // Users attach to the chat servers; the introducer refuses them.
+    let mut nobody = User::hello(intro.addr, 10, socp_protocol::UserId::random()).await;
+    assert_eq!(nobody.peer.closed_within(WAIT).await, Some(1008));
+
+    let mut alice = User::join(a.addr, 11).await;
+    let mut bob = User::join(b.addr, 12).await;
+    assert!(alice.sees_user(&bob.id, WAIT).await);
+    // The introducer tracks presence.
+    eventually(WAIT, "introducer knows both users", || async {
+        users_known(&intro.status().await) == 2
+    })
+    .await;
+
+    let dm = alice.dm(
+        &bob.id,
+        bob.key.public_key(),
+        "via the mesh, not the introducer",
+    );
+    alice.peer.send(&dm).await;
+    let got = bob.peer.expect(WAIT, "DM", is("USER_DELIVER")).await;
+    assert_eq!(got.from(), b.server_id.as_str());
+    assert_eq!(bob.open(&got), "via the mesh, not the introducer");
+}
+
+#[actix_rt::test]
+async fn a_pinned_introducer_key_must_sign_the_welcome() {
+    let intro = server(3, &[]).await;
+    let pinned = |key: usize| Bootstrap {
+        host: intro.addr.ip().to_string(),
+        port: intro.addr.port(),
+        pubkey: Some(fixtures::key(key).public_key().clone()),
+    };
+    // Pinned to the wrong key: the welcome is refused and the server runs alone.
+    let mut wrong = config(4, None, &[]);
+    wrong.bootstrap = vec![pinned(9)];
+    let wrong = start(wrong).await.expect("starts standalone");
+    // Pinned to the right key: it joins.
+    let mut right = config(5, None, &[]);
+    right.bootstrap = vec![pinned(3)];
+    let right = start(right).await.expect("starts");
+    eventually(WAIT, "the right pin joins", || async {
+        links_up(&right.status().await) == 1
+    })
+    .await;
+    assert_eq!(
+        links_up(&wrong.status().await),
+        0,
+        "the wrong pin never links"
+    );
+    let intro_status = intro.status().await;
+    let servers = intro_status["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(servers
+        .iter()
+        .any(|s| s["server_id"] == right.server_id.as_str()));
+    assert!(!servers
+        .iter()
+        .any(|s| s["server_id"] == wrong.server_id.as_str() && s["link"] == "up"));
+}
