@@ -178,6 +178,10 @@ impl Acceptor for ServerAcceptor {
             )),
         }
     }
+
+    fn metrics(&self) -> Option<&socp_actors::metrics::Metrics> {
+        Some(&self.shared.metrics)
+    }
 }
 
 async fn ws_route(
@@ -212,11 +216,40 @@ async fn index(
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
-        .body("socp server: WebSocket endpoint at /ws (SOCP v1.3); /health, /status\n"))
+        .body("socp server: WebSocket endpoint at /ws (SOCP v1.3); /health, /status, /metrics\n"))
 }
 
 async fn health() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn metrics(router: web::Data<Addr<Router>>, shared: web::Data<Shared>) -> HttpResponse {
+    let status = router.send(Status).await.unwrap_or_default();
+    let count = |key: &str| status[key].as_array().map_or(0, Vec::len) as f64;
+    let linked = status["servers"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|s| s["link"] == "up").count()) as f64;
+    let body = shared.metrics.render(&[
+        (
+            "socp_local_users",
+            "users attached to this server",
+            count("local_users"),
+        ),
+        (
+            "socp_remote_users",
+            "users attached elsewhere in the mesh",
+            count("remote_users"),
+        ),
+        (
+            "socp_known_servers",
+            "servers this one knows",
+            count("servers"),
+        ),
+        ("socp_linked_servers", "servers with a live link", linked),
+    ]);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
 }
 
 async fn status(router: web::Data<Addr<Router>>) -> HttpResponse {
@@ -447,6 +480,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .route("/", web::get().to(index))
             .route("/health", web::get().to(health))
             .route("/status", web::get().to(status))
+            .route("/metrics", web::get().to(metrics))
     })
     .workers(2)
     .disable_signals()

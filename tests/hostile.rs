@@ -345,3 +345,41 @@ async fn a_backlog_past_its_bound_drops_frames_but_keeps_the_user() {
     assert!(notices < drops, "{notices} notices for {drops} drops");
     still_served(&mut alice, "after the burst").await;
 }
+
+/// Every rejection is counted on `/metrics` (Prometheus text).
+#[actix_rt::test]
+async fn rejections_are_counted_on_metrics() {
+    let a = server(8, &[]).await;
+    let mut alice = User::join(a.addr, 25).await;
+    alice.peer.send_text("{not json").await;
+    alice
+        .peer
+        .expect(WAIT, "BAD_REQUEST", error_code("BAD_REQUEST"))
+        .await;
+    let mut early = Peer::connect(a.addr).await;
+    early.send_text("{\"type\":\"HEARTBEAT\"}").await;
+    assert_eq!(early.closed_within(WAIT).await, Some(1008));
+
+    let body = awc::Client::new()
+        .get(format!("http://{}/metrics", a.addr))
+        .send()
+        .await
+        .expect("metrics answers")
+        .body()
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("socp_user_errors_total{code=\"BAD_REQUEST\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("socp_connections_closed_total{code=\"1008\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("socp_local_users 1\n"), "{text}");
+    assert!(
+        text.contains("socp_frames_received_total{from=\"user\"}"),
+        "{text}"
+    );
+}

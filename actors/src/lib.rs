@@ -9,11 +9,13 @@
 //! - [`heartbeat`]: liveness, dead-peer detection, reconnect with backoff;
 //! - [`crypto`]: CryptoPool, all RSA off the event loops;
 //! - [`store`]: Store, all SQLite off the event loops;
-//! - [`transport`]: WebSocket transports and the ordered outbound queue.
+//! - [`transport`]: WebSocket transports and the ordered outbound queue;
+//! - [`metrics`]: counters of every rejection, for `/metrics`.
 
 pub mod crypto;
 pub mod heartbeat;
 pub mod introducer;
+pub mod metrics;
 pub mod peer;
 pub mod router;
 pub mod routing;
@@ -91,6 +93,8 @@ pub struct Shared {
     /// Where other servers reach us (host, port), as our hellos say.
     pub advertised: (String, u16),
     pub settings: Arc<Settings>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -113,6 +117,7 @@ impl Shared {
             me,
             advertised,
             settings: Arc::new(settings),
+            metrics: Arc::default(),
             conn_ids: Arc::new(AtomicU64::new(1)),
         }
     }

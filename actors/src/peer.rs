@@ -112,6 +112,9 @@ impl PeerLink {
 
     fn strike(&mut self, ctx: &mut Context<Self>, code: ErrorCode, detail: String) {
         self.strikes += 1;
+        self.shared
+            .metrics
+            .inc(crate::metrics::family::SERVER_ERRORS, code.as_str());
         let who = self.peer.as_ref().map_or_else(
             || "unidentified server".to_owned(),
             |p| p.server_id.to_string(),
@@ -128,6 +131,9 @@ impl PeerLink {
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        self.shared
+            .metrics
+            .inc(crate::metrics::family::CLOSES, &code.to_string());
         OutQueue::push(ctx, self, Outbound::Close(code, reason.to_owned()));
     }
 
@@ -453,6 +459,9 @@ impl Handler<Inbound> for PeerLink {
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
         match msg {
             Inbound::Text(text) => {
+                self.shared
+                    .metrics
+                    .inc(crate::metrics::family::FRAMES_IN, "server");
                 if self.backlog.len() >= MAX_LINK_BACKLOG {
                     self.close(ctx, close::POLICY, "too many frames waiting");
                     return;

@@ -147,6 +147,9 @@ impl ClientSession {
     ) {
         let detail = detail.into();
         log::debug!("session {}: ERROR {code} {detail}", self.conn_id);
+        self.shared
+            .metrics
+            .inc(crate::metrics::family::USER_ERRORS, code.as_str());
         self.reply(ctx, to, Message::Error(ErrorPayload::new(code, detail)));
     }
 
@@ -167,6 +170,9 @@ impl ClientSession {
 
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
         log::info!("session {}: closing ({code} {reason})", self.conn_id);
+        self.shared
+            .metrics
+            .inc(crate::metrics::family::CLOSES, &code.to_string());
         OutQueue::push(ctx, self, Outbound::Close(code, reason.to_owned()));
     }
 
@@ -671,6 +677,9 @@ impl Handler<Inbound> for ClientSession {
             .map_or_else(|| "*".to_owned(), |i| i.user_id.to_string());
         match msg {
             Inbound::Text(text) => {
+                self.shared
+                    .metrics
+                    .inc(crate::metrics::family::FRAMES_IN, "user");
                 if !self.bucket.take_at(1.0, Instant::now()) {
                     if self.bucket.flooding() {
                         self.close(ctx, close::POLICY, "flooding");

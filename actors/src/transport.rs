@@ -219,6 +219,11 @@ pub trait Acceptor: Unpin + 'static {
         first: FrameText,
         transport: Recipient<Wire>,
     ) -> Result<Recipient<Inbound>, (u16, String)>;
+
+    /// Where closes are counted.
+    fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        None
+    }
 }
 
 /// An inbound WebSocket (actix-web-actors): unidentified until its first
@@ -247,6 +252,9 @@ impl<A: Acceptor> WsTransport<A> {
 
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
         log::debug!("closing connection from {}: {code} {reason}", self.peer);
+        if let Some(m) = self.acceptor.metrics() {
+            m.inc(crate::metrics::family::CLOSES, &code.to_string());
+        }
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::from(code),
             description: Some(reason.to_owned()),
