@@ -5,7 +5,7 @@
 //!
 //! Also the [`Dialer`], which opens outbound links with awc.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -18,7 +18,9 @@ use crate::router::{
     Dial, JoinRequest, LinkDown, LinkEvent, LinkFrame, LinkUp, Outbound, ServerKey,
 };
 use crate::routing::{Conn, ConnId, Peer};
-use crate::transport::{close, AwcTransport, HasOutQueue, Inbound, OutQueue, Wire};
+use crate::transport::{
+    close, AwcTransport, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire,
+};
 use crate::Shared;
 
 /// Bad frames a link may send before it is closed.
@@ -37,9 +39,8 @@ pub struct PeerLink {
     peer: Option<Peer>,
     /// Whether we opened this link.
     outbound: bool,
-    /// Frames received while one is being verified.
-    backlog: VecDeque<FrameText>,
-    busy: bool,
+    /// Frames received, handled one at a time.
+    inbox: InQueue,
     /// Bad frames so far.
     strikes: u32,
     /// When liveness was last reported (reports are throttled).
@@ -54,8 +55,7 @@ impl PeerLink {
             out: OutQueue::new(transport),
             peer,
             outbound,
-            backlog: VecDeque::new(),
-            busy: false,
+            inbox: InQueue::default(),
             strikes: 0,
             reported: None,
         }
@@ -137,30 +137,6 @@ impl PeerLink {
         OutQueue::push(ctx, self, Outbound::Close(code, reason.to_owned()));
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while !self.busy {
-            let Some(text) = self.backlog.pop_front() else {
-                return;
-            };
-            self.process(ctx, text);
-        }
-    }
-
-    fn wait_for<F, T>(&mut self, ctx: &mut Context<Self>, fut: F, then: T)
-    where
-        F: std::future::Future + 'static,
-        T: FnOnce(&mut Self, &mut Context<Self>, F::Output) + 'static,
-    {
-        self.busy = true;
-        ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
-            // Not busy before `then`: if `then` waits for something else in
-            // turn, it sets `busy` again and the next frame keeps waiting.
-            act.busy = false;
-            then(act, ctx, out);
-            act.drain(ctx);
-        }));
-    }
-
     fn report_alive(&mut self) {
         let Some(peer) = &self.peer else { return };
         let now = Instant::now();
@@ -173,7 +149,7 @@ impl PeerLink {
         }
     }
 
-    fn process(&mut self, ctx: &mut Context<Self>, raw: FrameText) {
+    fn handle_frame(&mut self, ctx: &mut Context<Self>, raw: FrameText) {
         let env = match Envelope::parse_with(raw.as_bytes(), &self.shared.settings.limits) {
             Ok(env) => env,
             Err(e) => return self.strike(ctx, e.code(), e.to_string()),
@@ -226,7 +202,7 @@ impl PeerLink {
                 _ => Err("hello signature does not verify with its key".to_owned()),
             }
         };
-        self.wait_for(ctx, fut, move |act, ctx, checked| {
+        InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| {
             let env = match checked {
                 Ok(env) => env,
                 Err(detail) => {
@@ -248,7 +224,7 @@ impl PeerLink {
             requested: requested.clone(),
             address,
         });
-        self.wait_for(ctx, request, move |act, ctx, welcome| match welcome {
+        InQueue::wait_for(ctx, self, request, move |act, ctx, welcome| match welcome {
             Ok(welcome) => {
                 act.send(ctx, To::from(&requested), Message::ServerWelcome(welcome));
                 act.close(ctx, close::NORMAL, "welcome sent");
@@ -277,7 +253,7 @@ impl PeerLink {
             conn: self.conn(ctx),
             opened_by_me: false,
         });
-        self.wait_for(ctx, up, move |act, ctx, result| match result {
+        InQueue::wait_for(ctx, self, up, move |act, ctx, result| match result {
             Ok(Ok(())) => {
                 act.peer = Some(peer.clone());
                 act.report_alive();
@@ -358,7 +334,7 @@ impl PeerLink {
                 _ => Err("signature does not verify".to_owned()),
             }
         };
-        self.wait_for(ctx, fut, move |act, ctx, checked| match checked {
+        InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| match checked {
             Ok((env, msg)) => {
                 act.report_alive();
                 act.shared.router.do_send(LinkFrame {
@@ -418,7 +394,7 @@ impl Actor for PeerLink {
             opened_by_me: true,
         });
         self.report_alive();
-        self.wait_for(ctx, up, move |act, ctx, result| {
+        InQueue::wait_for(ctx, self, up, move |act, ctx, result| {
             if matches!(result, Ok(Ok(()))) {
             } else {
                 log::warn!("link to {} refused by the router", peer.server_id);
@@ -447,6 +423,16 @@ impl PeerLink {
     }
 }
 
+impl InOrder for PeerLink {
+    fn in_queue(&mut self) -> &mut InQueue {
+        &mut self.inbox
+    }
+
+    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText) {
+        self.handle_frame(ctx, text);
+    }
+}
+
 impl HasOutQueue for PeerLink {
     fn out_queue(&mut self) -> &mut OutQueue {
         &mut self.out
@@ -462,7 +448,7 @@ impl Handler<Inbound> for PeerLink {
                 self.shared
                     .metrics
                     .inc(crate::metrics::family::FRAMES_IN, "server");
-                if self.backlog.len() >= MAX_LINK_BACKLOG {
+                if self.inbox.len() >= MAX_LINK_BACKLOG {
                     self.close(ctx, close::POLICY, "too many frames waiting");
                     return;
                 }
@@ -470,8 +456,7 @@ impl Handler<Inbound> for PeerLink {
                 // proves it alive, even while earlier frames wait to be
                 // verified (a long backlog must not look like silence).
                 self.report_alive();
-                self.backlog.push_back(text);
-                self.drain(ctx);
+                InQueue::push(ctx, self, text);
             }
             Inbound::Binary => self.strike(
                 ctx,

@@ -6,7 +6,6 @@
 //! user is limited to `user_rate` frames/s (burst `user_burst`) anyway, so
 //! order costs no throughput; parallelism comes from many users.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -24,7 +23,7 @@ use crate::crypto::FrameText;
 use crate::router::{Attach, Detach, Outbound, UserFrame};
 use crate::routing::{Conn, ConnId};
 use crate::store::{FindUser, GetUser, Register};
-use crate::transport::{close, HasOutQueue, Inbound, OutQueue, Wire};
+use crate::transport::{close, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire};
 use crate::Shared;
 
 /// A content-signature check to run on the crypto pool.
@@ -87,10 +86,8 @@ pub struct ClientSession {
     out: OutQueue,
     /// Set once a hello succeeded.
     identity: Option<Identity>,
-    /// Frames received while one is being handled.
-    backlog: VecDeque<FrameText>,
-    /// A frame's checks are running off the loop.
-    busy: bool,
+    /// Frames received, handled one at a time.
+    inbox: InQueue,
     bucket: TokenBucket,
     /// RATE_LIMITED was sent and the user has not been within the limit
     /// since: one notice per episode, not one signed ERROR per frame (a flood
@@ -113,8 +110,7 @@ impl ClientSession {
             shared,
             out: OutQueue::new(transport),
             identity: None,
-            backlog: VecDeque::new(),
-            busy: false,
+            inbox: InQueue::default(),
             bucket: TokenBucket::new(settings.user_rate, settings.user_burst),
             limited: false,
             challenge: None,
@@ -176,32 +172,7 @@ impl ClientSession {
         OutQueue::push(ctx, self, Outbound::Close(code, reason.to_owned()));
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while !self.busy {
-            let Some(text) = self.backlog.pop_front() else {
-                return;
-            };
-            self.process(ctx, text);
-        }
-    }
-
-    /// Run `fut` off the loop; the next frame waits until `then` has run.
-    fn wait_for<F, T>(&mut self, ctx: &mut Context<Self>, fut: F, then: T)
-    where
-        F: std::future::Future + 'static,
-        T: FnOnce(&mut Self, &mut Context<Self>, F::Output) + 'static,
-    {
-        self.busy = true;
-        ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
-            // Not busy before `then`: if `then` waits for something else in
-            // turn, it sets `busy` again and the next frame keeps waiting.
-            act.busy = false;
-            then(act, ctx, out);
-            act.drain(ctx);
-        }));
-    }
-
-    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText) {
+    fn handle_frame(&mut self, ctx: &mut Context<Self>, text: FrameText) {
         let env = match Envelope::parse_with(text.as_bytes(), &self.shared.settings.limits) {
             Ok(env) => env,
             Err(e) => {
@@ -367,7 +338,7 @@ impl ClientSession {
         }
         let key = me.pubkey.clone();
         let fut = self.shared.pool.run(move |_| verify(&key));
-        self.wait_for(ctx, fut, move |act, ctx, ok| {
+        InQueue::wait_for(ctx, self, fut, move |act, ctx, ok| {
             if ok == Some(true) {
                 act.to_router(me.user_id, env, msg);
             } else {
@@ -470,7 +441,7 @@ impl ClientSession {
             }
             Ok((record.username.map(|u| u.to_string()), true))
         };
-        self.wait_for(ctx, fut, move |act, ctx, checked| {
+        InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| {
             let (name, registered) = match checked {
                 Ok(ok) => ok,
                 Err((code, detail)) => {
@@ -515,7 +486,7 @@ impl ClientSession {
             registered,
         });
         let from = user_id.to_string();
-        self.wait_for(ctx, request, move |act, ctx, result| match result {
+        InQueue::wait_for(ctx, self, request, move |act, ctx, result| match result {
             Ok(Ok(())) => {
                 act.challenge = None;
                 act.identity = Some(Identity { user_id, pubkey });
@@ -590,7 +561,7 @@ impl ClientSession {
                 )),
             }
         };
-        self.wait_for(ctx, fut, move |act, ctx, result| match result {
+        InQueue::wait_for(ctx, self, fut, move |act, ctx, result| match result {
             Ok(ok) => {
                 log::info!("registered user {} ({})", ok.user_id, ok.username);
                 act.reply(ctx, &from, Message::RegisterOk(ok));
@@ -614,7 +585,7 @@ impl ClientSession {
         self.bucket.take_at(BAD_FRAME_COST, Instant::now());
         let from = from.to_owned();
         let lookup = self.shared.store.send(FindUser(req.who.clone()));
-        self.wait_for(ctx, lookup, move |act, ctx, found| match found {
+        InQueue::wait_for(ctx, self, lookup, move |act, ctx, found| match found {
             Ok(Ok(Some(record))) => {
                 let nonce = b64url_encode(&random_bytes(32));
                 act.challenge = Some((record.user_id.clone(), nonce.clone()));
@@ -661,6 +632,16 @@ impl Actor for ClientSession {
     }
 }
 
+impl InOrder for ClientSession {
+    fn in_queue(&mut self) -> &mut InQueue {
+        &mut self.inbox
+    }
+
+    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText) {
+        self.handle_frame(ctx, text);
+    }
+}
+
 impl HasOutQueue for ClientSession {
     fn out_queue(&mut self) -> &mut OutQueue {
         &mut self.out
@@ -694,7 +675,7 @@ impl Handler<Inbound> for ClientSession {
                     }
                     return;
                 }
-                if self.backlog.len() >= self.shared.settings.max_backlog {
+                if self.inbox.len() >= self.shared.settings.max_backlog {
                     // Within the rate but faster than the server can check
                     // (signatures run on a shared pool): dropped and told
                     // once, not cut off.
@@ -710,8 +691,7 @@ impl Handler<Inbound> for ClientSession {
                     return;
                 }
                 self.limited = false;
-                self.backlog.push_back(text);
-                self.drain(ctx);
+                InQueue::push(ctx, self, text);
             }
             Inbound::Binary => self.bad_input(
                 ctx,

@@ -145,6 +145,67 @@ impl OutQueue {
     }
 }
 
+/// Received frames, handled one at a time in arrival order: a frame whose
+/// checks run off the loop (crypto pool, database) holds the next ones back.
+#[derive(Default)]
+pub struct InQueue {
+    backlog: std::collections::VecDeque<FrameText>,
+    /// A frame's checks are running off the loop.
+    busy: bool,
+}
+
+/// An actor that handles its frames through an [`InQueue`].
+pub trait InOrder: Actor<Context = Context<Self>> {
+    /// The queue.
+    fn in_queue(&mut self) -> &mut InQueue;
+    /// Handle one frame (may call [`InQueue::wait_for`]).
+    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText);
+}
+
+impl InQueue {
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Whether no frame waits.
+    pub fn is_empty(&self) -> bool {
+        self.backlog.is_empty()
+    }
+
+    /// Queue a frame and handle what can be handled now.
+    pub fn push<A: InOrder>(ctx: &mut Context<A>, act: &mut A, text: FrameText) {
+        act.in_queue().backlog.push_back(text);
+        Self::drain(ctx, act);
+    }
+
+    fn drain<A: InOrder>(ctx: &mut Context<A>, act: &mut A) {
+        while !act.in_queue().busy {
+            let Some(text) = act.in_queue().backlog.pop_front() else {
+                return;
+            };
+            act.process(ctx, text);
+        }
+    }
+
+    /// Run `fut` off the loop; later frames wait until `then` has run.
+    pub fn wait_for<A, F, T>(ctx: &mut Context<A>, act: &mut A, fut: F, then: T)
+    where
+        A: InOrder,
+        F: std::future::Future + 'static,
+        T: FnOnce(&mut A, &mut Context<A>, F::Output) + 'static,
+    {
+        act.in_queue().busy = true;
+        ctx.spawn(fut.into_actor(act).map(move |out, act: &mut A, ctx| {
+            // Not busy before `then`: if `then` waits for something else in
+            // turn, it sets `busy` again and the next frame keeps waiting.
+            act.in_queue().busy = false;
+            then(act, ctx, out);
+            Self::drain(ctx, act);
+        }));
+    }
+}
+
 /// Reassembles fragmented messages under a size cap.
 #[derive(Default)]
 struct Fragments {
