@@ -1003,6 +1003,31 @@ async fn login(shared: &Shared, tx: &Sink, input: &mut Input, who: &str) -> Resu
     Ok(())
 }
 
+/// Check a text delivery: `sender_pub` must be the key the network advertised
+/// for the sender, `verify` (the content signature, with that key) must pass;
+/// then decrypt. All RSA on a blocking thread. The text, or why it was refused.
+async fn open_text(
+    contact: &Contact,
+    sender_pub: &socp_protocol::PublicKey,
+    key: Arc<PrivateKey>,
+    verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
+) -> Result<String, String> {
+    if *sender_pub != contact.pubkey {
+        return Err("FORGED: the sender key does not match the key the network advertised".into());
+    }
+    let pk = contact.pubkey.clone();
+    let opened = blocking(move || -> Result<String, &'static str> {
+        let ct = verify(&pk).ok_or("the content signature does not verify")?;
+        let plain = key
+            .decrypt(ct.bytes())
+            .map_err(|_| "it cannot be decrypted with your key")?;
+        String::from_utf8(plain).map_err(|_| "it is not text")
+    })
+    .await
+    .map_err(|e| e.1)?;
+    opened.map_err(str::to_owned)
+}
+
 /// One frame from the server.
 async fn handle_frame(shared: &Shared, bytes: &[u8]) {
     let out = shared.borrow().out.clone();
@@ -1130,68 +1155,53 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
     };
     match d.content {
         DeliverContent::Dm(m) => {
-            if m.sender_pub != contact.pubkey {
-                return out.warning(forged("DM"));
-            }
-            let (key, pk, me_id, s) = (
-                me.key.clone(),
-                contact.pubkey.clone(),
-                me.id.clone(),
-                sender.clone(),
-            );
-            let opened = blocking(move || -> Result<String, &'static str> {
+            let (key, me_id, s) = (me.key.clone(), me.id.clone(), sender.clone());
+            let verify = move |pk: &socp_protocol::PublicKey| {
                 content::verify_dm(
-                    &pk,
+                    pk,
                     &m.content_sig,
                     &m.ciphertext,
                     s.as_str(),
                     me_id.as_str(),
                     ts,
                 )
-                .map_err(|_| "the content signature does not verify")?;
-                let plain = key
-                    .decrypt(m.ciphertext.bytes())
-                    .map_err(|_| "it cannot be decrypted with your key")?;
-                String::from_utf8(plain).map_err(|_| "it is not text")
-            })
-            .await;
-            match opened {
-                Ok(Ok(text)) => out.event(
-                    "dm",
-                    format!("DM from {shown}: {text}"),
-                    json!({ "from": sender, "name": contact.name, "text": text, "ts": ts }),
-                ),
-                Ok(Err(why)) => out.warning(format!(
-                    "a DM claiming to be from {shown} was refused: {why}"
-                )),
-                Err(_) => {}
-            }
+                .is_ok()
+                .then_some(m.ciphertext)
+            };
+            let shown_text = match open_text(&contact, &m.sender_pub, key, verify).await {
+                Ok(text) => text,
+                Err(why) => {
+                    return out.warning(format!(
+                        "a DM claiming to be from {shown} was refused: {why}"
+                    ))
+                }
+            };
+            out.event(
+                "dm",
+                format!("DM from {shown}: {shown_text}"),
+                json!({ "from": sender, "name": contact.name, "text": shown_text, "ts": ts }),
+            );
         }
         DeliverContent::Public(m) => {
-            if m.sender_pub != contact.pubkey {
-                return out.warning(forged("public message"));
-            }
-            let (key, pk, s) = (me.key.clone(), contact.pubkey.clone(), sender.clone());
-            let opened = blocking(move || -> Result<String, &'static str> {
-                content::verify_public(&pk, &m.content_sig, &m.ciphertext, s.as_str(), ts)
-                    .map_err(|_| "the content signature does not verify")?;
-                let plain = key
-                    .decrypt(m.ciphertext.bytes())
-                    .map_err(|_| "it cannot be decrypted with your key")?;
-                String::from_utf8(plain).map_err(|_| "it is not text")
-            })
-            .await;
-            match opened {
-                Ok(Ok(text)) => out.event(
-                    "public",
-                    format!("[public] {shown}: {text}"),
-                    json!({ "from": sender, "name": contact.name, "text": text, "ts": ts }),
-                ),
-                Ok(Err(why)) => out.warning(format!(
-                    "a public message claiming to be from {shown} was refused: {why}"
-                )),
-                Err(_) => {}
-            }
+            let (key, s) = (me.key.clone(), sender.clone());
+            let verify = move |pk: &socp_protocol::PublicKey| {
+                content::verify_public(pk, &m.content_sig, &m.ciphertext, s.as_str(), ts)
+                    .is_ok()
+                    .then_some(m.ciphertext)
+            };
+            let shown_text = match open_text(&contact, &m.sender_pub, key, verify).await {
+                Ok(text) => text,
+                Err(why) => {
+                    return out.warning(format!(
+                        "a public message claiming to be from {shown} was refused: {why}"
+                    ))
+                }
+            };
+            out.event(
+                "public",
+                format!("[public] {shown}: {shown_text}"),
+                json!({ "from": sender, "name": contact.name, "text": shown_text, "ts": ts }),
+            );
         }
         DeliverContent::FileStart(start) => {
             let key = (sender.clone(), start.file_id.as_str().to_owned());
