@@ -36,6 +36,11 @@ impl SignedFrame {
         SignedFrame(shared)
     }
 
+    /// A frame made by `fut` (`None`: it could not be made).
+    pub fn from_future(fut: BoxFuture<'static, Option<FrameText>>) -> Self {
+        SignedFrame(fut.shared())
+    }
+
     /// A frame that could not be made (dropped by writers, and logged).
     pub fn failed() -> Self {
         SignedFrame(futures_util::future::ready(None).boxed().shared())

@@ -16,6 +16,9 @@ use crate::routing::{Action, Conn, ConnId, Peer, PeerFrame, Refusal, RouterState
 pub enum Outbound {
     /// Write this frame (in the order queued).
     Frame(SignedFrame),
+    /// Write this frame as soon as it is signed, ahead of frames still being
+    /// signed (it carries no order: heartbeats).
+    Urgent(SignedFrame),
     /// Close with this WebSocket close code, after the frames queued before.
     Close(u16, String),
 }
@@ -185,6 +188,7 @@ impl Router {
         for action in actions {
             match action {
                 Action::Send(to, frame) => to.do_send(Outbound::Frame(frame)),
+                Action::SendNow(to, frame) => to.do_send(Outbound::Urgent(frame)),
                 Action::Close(to, code, reason) => to.do_send(Outbound::Close(code, reason)),
                 Action::Connect(peer) => self.ports.dialer.do_send(Dial(peer)),
                 Action::Store(op) => self.ports.store.do_send(op),

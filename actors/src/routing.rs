@@ -45,6 +45,9 @@ pub trait Signer: Send + Sync {
 pub enum Action<H> {
     /// Write a frame to a session or link.
     Send(H, SignedFrame),
+    /// Write a frame as soon as it is signed, ahead of frames still being
+    /// signed (heartbeats: liveness must not wait behind a deep queue).
+    SendNow(H, SignedFrame),
     /// Close a session or link with a WebSocket close code.
     Close(H, u16, String),
     /// Open an outbound link to a server.
@@ -1050,10 +1053,10 @@ impl<H: Clone> RouterState<H> {
 
     /// HEARTBEAT to every linked server (one signature for all).
     pub fn heartbeat(&self, now: i64) -> Vec<Action<H>> {
-        let mut out = Vec::new();
         let frame = self.sign(To::All, now, Message::Heartbeat(Default::default()));
-        self.to_all_servers(&frame, &[], &mut out);
-        out
+        self.linked_servers()
+            .map(|(_, conn)| Action::SendNow(conn.tx.clone(), frame.clone()))
+            .collect()
     }
 
     /// SERVER_GOODBYE and USER_REMOVE for every local user, to every server,

@@ -16,7 +16,7 @@ use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 
-use crate::crypto::FrameText;
+use crate::crypto::{FrameText, SignedFrame};
 use crate::router::Outbound;
 use crate::sequencer::{Sequencer, Ticket};
 
@@ -88,24 +88,40 @@ impl OutQueue {
         if queue.closed {
             return;
         }
-        let ticket = queue.seq.take();
-        match out {
+        let frame = match out {
+            Outbound::Urgent(frame) => return Self::urgent(ctx, act, frame),
             Outbound::Close(code, reason) => {
+                let ticket = queue.seq.take();
                 queue.seq.complete(ticket, Wire::Close(code, reason));
-                Self::flush(ctx, act);
+                return Self::flush(ctx, act);
             }
-            Outbound::Frame(frame) => {
-                if let Some(text) = frame.peek() {
-                    queue.seq.complete(ticket, Wire::Text(text));
-                    Self::flush(ctx, act);
-                } else {
-                    ctx.spawn(
-                        frame
-                            .text()
-                            .into_actor(act)
-                            .map(move |text, act: &mut A, ctx| Self::done(ctx, act, ticket, text)),
-                    );
-                }
+            Outbound::Frame(frame) => frame,
+        };
+        let ticket = queue.seq.take();
+        if let Some(text) = frame.peek() {
+            queue.seq.complete(ticket, Wire::Text(text));
+            Self::flush(ctx, act);
+        } else {
+            ctx.spawn(
+                frame
+                    .text()
+                    .into_actor(act)
+                    .map(move |text, act: &mut A, ctx| Self::done(ctx, act, ticket, text)),
+            );
+        }
+    }
+
+    /// Write `frame` as soon as it is signed, whatever is still queued.
+    fn urgent<A: HasOutQueue>(ctx: &mut Context<A>, act: &mut A, frame: SignedFrame) {
+        match frame.peek() {
+            Some(text) => act.out_queue().transport.do_send(Wire::Text(text)),
+            None => {
+                ctx.spawn(frame.text().into_actor(act).map(|text, act: &mut A, _| {
+                    let queue = act.out_queue();
+                    if let (Some(text), false) = (text, queue.closed) {
+                        queue.transport.do_send(Wire::Text(text));
+                    }
+                }));
             }
         }
     }

@@ -184,7 +184,7 @@ impl Node {
         self.alice.with(|got| {
             got.iter()
                 .filter_map(|o| match o {
-                    Outbound::Frame(f) => f.peek(),
+                    Outbound::Frame(f) | Outbound::Urgent(f) => f.peek(),
                     Outbound::Close(..) => None,
                 })
                 .map(|t| Envelope::parse(t.as_bytes()).expect("parses"))

@@ -103,7 +103,7 @@ fn sent(actions: &[Action<H>]) -> Vec<(H, Envelope)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send(h, f) => Some((*h, parse_ready(f))),
+            Action::Send(h, f) | Action::SendNow(h, f) => Some((*h, parse_ready(f))),
             _ => None,
         })
         .collect()
@@ -123,7 +123,9 @@ fn raw_to(actions: &[Action<H>], h: H) -> Vec<FrameText> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send(to, f) if *to == h => Some(f.peek().expect("frame is ready")),
+            Action::Send(to, f) | Action::SendNow(to, f) if *to == h => {
+                Some(f.peek().expect("frame is ready"))
+            }
             _ => None,
         })
         .collect()

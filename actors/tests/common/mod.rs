@@ -170,7 +170,9 @@ pub async fn outbound(rec: &Rec<Outbound>) -> Vec<Got> {
     let mut got = Vec::new();
     for out in rec.take().await {
         match out {
-            Outbound::Frame(f) => got.push(Got::Frame(f.text().await.expect("frame signed"))),
+            Outbound::Frame(f) | Outbound::Urgent(f) => {
+                got.push(Got::Frame(f.text().await.expect("frame signed")))
+            }
             Outbound::Close(code, _) => got.push(Got::Close(code)),
         }
     }
