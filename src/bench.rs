@@ -733,7 +733,9 @@ async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String
     // FILE_START and FILE_END arrive too (with an empty ciphertext id).
     let mut got = 0;
     let mut last = started;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    // Generous: two signatures per chunk on this machine, three times over.
+    let budget = Duration::from_secs_f64(30.0 + n as f64 * 6.0 * crypto.sign_ms / 1000.0);
+    let deadline = Instant::now() + budget;
     while got < n + 2 {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, receiver.seen.recv()).await {
@@ -743,6 +745,15 @@ async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String
             }
             _ => break,
         }
+    }
+    if got < n + 2 {
+        for s in servers {
+            s.kill().await;
+        }
+        return Err(format!(
+            "only {} of {n} chunks arrived within {budget:?}",
+            got.saturating_sub(1)
+        ));
     }
     // The receiver decrypts every chunk: that is the end-to-end cost too.
     let secs = last.duration_since(started).as_secs_f64();

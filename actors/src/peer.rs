@@ -395,8 +395,7 @@ impl Actor for PeerLink {
         });
         self.report_alive();
         InQueue::wait_for(ctx, self, up, move |act, ctx, result| {
-            if matches!(result, Ok(Ok(()))) {
-            } else {
+            if !matches!(result, Ok(Ok(()))) {
                 log::warn!("link to {} refused by the router", peer.server_id);
                 act.close(ctx, close::POLICY, "link refused");
             }
