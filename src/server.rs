@@ -94,6 +94,9 @@ pub struct RunningServer {
     /// server's outbound links and heartbeats would outlive it (and its
     /// reconnects would link it to the mesh again).
     core: Arbiter,
+    /// The heartbeat's own thread: liveness checks must not starve behind a
+    /// router busy with a burst (peers would be declared dead mid-transfer).
+    beat: Arbiter,
 }
 
 impl RunningServer {
@@ -116,6 +119,7 @@ impl RunningServer {
     /// dropped, not closed with a code.
     pub async fn kill(self) {
         self.core.stop();
+        self.beat.stop();
         self.handle.stop(false).await;
     }
 }
@@ -123,6 +127,7 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.core.stop();
+        self.beat.stop();
         // Sends the stop command now; the returned future only reports completion.
         drop(self.handle.stop(false));
     }
@@ -392,6 +397,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     // them all (see `RunningServer::core`).
     let core = Arbiter::try_new()
         .map_err(|e| StartError::Other(format!("cannot start the actors' thread: {e}")))?;
+    // Liveness on its own thread: a router busy with a burst must not make
+    // its peers look dead.
+    let beat = Arbiter::try_new()
+        .map_err(|e| StartError::Other(format!("cannot start the heartbeat thread: {e}")))?;
+    let beat_thread = beat.handle();
     let (shared_tx, shared_rx) = std::sync::mpsc::channel();
     let (interval, timeout) = (settings.heartbeat_interval, settings.peer_timeout);
     let (pool2, store2, me2, host2, settings2) = (
@@ -404,16 +414,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let port = addr.port();
     let router = Router::start_in_arbiter(&core.handle(), move |ctx| {
         let (pool, store, me, host, settings) = (pool2, store2, me2, host2, settings2);
-        let heartbeat = Heartbeat::new(
-            HeartbeatPorts {
-                send_heartbeats: ctx.address().recipient(),
-                dead: ctx.address().recipient(),
-                reconnect: ctx.address().recipient(),
-            },
-            interval,
-            timeout,
-        )
-        .start();
+        let ports = HeartbeatPorts {
+            send_heartbeats: ctx.address().recipient(),
+            dead: ctx.address().recipient(),
+            reconnect: ctx.address().recipient(),
+        };
+        let heartbeat = Heartbeat::start_in_arbiter(&beat_thread, move |_| {
+            Heartbeat::new(ports, interval, timeout)
+        });
         let shared = Shared::new(
             ctx.address(),
             pool.clone(),
@@ -506,6 +514,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         router,
         handle,
         core,
+        beat,
     })
 }
 

@@ -108,33 +108,6 @@ impl Actor for CryptoWorker {
     type Context = SyncContext<Self>;
 }
 
-/// Sign canonical payload bytes.
-#[derive(Message)]
-#[rtype(result = "Result<Signature, socp_protocol::Error>")]
-struct SignBytes(Vec<u8>);
-
-impl Handler<SignBytes> for CryptoWorker {
-    type Result = Result<Signature, socp_protocol::Error>;
-
-    fn handle(&mut self, msg: SignBytes, _: &mut Self::Context) -> Self::Result {
-        self.key.sign(&msg.0)
-    }
-}
-
-/// Verify an envelope's transport signature; gives the envelope back.
-#[derive(Message)]
-#[rtype(result = "(Envelope, bool)")]
-struct VerifyEnvelope(Envelope, PublicKey);
-
-impl Handler<VerifyEnvelope> for CryptoWorker {
-    type Result = MessageResult<VerifyEnvelope>;
-
-    fn handle(&mut self, msg: VerifyEnvelope, _: &mut Self::Context) -> Self::Result {
-        let ok = msg.0.verify(&msg.1).is_ok();
-        MessageResult((msg.0, ok))
-    }
-}
-
 /// Run a closure on a crypto thread (content-signature checks, OAEP wraps).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -187,16 +160,16 @@ impl CryptoPool {
                 Some(slot) => slot,
                 None => {
                     let what = env.summary();
-                    let request = self.addr.send(SignBytes(bytes));
+                    let request = self.run(move |key| key.sign(&bytes));
                     let slot: SigSlot = async move {
                         match request.await {
-                            Ok(Ok(sig)) => Some(sig),
-                            Ok(Err(e)) => {
+                            Some(Ok(sig)) => Some(sig),
+                            Some(Err(e)) => {
                                 log::error!("signing {what} failed: {e}");
                                 None
                             }
-                            Err(e) => {
-                                log::error!("crypto pool unavailable: {e}");
+                            None => {
+                                log::error!("crypto pool unavailable; {what} dropped");
                                 None
                             }
                         }
@@ -243,11 +216,16 @@ impl CryptoPool {
         env: Envelope,
         key: PublicKey,
     ) -> impl Future<Output = Option<(Envelope, bool)>> + Send + 'static {
-        let request = self.addr.send(VerifyEnvelope(env, key));
-        async move { request.await.ok() }
+        self.run(move |_| {
+            let ok = env.verify(&key).is_ok();
+            (env, ok)
+        })
     }
 
-    /// Run `f` on a crypto thread and return its result.
+    /// Run `f` on a crypto thread and return its result (`None` if the pool
+    /// is gone). Jobs queue FIFO without bound and the caller never parks on a
+    /// full mailbox: thousands of parked senders woken together would starve
+    /// the event loop they run on (measured: a 1 MiB file's 2,351 chunks).
     pub fn run<R, F>(&self, f: F) -> impl Future<Output = Option<R>> + Send + 'static
     where
         R: Send + 'static,
@@ -258,11 +236,8 @@ impl CryptoPool {
             // The receiver may be gone if the caller stopped; nothing to do then.
             let _ = tx.send(f(key));
         }));
-        let sent = self.addr.send(job);
-        async move {
-            sent.await.ok()?;
-            rx.await.ok()
-        }
+        self.addr.do_send(job);
+        async move { rx.await.ok() }
     }
 }
 

@@ -131,6 +131,7 @@ impl PeerLink {
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        log::info!("link {}: closing ({code} {reason})", self.conn_id);
         self.shared
             .metrics
             .inc(crate::metrics::family::CLOSES, &code.to_string());

@@ -516,7 +516,10 @@ impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcT
                 let _ = self.sink.write(awc::ws::Message::Pong(p));
             }
             Ok(Frame::Pong(_)) => {}
-            Ok(Frame::Close(_)) => ctx.stop(),
+            Ok(Frame::Close(reason)) => {
+                log::info!("outbound link: the server closed it ({reason:?})");
+                ctx.stop()
+            }
             Err(e) => {
                 log::debug!("outbound link protocol error: {e}");
                 self.close(ctx, close::POLICY, "protocol error");
@@ -525,6 +528,7 @@ impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcT
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
+        log::info!("outbound link: the server closed the stream");
         ctx.stop();
     }
 }
@@ -540,6 +544,7 @@ impl Handler<Wire> for AwcTransport {
                     .write(awc::ws::Message::Text(bytestring::ByteString::from(&*text)))
                     .is_err()
                 {
+                    log::info!("outbound link: write failed; closing");
                     ctx.stop();
                 }
             }
