@@ -11,7 +11,7 @@ use socp_actors::heartbeat::{Activity, Heartbeat, HeartbeatPorts};
 use socp_actors::router::{LinkEvent, PeerDead, Reconnect, SendHeartbeats};
 use socp_protocol::ServerId;
 
-use common::Rec;
+use common::{sid, Rec};
 
 const INTERVAL: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -19,10 +19,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const BASE: Duration = Duration::from_secs(1);
 const CAP: Duration = Duration::from_secs(30);
 const MS: Duration = Duration::from_millis(1);
-
-fn sid(s: &str) -> ServerId {
-    ServerId::parse(s).expect("test server id")
-}
 
 struct Fixture {
     hb: Addr<Heartbeat>,

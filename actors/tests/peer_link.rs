@@ -23,33 +23,16 @@ use socp_actors::peer::PeerLink;
 use socp_actors::router::{
     Attach, Dial, IsOnline, LinkEvent, Outbound, Remember, Router, RouterPorts, ServerKey,
 };
-use socp_actors::routing::{Conn, Peer, RouterConfig, RouterState, StoreOp};
+use socp_actors::routing::{Conn, RouterConfig, RouterState, StoreOp};
 use socp_actors::store::Store;
 use socp_actors::transport::{close, Inbound, Wire};
 use socp_actors::{Settings, Shared};
 use socp_protocol::message::{ServerAddress, ServerHelloJoin, ServerHelloLink, UserAdvertise};
-use socp_protocol::{fixtures, now_ms, Envelope, Message, ServerId, To, UserId};
+use socp_protocol::{fixtures, now_ms, Envelope, Message, To};
 
-use common::{pk, private, Plain, Rec};
+use common::{peer, pk, private, sid, uid, Plain, Rec};
 
 const MARKER: &str = "--marker--";
-
-fn sid(s: &str) -> ServerId {
-    ServerId::parse(s).expect("test server id")
-}
-
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).expect("test user id")
-}
-
-fn peer(id: &str, n: usize) -> Peer {
-    Peer {
-        server_id: sid(id),
-        host: format!("10.0.0.{n}"),
-        port: 9000 + n as u16,
-        pubkey: pk(n),
-    }
-}
 
 /// Wait until `f` has something, or fail after a long deadline.
 async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -15,33 +15,14 @@ use socp_actors::router::{
     LinkFrame, LinkUp, Outbound, PeerDead, Reconnect, Remember, Router, RouterPorts,
     SendHeartbeats, ServerKey, Shutdown, Status, UserFrame,
 };
-use socp_actors::routing::{Conn, Peer, RouterConfig, RouterState, StoreOp};
+use socp_actors::routing::{Conn, RouterConfig, RouterState, StoreOp};
 use socp_protocol::message::{
     DeliverContent, MsgDirect, ServerAddress, ServerDeliver, ServerGoodbye, ServerInfo,
     ServerWelcome, UserAdvertise,
 };
-use socp_protocol::{
-    now_ms, Base64Url, Envelope, ErrorCode, Message, ServerId, Signature, To, UserId,
-};
+use socp_protocol::{now_ms, Base64Url, Envelope, ErrorCode, Message, ServerId, Signature, To};
 
-use common::{envs, outbound, pk, types, Got, Plain, Rec};
-
-fn sid(s: &str) -> ServerId {
-    ServerId::parse(s).expect("test server id")
-}
-
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).expect("test user id")
-}
-
-fn peer(id: &str, n: usize) -> Peer {
-    Peer {
-        server_id: sid(id),
-        host: format!("10.0.0.{n}"),
-        port: 9000 + n as u16,
-        pubkey: pk(n),
-    }
-}
+use common::{envs, outbound, peer, pk, sid, types, uid, Got, Plain, Rec};
 
 /// A router for `srv-a` (fixture key 0) and the recorders of its ports.
 struct Fixture {

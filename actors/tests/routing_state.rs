@@ -20,7 +20,7 @@ use socp_protocol::message::{
 };
 use socp_protocol::{Base64Url, Envelope, ErrorCode, Message, ServerId, Signature, To, UserId};
 
-use common::{parse_ready, pk, private, KeySigner, Plain};
+use common::{parse_ready, peer, pk, private, sid, uid, KeySigner, Plain};
 
 /// A handle: the name of the session or link a frame went to.
 type H = &'static str;
@@ -30,14 +30,6 @@ const NOW: i64 = 1_700_000_000_000;
 
 /// The public channel version the router starts at.
 const START_VERSION: u64 = 7;
-
-fn sid(s: &str) -> ServerId {
-    ServerId::parse(s).expect("test server id")
-}
-
-fn uid(s: &str) -> UserId {
-    UserId::parse(s).expect("test user id")
-}
 
 fn config(me: &str) -> RouterConfig {
     RouterConfig {
@@ -54,16 +46,6 @@ fn config(me: &str) -> RouterConfig {
 /// A router for server `me` (fixture key 0) that signs nothing.
 fn router(me: &str) -> RouterState<H> {
     RouterState::new(config(me), Arc::new(Plain))
-}
-
-/// Server `id` with fixture key `n`.
-fn peer(id: &str, n: usize) -> Peer {
-    Peer {
-        server_id: sid(id),
-        host: format!("10.0.0.{n}"),
-        port: 9000 + n as u16,
-        pubkey: pk(n),
-    }
 }
 
 /// Link to server `id` (key `n`) over `handle`, opened by us.

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use actix::prelude::*;
 use socp_actors::crypto::{FrameText, SignedFrame};
 use socp_actors::router::Outbound;
+use socp_actors::routing::Peer;
 use socp_actors::routing::Signer;
-use socp_protocol::{fixtures, Envelope, PrivateKey, PublicKey};
+use socp_protocol::{fixtures, Envelope, PrivateKey, PublicKey, ServerId, UserId};
 
 /// Records every `M` it receives.
 pub struct Recorder<M> {
@@ -187,4 +188,24 @@ pub fn envs(got: &[Got]) -> Vec<Envelope> {
 /// The `type`s of the envelopes among `got`.
 pub fn types(got: &[Got]) -> Vec<String> {
     envs(got).iter().map(|e| e.msg_type().to_owned()).collect()
+}
+
+/// A server id from test text.
+pub fn sid(s: &str) -> ServerId {
+    ServerId::parse(s).expect("test server id")
+}
+
+/// A user id from test text.
+pub fn uid(s: &str) -> UserId {
+    UserId::parse(s).expect("test user id")
+}
+
+/// Server `id` with fixture key `n`.
+pub fn peer(id: &str, n: usize) -> Peer {
+    Peer {
+        server_id: sid(id),
+        host: format!("10.0.0.{n}"),
+        port: 9000 + n as u16,
+        pubkey: pk(n),
+    }
 }
