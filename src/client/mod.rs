@@ -1028,6 +1028,41 @@ async fn open_text(
     opened.map_err(str::to_owned)
 }
 
+/// A text delivery's kind: how it is shown.
+#[derive(Clone, Copy)]
+enum TextKind {
+    Dm,
+    Public,
+}
+
+/// Check, open and show a text delivery, or warn why it was refused.
+#[allow(clippy::too_many_arguments)]
+async fn show_text(
+    out: &Output,
+    contact: &Contact,
+    sender_pub: &socp_protocol::PublicKey,
+    key: Arc<PrivateKey>,
+    verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
+    kind: TextKind,
+    shown: &str,
+    ts: i64,
+) {
+    let (event, what, line) = match kind {
+        TextKind::Dm => ("dm", "a DM", format!("DM from {shown}: ")),
+        TextKind::Public => ("public", "a public message", format!("[public] {shown}: ")),
+    };
+    match open_text(contact, sender_pub, key, verify).await {
+        Ok(text) => out.event(
+            event,
+            format!("{line}{text}"),
+            json!({ "from": contact.user_id, "name": contact.name, "text": text, "ts": ts }),
+        ),
+        Err(why) => out.warning(format!(
+            "{what} claiming to be from {shown} was refused: {why}"
+        )),
+    }
+}
+
 /// One frame from the server.
 async fn handle_frame(shared: &Shared, bytes: &[u8]) {
     let out = shared.borrow().out.clone();
@@ -1155,7 +1190,7 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
     };
     match d.content {
         DeliverContent::Dm(m) => {
-            let (key, me_id, s) = (me.key.clone(), me.id.clone(), sender.clone());
+            let (me_id, s) = (me.id.clone(), sender.clone());
             let verify = move |pk: &socp_protocol::PublicKey| {
                 content::verify_dm(
                     pk,
@@ -1168,40 +1203,38 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                 .is_ok()
                 .then_some(m.ciphertext)
             };
-            let shown_text = match open_text(&contact, &m.sender_pub, key, verify).await {
-                Ok(text) => text,
-                Err(why) => {
-                    return out.warning(format!(
-                        "a DM claiming to be from {shown} was refused: {why}"
-                    ))
-                }
-            };
-            out.event(
-                "dm",
-                format!("DM from {shown}: {shown_text}"),
-                json!({ "from": sender, "name": contact.name, "text": shown_text, "ts": ts }),
-            );
+            let (sender_pub, what) = (m.sender_pub, TextKind::Dm);
+            show_text(
+                &out,
+                &contact,
+                &sender_pub,
+                me.key.clone(),
+                verify,
+                what,
+                &shown,
+                ts,
+            )
+            .await;
         }
         DeliverContent::Public(m) => {
-            let (key, s) = (me.key.clone(), sender.clone());
+            let s = sender.clone();
             let verify = move |pk: &socp_protocol::PublicKey| {
                 content::verify_public(pk, &m.content_sig, &m.ciphertext, s.as_str(), ts)
                     .is_ok()
                     .then_some(m.ciphertext)
             };
-            let shown_text = match open_text(&contact, &m.sender_pub, key, verify).await {
-                Ok(text) => text,
-                Err(why) => {
-                    return out.warning(format!(
-                        "a public message claiming to be from {shown} was refused: {why}"
-                    ))
-                }
-            };
-            out.event(
-                "public",
-                format!("[public] {shown}: {shown_text}"),
-                json!({ "from": sender, "name": contact.name, "text": shown_text, "ts": ts }),
-            );
+            let (sender_pub, what) = (m.sender_pub, TextKind::Public);
+            show_text(
+                &out,
+                &contact,
+                &sender_pub,
+                me.key.clone(),
+                verify,
+                what,
+                &shown,
+                ts,
+            )
+            .await;
         }
         DeliverContent::FileStart(start) => {
             let key = (sender.clone(), start.file_id.as_str().to_owned());
