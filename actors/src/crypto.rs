@@ -1,5 +1,6 @@
-//! CryptoPool: every RSA operation of the server, on a SyncArbiter with one
-//! thread per core, never on an event loop.
+//! CryptoPool: every RSA operation of the server, on its own threads (one per
+//! core), never on an event loop; control work ahead of user content, and
+//! user content fair between senders ([`Lane`]).
 //!
 //! Signing returns a [`SignedFrame`]: a shared handle that resolves to the
 //! frame's JSON text once signed, so one signature serves every destination
@@ -10,9 +11,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use actix::prelude::*;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use socp_protocol::crypto::sha256;
 use socp_protocol::{Envelope, PrivateKey, PublicKey, Signature};
@@ -99,47 +99,184 @@ impl SigCache {
     }
 }
 
-/// The SyncArbiter worker: holds the server key.
-pub struct CryptoWorker {
-    key: Arc<PrivateKey>,
+/// A job for a crypto thread.
+type Job = Box<dyn FnOnce(&PrivateKey) + Send>;
+
+/// Which queue a crypto job waits in.
+///
+/// Control work (hellos, heartbeats, presence, logins, errors) goes first, so
+/// a link stays alive and a mesh keeps forming however much user content is
+/// queued. User content (deliveries, files) waits in one queue per flow (a
+/// sending user), served round-robin, so one user pushing a large file holds
+/// every other user back by at most one job per turn, not by the whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Protocol control: served before any user content.
+    Control,
+    /// User content of one flow.
+    Bulk(u64),
 }
 
-impl Actor for CryptoWorker {
-    type Context = SyncContext<Self>;
+impl Lane {
+    /// The bulk lane of the flow named `who` (a user or server id).
+    pub fn flow(who: &str) -> Lane {
+        let h = sha256(who.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h[..8]);
+        Lane::Bulk(u64::from_le_bytes(first))
+    }
+
+    /// The lane an envelope's signing or verification belongs in: user
+    /// content by its sender, everything else control.
+    pub fn of(env: &Envelope) -> Lane {
+        const CONTENT: [&str; 7] = [
+            "SERVER_DELIVER",
+            "USER_DELIVER",
+            "MSG_DIRECT",
+            "MSG_PUBLIC_CHANNEL",
+            "FILE_START",
+            "FILE_CHUNK",
+            "FILE_END",
+        ];
+        if !CONTENT.contains(&env.msg_type()) {
+            return Lane::Control;
+        }
+        match env.payload().get("sender").and_then(|s| s.as_str()) {
+            Some(sender) => Lane::flow(sender),
+            None => Lane::flow(env.from()),
+        }
+    }
 }
 
-/// Run a closure on a crypto thread (content-signature checks, OAEP wraps).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Job(Box<dyn FnOnce(&PrivateKey) + Send>);
+/// The jobs waiting, by lane.
+#[derive(Default)]
+struct Queues {
+    control: VecDeque<Job>,
+    flows: HashMap<u64, VecDeque<Job>>,
+    /// Flows with jobs, in turn order.
+    turns: VecDeque<u64>,
+    waiting: usize,
+    closed: bool,
+}
 
-impl Handler<Job> for CryptoWorker {
-    type Result = ();
+impl Queues {
+    fn push(&mut self, lane: Lane, job: Job) {
+        match lane {
+            Lane::Control => self.control.push_back(job),
+            Lane::Bulk(flow) => {
+                let queue = self.flows.entry(flow).or_default();
+                if queue.is_empty() {
+                    self.turns.push_back(flow);
+                }
+                queue.push_back(job);
+            }
+        }
+        self.waiting += 1;
+    }
 
-    fn handle(&mut self, msg: Job, _: &mut Self::Context) {
-        (msg.0)(&self.key);
+    /// Control first; then the flow whose turn it is (which goes to the back).
+    fn pop(&mut self) -> Option<Job> {
+        if let Some(job) = self.control.pop_front() {
+            self.waiting -= 1;
+            return Some(job);
+        }
+        let flow = self.turns.pop_front()?;
+        let queue = self.flows.get_mut(&flow)?;
+        let job = queue.pop_front();
+        if queue.is_empty() {
+            self.flows.remove(&flow);
+        } else {
+            self.turns.push_back(flow);
+        }
+        if job.is_some() {
+            self.waiting -= 1;
+        }
+        job
+    }
+}
+
+/// State shared by the pool's handles and threads.
+struct Inner {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        // A job runs outside the lock, so a poisoned lock holds only queues.
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Stops the threads when the last [`CryptoPool`] handle is dropped.
+struct Threads(Arc<Inner>);
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_all();
+    }
+}
+
+fn worker(inner: Arc<Inner>, key: Arc<PrivateKey>) {
+    loop {
+        let job = {
+            let mut queues = inner.lock();
+            loop {
+                if queues.closed {
+                    return;
+                }
+                if let Some(job) = queues.pop() {
+                    break job;
+                }
+                queues = inner.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let run = std::panic::AssertUnwindSafe(|| job(&key));
+        if std::panic::catch_unwind(run).is_err() {
+            log::error!("a crypto job panicked; the pool goes on");
+        }
     }
 }
 
 /// Handle to the pool; cheap to clone.
 #[derive(Clone)]
 pub struct CryptoPool {
-    addr: Addr<CryptoWorker>,
+    inner: Arc<Inner>,
+    _threads: Arc<Threads>,
     public: PublicKey,
     cache: Arc<Mutex<SigCache>>,
 }
 
 impl CryptoPool {
-    /// Start `threads` workers holding `key` (inside a running actix System).
+    /// Start `threads` crypto threads holding `key`.
     pub fn start(key: PrivateKey, threads: usize) -> CryptoPool {
         let public = key.public_key().clone();
         let key = Arc::new(key);
-        let addr = SyncArbiter::start(threads.max(1), move || CryptoWorker { key: key.clone() });
+        let inner = Arc::new(Inner {
+            queues: Mutex::default(),
+            ready: Condvar::new(),
+        });
+        for n in 0..threads.max(1) {
+            let (inner, key) = (inner.clone(), key.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("socp-crypto-{n}"))
+                .spawn(move || worker(inner, key));
+            if let Err(e) = spawned {
+                log::error!("cannot start crypto thread {n}: {e}");
+            }
+        }
         CryptoPool {
-            addr,
+            _threads: Arc::new(Threads(inner.clone())),
+            inner,
             public,
             cache: Arc::default(),
         }
+    }
+
+    /// Jobs waiting for a crypto thread.
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().waiting
     }
 
     /// The server's public key.
@@ -149,6 +286,7 @@ impl CryptoPool {
 
     /// Sign `env` on the pool (or from the cache) and serialise it.
     pub fn sign(&self, mut env: Envelope) -> SignedFrame {
+        let lane = Lane::of(&env);
         let bytes = env.signing_bytes();
         let hash = sha256(&bytes);
         let slot = {
@@ -160,7 +298,7 @@ impl CryptoPool {
                 Some(slot) => slot,
                 None => {
                     let what = env.summary();
-                    let request = self.run(move |key| key.sign(&bytes));
+                    let request = self.run_in(lane, move |key| key.sign(&bytes));
                     let slot: SigSlot = async move {
                         match request.await {
                             Some(Ok(sig)) => Some(sig),
@@ -216,27 +354,42 @@ impl CryptoPool {
         env: Envelope,
         key: PublicKey,
     ) -> impl Future<Output = Option<(Envelope, bool)>> + Send + 'static {
-        self.run(move |_| {
+        self.run_in(Lane::of(&env), move |_| {
             let ok = env.verify(&key).is_ok();
             (env, ok)
         })
     }
 
-    /// Run `f` on a crypto thread and return its result (`None` if the pool
-    /// is gone). Jobs queue FIFO without bound and the caller never parks on a
-    /// full mailbox: thousands of parked senders woken together would starve
-    /// the event loop they run on (measured: a 1 MiB file's 2,351 chunks).
+    /// Run `f` on a crypto thread, in the control lane, and return its
+    /// result (`None` if the pool is gone).
     pub fn run<R, F>(&self, f: F) -> impl Future<Output = Option<R>> + Send + 'static
     where
         R: Send + 'static,
         F: FnOnce(&PrivateKey) -> R + Send + 'static,
     {
+        self.run_in(Lane::Control, f)
+    }
+
+    /// Run `f` on a crypto thread in `lane`. Jobs queue without bound and the
+    /// caller never parks: thousands of parked senders woken together would
+    /// starve the event loop they run on (measured: a 1 MiB file's chunks).
+    pub fn run_in<R, F>(&self, lane: Lane, f: F) -> impl Future<Output = Option<R>> + Send + 'static
+    where
+        R: Send + 'static,
+        F: FnOnce(&PrivateKey) -> R + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job(Box::new(move |key| {
+        let job: Job = Box::new(move |key| {
             // The receiver may be gone if the caller stopped; nothing to do then.
             let _ = tx.send(f(key));
-        }));
-        self.addr.do_send(job);
+        });
+        {
+            let mut queues = self.inner.lock();
+            if !queues.closed {
+                queues.push(lane, job);
+            }
+        }
+        self.inner.ready.notify_one();
         async move { rx.await.ok() }
     }
 }
@@ -313,5 +466,87 @@ mod tests {
         let pool = CryptoPool::start(fixtures::key(3), 1);
         let fp = pool.run(|key| key.public_key().fingerprint()).await;
         assert_eq!(fp, Some(pool.public_key().fingerprint()));
+    }
+
+    /// Runs queued jobs in pop order and returns their labels.
+    fn drain_order(
+        queues: &mut Queues,
+        key: &PrivateKey,
+        log: &Arc<Mutex<Vec<String>>>,
+    ) -> Vec<String> {
+        while let Some(job) = queues.pop() {
+            job(key);
+        }
+        std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    fn labelled(log: &Arc<Mutex<Vec<String>>>, label: &str) -> Job {
+        let (log, label) = (log.clone(), label.to_owned());
+        Box::new(move |_| log.lock().unwrap().push(label))
+    }
+
+    #[test]
+    fn control_goes_first_and_flows_take_turns() {
+        let key = fixtures::key(5);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut q = Queues::default();
+        let (file, dm) = (Lane::flow("alice"), Lane::flow("bob"));
+        for i in 0..4 {
+            q.push(file, labelled(&log, &format!("chunk{i}")));
+        }
+        q.push(dm, labelled(&log, "dm"));
+        q.push(Lane::Control, labelled(&log, "heartbeat"));
+        assert_eq!(q.waiting, 6);
+        assert_eq!(
+            drain_order(&mut q, &key, &log),
+            ["heartbeat", "chunk0", "dm", "chunk1", "chunk2", "chunk3"]
+        );
+        assert_eq!(q.waiting, 0);
+        assert!(q.flows.is_empty() && q.turns.is_empty());
+    }
+
+    #[test]
+    fn lanes_follow_the_envelope() {
+        let me = ServerId::random();
+        let hb = Envelope::new(&me, To::All, 1, &Heartbeat {});
+        assert_eq!(Lane::of(&hb), Lane::Control);
+        let deliver = Envelope::parse(
+            br#"{"type":"SERVER_DELIVER","from":"s","to":"t","ts":1,"payload":{"sender":"alice"}}"#,
+        )
+        .expect("parses");
+        assert_eq!(Lane::of(&deliver), Lane::flow("alice"));
+        assert_ne!(Lane::flow("alice"), Lane::flow("bob"));
+    }
+
+    #[actix::test]
+    async fn a_control_job_passes_a_queue_of_content() {
+        let pool = CryptoPool::start(fixtures::key(6), 1);
+        // Hold the only thread until the queue is built.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let held = pool.run(move |_| {
+            let _ = wait.recv();
+        });
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut content = Vec::new();
+        for i in 0..50 {
+            let order = order.clone();
+            content.push(pool.run_in(Lane::flow("alice"), move |_| {
+                order.lock().unwrap().push(format!("chunk{i}"))
+            }));
+        }
+        let o = order.clone();
+        let control = pool.run(move |_| o.lock().unwrap().push("heartbeat".to_owned()));
+        assert!(pool.waiting() >= 51);
+        release.send(()).unwrap();
+        held.await.unwrap();
+        control.await.unwrap();
+        futures_util::future::join_all(content).await;
+        let order = order.lock().unwrap();
+        assert_eq!(order.len(), 51);
+        assert_eq!(
+            order[0], "heartbeat",
+            "control ran before any queued content"
+        );
+        assert_eq!(pool.waiting(), 0);
     }
 }

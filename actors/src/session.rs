@@ -337,7 +337,8 @@ impl ClientSession {
             return;
         }
         let key = me.pubkey.clone();
-        let fut = self.shared.pool.run(move |_| verify(&key));
+        let lane = crate::crypto::Lane::flow(me.user_id.as_str());
+        let fut = self.shared.pool.run_in(lane, move |_| verify(&key));
         InQueue::wait_for(ctx, self, fut, move |act, ctx, ok| {
             if ok == Some(true) {
                 act.to_router(me.user_id, env, msg);

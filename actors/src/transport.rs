@@ -64,6 +64,9 @@ pub struct OutQueue {
     transport: Recipient<Wire>,
     /// Set once a close is released: nothing more is written.
     closed: bool,
+    /// Set once the first frame is written: until then nothing overtakes
+    /// (a link's hello must be its first frame, whatever else is urgent).
+    started: bool,
 }
 
 /// An actor with an [`OutQueue`].
@@ -79,6 +82,7 @@ impl OutQueue {
             seq: Sequencer::new(),
             transport,
             closed: false,
+            started: false,
         }
     }
 
@@ -89,7 +93,8 @@ impl OutQueue {
             return;
         }
         let frame = match out {
-            Outbound::Urgent(frame) => return Self::urgent(ctx, act, frame),
+            Outbound::Urgent(frame) if queue.started => return Self::urgent(ctx, act, frame),
+            Outbound::Urgent(frame) => frame,
             Outbound::Close(code, reason) => {
                 let ticket = queue.seq.take();
                 queue.seq.complete(ticket, Wire::Close(code, reason));
@@ -111,7 +116,8 @@ impl OutQueue {
         }
     }
 
-    /// Write `frame` as soon as it is signed, whatever is still queued.
+    /// Write `frame` as soon as it is signed, whatever is still queued (once
+    /// the first frame is out).
     fn urgent<A: HasOutQueue>(ctx: &mut Context<A>, act: &mut A, frame: SignedFrame) {
         match frame.peek() {
             Some(text) => act.out_queue().transport.do_send(Wire::Text(text)),
@@ -144,7 +150,10 @@ impl OutQueue {
         while let Some(item) = queue.seq.pop_ready() {
             match item {
                 Wire::Text(text) if text.is_empty() => {}
-                Wire::Text(text) => queue.transport.do_send(Wire::Text(text)),
+                Wire::Text(text) => {
+                    queue.started = true;
+                    queue.transport.do_send(Wire::Text(text));
+                }
                 close @ Wire::Close(..) => {
                     queue.transport.do_send(close);
                     queue.closed = true;

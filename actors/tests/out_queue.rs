@@ -1,5 +1,6 @@
 //! The ordered outbound queue: frames in queue order whatever order their
-//! signatures finish in; urgent frames (heartbeats) do not wait behind them.
+//! signatures finish in; urgent frames (heartbeats) do not wait behind them,
+//! except behind a link's first frame (its hello).
 
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +64,9 @@ async fn frames_leave_in_queue_order_and_urgent_ones_do_not_wait() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let transport = Transport(log.clone()).start();
     let owner = Owner(OutQueue::new(transport.recipient())).start();
+    owner.do_send(Outbound::Frame(SignedFrame::ready(FrameText::from(
+        "hello",
+    ))));
 
     let (first_tx, first) = pending();
     let (second_tx, second) = pending();
@@ -77,7 +81,7 @@ async fn frames_leave_in_queue_order_and_urgent_ones_do_not_wait() {
     settle().await;
     assert_eq!(
         *log.lock().unwrap(),
-        ["heartbeat"],
+        ["hello", "heartbeat"],
         "urgent goes ahead; the rest waits for 'first'"
     );
 
@@ -85,7 +89,7 @@ async fn frames_leave_in_queue_order_and_urgent_ones_do_not_wait() {
     settle().await;
     assert_eq!(
         *log.lock().unwrap(),
-        ["heartbeat"],
+        ["hello", "heartbeat"],
         "'second' is signed but 'first' is not"
     );
 
@@ -93,6 +97,42 @@ async fn frames_leave_in_queue_order_and_urgent_ones_do_not_wait() {
     settle().await;
     assert_eq!(
         *log.lock().unwrap(),
-        ["heartbeat", "first", "second", "third"]
+        ["hello", "heartbeat", "first", "second", "third"]
+    );
+}
+
+#[actix::test]
+async fn nothing_overtakes_the_first_frame() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let transport = Transport(log.clone()).start();
+    let owner = Owner(OutQueue::new(transport.recipient())).start();
+
+    // A link's hello is still being signed when a heartbeat is due: the peer
+    // must see the hello first, or it refuses the link.
+    let (hello_tx, hello) = pending();
+    owner.do_send(Outbound::Frame(hello));
+    owner.do_send(Outbound::Urgent(SignedFrame::ready(FrameText::from(
+        "heartbeat",
+    ))));
+    settle().await;
+    assert!(log.lock().unwrap().is_empty(), "the heartbeat waits");
+
+    let _ = hello_tx.send(FrameText::from("hello"));
+    settle().await;
+    assert_eq!(*log.lock().unwrap(), ["hello", "heartbeat"]);
+
+    // Once the link has spoken, urgent frames overtake again.
+    let (late_tx, late) = pending();
+    owner.do_send(Outbound::Frame(late));
+    owner.do_send(Outbound::Urgent(SignedFrame::ready(FrameText::from(
+        "heartbeat 2",
+    ))));
+    settle().await;
+    assert_eq!(*log.lock().unwrap(), ["hello", "heartbeat", "heartbeat 2"]);
+    let _ = late_tx.send(FrameText::from("late"));
+    settle().await;
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["hello", "heartbeat", "heartbeat 2", "late"]
     );
 }
