@@ -1,24 +1,28 @@
 //! Command-line configuration (clap), with the seeds' environment variables as
 //! fallbacks: HOST, PORT, DB_PATH, INTRODUCERS_JSON, BOOTSTRAP_HOST_n /
 //! BOOTSTRAP_PORT_n / BOOTSTRAP_PUBKEY_n, HEARTBEAT_INTERVAL, TIMEOUT_THRESHOLD.
+//! Also the TLS files (`--tls-cert`, `--tls-key`, `--ca`) behind `wss://`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use socp_actors::introducer::Bootstrap;
 use socp_actors::Settings;
 use socp_protocol::{PublicKey, ServerId};
 
-use crate::server::ServerConfig;
+use crate::server::{ServerConfig, ServerTls};
 
 /// `socp-server`: a SOCP v1.3 chat server. With no arguments: a standalone
 /// server on ws://127.0.0.1:8765 with its database in chat.db.
 #[derive(Debug, Parser)]
 #[command(name = "socp-server", version, about)]
 pub struct ServerArgs {
-    /// Where to listen, as ws://HOST:PORT.
+    /// Where to listen, as ws://HOST:PORT (wss://HOST:PORT with --tls-cert).
     #[arg(long)]
     pub bind: Option<String>,
     /// Host to listen on (instead of --bind).
@@ -33,7 +37,8 @@ pub struct ServerArgs {
     /// This server's id: `auto` (the persisted one, or a new UUID v4) or a UUID.
     #[arg(long, default_value = "auto")]
     pub server_id: String,
-    /// An introducer to join through, as ws://HOST:PORT (repeatable; tried in order).
+    /// An introducer to join through, as ws://HOST:PORT, or wss://HOST:PORT
+    /// with --tls-cert (repeatable; tried in order).
     #[arg(long = "peer")]
     pub peers: Vec<String>,
     /// JSON file listing introducers: {"bootstrap_servers": [{"host", "port", "pubkey"}]}.
@@ -58,6 +63,18 @@ pub struct ServerArgs {
     /// On first start, use this unencrypted PEM key instead of generating one.
     #[arg(long)]
     pub first_key: Option<PathBuf>,
+    /// Serve wss:// with this certificate chain (PEM, the server's certificate
+    /// first); needs --tls-key. Links to other servers and introducers are then
+    /// wss:// too: a mesh is all-TLS or all-plain.
+    #[arg(long, env = "SOCP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (unencrypted PEM: PKCS#8, RSA or EC).
+    #[arg(long, env = "SOCP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted when dialling other servers and
+    /// introducers over wss:// (default: the system's CA bundle).
+    #[arg(long, env = "SOCP_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `socp-bench`: how close a socp mesh runs to the crypto limit.
@@ -126,12 +143,18 @@ impl BenchArgs {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Parse `ws://HOST:PORT` (also `HOST:PORT`; a trailing path is ignored).
+/// Parse `ws://HOST:PORT` or `wss://HOST:PORT` (also `HOST:PORT`; a trailing
+/// path is ignored). [`url_scheme`] tells which.
 pub fn parse_ws_url(url: &str) -> Result<(String, u16), ConfigError> {
     let rest = url
         .strip_prefix("ws://")
         .or_else(|| url.strip_prefix("wss://"))
         .unwrap_or(url);
+    if rest.contains("://") {
+        return Err(ConfigError(format!(
+            "{url}: expected ws://HOST:PORT or wss://HOST:PORT"
+        )));
+    }
     let hostport = rest.split('/').next().unwrap_or(rest);
     let (host, port) = hostport
         .rsplit_once(':')
@@ -144,6 +167,177 @@ pub fn parse_ws_url(url: &str) -> Result<(String, u16), ConfigError> {
         return Err(ConfigError(format!("{url}: missing host")));
     }
     Ok((host.to_owned(), port))
+}
+
+/// The scheme a server URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `ws://`: plain WebSocket.
+    Ws,
+    /// `wss://`: WebSocket over TLS.
+    Wss,
+    /// No scheme (`HOST:PORT`): whatever the rest of the configuration says.
+    Bare,
+}
+
+/// The scheme of `url` (see [`parse_ws_url`]).
+pub fn url_scheme(url: &str) -> Scheme {
+    if url.starts_with("wss://") {
+        Scheme::Wss
+    } else if url.starts_with("ws://") {
+        Scheme::Ws
+    } else {
+        Scheme::Bare
+    }
+}
+
+/// A server URL of `what` must agree with whether this server runs TLS: a
+/// mesh is all-TLS or all-plain, since server addresses carry no scheme.
+fn check_scheme(what: &str, url: &str, tls: bool) -> Result<(), ConfigError> {
+    match (url_scheme(url), tls) {
+        (Scheme::Wss, false) => Err(ConfigError(format!(
+            "{what} {url}: wss:// needs --tls-cert and --tls-key (a mesh is all-TLS or all-plain)"
+        ))),
+        (Scheme::Ws, true) => Err(ConfigError(format!(
+            "{what} {url}: with --tls-cert this server serves and dials wss:// only (a mesh is \
+             all-TLS or all-plain); write wss://"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Where the system keeps its CA bundle, tried in order after `SSL_CERT_FILE`:
+/// Debian/Ubuntu/Arch, Fedora/RHEL, openSUSE, Alpine/macOS/BSD.
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError(format!("{what} {}: {e}", path.display())))
+}
+
+/// The certificates of a PEM file (a chain, or a CA bundle); at least one.
+pub fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read_file(path, what)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError(format!("{what} {}: bad PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError(format!(
+            "{what} {}: no CERTIFICATE in this PEM file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, RSA or EC; not encrypted).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let pem = read_file(path, "--tls-key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        ConfigError(format!(
+            "--tls-key {}: no unencrypted private key (PEM PKCS#8, RSA or EC): {e}",
+            path.display()
+        ))
+    })
+}
+
+/// The roots this side trusts: every certificate of `ca` (a private CA), or
+/// else the system's CA bundle (`None` if there is none).
+pub fn trust_roots(ca: Option<&Path>) -> Result<Option<rustls::RootCertStore>, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = ca {
+        for cert in load_certs(path, "--ca")? {
+            roots.add(cert).map_err(|e| {
+                ConfigError(format!(
+                    "--ca {}: not a usable CA certificate: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        return Ok(Some(roots));
+    }
+    let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    let candidates = env
+        .into_iter()
+        .chain(SYSTEM_CA_FILES.iter().map(PathBuf::from));
+    for path in candidates {
+        let Ok(pem) = std::fs::read(&path) else {
+            continue;
+        };
+        // A system bundle may hold a certificate webpki cannot use: skip it.
+        let certs = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok);
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added > 0 {
+            log::debug!("trusting {added} CA certificates of {}", path.display());
+            return Ok(Some(roots));
+        }
+    }
+    Ok(None)
+}
+
+/// The rustls provider: ring (builds with a C compiler alone, no cmake/nasm).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client configuration trusting `roots`; ALPN `http/1.1` only (socp
+/// never speaks HTTP/2).
+pub fn client_tls(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A server's TLS: `cert` (chain) and `key` for the listener, and the roots of
+/// `ca` (default: the system's) for dialling other servers.
+pub fn server_tls(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<ServerTls, ConfigError> {
+    let chain = load_certs(cert, "--tls-cert")?;
+    let key_der = load_key(key)?;
+    // `with_single_cert` also checks that the key belongs to the certificate.
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            let why = match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    "the key is not the certificate's private key".to_owned()
+                }
+                e => e.to_string(),
+            };
+            ConfigError(format!(
+                "--tls-cert {} / --tls-key {}: {why}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    // HTTP/1.1 only: WebSockets are HTTP/1.1 upgrades, and HTTP/2 stays off.
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let roots = match trust_roots(ca)? {
+        Some(roots) => roots,
+        None => {
+            log::warn!(
+                "no system CA bundle found (SSL_CERT_FILE, {}): links to other servers over \
+                 wss:// will fail until --ca names the CA that signed their certificates",
+                SYSTEM_CA_FILES.join(", ")
+            );
+            rustls::RootCertStore::empty()
+        }
+    };
+    Ok(ServerTls {
+        server: Arc::new(server),
+        client: client_tls(roots)?,
+    })
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -217,10 +411,33 @@ fn bootstrap_from_env() -> Result<Vec<Bootstrap>, ConfigError> {
 }
 
 impl ServerArgs {
+    /// The TLS of `--tls-cert`, `--tls-key` and `--ca` (`None`: plain ws://).
+    fn tls(&self) -> Result<Option<ServerTls>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => server_tls(cert, key, self.ca.as_deref()).map(Some),
+            (Some(_), None) => Err(ConfigError(
+                "--tls-cert needs --tls-key (the certificate's private key)".into(),
+            )),
+            (None, Some(_)) => Err(ConfigError(
+                "--tls-key needs --tls-cert (the certificate chain)".into(),
+            )),
+            (None, None) if self.ca.is_some() => Err(ConfigError(
+                "--ca is for dialling other servers over wss://: give --tls-cert and --tls-key \
+                 too (a mesh is all-TLS or all-plain)"
+                    .into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Turn the arguments into a server configuration.
     pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
+        let tls = self.tls()?;
         let (host, port) = match (&self.bind, &self.host, self.port) {
-            (Some(bind), _, _) => parse_ws_url(bind)?,
+            (Some(bind), _, _) => {
+                check_scheme("--bind", bind, tls.is_some())?;
+                parse_ws_url(bind)?
+            }
             (None, host, port) => (
                 host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
                 port.unwrap_or(8765),
@@ -237,6 +454,7 @@ impl ServerArgs {
         };
         let mut bootstrap = Vec::new();
         for peer in &self.peers {
+            check_scheme("--peer", peer, tls.is_some())?;
             let (host, port) = parse_ws_url(peer)?;
             bootstrap.push(Bootstrap {
                 host,
@@ -282,6 +500,7 @@ impl ServerArgs {
             bootstrap,
             db_path: Some(self.db.clone()),
             settings,
+            tls,
             ..ServerConfig::default()
         })
     }
@@ -289,7 +508,7 @@ impl ServerArgs {
 
 /// `socp-client`: the SOCP v1.3 terminal client.
 ///
-/// `socp-client --server ws://127.0.0.1:8765`, or the positional form
+/// `socp-client --server ws://127.0.0.1:8765` (`wss://` for TLS), or the positional form
 /// `socp-client alice 127.0.0.1 8080` (user id, host, port).
 #[derive(Debug, Parser)]
 #[command(name = "socp-client", version, about)]
@@ -300,9 +519,13 @@ pub struct ClientArgs {
     pub host: Option<String>,
     /// Server port (positional form).
     pub port: Option<u16>,
-    /// Server to connect to, as ws://HOST:PORT.
+    /// Server to connect to, as ws://HOST:PORT, or wss://HOST:PORT for TLS.
     #[arg(long)]
     pub server: Option<String>,
+    /// CA certificates (PEM) to trust for a wss:// server, instead of the
+    /// system's CA bundle (for a private CA).
+    #[arg(long, env = "SOCP_CA")]
+    pub ca: Option<PathBuf>,
     /// Directory for keys and settings (default: ~/.config/socp).
     #[arg(long, env = "SOCP_HOME")]
     pub home: Option<PathBuf>,
@@ -330,6 +553,10 @@ impl ClientArgs {
     /// Turn the arguments into a client configuration.
     pub fn to_config(&self) -> Result<crate::client::ClientConfig, ConfigError> {
         use std::io::IsTerminal;
+        let wss = self
+            .server
+            .as_deref()
+            .is_some_and(|url| url_scheme(url) == Scheme::Wss);
         let (host, port) = match (&self.server, &self.host, self.port) {
             (Some(url), _, _) => parse_ws_url(url)?,
             (None, Some(host), Some(port)) => (host.clone(), port),
@@ -367,9 +594,29 @@ impl ClientArgs {
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(ConfigError("--rate must be positive".into()));
         }
+        let tls = match (wss, &self.ca) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ConfigError(
+                    "--ca (or SOCP_CA) is for a wss:// server: give --server wss://HOST:PORT"
+                        .into(),
+                ))
+            }
+            (true, ca) => match trust_roots(ca.as_deref())? {
+                Some(roots) => Some(client_tls(roots)?),
+                None => {
+                    return Err(ConfigError(format!(
+                        "wss://: no CA certificates to trust (looked at SSL_CERT_FILE, {}); give \
+                         --ca FILE with the CA that signed the server's certificate",
+                        SYSTEM_CA_FILES.join(", ")
+                    )))
+                }
+            },
+        };
         Ok(crate::client::ClientConfig {
             host,
             port,
+            tls,
             user_id,
             download_dir: self
                 .download_dir
@@ -407,6 +654,11 @@ mod tests {
         assert!(parse_ws_url("ws://host").is_err());
         assert!(parse_ws_url("ws://:80").is_err());
         assert!(parse_ws_url("ws://h:99999").is_err());
+        assert_eq!(parse_ws_url("wss://h:443").unwrap(), ("h".into(), 443));
+        assert!(parse_ws_url("https://h:443").is_err());
+        assert_eq!(url_scheme("wss://h:1"), Scheme::Wss);
+        assert_eq!(url_scheme("ws://h:1"), Scheme::Ws);
+        assert_eq!(url_scheme("h:1"), Scheme::Bare);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //!
 //! [`start`] binds first (tests pass port 0 and read the real port back), then
 //! runs until [`RunningServer::shutdown`] (SIGINT/SIGTERM in the binary).
+//!
+//! With [`ServerConfig::tls`] the same App is served over TLS (`wss://`,
+//! HTTP/1.1 only) and every link to another server or introducer is `wss://`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -47,6 +50,19 @@ pub struct ServerConfig {
     pub settings: Settings,
     /// Threads signing and verifying (default: one per core).
     pub crypto_threads: usize,
+    /// `Some`: listen with TLS (`wss://`) and dial other servers with TLS;
+    /// `None` (the default): plain `ws://` both ways.
+    pub tls: Option<ServerTls>,
+}
+
+/// A server's TLS, both ways ([`server_tls`](crate::config::server_tls) builds it from PEM files).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The listener's certificate chain and key (ALPN `http/1.1` only).
+    pub server: Arc<rustls::ServerConfig>,
+    /// The roots trusted when dialling other servers and introducers; it
+    /// becomes [`Settings::tls`].
+    pub client: Arc<rustls::ClientConfig>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +76,7 @@ impl Default for ServerConfig {
             first_key_pem: None,
             settings: Settings::default(),
             crypto_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            tls: None,
         }
     }
 }
@@ -332,7 +349,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             addr.ip().to_string()
         }
     });
-    let settings = config.settings.clone();
+    // Links to other servers are TLS exactly when we serve TLS.
+    let settings = Settings {
+        tls: config.tls.as_ref().map(|t| Arc::clone(&t.client)),
+        ..config.settings.clone()
+    };
     let pool = CryptoPool::start(key, config.crypto_threads);
     let address = ServerAddress {
         host: host.clone(),
@@ -345,7 +366,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let welcome = if config.bootstrap.is_empty() {
         None
     } else {
-        match join_any(&pool, &config.bootstrap, &me, &address, max_frame).await {
+        match join_any(
+            &pool,
+            &config.bootstrap,
+            &me,
+            &address,
+            max_frame,
+            settings.tls.as_ref(),
+        )
+        .await
+        {
             Ok(w) => {
                 if w.assigned_id != me {
                     log::warn!(
@@ -472,7 +502,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                 address,
                 max_frame,
                 Duration::from_secs(2).min(settings.heartbeat_interval),
-            );
+            )
+            .tls(settings.tls.clone());
             IntroducerLink::start_in_arbiter(&core.handle(), move |_| link);
         }
         None => {}
@@ -480,7 +511,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     let data = web::Data::new(shared);
     let router_data = web::Data::new(router.clone());
-    let server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .app_data(data.clone())
             .app_data(router_data.clone())
@@ -489,19 +520,53 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .route("/health", web::get().to(health))
             .route("/status", web::get().to(status))
             .route("/metrics", web::get().to(metrics))
-    })
-    .workers(2)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|source| StartError::Bind {
+    };
+    let bind_error = |source| StartError::Bind {
         addr: config.bind,
         source,
-    })?
-    .run();
+    };
+    let server = match &config.tls {
+        None => HttpServer::new(app)
+            .workers(2)
+            .disable_signals()
+            .listen(listener)
+            .map_err(bind_error)?
+            .run(),
+        // HttpServer's own rustls listener would offer h2 in ALPN (awc turns
+        // actix-http's http2 feature on): serve the App with an HTTP/1.1-only
+        // service behind the rustls acceptor instead.
+        Some(tls) => {
+            let tls = Arc::clone(&tls.server);
+            let builder = actix_server::Server::build();
+            let shutdown = builder.graceful_shutdown_signal();
+            builder
+                .workers(2)
+                .disable_signals()
+                .listen("socp-wss", listener, move || {
+                    let app =
+                        actix_service::map_config(app(), |()| actix_web::dev::AppConfig::default());
+                    let shutdown = shutdown.clone();
+                    // HttpServer's defaults, as on the plain listener.
+                    actix_http::HttpService::build()
+                        .client_disconnect_timeout(Duration::from_secs(1))
+                        .secure()
+                        .local_addr(addr)
+                        .graceful_shutdown_signal(move || {
+                            let shutdown = shutdown.clone();
+                            async move { shutdown.notified().await }
+                        })
+                        .h1(app)
+                        .rustls_0_23(rustls::ServerConfig::clone(&tls))
+                })
+                .map_err(bind_error)?
+                .run()
+        }
+    };
     let handle = server.handle();
     actix_web::rt::spawn(server);
     log::info!(
-        "socp server {me} listening on ws://{addr}/ws{}",
+        "socp server {me} listening on {}{}",
+        socp_actors::ws_url(config.tls.is_some(), &addr.ip().to_string(), addr.port()),
         if settings.introducer_only {
             " (directory-only introducer)"
         } else {

@@ -7,6 +7,7 @@
 //! key pinned in the list when there is one). None reachable: it runs
 //! standalone and the IntroducerLink keeps retrying in the background.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -37,16 +38,18 @@ impl Bootstrap {
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Join through one introducer: send our signed SERVER_HELLO_JOIN and return
-/// the introducer's verified SERVER_WELCOME.
+/// the introducer's verified SERVER_WELCOME. Over `wss://` with `tls`
+/// (see [`Settings::tls`](crate::Settings::tls)), else `ws://`.
 pub async fn join_once(
     pool: &CryptoPool,
     entry: &Bootstrap,
     me: &ServerId,
     address: &ServerAddress,
     max_frame: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<ServerWelcome, String> {
-    let client = awc::Client::builder().timeout(JOIN_TIMEOUT).finish();
-    let url = format!("ws://{}/ws", entry.address());
+    let client = crate::ws_client(tls, JOIN_TIMEOUT);
+    let url = crate::ws_url(tls.is_some(), &entry.host, entry.port);
     let hello = Envelope::new(
         me,
         To::HostPort(entry.address()),
@@ -130,13 +133,14 @@ pub async fn join_any(
     me: &ServerId,
     address: &ServerAddress,
     max_frame: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<ServerWelcome, String> {
     let mut errors = Vec::new();
     for entry in list {
         if entry.host == address.host && entry.port == address.port {
             continue; // ourselves
         }
-        match join_once(pool, entry, me, address, max_frame).await {
+        match join_once(pool, entry, me, address, max_frame, tls).await {
             Ok(w) => return Ok(w),
             Err(e) => {
                 log::info!("join through {} failed: {e}", entry.address());
@@ -161,6 +165,8 @@ pub struct IntroducerLink {
     max_frame: usize,
     retry: Duration,
     attempt: u32,
+    /// `Some`: join over `wss://` with these roots (see [`IntroducerLink::tls`]).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl IntroducerLink {
@@ -183,18 +189,26 @@ impl IntroducerLink {
             max_frame,
             retry,
             attempt: 0,
+            tls: None,
         }
     }
 
+    /// Join over `wss://`, trusting the roots of `tls` (`None`: `ws://`).
+    pub fn tls(self, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        IntroducerLink { tls, ..self }
+    }
+
     fn try_join(&mut self, ctx: &mut Context<Self>) {
-        let (pool, list, me, address, max_frame) = (
+        let (pool, list, me, address, max_frame, tls) = (
             self.pool.clone(),
             self.list.clone(),
             self.me.clone(),
             self.address.clone(),
             self.max_frame,
+            self.tls.clone(),
         );
-        let fut = async move { join_any(&pool, &list, &me, &address, max_frame).await };
+        let fut =
+            async move { join_any(&pool, &list, &me, &address, max_frame, tls.as_ref()).await };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
             Ok(welcome) if welcome.assigned_id == act.me => {
                 log::info!("joined the mesh: {} servers, {} users", welcome.servers.len(), welcome.clients.len());

@@ -62,6 +62,11 @@ pub struct Settings {
     pub hello_window_ms: i64,
     /// Content frames must be this fresh (ms).
     pub ts_window_ms: i64,
+    /// TLS for the links this server opens to other servers and introducers:
+    /// `None` dials `ws://`, `Some` dials `wss://` and verifies the other side
+    /// against these roots. Server addresses (SPEC's SERVER_ANNOUNCE, server
+    /// lists) carry no scheme, so a mesh is all-TLS or all-plain.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for Settings {
@@ -78,6 +83,7 @@ impl Default for Settings {
             peer_timeout: Duration::from_secs(45),
             hello_window_ms: 2 * 60 * 1000,
             ts_window_ms: socp_protocol::envelope::TS_WINDOW_MS,
+            tls: None,
         }
     }
 }
@@ -125,5 +131,29 @@ impl Shared {
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> ConnId {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The URL of a server's WebSocket endpoint: `wss://HOST:PORT/ws` when `tls`,
+/// `ws://HOST:PORT/ws` otherwise (an IPv6 host in brackets).
+pub fn ws_url(tls: bool, host: &str, port: u16) -> String {
+    let scheme = if tls { "wss" } else { "ws" };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("{scheme}://[{host}]:{port}/ws")
+    } else {
+        format!("{scheme}://{host}:{port}/ws")
+    }
+}
+
+/// An awc client for WebSocket handshakes: plain, or TLS with `tls` (whose
+/// roots decide whom we trust; `socp::config` builds it with ALPN `http/1.1`
+/// only, as socp never speaks HTTP/2).
+pub fn ws_client(tls: Option<&Arc<rustls::ClientConfig>>, timeout: Duration) -> awc::Client {
+    let builder = awc::Client::builder().timeout(timeout);
+    match tls {
+        Some(config) => builder
+            .connector(awc::Connector::new().rustls_0_23(Arc::clone(config)))
+            .finish(),
+        None => builder.finish(),
     }
 }

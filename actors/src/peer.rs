@@ -502,11 +502,10 @@ impl Actor for Dialer {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Self::Context) {
-        self.client = Some(
-            awc::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .finish(),
-        );
+        self.client = Some(crate::ws_client(
+            self.shared.settings.tls.as_ref(),
+            Duration::from_secs(10),
+        ));
     }
 }
 
@@ -519,7 +518,7 @@ impl Handler<Dial> for Dialer {
         if !self.dialling.insert(peer.server_id.clone()) {
             return;
         }
-        let url = format!("ws://{}:{}/ws", peer.host, peer.port);
+        let url = crate::ws_url(self.shared.settings.tls.is_some(), &peer.host, peer.port);
         let max_frame = self.shared.settings.limits.max_frame_bytes;
         let request = client.ws(url.as_str()).max_frame_size(max_frame);
         let shared = self.shared.clone();

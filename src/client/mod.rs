@@ -46,6 +46,8 @@ pub struct ClientConfig {
     /// Server host and port.
     pub host: String,
     pub port: u16,
+    /// `Some`: connect with `wss://`, trusting these roots; `None`: `ws://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Ephemeral user id (default: a fresh UUID v4).
     pub user_id: Option<UserId>,
     /// Keys and settings.
@@ -117,10 +119,8 @@ pub async fn run(config: ClientConfig) -> i32 {
             return 1;
         }
     };
-    let url = format!("ws://{}:{}/ws", config.host, config.port);
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .finish();
+    let url = socp_actors::ws_url(config.tls.is_some(), &config.host, config.port);
+    let client = socp_actors::ws_client(config.tls.as_ref(), Duration::from_secs(15));
     let framed = match client
         .ws(url.as_str())
         .max_frame_size(4 * 1024 * 1024)
@@ -129,7 +129,18 @@ pub async fn run(config: ClientConfig) -> i32 {
     {
         Ok((_, framed)) => framed,
         Err(e) => {
-            out.error("CONNECT", format!("cannot connect to {url}: {e}"));
+            let e = e.to_string();
+            // rustls says "invalid peer certificate: UnknownIssuer" and the like.
+            let hint = if config.tls.is_some() && e.contains("certificate") {
+                " (the server's TLS certificate was refused: if a private CA signed it, \
+                 give --ca FILE with that CA)"
+            } else if config.tls.is_none() && e.contains("HTTP version") {
+                // A TLS server answers an HTTP request with a TLS alert.
+                " (does the server use TLS? try --server wss://HOST:PORT)"
+            } else {
+                ""
+            };
+            out.error("CONNECT", format!("cannot connect to {url}: {e}{hint}"));
             return 1;
         }
     };

@@ -482,3 +482,41 @@ impl FakeServer {
             .expect("signs")
     }
 }
+
+// Connections through a given awc client (tests/tls.rs: wss:// with a test CA).
+
+impl Peer {
+    /// Connect to `url` (`ws://` or `wss://`) with `client`; the connection
+    /// error as text when it fails (say, a server certificate not trusted).
+    pub async fn connect_with(client: &awc::Client, url: &str) -> Result<Peer, String> {
+        let (_, framed) = client
+            .ws(url)
+            .max_frame_size(4 * 1024 * 1024)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Peer {
+            framed,
+            inbox: VecDeque::new(),
+            closed: None,
+        })
+    }
+}
+
+impl User {
+    /// [`User::join`] at `url` through `client`.
+    pub async fn join_with(client: &awc::Client, url: &str, key: usize) -> User {
+        let peer = Peer::connect_with(client, url).await.expect("connects");
+        let mut user = User {
+            id: UserId::random(),
+            key: fixtures::key(key),
+            peer,
+        };
+        let hello = user.hello_frame(None);
+        user.peer.send(&hello).await;
+        user.peer
+            .expect(Duration::from_secs(10), "hello ACK", is("ACK"))
+            .await;
+        user
+    }
+}
