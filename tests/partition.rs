@@ -419,37 +419,47 @@ fn location(s: &ServerId, status: &serde_json::Value, user: &UserId) -> Option<S
     })
 }
 
-/// Known gap, reported: during a partition `a` no longer knows bob, so it lets
-/// someone else attach with bob's (ephemeral) id. After the heal each server
-/// refuses the other's advert for an id attached locally (routing.rs,
-/// `from_server`, "attached here: refused"), so both keep their own "bob"
-/// for good: a's users send to the impostor's key. The mesh must agree again.
+/// During a partition `a` no longer knows bob, so it lets someone else attach
+/// with bob's (ephemeral) id and another key. After the heal neither claim may
+/// take the id over silently (SPEC.md §5.3) and neither server can tell which
+/// came first: both holders are told NAME_IN_USE and closed, both servers
+/// drop the id, and the first to attach again has it, everywhere.
 #[actix_rt::test]
-#[ignore = "split brain: an id claimed on both sides of a partition is never reconciled (see SECURITY.md)"]
-async fn an_id_claimed_on_both_sides_of_a_partition_has_one_location_after_the_heal() {
-    let w = World::new((4, 5), (16, 17, 18)).await;
+async fn an_id_claimed_on_both_sides_of_a_partition_is_freed_then_has_one_location() {
+    let mut w = World::new((4, 5), (16, 17, 18)).await;
     w.converged().await;
     w.to_a.cut();
     w.to_b.cut();
     w.split().await;
-    // While a cannot see bob, someone else takes bob's (ephemeral) id there.
-    let mut mallory = User::hello(w.a.addr, 19, w.bob.id.clone()).await;
+    let bob = w.bob.id.clone();
+    let mut mallory = User::hello(w.a.addr, 19, bob.clone()).await;
     mallory.peer.expect(WAIT, "hello ACK", is("ACK")).await;
     w.to_a.heal();
     w.to_b.heal();
     w.linked().await;
-    // The mesh must agree again on where bob is (and so on bob's key): one
-    // of the two claims has to give way once the servers see each other.
-    let bob = w.bob.id.clone();
-    eventually(
-        WAIT,
-        "both servers locate bob at the same server",
-        || async {
-            let at_a = location(&w.a.server_id, &w.a.status().await, &bob);
-            let at_b = location(&w.b.server_id, &w.b.status().await, &bob);
-            at_a.is_some() && at_a == at_b
-        },
-    )
+    for (who, u) in [("bob", &mut w.bob), ("mallory", &mut mallory)] {
+        u.peer
+            .expect(WAIT, "NAME_IN_USE", error_code("NAME_IN_USE"))
+            .await;
+        assert_eq!(
+            u.peer.closed_within(WAIT).await,
+            Some(1008),
+            "{who} is closed"
+        );
+    }
+    eventually(WAIT, "neither server locates bob", || async {
+        location(&w.a.server_id, &w.a.status().await, &bob).is_none()
+            && location(&w.b.server_id, &w.b.status().await, &bob).is_none()
+    })
     .await;
-    drop(mallory);
+    // Bob comes back first: the whole mesh has him at b, with his key.
+    let mut again = User::hello(w.b.addr, 18, bob.clone()).await;
+    again.peer.expect(WAIT, "hello ACK", is("ACK")).await;
+    let b = w.b.server_id.to_string();
+    eventually(WAIT, "both servers locate bob at b", || async {
+        location(&w.a.server_id, &w.a.status().await, &bob).as_ref() == Some(&b)
+            && location(&w.b.server_id, &w.b.status().await, &bob).as_ref() == Some(&b)
+    })
+    .await;
+    dm_once(&mut w.alice, &mut again, "to the one bob").await;
 }

@@ -133,6 +133,8 @@ struct LocalUser<H> {
     /// Our signed USER_ADVERTISE for this user: gossiped once, then reused for
     /// every later roster.
     advert: SignedFrame,
+    /// When it attached ([`RouterState::epoch`]).
+    attached: u64,
 }
 
 /// A user attached elsewhere in the mesh.
@@ -158,6 +160,8 @@ struct Link<H> {
     /// Who opened the connection: of two simultaneous links, both sides keep
     /// the one opened by the lower server id.
     opened_by: ServerId,
+    /// When it came up ([`RouterState::epoch`]).
+    since: u64,
 }
 
 /// The seen-ids cache (SPEC.md §5.5), bounded in entries. When the cache is
@@ -268,6 +272,10 @@ pub struct RouterState<H> {
     /// The public channel's group key (SPEC.md §6.4: wrapped for each member,
     /// encrypts nothing in socp, never rotated).
     group_key: Arc<Vec<u8>>,
+    /// Counts attaches and links up: orders "this user attached" against
+    /// "this link came up" for resolving ids claimed on both sides of a
+    /// partition.
+    epoch: u64,
 }
 
 impl<H: Clone> RouterState<H> {
@@ -282,7 +290,13 @@ impl<H: Clone> RouterState<H> {
             remote: HashMap::new(),
             servers: HashMap::new(),
             group_key: Arc::new(random_bytes(32)),
+            epoch: 0,
         }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.epoch += 1;
+        self.epoch
     }
 
     /// Our server id.
@@ -396,6 +410,7 @@ impl<H: Clone> RouterState<H> {
         self.to_all_servers(&advert, &[], &mut out);
         self.to_all_users(&advert, None, &mut out);
 
+        let attached = self.tick();
         self.local.insert(
             user_id.clone(),
             LocalUser {
@@ -404,6 +419,7 @@ impl<H: Clone> RouterState<H> {
                 name,
                 registered,
                 advert,
+                attached,
             },
         );
         self.public_join(&user_id, &pubkey, now, &mut out);
@@ -877,7 +893,16 @@ impl<H: Clone> RouterState<H> {
             ));
         }
         let tx = conn.tx.clone();
-        entry.link = Some(Link { conn, opened_by });
+        self.epoch += 1;
+        let since = self.epoch;
+        let Some(entry) = self.servers.get_mut(&peer.server_id) else {
+            return Ok(out);
+        };
+        entry.link = Some(Link {
+            conn,
+            opened_by,
+            since,
+        });
         for (user_id, user) in &self.local {
             let advert = self.local_advert(user_id, &user.pubkey, user.name.as_deref(), now);
             out.push(Action::Send(tx.clone(), advert));
@@ -1096,6 +1121,77 @@ impl<H: Clone> RouterState<H> {
 
     /// Handle a verified frame from a server link. `env.from()` is a server
     /// whose pinned key verified the frame (the shell checked).
+    /// `adv` (from a linked server) claims a user id attached here. SPEC.md
+    /// §5.3 forbids taking over a live id; but an id can end up claimed on both
+    /// sides of a partition (each side removed the other's users and let the id
+    /// attach again), and after the heal both servers would refuse the other's
+    /// advert forever, each side sending to its own holder's key. [ext] rule:
+    /// - if `adv`'s server was linked to us, without a break, since before our
+    ///   user attached, it saw our advert first: its claim is the late one;
+    ///   refused (so a linked server cannot evict a user by claiming its id);
+    /// - otherwise, the same key on both servers is one holder that
+    ///   reattached: the lower server id keeps the session, the other closes
+    ///   its own (ERROR NAME_IN_USE) and accepts the advert;
+    /// - different keys: neither claim may take the id over silently, and
+    ///   neither server can tell which holder came first, so both close their
+    ///   own holder with ERROR NAME_IN_USE and remove it; the id is free again
+    ///   for whoever attaches first, with the whole mesh agreeing.
+    ///
+    /// Returns whether the advert may now be accepted.
+    fn claimed_on_both_sides(
+        &mut self,
+        adv: &UserAdvertise,
+        now: i64,
+        out: &mut Vec<Action<H>>,
+    ) -> bool {
+        let Some(mine) = self.local.get(&adv.user_id) else {
+            return true;
+        };
+        let linked_since = self
+            .servers
+            .get(&adv.server_id)
+            .and_then(|s| s.link.as_ref())
+            .map(|l| l.since);
+        let late = linked_since.is_none_or(|since| since < mine.attached);
+        let same_key = mine.pubkey == adv.pubkey;
+        if late || (same_key && self.config.me < adv.server_id) {
+            log::warn!(
+                "{} advertises {} who is attached here: refused",
+                adv.server_id,
+                adv.user_id
+            );
+            return false;
+        }
+        log::warn!(
+            "{} was attached here and at {} while we could not see each other: {}",
+            adv.user_id,
+            adv.server_id,
+            if same_key {
+                "the same key, kept there"
+            } else {
+                "different keys, both holders closed"
+            }
+        );
+        let detail = format!(
+            "{} was also claimed at server {} while the two servers could not see each other; \
+             connect again",
+            adv.user_id, adv.server_id
+        );
+        self.evict(&adv.user_id, &detail, now, out);
+        same_key
+    }
+
+    /// Close a local user's session with ERROR NAME_IN_USE and remove it.
+    fn evict(&mut self, user_id: &UserId, detail: &str, now: i64, out: &mut Vec<Action<H>>) {
+        let Some(conn) = self.local.get(user_id).map(|u| u.conn.clone()) else {
+            return;
+        };
+        let error = self.error_frame(To::from(user_id), now, ErrorCode::NameInUse, detail);
+        out.push(Action::Send(conn.tx.clone(), error));
+        out.push(Action::Close(conn.tx.clone(), 1008, "name in use".into()));
+        out.extend(self.detach(conn.id, user_id, now));
+    }
+
     pub fn from_server(&mut self, frame: PeerFrame<'_>, now: i64) -> Vec<Action<H>> {
         let mut out = Vec::new();
         let env = frame.env;
@@ -1117,15 +1213,20 @@ impl<H: Clone> RouterState<H> {
                     );
                     return out;
                 }
-                if self.local.contains_key(&adv.user_id) {
-                    log::warn!(
-                        "{origin} advertises {} who is attached here: refused",
-                        adv.user_id
-                    );
+                if self.local.contains_key(&adv.user_id)
+                    && !self.claimed_on_both_sides(&adv, now, &mut out)
+                {
                     return out;
                 }
                 if let Some(existing) = self.remote.get(&adv.user_id) {
-                    if existing.server_id != adv.server_id && self.is_linked(&existing.server_id) {
+                    // The same key on two servers is one holder: the lower
+                    // server id keeps it, everywhere (see claimed_on_both_sides).
+                    let same_holder =
+                        existing.pubkey == adv.pubkey && adv.server_id < existing.server_id;
+                    if existing.server_id != adv.server_id
+                        && self.is_linked(&existing.server_id)
+                        && !same_holder
+                    {
                         log::warn!(
                             "{origin} advertises {} who is attached to {}: refused",
                             adv.user_id,

@@ -1621,3 +1621,81 @@ fn our_frames_carry_our_signature_and_relayed_ones_keep_theirs() {
     relayed.verify(&pk(1)).expect("still srv-b's signature");
     assert!(relayed.verify(&pk(0)).is_err());
 }
+
+// ----- an id claimed on both sides of a partition -------------------------
+
+#[test]
+fn a_linked_server_cannot_claim_an_id_attached_here() {
+    // alice attached while srv-b was linked: srv-b saw her advert first.
+    let (mut st, _) = mesh();
+    for key in [10, 11] {
+        let a = feed(&mut st, "srv-b", &advert_from("srv-b", "alice", key));
+        assert!(closes(&a).is_empty(), "alice is not closed (key {key})");
+        assert!(receivers_of(&a, "USER_REMOVE").is_empty());
+        assert_eq!(location(&st, "alice"), Some(sid("srv-a")));
+    }
+}
+
+#[test]
+fn different_holders_of_one_id_after_a_partition_are_both_closed() {
+    let mut st = router("srv-b");
+    attach(&mut st, "bob", 11, "bob-here", 10);
+    // The link comes up after bob attached (a healed partition), and the
+    // other side holds "bob" with another key.
+    link(&mut st, "srv-a", 1, "link-a", 1);
+    let a = feed(&mut st, "srv-a", &advert_from("srv-a", "bob", 12));
+    let to_bob = sent_to(&a, "bob-here");
+    assert!(
+        to_bob
+            .iter()
+            .any(|e| e.msg_type() == "ERROR" && error_code(e) == "NAME_IN_USE"),
+        "our holder is told why: {:?}",
+        types_to(&a, "bob-here")
+    );
+    assert_eq!(closes(&a), [("bob-here", 1008)]);
+    assert!(receivers_of(&a, "USER_REMOVE").contains(&"link-a"));
+    assert_eq!(location(&st, "bob"), None, "neither claim takes the id");
+    // The id is free again for whoever comes first.
+    attach(&mut st, "bob", 11, "bob-again", 11);
+    assert_eq!(location(&st, "bob"), Some(sid("srv-b")));
+}
+
+#[test]
+fn one_holder_attached_on_both_sides_is_kept_by_the_lower_server_id() {
+    // We are the higher id: we close our session and accept the advert.
+    let mut st = router("srv-b");
+    attach(&mut st, "bob", 11, "bob-here", 10);
+    link(&mut st, "srv-a", 1, "link-a", 1);
+    let a = feed(&mut st, "srv-a", &advert_from("srv-a", "bob", 11));
+    assert_eq!(closes(&a), [("bob-here", 1008)]);
+    assert_eq!(location(&st, "bob"), Some(sid("srv-a")));
+
+    // We are the lower id: we keep ours and refuse theirs.
+    let mut st = router("srv-a");
+    attach(&mut st, "bob", 11, "bob-here", 10);
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    let a = feed(&mut st, "srv-b", &advert_from("srv-b", "bob", 11));
+    assert!(closes(&a).is_empty());
+    assert_eq!(location(&st, "bob"), Some(sid("srv-a")));
+}
+
+#[test]
+fn a_third_server_follows_the_same_rule() {
+    let mut st = router("srv-c");
+    link(&mut st, "srv-a", 1, "link-a", 1);
+    link(&mut st, "srv-b", 2, "link-b", 2);
+    feed(&mut st, "srv-b", &advert_from("srv-b", "bob", 11));
+    // Another key at srv-a: refused here (srv-a and srv-b sort it out).
+    feed(&mut st, "srv-a", &advert_from("srv-a", "bob", 12));
+    assert_eq!(location(&st, "bob"), Some(sid("srv-b")));
+    // The same key at the lower id: that is where bob stays.
+    feed(&mut st, "srv-a", &advert_from("srv-a", "bob", 11));
+    assert_eq!(location(&st, "bob"), Some(sid("srv-a")));
+    // srv-b's remove of its copy then changes nothing here.
+    feed(
+        &mut st,
+        "srv-b",
+        &incoming("srv-b", To::All, NOW + 1, &user_remove("bob", "srv-b")),
+    );
+    assert_eq!(location(&st, "bob"), Some(sid("srv-a")));
+}
