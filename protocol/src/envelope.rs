@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::canonical::{canonical_bytes, canonical_bytes_with, has_non_ascii, Escaping};
+use crate::canonical::{canonical_bytes, canonical_bytes_with, Escaping};
 use crate::crypto::{PrivateKey, PublicKey, Signature};
 use crate::error::{Error, Result};
 use crate::id::{ServerId, To, UserId};
@@ -318,11 +318,15 @@ impl Envelope {
 
 /// Verify a signature over a payload object in both accepted canonical forms.
 pub fn verify_payload(key: &PublicKey, payload: &Value, sig: &Signature) -> Result<()> {
-    if key.verify(&canonical_bytes(payload), sig).is_ok() {
+    let ascii = canonical_bytes(payload);
+    if key.verify(&ascii, sig).is_ok() {
         return Ok(());
     }
-    if has_non_ascii(payload) {
-        return key.verify(&canonical_bytes_with(payload, Escaping::Utf8), sig);
+    // The forms differ for non-ASCII text and also for DEL, which only the
+    // ASCII form escapes (a payload can have DEL and nothing non-ASCII).
+    let utf8 = canonical_bytes_with(payload, Escaping::Utf8);
+    if utf8 != ascii {
+        return key.verify(&utf8, sig);
     }
     Err(Error::InvalidSignature)
 }
