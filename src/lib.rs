@@ -20,6 +20,7 @@ use clap::Parser;
 
 /// Entry point of `socp-server`; returns the process exit code.
 pub fn server_main() -> i32 {
+    ignore_file_size_signal();
     let args = config::ServerArgs::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match args.to_config() {
@@ -34,7 +35,10 @@ pub fn server_main() -> i32 {
         let server = match server::start(config).await {
             Ok(s) => s,
             Err(e) => {
-                log::error!("cannot start: {e}");
+                // On stderr whatever RUST_LOG says: one line naming the cause
+                // (for the database: the file and what is wrong with it), then
+                // exit; nothing is retried and no file is changed.
+                eprintln!("socp-server: cannot start: {e}");
                 return 1;
             }
         };
@@ -43,6 +47,23 @@ pub fn server_main() -> i32 {
         server.shutdown().await;
         0
     })
+}
+
+/// Ignore SIGXFSZ. Under a file-size limit (`ulimit -f`, `RLIMIT_FSIZE`) the
+/// default action kills the process at the first write past the limit; ignored,
+/// that write fails with `EFBIG` instead, SQLite rolls the transaction back, and
+/// the server answers that one request with an ERROR and keeps serving.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    {
+        // SAFETY: `signal` with `SIG_IGN` installs no handler code; it runs
+        // first thing in main, before any other thread exists. Its result
+        // (the previous disposition, or SIG_ERR) needs no action: without it
+        // the server only keeps the default behaviour.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+    }
 }
 
 async fn wait_for_signal() {

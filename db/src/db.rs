@@ -50,8 +50,11 @@ impl Db {
     /// Open (creating it if missing) the database file at `path`, with default [`Options`].
     ///
     /// The file is put in WAL mode and migrated to the current schema. A file
-    /// that is not a socp database gives [`Error::Corrupt`], one that cannot be
-    /// written [`Error::ReadOnly`], one from a newer socp [`Error::NewerSchema`].
+    /// that is not a socp database, or that `PRAGMA quick_check` finds damaged,
+    /// gives [`Error::Corrupt`], one that cannot be written (or whose directory
+    /// cannot be) [`Error::ReadOnly`], one from a newer socp
+    /// [`Error::NewerSchema`]; such files are refused before anything is written
+    /// to them. The check reads the whole file once.
     pub fn open(path: impl AsRef<Path>) -> Result<Db> {
         Db::open_with(path, &Options::default())
     }
@@ -79,6 +82,10 @@ impl Db {
             )));
         }
         configure(&conn, options.busy_timeout).map_err(at)?;
+        // Look before writing anything: another program's database, a newer
+        // schema or a damaged file is refused as it is, never "repaired".
+        migrations::check(&conn).map_err(|e| e.in_file(&context))?;
+        quick_check(&conn).map_err(|e| e.in_file(&context))?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(at)?;
@@ -143,19 +150,65 @@ impl Db {
     /// Run `f` on a connection; for reads.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.conn()?;
-        f(&conn)
+        f(&conn).map_err(|e| self.explain(e, &conn))
     }
 
     /// Run `f` in an `IMMEDIATE` transaction (the write lock is taken up front, so
     /// a concurrent writer waits instead of failing on a lock upgrade), committed
     /// when `f` returns `Ok` and rolled back otherwise.
+    ///
+    /// A write that fails because the database cannot grow (a full disk, the
+    /// process's file-size limit) is [`Error::DiskFull`] and leaves nothing
+    /// behind: SQLite rolls the whole transaction back.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        result.map_err(|e| self.explain(e, &conn))
     }
+
+    /// Complete an error from `conn` for the log: the operating system's
+    /// reason behind an I/O error, and the file.
+    fn explain(&self, err: Error, conn: &Connection) -> Error {
+        let err = err.with_os_error(os_errno(conn));
+        match &self.path {
+            Some(path) => err.in_file(&path.display().to_string()),
+            None => err,
+        }
+    }
+}
+
+/// The `errno` of the operating-system call behind the connection's last
+/// SQLite I/O error (0 if none). SQLite records it when the error happens and
+/// reports "disk I/O error" without it.
+fn os_errno(conn: &Connection) -> i32 {
+    // SAFETY: `handle` is the live connection's own pointer (`conn` is borrowed
+    // for the call); `sqlite3_system_errno` only reads an int from it and the
+    // pointer is neither stored nor used after this call.
+    unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) }
+}
+
+/// `PRAGMA quick_check`: SQLite reads every page of the database and checks
+/// its structure (everything but index contents), so a damaged file is refused
+/// at start rather than failing at the first unlucky read or write.
+fn quick_check(conn: &Connection) -> Result<()> {
+    /// At most this many problems are listed.
+    const LISTED: i64 = 5;
+    let mut stmt = conn.prepare(&format!("PRAGMA quick_check({LISTED})"))?;
+    let problems = stmt
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(Error::Corrupt(format!(
+        "integrity check failed: {}",
+        problems.join("; ")
+    )))
 }
 
 fn open_flags() -> OpenFlags {

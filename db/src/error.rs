@@ -42,9 +42,14 @@ pub enum Error {
         /// The newest schema version this build can migrate to.
         known: i64,
     },
-    /// The disk (or the database's size limit) is full; nothing was written.
+    /// The disk (or the database's size limit, or the process's file-size
+    /// limit, or a quota) is full; nothing was written.
     #[error("database or disk is full: {0}")]
     DiskFull(String),
+    /// The operating system failed a read or write of the database files (a
+    /// failing disk, a file removed underneath); the transaction was rolled back.
+    #[error("database I/O error: {0}")]
+    Io(String),
     /// The database file (or its directory) cannot be written.
     #[error("database is read-only: {0}")]
     ReadOnly(String),
@@ -77,7 +82,20 @@ impl Error {
         };
         match err.sqlite_error_code() {
             Some(Code::DiskFull) => Error::DiskFull(message()),
+            // SQLite says only "attempt to write a readonly database" when the
+            // file is writable but its directory is not.
+            Some(Code::ReadOnly)
+                if err.sqlite_extended_error_code()
+                    == Some(rusqlite::ffi::SQLITE_READONLY_DIRECTORY) =>
+            {
+                Error::ReadOnly(format!(
+                    "{}: its directory is not writable (SQLite keeps the -wal and -shm \
+                     files next to the database)",
+                    message()
+                ))
+            }
             Some(Code::ReadOnly) => Error::ReadOnly(message()),
+            Some(Code::SystemIoFailure) => Error::Io(message()),
             Some(Code::NotADatabase | Code::DatabaseCorrupt) => Error::Corrupt(message()),
             Some(Code::DatabaseBusy | Code::DatabaseLocked) => Error::Busy(message()),
             _ => match err {
@@ -96,9 +114,31 @@ impl Error {
         match self {
             Error::Corrupt(m) => Error::Corrupt(format!("{context}: {m}")),
             Error::DiskFull(m) => Error::DiskFull(format!("{context}: {m}")),
+            Error::Io(m) => Error::Io(format!("{context}: {m}")),
             Error::ReadOnly(m) => Error::ReadOnly(format!("{context}: {m}")),
             Error::Busy(m) => Error::Busy(format!("{context}: {m}")),
             other => other,
+        }
+    }
+
+    /// Complete an [`Error::Io`] with the operating system's error `errno`
+    /// (what SQLite's "disk I/O error" was): a file that may not grow (`EFBIG`,
+    /// the process's file-size limit), a full disk (`ENOSPC`) or a full quota
+    /// (`EDQUOT`) is [`Error::DiskFull`]. Other variants are returned as they are.
+    pub(crate) fn with_os_error(self, errno: i32) -> Error {
+        let Error::Io(message) = self else {
+            return self;
+        };
+        if errno == 0 {
+            return Error::Io(message);
+        }
+        let os = std::io::Error::from_raw_os_error(errno);
+        let message = format!("{message} ({os})");
+        match os.kind() {
+            std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::FileTooLarge
+            | std::io::ErrorKind::QuotaExceeded => Error::DiskFull(message),
+            _ => Error::Io(message),
         }
     }
 
@@ -158,6 +198,43 @@ mod tests {
         assert!(matches!(
             Error::from(failure(ffi::SQLITE_CONSTRAINT)),
             Error::Sqlite(_)
+        ));
+        assert!(matches!(
+            Error::from(failure(ffi::SQLITE_IOERR_WRITE)),
+            Error::Io(_)
+        ));
+        let directory = Error::from(failure(ffi::SQLITE_READONLY_DIRECTORY));
+        assert!(
+            matches!(&directory, Error::ReadOnly(m) if m.contains("directory is not writable")),
+            "{directory}"
+        );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")] // errno values
+    fn an_os_error_completes_an_io_error() {
+        use rusqlite::ffi;
+        let io = || Error::with_context(failure(ffi::SQLITE_IOERR_WRITE), "/x/y.db");
+        // The file-size limit and a full disk or quota: the database cannot grow.
+        for errno in [27, 28, 122] {
+            let err = io().with_os_error(errno);
+            let os = std::io::Error::from_raw_os_error(errno).to_string();
+            assert!(
+                matches!(&err, Error::DiskFull(m) if m.contains("/x/y.db") && m.contains(&os)),
+                "{errno}: {err}"
+            );
+        }
+        // EIO stays an I/O error, with its reason; no errno leaves it as it was.
+        let eio = io().with_os_error(5);
+        assert!(
+            matches!(&eio, Error::Io(m) if m.contains("os error 5")),
+            "{eio}"
+        );
+        assert!(matches!(io().with_os_error(0), Error::Io(m) if !m.contains("os error")));
+        // Other variants are left alone.
+        assert!(matches!(
+            Error::NameInUse.with_os_error(28),
+            Error::NameInUse
         ));
     }
 

@@ -15,8 +15,9 @@
 //! - `public_channel.rs`: public-channel membership and its version
 //!   ([`Member`], [`MembershipChange`]).
 //! - `peers.rs`: servers met in the mesh ([`KnownServer`]).
-//! - [`error`]: one error enum; full disk, read-only, corrupt and busy
-//!   databases have their own variants.
+//! - [`error`]: one error enum; full disk (file-size limit and quota
+//!   included), I/O failure, read-only, corrupt and busy databases have their
+//!   own variants.
 //!
 //! Values cross the API as `socp_protocol` types (`UserId`, `Username`,
 //! `ServerId`, `PublicKey`), so nothing invalid is stored; values read back are

@@ -91,12 +91,16 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     apply(conn, MIGRATIONS)
 }
 
-/// Apply the steps of `steps` that the database lacks, all in one transaction.
-fn apply(conn: &mut Connection, steps: &[&str]) -> Result<()> {
-    let known = i64::try_from(steps.len()).unwrap_or(i64::MAX);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let app_id: i32 = tx.pragma_query_value(None, "application_id", |row| row.get(0))?;
+/// Refuse, without writing anything, a file this build must not touch: one
+/// with a newer schema, or another program's SQLite database. Returns the
+/// schema version found (0 for a fresh file).
+pub(crate) fn check(conn: &Connection) -> Result<i64> {
+    check_against(conn, SCHEMA_VERSION)
+}
+
+fn check_against(conn: &Connection, known: i64) -> Result<i64> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let app_id: i32 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
     if found > known {
         return Err(Error::NewerSchema { found, known });
     }
@@ -106,7 +110,7 @@ fn apply(conn: &mut Connection, steps: &[&str]) -> Result<()> {
     if found == 0 {
         // A fresh file has no schema at all; anything else is another program's database.
         let objects: i64 =
-            tx.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
         if objects > 0 || app_id != 0 {
             return Err(Error::Corrupt(format!(
                 "an SQLite database of another program \
@@ -118,6 +122,16 @@ fn apply(conn: &mut Connection, steps: &[&str]) -> Result<()> {
             "an SQLite database of another program (application_id {app_id:#x})"
         )));
     }
+    Ok(found)
+}
+
+/// Apply the steps of `steps` that the database lacks, all in one transaction.
+fn apply(conn: &mut Connection, steps: &[&str]) -> Result<()> {
+    let known = i64::try_from(steps.len()).unwrap_or(i64::MAX);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Checked again inside the write lock: another process may have migrated
+    // the file since [`check`].
+    let found = check_against(&tx, known)?;
     if found == known {
         return Ok(());
     }

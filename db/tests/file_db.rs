@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use socp_db::{Db, Error, MembershipChange, NewUser, Result, SCHEMA_VERSION};
@@ -40,6 +41,29 @@ fn new_user(id: &str, name: &str, key: usize) -> NewUser {
 
 fn uid(s: &str) -> UserId {
     UserId::parse(s).unwrap()
+}
+
+/// Drop `db` and wait (bounded) until its last connection has closed: SQLite
+/// then checkpoints the WAL into the file and deletes `-wal` and `-shm`. A
+/// dropped `Db` can close its last connection a moment later, on an r2d2
+/// thread that still held the pool; a test that reads the file, or needs the
+/// side files gone, waits for this first.
+fn close(db: Db, path: &Path) {
+    drop(db);
+    let side = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while side("-wal").exists() || side("-shm").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} still open after 10 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), never starting with the
@@ -174,10 +198,9 @@ fn a_garbage_file_is_corrupt_and_left_untouched() {
 #[test]
 fn a_damaged_database_is_corrupt() -> Result<()> {
     let (_dir, path) = temp_db();
-    {
-        let db = Db::open(&path)?;
-        db.register_user(&new_user("id-alice", "alice", 0))?;
-    }
+    let db = Db::open(&path)?;
+    db.register_user(&new_user("id-alice", "alice", 0))?;
+    close(db, &path);
     // Keep the 100-byte header, overwrite the rest of page 1 (the schema table).
     let mut bytes = std::fs::read(&path).unwrap();
     assert!(bytes.len() > 4096, "the WAL was checkpointed on close");
@@ -188,13 +211,73 @@ fn a_damaged_database_is_corrupt() -> Result<()> {
 }
 
 #[test]
-fn another_programs_database_is_refused() {
+fn another_programs_database_is_refused_untouched() {
     let (_dir, path) = temp_db();
     let raw = rusqlite::Connection::open(&path).unwrap();
     raw.execute_batch("CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('hi');")
         .unwrap();
     drop(raw);
+    let before = std::fs::read(&path).unwrap();
     expect_corrupt(&path);
+    // Not even switched to WAL mode (bytes 18 and 19 of the header).
+    assert_eq!(std::fs::read(&path).unwrap(), before, "file was modified");
+}
+
+/// A socp database with an identity and `users` users (each row spills onto
+/// its own pages), closed so that everything is in the main file.
+fn populated(path: &Path, users: usize) -> Vec<u8> {
+    let db = Db::open(path).unwrap();
+    db.save_identity(&ServerId::parse("server-1").unwrap(), fixtures::key_pem(3))
+        .unwrap();
+    for i in 0..users {
+        let mut user = new_user(&format!("id-{i}"), &format!("user{i}"), i % 4);
+        user.privkey_store = "k".repeat(3000);
+        db.register_user(&user).unwrap();
+    }
+    close(db, path);
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn a_truncated_database_is_corrupt_and_left_untouched() {
+    let (dir, path) = temp_db();
+    let bytes = populated(&path, 100);
+    assert!(bytes.len() > 40 * 4096, "{} bytes", bytes.len());
+    for pages in [1, 2, 5, bytes.len() / 4096 / 2, bytes.len() / 4096 - 1] {
+        let cut = dir.path().join(format!("cut-{pages}.db"));
+        let kept = &bytes[..pages * 4096];
+        std::fs::write(&cut, kept).unwrap();
+        expect_corrupt(&cut);
+        assert_eq!(
+            std::fs::read(&cut).unwrap(),
+            kept,
+            "{pages} pages: modified"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_page_deep_in_the_file_is_found_at_open() {
+    // Pages that starting a server never reads (users' rows) are damaged: the
+    // open's integrity check finds them, so the server refuses to start
+    // instead of failing at some user's login later.
+    let (dir, path) = temp_db();
+    let bytes = populated(&path, 100);
+    let pages = bytes.len() / 4096;
+    for page in [pages / 2, pages - 2] {
+        let damaged_path = dir.path().join(format!("damaged-{page}.db"));
+        let mut damaged = bytes.clone();
+        damaged[page * 4096..(page + 1) * 4096].copy_from_slice(&garbage(4096, page as u64));
+        std::fs::write(&damaged_path, &damaged).unwrap();
+        expect_corrupt(&damaged_path);
+        assert_eq!(
+            std::fs::read(&damaged_path).unwrap(),
+            damaged,
+            "page {page}: modified"
+        );
+    }
+    // The undamaged file opens (the check does not refuse good files).
+    assert_eq!(Db::open(&path).unwrap().user_count().unwrap(), 100);
 }
 
 #[test]
@@ -219,7 +302,7 @@ fn a_read_only_file_is_read_only() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
 
     let (_dir, path) = temp_db();
-    drop(Db::open(&path)?);
+    close(Db::open(&path)?, &path);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     // Permissions do not stop root (CAP_DAC_OVERRIDE): check before asserting.
     if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
@@ -338,7 +421,8 @@ fn a_database_in_a_read_only_directory_is_read_only() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
 
     let (dir, path) = temp_db();
-    drop(Db::open(&path)?);
+    // Closed: with no -wal and -shm files yet, SQLite must create them.
+    close(Db::open(&path)?, &path);
     // WAL needs to create the -wal and -shm files next to the database.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
     if std::fs::write(dir.path().join("probe"), b"").is_ok() {
