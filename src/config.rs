@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// Seconds without a frame after which a server is dead.
     #[arg(long, env = "TIMEOUT_THRESHOLD", default_value_t = 45.0)]
     pub timeout: f64,
+    /// Seconds a new connection has to send its HTTP request and identify
+    /// (USER_HELLO or a server hello) before it is closed.
+    #[arg(long, env = "IDENTIFY_TIMEOUT", default_value_t = 10.0)]
+    pub identify_timeout: f64,
     /// Accept only registered users (no ephemeral identities).
     #[arg(long)]
     pub require_registration: bool,
@@ -481,6 +485,7 @@ impl ServerArgs {
         let settings = Settings {
             heartbeat_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
             peer_timeout: seconds("--timeout", self.timeout)?,
+            identify_timeout: seconds("--identify-timeout", self.identify_timeout)?,
             require_registration: self.require_registration,
             introducer_only: self.introducer_only,
             ..Settings::default()

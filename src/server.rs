@@ -511,6 +511,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     let data = web::Data::new(shared);
     let router_data = web::Data::new(router.clone());
+    // A connection that never completes its HTTP request is closed by the HTTP
+    // layer on the same deadline as one that upgrades and never identifies.
+    let identify_timeout = settings.identify_timeout;
     let app = move || {
         App::new()
             .app_data(data.clone())
@@ -528,6 +531,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let server = match &config.tls {
         None => HttpServer::new(app)
             .workers(2)
+            .client_request_timeout(identify_timeout)
             .disable_signals()
             .listen(listener)
             .map_err(bind_error)?
@@ -548,6 +552,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                     let shutdown = shutdown.clone();
                     // HttpServer's defaults, as on the plain listener.
                     actix_http::HttpService::build()
+                        .client_request_timeout(identify_timeout)
                         .client_disconnect_timeout(Duration::from_secs(1))
                         .secure()
                         .local_addr(addr)

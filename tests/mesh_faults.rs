@@ -686,6 +686,8 @@ impl ServerProcess {
             .arg(dir.path().join("server.db"))
             .arg("--first-key")
             .arg(&key_file)
+            .arg("--identify-timeout")
+            .arg("5")
             .env("RUST_LOG", "warn,socp::server=info")
             .env_remove("INTRODUCERS_JSON")
             .env_remove("BOOTSTRAP_HOST_1")
@@ -694,6 +696,7 @@ impl ServerProcess {
             .env_remove("DB_PATH")
             .env_remove("HEARTBEAT_INTERVAL")
             .env_remove("TIMEOUT_THRESHOLD")
+            .env_remove("IDENTIFY_TIMEOUT")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -754,8 +757,8 @@ impl Drop for ServerProcess {
 
 #[actix_rt::test]
 async fn the_server_process_releases_a_thousand_idle_connections() {
-    // The binary's identification deadline is the default 10 s (there is no
-    // flag for it); its HTTP request deadline is actix-web's 5 s.
+    // The binary's identification deadline, for the HTTP request and for
+    // the first frame alike: --identify-timeout 5.
     raise_fd_limit(4096);
     let server = ServerProcess::spawn(12);
     // Warm up (first connection, first signatures), then the baseline.
@@ -771,7 +774,7 @@ async fn the_server_process_releases_a_thousand_idle_connections() {
     let (waiting, closed) = flood(server.addr).await;
     let (alice, bob) = chat(server.addr, (30, 31), "through the flood").await;
     let (rss1, fds1) = (server.rss_kib(), server.fds());
-    // At least the upgraded connections are open until the 10 s deadline.
+    // At least the upgraded connections are open until the 5 s deadline.
     assert!(
         fds1 >= fds0 + UPGRADED,
         "the flood is held open by the server: {fds0} then {fds1} descriptors"
