@@ -512,8 +512,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let data = web::Data::new(shared);
     let router_data = web::Data::new(router.clone());
     // A connection that never completes its HTTP request is closed by the HTTP
-    // layer on the same deadline as one that upgrades and never identifies.
-    let identify_timeout = settings.identify_timeout;
+    // layer on the same deadline as one that upgrades and never identifies,
+    // but never sooner than actix-web's 5 s (a slow handshake is not cut short).
+    let identify_timeout = settings.identify_timeout.max(Duration::from_secs(5));
     let app = move || {
         App::new()
             .app_data(data.clone())

@@ -758,7 +758,7 @@ impl Drop for ServerProcess {
 #[actix_rt::test]
 async fn the_server_process_releases_a_thousand_idle_connections() {
     // The binary's identification deadline, for the HTTP request and for
-    // the first frame alike: --identify-timeout 5.
+    // the first frame alike: --identify-timeout 5 (the HTTP layer never cuts sooner than 5 s).
     raise_fd_limit(4096);
     let server = ServerProcess::spawn(12);
     // Warm up (first connection, first signatures), then the baseline.
