@@ -223,7 +223,8 @@ async fn ws_route(
         settings.identify_timeout,
         peer,
     );
-    ws::WsResponseBuilder::new(transport, &req, stream)
+    let guarded = socp_actors::transport::FrameGuard::new(stream, settings.limits.max_frame_bytes);
+    ws::WsResponseBuilder::new(transport, &req, guarded)
         .frame_size(settings.limits.max_frame_bytes)
         .start()
 }

@@ -383,3 +383,87 @@ async fn rejections_are_counted_on_metrics() {
         "{text}"
     );
 }
+
+/// Upgrade a raw TCP connection to a WebSocket; the stream is positioned
+/// just after the 101 response head.
+async fn raw_upgraded(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(upgrade.as_bytes()).await.expect("writes");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.expect("reads the upgrade response"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "upgraded");
+    s
+}
+
+/// Read until the server closes; the close code of its close frame, if any.
+async fn close_code_of(s: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server closes the connection in time");
+    // Server frames are unmasked: find a close frame (0x88) and its code.
+    let mut i = 0;
+    while i + 1 < got.len() {
+        let (op, len) = (got[i] & 0x0f, usize::from(got[i + 1] & 0x7f));
+        let (start, len) = match len {
+            126 if i + 4 <= got.len() => (
+                i + 4,
+                usize::from(u16::from_be_bytes([got[i + 2], got[i + 3]])),
+            ),
+            127 => return None,
+            _ => (i + 2, len),
+        };
+        if op == 0x8 && len >= 2 && start + 2 <= got.len() {
+            return Some(u16::from_be_bytes([got[start], got[start + 1]]));
+        }
+        i = start + len;
+    }
+    None
+}
+
+#[actix_rt::test]
+async fn a_frame_announcing_a_huge_length_then_trickling_is_closed_with_1009() {
+    use tokio::io::AsyncWriteExt;
+    let a = server(5, &[]).await;
+    let mut alice = User::join(a.addr, 18).await;
+    // A masked text frame announcing 10 MiB (64-bit length), then a trickle
+    // of payload: refused from its header, before the payload is awaited.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(10u64 * 1024 * 1024).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    for identified_first in [false, true] {
+        let mut s = raw_upgraded(a.addr).await;
+        if identified_first {
+            // A hello, masked, as the first frame: then the huge one.
+            let user = User::connect(a.addr, 19, socp_protocol::UserId::random()).await;
+            let hello = user.hello_frame(None).to_json();
+            drop(user);
+            let mut frame = vec![0x81, 0x80 | 126];
+            frame.extend_from_slice(&u16::try_from(hello.len()).expect("fits").to_be_bytes());
+            frame.extend_from_slice(&[0, 0, 0, 0]);
+            frame.extend_from_slice(hello.as_bytes());
+            s.write_all(&frame).await.expect("writes the hello");
+        }
+        s.write_all(&header).await.expect("writes the header");
+        for _ in 0..3 {
+            if s.write_all(b"xxxx").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            close_code_of(&mut s).await,
+            Some(1009),
+            "closed as too big (identified first: {identified_first})"
+        );
+    }
+    still_served(&mut alice, "after the huge frames").await;
+}

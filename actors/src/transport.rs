@@ -416,6 +416,10 @@ impl<A: Acceptor> StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsTr
                 ctx.stop();
             }
             Err(ws::ProtocolError::Overflow) => self.close(ctx, close::TOO_BIG, "message too big"),
+            // FrameGuard: a header announcing more than the limit.
+            Err(ws::ProtocolError::Io(e)) if e.to_string().contains("size limit") => {
+                self.close(ctx, close::TOO_BIG, "message too big")
+            }
             Err(ws::ProtocolError::Io(e))
                 if e.to_string().contains("utf") || e.to_string().contains("UTF") =>
             {
@@ -635,5 +639,155 @@ mod tests {
             f.feed(actix_http::ws::Item::FirstText(Bytes::new()), 16),
             Assembled::Protocol
         ));
+    }
+}
+
+/// Watches the frame headers of an inbound WebSocket byte stream and fails it
+/// as soon as a header announces a payload over `max` bytes. The WebSocket
+/// decoder checks a frame's length only once the whole frame has arrived, so
+/// a peer announcing gigabytes and sending them slowly would be buffered to
+/// the end; with this guard it is refused at its header (close 1009).
+pub struct FrameGuard<S> {
+    inner: S,
+    max: u64,
+    /// Header bytes of the frame being read (at most 14).
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to pass.
+    payload_left: u64,
+    failed: bool,
+}
+
+impl<S> FrameGuard<S> {
+    /// Guard `inner`, allowing frames of at most `max` payload bytes.
+    pub fn new(inner: S, max: usize) -> Self {
+        FrameGuard {
+            inner,
+            max: max as u64,
+            header: Vec::with_capacity(14),
+            payload_left: 0,
+            failed: false,
+        }
+    }
+
+    /// Follow `chunk`; whether every header in it is within the limit.
+    fn follow(&mut self, mut chunk: &[u8]) -> bool {
+        while !chunk.is_empty() {
+            if self.payload_left > 0 {
+                let n = usize::try_from(self.payload_left)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                chunk = &chunk[n..];
+                self.payload_left -= n as u64;
+                continue;
+            }
+            self.header.push(chunk[0]);
+            chunk = &chunk[1..];
+            let h = &self.header;
+            if h.len() < 2 {
+                continue;
+            }
+            let masked = h[1] & 0x80 != 0;
+            let (ext, short) = match h[1] & 0x7f {
+                126 => (2, None),
+                127 => (8, None),
+                n => (0, Some(u64::from(n))),
+            };
+            let need = 2 + ext + if masked { 4 } else { 0 };
+            if h.len() < need {
+                continue;
+            }
+            let len = short.unwrap_or_else(|| {
+                h[2..2 + ext]
+                    .iter()
+                    .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+            });
+            if len > self.max {
+                return false;
+            }
+            self.payload_left = len;
+            self.header.clear();
+        }
+        true
+    }
+}
+
+impl<S> futures_util::Stream for FrameGuard<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if self.follow(&chunk) {
+                    Poll::Ready(Some(Ok(chunk)))
+                } else {
+                    self.failed = true;
+                    Poll::Ready(Some(Err(actix_web::error::PayloadError::Overflow)))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod frame_guard_tests {
+    use super::*;
+
+    fn frame(len: u64, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x81];
+        let m = if masked { 0x80 } else { 0 };
+        match len {
+            0..=125 => f.push(m | len as u8),
+            126..=0xffff => {
+                f.push(m | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(
+            b'x',
+            usize::try_from(len.min(1 << 20)).unwrap(),
+        ));
+        f
+    }
+
+    #[test]
+    fn frames_within_the_limit_pass_in_any_split() {
+        let mut bytes = frame(5, true);
+        bytes.extend(frame(300, true));
+        bytes.extend(frame(70_000, true));
+        bytes.extend(frame(0, false));
+        for split in [1, 2, 3, 7, 1000, bytes.len()] {
+            let mut g = FrameGuard::new((), 100_000);
+            assert!(bytes.chunks(split).all(|c| g.follow(c)), "split {split}");
+            assert_eq!((g.payload_left, g.header.len()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn a_header_over_the_limit_fails_before_its_payload() {
+        for len in [100_001, 10 << 20, u64::MAX >> 1] {
+            let mut bytes = frame(5, true);
+            let header_end = bytes.len() + 14;
+            bytes.extend(frame(len, true));
+            let mut g = FrameGuard::new((), 100_000);
+            assert!(!g.follow(&bytes[..header_end]), "{len}");
+        }
     }
 }
