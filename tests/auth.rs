@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use socp::server::start;
-use socp_protocol::message::{LoginRequest, UserHello, UserRegister};
-use socp_protocol::{fixtures, now_ms, Envelope, Message, PrivateKey, To, UserId, Username};
+use socp_protocol::message::UserHello;
+use socp_protocol::{fixtures, now_ms, Envelope, Message, PrivateKey, UserId};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -27,10 +27,6 @@ fn key_store() -> &'static str {
     })
 }
 
-fn server_to() -> To {
-    To::parse("server").expect("valid")
-}
-
 /// USER_REGISTER from `from` for `user_id`/`username` with fixture key `key`,
 /// signed with fixture key `signer`.
 fn register(
@@ -40,28 +36,11 @@ fn register(
     key: usize,
     signer: usize,
 ) -> Envelope {
-    Envelope::from_message(
-        from,
-        server_to(),
-        now_ms(),
-        &Message::UserRegister(UserRegister {
-            user_id: user_id.clone(),
-            username: Username::parse(username).expect("valid username"),
-            pubkey: fixtures::key(key).public_key().clone(),
-            privkey_store: key_store().to_owned(),
-        }),
-    )
-    .signed(&fixtures::key(signer))
-    .expect("signs")
+    register_frame(from, user_id, username, key, signer, key_store())
 }
 
 fn login(from: &UserId, who: &str) -> Envelope {
-    Envelope::from_message(
-        from,
-        server_to(),
-        now_ms(),
-        &Message::LoginRequest(LoginRequest { who: who.into() }),
-    )
+    login_frame(from, who)
 }
 
 /// An unsigned USER_HELLO for `id` carrying fixture key `key`.

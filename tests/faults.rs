@@ -21,15 +21,6 @@ fn removes(user: &UserId, server: &ServerId) -> impl Fn(&Envelope) -> bool {
     }
 }
 
-/// The link state a `/status` snapshot shows for `server`.
-fn link_state(status: &serde_json::Value, server: &ServerId) -> Option<String> {
-    status["servers"]
-        .as_array()?
-        .iter()
-        .find(|s| s["server_id"] == server.as_str())
-        .and_then(|s| s["link"].as_str().map(str::to_owned))
-}
-
 async fn both_linked(a: &socp::server::RunningServer, b: &socp::server::RunningServer) {
     for (s, other) in [(a, b), (b, a)] {
         eventually(WAIT, "linked to the other", || async {

@@ -20,16 +20,6 @@ async fn patient_server(key: usize, bootstrap: &[std::net::SocketAddr]) -> Runni
         .expect("server starts")
 }
 
-fn knows(status: &serde_json::Value, user: &UserId) -> bool {
-    let id = user.as_str();
-    status["local_users"]
-        .as_array()
-        .is_some_and(|l| l.iter().any(|u| u == id))
-        || status["remote_users"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|u| u["user_id"] == id))
-}
-
 fn advertises(user: &UserId) -> impl Fn(&Envelope) -> bool {
     let id = user.to_string();
     move |e: &Envelope| e.msg_type() == "USER_ADVERTISE" && e.payload()["user_id"] == id.as_str()

@@ -163,25 +163,6 @@ async fn pipe(
     }
 }
 
-/// The link state a `/status` snapshot shows for `server`.
-fn link_state(status: &serde_json::Value, server: &ServerId) -> Option<String> {
-    status["servers"]
-        .as_array()?
-        .iter()
-        .find(|s| s["server_id"] == server.as_str())
-        .and_then(|s| s["link"].as_str().map(str::to_owned))
-}
-
-fn knows(status: &serde_json::Value, user: &UserId) -> bool {
-    let id = user.as_str();
-    status["local_users"]
-        .as_array()
-        .is_some_and(|l| l.iter().any(|u| u == id))
-        || status["remote_users"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|u| u["user_id"] == id))
-}
-
 fn removes(user: &UserId) -> impl Fn(&Envelope) -> bool {
     let id = user.to_string();
     move |e: &Envelope| e.msg_type() == "USER_REMOVE" && e.payload()["user_id"] == id.as_str()

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use socp_db::Db;
-use socp_protocol::message::{LoginRequest, UserHello, UserRegister};
-use socp_protocol::{fixtures, now_ms, Envelope, Message, ServerId, To, UserId, Username};
+use socp_protocol::message::UserHello;
+use socp_protocol::{fixtures, now_ms, Envelope, ServerId, UserId, Username};
 
 /// Bound on every wait for the server (to exit, to listen, to answer).
 const WAIT: Duration = Duration::from_secs(30);
@@ -497,34 +497,13 @@ fn key_store() -> &'static str {
     })
 }
 
-fn server_to() -> To {
-    To::parse("server").expect("valid")
-}
-
 /// USER_REGISTER from `from` for `user_id` / `username` with `REG_KEY`.
 fn register(from: &UserId, user_id: &UserId, username: &str) -> Envelope {
-    Envelope::from_message(
-        from,
-        server_to(),
-        now_ms(),
-        &Message::UserRegister(UserRegister {
-            user_id: user_id.clone(),
-            username: Username::parse(username).expect("valid username"),
-            pubkey: fixtures::key(REG_KEY).public_key().clone(),
-            privkey_store: key_store().to_owned(),
-        }),
-    )
-    .signed(&fixtures::key(REG_KEY))
-    .expect("signs")
+    register_frame(from, user_id, username, REG_KEY, REG_KEY, key_store())
 }
 
 fn login(from: &UserId, who: &str) -> Envelope {
-    Envelope::from_message(
-        from,
-        server_to(),
-        now_ms(),
-        &Message::LoginRequest(LoginRequest { who: who.into() }),
-    )
+    login_frame(from, who)
 }
 
 /// Log `id` in over a new connection with the challenge (SPEC.md §7).

@@ -302,6 +302,66 @@ impl Peer {
     }
 }
 
+/// The link state a `/status` snapshot shows for `server`.
+pub fn link_state(status: &Value, server: &ServerId) -> Option<String> {
+    status["servers"]
+        .as_array()?
+        .iter()
+        .find(|s| s["server_id"] == server.as_str())
+        .and_then(|s| s["link"].as_str().map(str::to_owned))
+}
+
+/// Whether a `/status` snapshot knows `user` (attached here or elsewhere).
+pub fn knows(status: &Value, user: &UserId) -> bool {
+    let id = user.as_str();
+    status["local_users"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|u| u == id))
+        || status["remote_users"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|u| u["user_id"] == id))
+}
+
+/// `to` of a frame addressed to the server itself.
+pub fn server_to() -> To {
+    To::parse("server").expect("valid")
+}
+
+/// USER_REGISTER from `from` for `user_id` / `username` with fixture key
+/// `key` and key store `store`, signed with fixture key `signer`.
+pub fn register_frame(
+    from: &UserId,
+    user_id: &UserId,
+    username: &str,
+    key: usize,
+    signer: usize,
+    store: &str,
+) -> Envelope {
+    Envelope::from_message(
+        from,
+        server_to(),
+        now_ms(),
+        &Message::UserRegister(socp_protocol::message::UserRegister {
+            user_id: user_id.clone(),
+            username: socp_protocol::Username::parse(username).expect("valid username"),
+            pubkey: fixtures::key(key).public_key().clone(),
+            privkey_store: store.to_owned(),
+        }),
+    )
+    .signed(&fixtures::key(signer))
+    .expect("signs")
+}
+
+/// LOGIN_REQUEST from `from` for `who`.
+pub fn login_frame(from: &UserId, who: &str) -> Envelope {
+    Envelope::from_message(
+        from,
+        server_to(),
+        now_ms(),
+        &Message::LoginRequest(socp_protocol::message::LoginRequest { who: who.into() }),
+    )
+}
+
 /// Frame-type predicate.
 pub fn is(t: &'static str) -> impl Fn(&Envelope) -> bool {
     move |e: &Envelope| e.msg_type() == t
