@@ -231,6 +231,8 @@ struct BenchUser {
     key: Arc<PrivateKey>,
     tx: mpsc::UnboundedSender<String>,
     seen: mpsc::UnboundedReceiver<Seen>,
+    /// Text frames received so far.
+    frames: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BenchUser {
@@ -261,12 +263,15 @@ impl BenchUser {
         });
         let (seen_tx, seen) = mpsc::unbounded_channel();
         let (ack_tx, ack_rx) = tokio::sync::oneshot::channel::<()>();
+        let frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&frames);
         actix_web::rt::spawn(async move {
             let mut ack = Some(ack_tx);
             while let Some(Ok(frame)) = stream.next().await {
                 let awc::ws::Frame::Text(bytes) = frame else {
                     continue;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Only the fields the bench needs; no RSA on the client side.
                 let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
                     continue;
@@ -305,7 +310,13 @@ impl BenchUser {
             .await
             .map_err(|_| "no ACK within 60 s".to_owned())?
             .map_err(|_| "closed before ACK".to_owned())?;
-        Ok(BenchUser { id, key, tx, seen })
+        Ok(BenchUser {
+            id,
+            key,
+            tx,
+            seen,
+            frames,
+        })
     }
 }
 
@@ -779,6 +790,10 @@ pub struct Idle {
     pub users: usize,
     pub attached: usize,
     pub seconds_to_attach: f64,
+    /// Seconds from the last attach until no user received anything more.
+    pub seconds_to_settle: f64,
+    /// Frames the users received in all (presence news is quadratic).
+    pub frames_received: u64,
     pub server_rss_before_kib: u64,
     pub server_rss_after_kib: u64,
     pub kib_per_connection: f64,
@@ -846,13 +861,34 @@ async fn idle(cfg: &BenchConfig) -> Result<Idle, String> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Idle means the server has sent everything the joins caused (each
+        // join is news to every user): wait until no user has received a
+        // frame for a second.
+        let received = || {
+            users
+                .iter()
+                .map(|u| u.frames.load(std::sync::atomic::Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        let settling = Instant::now();
+        let mut last = received();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = received();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let settle = settling.elapsed().as_secs_f64() - 1.0;
         let after = rss_kib(child.id());
         let per = (after.saturating_sub(before)) as f64 / cfg.idle_users.max(1) as f64;
         Ok(Idle {
             users: cfg.idle_users,
             attached: users.len(),
             seconds_to_attach: secs,
+            seconds_to_settle: settle.max(0.0),
+            frames_received: last,
             server_rss_before_kib: before,
             server_rss_after_kib: after,
             kib_per_connection: per,
@@ -1018,7 +1054,7 @@ pub fn table(r: &Report) -> String {
     }
     if let Some(i) = &r.idle {
         s += &format!("idle capacity: {} users on one server process\n", i.users);
-        s += &format!("  attached {} in {:.2} s; RSS {} -> {} KiB: {:.1} KiB per connection; 10,000 users ≈ {:.0} MiB (goal <= 200)\n\n", i.attached, i.seconds_to_attach, i.server_rss_before_kib, i.server_rss_after_kib, i.kib_per_connection, i.projected_mib_for_10000);
+        s += &format!("  attached {} in {:.2} s (settled {:.2} s later, {} frames received); RSS {} -> {} KiB: {:.1} KiB per connection; 10,000 users ≈ {:.0} MiB (goal <= 200)\n\n", i.attached, i.seconds_to_attach, i.seconds_to_settle, i.frames_received, i.server_rss_before_kib, i.server_rss_after_kib, i.kib_per_connection, i.projected_mib_for_10000);
     }
     if let Some(m) = &r.mesh {
         s += &format!("mesh formation: {} servers, {} users\n", m.servers, m.users);

@@ -13,8 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use actix_web_actors::ws;
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::{h1, Request, Response};
+use actix_web::{web, App, HttpResponse};
+use futures_util::SinkExt;
 use socp_actors::crypto::{CryptoPool, FrameText, SignedFrame};
 use socp_actors::heartbeat::{Heartbeat, HeartbeatPorts};
 use socp_actors::introducer::{join_any, Bootstrap, IntroducerLink};
@@ -206,40 +209,80 @@ impl Acceptor for ServerAcceptor {
     }
 }
 
-async fn ws_route(
-    req: HttpRequest,
-    stream: web::Payload,
-    shared: web::Data<Shared>,
-) -> Result<HttpResponse, actix_web::Error> {
+/// Answers a WebSocket upgrade on `/ws` (or `/`) and hands the socket over
+/// to a [`WsTransport`]: from then on the HTTP layer holds nothing for the
+/// connection (its 8 KiB read and write buffers are dropped with it).
+async fn upgrade<T>(req: Request, mut framed: Framed<T, h1::Codec>, shared: Shared)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let peer = req
         .peer_addr()
         .map_or_else(|| "?".to_owned(), |a| a.to_string());
+    let response = match (req.path(), actix_http::ws::handshake(req.head())) {
+        ("/ws" | "/", Ok(mut ok)) => ok.message_body(()).map_err(|_| Response::bad_request()),
+        ("/ws" | "/", Err(refused)) => Err(Response::from(refused)),
+        _ => Err(Response::not_found()),
+    };
+    let response = match response {
+        Ok(switching) => switching,
+        Err(refused) => {
+            log::debug!("upgrade from {peer} refused: {}", refused.status());
+            let refused = refused.drop_body();
+            let _ = framed.send((refused, BodySize::Sized(0)).into()).await;
+            return;
+        }
+    };
+    if let Err(e) = framed.send((response, BodySize::None).into()).await {
+        log::debug!("upgrade from {peer}: {e}");
+        return;
+    }
+    let parts = framed.into_parts();
     let settings = &shared.settings;
-    let transport = WsTransport::new(
+    WsTransport::new(
         ServerAcceptor {
-            shared: shared.get_ref().clone(),
+            shared: shared.clone(),
         },
         settings.limits.max_frame_bytes,
         settings.identify_timeout,
         peer,
-    );
-    let guarded = socp_actors::transport::FrameGuard::new(stream, settings.limits.max_frame_bytes);
-    ws::WsResponseBuilder::new(transport, &req, guarded)
-        .frame_size(settings.limits.max_frame_bytes)
-        .start()
+    )
+    .start_io(parts.io, parts.read_buf.freeze());
 }
 
-async fn index(
-    req: HttpRequest,
-    stream: web::Payload,
-    shared: web::Data<Shared>,
-) -> Result<HttpResponse, actix_web::Error> {
-    if req.headers().contains_key("upgrade") {
-        return ws_route(req, stream, shared).await;
-    }
-    Ok(HttpResponse::Ok()
+/// The upgrade service of a worker (any IO: TCP or TLS).
+fn upgrade_service<T>(
+    shared: Shared,
+) -> impl actix_service::ServiceFactory<
+    (Request, Framed<T, h1::Codec>),
+    Config = (),
+    Response = (),
+    Error = actix_http::Error,
+    InitError = (),
+>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    actix_service::fn_service(move |(req, framed): (Request, Framed<T, h1::Codec>)| {
+        let shared = shared.clone();
+        async move {
+            upgrade(req, framed, shared).await;
+            Ok(())
+        }
+    })
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
-        .body("socp server: WebSocket endpoint at /ws (SOCP v1.3); /health, /status, /metrics\n"))
+        .body("socp server: WebSocket endpoint at /ws (SOCP v1.3); /health, /status, /metrics\n")
+}
+
+/// `/ws` without the upgrade headers.
+async fn not_upgraded() -> HttpResponse {
+    HttpResponse::BadRequest()
+        .content_type("text/plain; charset=utf-8")
+        .body("expected a WebSocket upgrade (SOCP v1.3)\n")
 }
 
 async fn health() -> HttpResponse {
@@ -510,6 +553,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         None => {}
     }
 
+    let ws_shared = shared.clone();
     let data = web::Data::new(shared);
     let router_data = web::Data::new(router.clone());
     // A connection that never completes its HTTP request is closed by the HTTP
@@ -517,53 +561,55 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     // but never sooner than actix-web's 5 s (a slow handshake is not cut short).
     let identify_timeout = settings.identify_timeout.max(Duration::from_secs(5));
     let app = move || {
-        App::new()
+        let app = App::new()
             .app_data(data.clone())
             .app_data(router_data.clone())
-            .route("/ws", web::get().to(ws_route))
+            .route("/ws", web::get().to(not_upgraded))
             .route("/", web::get().to(index))
             .route("/health", web::get().to(health))
             .route("/status", web::get().to(status))
-            .route("/metrics", web::get().to(metrics))
+            .route("/metrics", web::get().to(metrics));
+        actix_service::map_config(app, |()| actix_web::dev::AppConfig::default())
     };
     let bind_error = |source| StartError::Bind {
         addr: config.bind,
         source,
     };
+    // The App behind actix-http's HTTP/1.1 service (HttpServer's own rustls
+    // listener would offer h2 in ALPN, as awc turns actix-http's http2 feature
+    // on), with an upgrade service that takes WebSocket connections over.
+    let builder = actix_server::Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
+    macro_rules! http {
+        ($secure:expr) => {{
+            let shutdown = shutdown.clone();
+            let http = actix_http::HttpService::build()
+                .client_request_timeout(identify_timeout)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                .upgrade(upgrade_service(ws_shared.clone()));
+            if $secure {
+                http.secure().h1(app())
+            } else {
+                http.h1(app())
+            }
+        }};
+    }
+    let builder = builder.workers(2).disable_signals();
     let server = match &config.tls {
-        None => HttpServer::new(app)
-            .workers(2)
-            .client_request_timeout(identify_timeout)
-            .disable_signals()
-            .listen(listener)
+        None => builder
+            .listen("socp-ws", listener, move || http!(false).tcp())
             .map_err(bind_error)?
             .run(),
-        // HttpServer's own rustls listener would offer h2 in ALPN (awc turns
-        // actix-http's http2 feature on): serve the App with an HTTP/1.1-only
-        // service behind the rustls acceptor instead.
         Some(tls) => {
             let tls = Arc::clone(&tls.server);
-            let builder = actix_server::Server::build();
-            let shutdown = builder.graceful_shutdown_signal();
             builder
-                .workers(2)
-                .disable_signals()
                 .listen("socp-wss", listener, move || {
-                    let app =
-                        actix_service::map_config(app(), |()| actix_web::dev::AppConfig::default());
-                    let shutdown = shutdown.clone();
-                    // HttpServer's defaults, as on the plain listener.
-                    actix_http::HttpService::build()
-                        .client_request_timeout(identify_timeout)
-                        .client_disconnect_timeout(Duration::from_secs(1))
-                        .secure()
-                        .local_addr(addr)
-                        .graceful_shutdown_signal(move || {
-                            let shutdown = shutdown.clone();
-                            async move { shutdown.notified().await }
-                        })
-                        .h1(app)
-                        .rustls_0_23(rustls::ServerConfig::clone(&tls))
+                    http!(true).rustls_0_23(rustls::ServerConfig::clone(&tls))
                 })
                 .map_err(bind_error)?
                 .run()

@@ -77,15 +77,24 @@ async fn a_pinned_introducer_key_must_sign_the_welcome() {
         0,
         "the wrong pin never links"
     );
-    let intro_status = intro.status().await;
-    let servers = intro_status["servers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert!(servers
-        .iter()
-        .any(|s| s["server_id"] == right.server_id.as_str()));
-    assert!(!servers
-        .iter()
-        .any(|s| s["server_id"] == wrong.server_id.as_str() && s["link"] == "up"));
+    // The introducer lists the right server once it has handled its link
+    // hello, which may come a moment after the right server counts the
+    // link as up.
+    let listed = |status: &serde_json::Value, id: &str, up: bool| {
+        status["servers"].as_array().is_some_and(|servers| {
+            servers
+                .iter()
+                .any(|s| s["server_id"] == id && (!up || s["link"] == "up"))
+        })
+    };
+    let right_id = right.server_id.as_str().to_owned();
+    eventually(WAIT, "the introducer lists the right pin", || async {
+        listed(&intro.status().await, &right_id, false)
+    })
+    .await;
+    assert!(!listed(
+        &intro.status().await,
+        wrong.server_id.as_str(),
+        true
+    ));
 }

@@ -55,6 +55,26 @@ impl SignedFrame {
     pub fn peek(&self) -> Option<FrameText> {
         self.0.peek().cloned().flatten()
     }
+
+    /// Where signing is.
+    pub fn state(&self) -> Signing {
+        match self.0.peek() {
+            None => Signing::Running,
+            Some(None) => Signing::Failed,
+            Some(Some(text)) => Signing::Done(text.clone()),
+        }
+    }
+}
+
+/// Where a [`SignedFrame`] is.
+#[derive(Debug, Clone)]
+pub enum Signing {
+    /// Still being signed.
+    Running,
+    /// Signing failed (logged where it failed).
+    Failed,
+    /// Signed: the frame's text.
+    Done(FrameText),
 }
 
 impl std::fmt::Debug for SignedFrame {

@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod peer;
 pub mod router;
 pub mod routing;
-pub mod sequencer;
 pub mod session;
 pub mod store;
 pub mod transport;

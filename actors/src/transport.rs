@@ -5,20 +5,24 @@
 //! text frames to its owner (a [`ClientSession`](crate::session::ClientSession)
 //! or [`PeerLink`](crate::peer::PeerLink)) as [`Inbound`]; the owner writes with
 //! [`Wire`]. Inbound connections arrive on the server's endpoint
-//! ([`WsTransport`], actix-web-actors) and are bound to an owner by their first
-//! frame; outbound links are made with awc ([`AwcTransport`]).
+//! ([`WsTransport`]: actix-web-actors' handshake, then our own frame stream as
+//! the response body) and are bound to an owner by their first frame; outbound
+//! links are made with awc ([`AwcTransport`]).
 
 use std::time::Duration;
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
 use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
-use actix_web_actors::ws;
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, OpCode, Parser, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 
-use crate::crypto::{FrameText, SignedFrame};
+use crate::crypto::{FrameText, SignedFrame, Signing};
 use crate::router::Outbound;
-use crate::sequencer::{Sequencer, Ticket};
 
 /// WebSocket close codes we use.
 pub mod close {
@@ -59,14 +63,26 @@ pub enum Wire {
 }
 
 /// Frames waiting for their signatures, written strictly in queue order.
+///
+/// Signing runs on the crypto pool as soon as a frame is made; the queue
+/// only waits for the frame at its front (one waiting future per queue,
+/// whatever the burst), writes every frame behind it that is already signed,
+/// and gives its memory back once empty.
 pub struct OutQueue {
-    seq: Sequencer<Wire>,
+    queue: VecDeque<Queued>,
     transport: Recipient<Wire>,
+    /// A future is waiting for the front frame's signature.
+    waiting: bool,
     /// Set once a close is released: nothing more is written.
     closed: bool,
     /// Set once the first frame is written: until then nothing overtakes
     /// (a link's hello must be its first frame, whatever else is urgent).
     started: bool,
+}
+
+enum Queued {
+    Frame(SignedFrame),
+    Close(u16, String),
 }
 
 /// An actor with an [`OutQueue`].
@@ -79,8 +95,9 @@ impl OutQueue {
     /// A queue writing to `transport`.
     pub fn new(transport: Recipient<Wire>) -> Self {
         OutQueue {
-            seq: Sequencer::new(),
+            queue: VecDeque::new(),
             transport,
+            waiting: false,
             closed: false,
             started: false,
         }
@@ -92,28 +109,13 @@ impl OutQueue {
         if queue.closed {
             return;
         }
-        let frame = match out {
+        let item = match out {
             Outbound::Urgent(frame) if queue.started => return Self::urgent(ctx, act, frame),
-            Outbound::Urgent(frame) => frame,
-            Outbound::Close(code, reason) => {
-                let ticket = queue.seq.take();
-                queue.seq.complete(ticket, Wire::Close(code, reason));
-                return Self::flush(ctx, act);
-            }
-            Outbound::Frame(frame) => frame,
+            Outbound::Urgent(frame) | Outbound::Frame(frame) => Queued::Frame(frame),
+            Outbound::Close(code, reason) => Queued::Close(code, reason),
         };
-        let ticket = queue.seq.take();
-        if let Some(text) = frame.peek() {
-            queue.seq.complete(ticket, Wire::Text(text));
-            Self::flush(ctx, act);
-        } else {
-            ctx.spawn(
-                frame
-                    .text()
-                    .into_actor(act)
-                    .map(move |text, act: &mut A, ctx| Self::done(ctx, act, ticket, text)),
-            );
-        }
+        queue.queue.push_back(item);
+        Self::flush(ctx, act);
     }
 
     /// Write `frame` as soon as it is signed, whatever is still queued (once
@@ -132,41 +134,55 @@ impl OutQueue {
         }
     }
 
-    fn done<A: HasOutQueue>(
-        ctx: &mut Context<A>,
-        act: &mut A,
-        ticket: Ticket,
-        text: Option<FrameText>,
-    ) {
-        // A frame whose signing failed is skipped (and was logged by the pool);
-        // an empty text keeps the ticket order without writing anything.
-        let item = Wire::Text(text.unwrap_or_else(|| FrameText::from("")));
-        act.out_queue().seq.complete(ticket, item);
-        Self::flush(ctx, act);
-    }
-
+    /// Write what is ready at the front; wait for the first frame still
+    /// being signed.
     fn flush<A: HasOutQueue>(ctx: &mut Context<A>, act: &mut A) {
         let queue = act.out_queue();
-        while let Some(item) = queue.seq.pop_ready() {
-            match item {
-                Wire::Text(text) if text.is_empty() => {}
-                Wire::Text(text) => {
-                    queue.started = true;
-                    queue.transport.do_send(Wire::Text(text));
-                }
-                close @ Wire::Close(..) => {
-                    queue.transport.do_send(close);
+        if queue.waiting {
+            return;
+        }
+        while let Some(front) = queue.queue.front() {
+            match front {
+                Queued::Frame(frame) => match frame.state() {
+                    Signing::Done(text) => {
+                        queue.queue.pop_front();
+                        queue.started = true;
+                        queue.transport.do_send(Wire::Text(text));
+                    }
+                    // Logged by the pool; the frames behind it go on.
+                    Signing::Failed => {
+                        queue.queue.pop_front();
+                    }
+                    Signing::Running => {
+                        queue.waiting = true;
+                        let wait = frame.text();
+                        ctx.spawn(wait.into_actor(act).map(|_, act: &mut A, ctx| {
+                            act.out_queue().waiting = false;
+                            Self::flush(ctx, act);
+                        }));
+                        return;
+                    }
+                },
+                Queued::Close(..) => {
+                    if let Some(Queued::Close(code, reason)) = queue.queue.pop_front() {
+                        queue.transport.do_send(Wire::Close(code, reason));
+                    }
                     queue.closed = true;
+                    queue.queue = VecDeque::new();
                     ctx.stop();
                     return;
                 }
             }
         }
+        // Give back what a burst made the queue grow to.
+        if queue.queue.capacity() > 16 {
+            queue.queue = VecDeque::new();
+        }
     }
 
     /// Frames queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.seq.len()
+        self.queue.len()
     }
 }
 
@@ -174,7 +190,7 @@ impl OutQueue {
 /// checks run off the loop (crypto pool, database) holds the next ones back.
 #[derive(Default)]
 pub struct InQueue {
-    backlog: std::collections::VecDeque<FrameText>,
+    backlog: VecDeque<FrameText>,
     /// A frame's checks are running off the loop.
     busy: bool,
 }
@@ -312,8 +328,334 @@ pub trait Acceptor: Unpin + 'static {
     }
 }
 
-/// An inbound WebSocket (actix-web-actors): unidentified until its first
-/// frame, then a transport for a user session or a server link.
+/// What a received WebSocket frame asks of its transport.
+enum Received {
+    /// Nothing to do (a pong, or a fragment of a message still arriving).
+    Nothing,
+    /// A complete text message.
+    Text(FrameText),
+    /// A complete binary message.
+    Binary,
+    /// A ping to answer.
+    Ping(Bytes),
+    /// The peer closed the socket.
+    Closed(Option<CloseReason>),
+    /// Close with this code and reason.
+    Refuse(u16, &'static str),
+}
+
+/// Classify one decoded frame (both transports share this).
+fn receive(
+    fragments: &mut Fragments,
+    max_frame: usize,
+    frame: Result<Frame, ProtocolError>,
+) -> Received {
+    let text = |bytes: Bytes| match std::str::from_utf8(&bytes) {
+        Ok(text) => Received::Text(FrameText::from(text)),
+        Err(_) => Received::Refuse(close::INVALID_DATA, "text is not UTF-8"),
+    };
+    match frame {
+        Ok(Frame::Text(bytes)) => text(bytes),
+        Ok(Frame::Binary(_)) => Received::Binary,
+        Ok(Frame::Continuation(item)) => match fragments.feed(item, max_frame) {
+            Assembled::Incomplete => Received::Nothing,
+            Assembled::Text(bytes) => text(bytes),
+            Assembled::Binary => Received::Binary,
+            Assembled::TooBig => Received::Refuse(close::TOO_BIG, "message too big"),
+            Assembled::Protocol => Received::Refuse(close::POLICY, "bad fragmentation"),
+        },
+        Ok(Frame::Ping(payload)) => Received::Ping(payload),
+        Ok(Frame::Pong(_)) => Received::Nothing,
+        Ok(Frame::Close(reason)) => Received::Closed(reason),
+        Err(ProtocolError::Overflow) => Received::Refuse(close::TOO_BIG, "message too big"),
+        Err(e) => {
+            log::debug!("WebSocket protocol error: {e}");
+            Received::Refuse(close::POLICY, "protocol error")
+        }
+    }
+}
+
+/// Bytes of frames a connection may leave unread before it is closed as
+/// too slow (a reader that never reads must not grow the server without
+/// bound).
+pub const MAX_UNREAD_BYTES: usize = 64 << 20;
+
+/// What an inbound connection has still to write, in order.
+enum Out {
+    Text(FrameText),
+    Pong(Bytes),
+    Close(u16, String),
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Text(t) => t.len(),
+            Out::Pong(p) => p.len(),
+            Out::Close(_, r) => r.len() + 2,
+        }
+    }
+}
+
+/// Frames waiting for the socket, shared by an inbound transport (which
+/// queues them) and its [`Writer`] (which encodes them only as the socket
+/// takes the previous ones). The
+/// frames are shared texts: a burst to a slow reader costs a pointer per
+/// frame, and nothing is kept once the queue is empty.
+#[derive(Default)]
+struct Outgoing {
+    frames: VecDeque<Out>,
+    bytes: usize,
+    /// Nothing is queued after the frames already here (closed, or the
+    /// transport stopped, or the connection is gone).
+    finished: bool,
+    waker: Option<std::task::Waker>,
+}
+
+impl Outgoing {
+    fn push(&mut self, out: Out) {
+        if self.finished {
+            return;
+        }
+        if matches!(out, Out::Close(..)) {
+            self.finished = true;
+        }
+        self.bytes += out.len();
+        self.frames.push_back(out);
+        self.wake();
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.wake();
+    }
+
+    /// Drop every queued frame (the close that follows is written at once).
+    fn discard(&mut self) {
+        self.frames = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    /// The connection is gone: drop everything, queue nothing more.
+    fn abandon(&mut self) {
+        self.discard();
+        self.finish();
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Encode one queued frame (server side: unmasked).
+fn encode(frame: Out, buf: &mut BytesMut) {
+    match frame {
+        Out::Text(text) => Parser::write_message(buf, text.as_bytes(), OpCode::Text, true, false),
+        Out::Pong(payload) => Parser::write_message(buf, payload, OpCode::Pong, true, false),
+        Out::Close(code, reason) => Parser::write_close(
+            buf,
+            Some(CloseReason {
+                code: CloseCode::from(code),
+                description: Some(reason),
+            }),
+            false,
+        ),
+    }
+}
+
+/// Bytes encoded ahead of one socket write.
+const WRITE_CHUNK: usize = 8 * 1024;
+
+/// Writes an inbound connection's queued frames to its socket: a few
+/// kilobytes encoded at a time, only as fast as the socket takes them, and
+/// no buffer kept while there is nothing to write. Ends (shutting the write
+/// side down) once the queue is finished and empty, or the socket fails.
+struct Writer<W> {
+    io: W,
+    out: Rc<RefCell<Outgoing>>,
+    buf: BytesMut,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> std::future::Future for Writer<W> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::pin::Pin;
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.buf.is_empty() {
+                let mut out = this.out.borrow_mut();
+                while this.buf.len() < WRITE_CHUNK {
+                    let Some(frame) = out.frames.pop_front() else {
+                        break;
+                    };
+                    out.bytes = out.bytes.saturating_sub(frame.len());
+                    encode(frame, &mut this.buf);
+                }
+                if this.buf.is_empty() {
+                    // Give back what a burst made the queue grow to.
+                    if out.frames.capacity() > 16 {
+                        out.frames = VecDeque::new();
+                    }
+                    if out.finished {
+                        drop(out);
+                        return Pin::new(&mut this.io).poll_shutdown(cx).map(|_| ());
+                    }
+                    if !out.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        out.waker = Some(cx.waker().clone());
+                    }
+                    drop(out);
+                    // A TLS stream may hold the last bytes until flushed.
+                    return match Pin::new(&mut this.io).poll_flush(cx) {
+                        Poll::Ready(Err(_)) => {
+                            this.out.borrow_mut().abandon();
+                            Poll::Ready(())
+                        }
+                        _ => Poll::Pending,
+                    };
+                }
+            }
+            match Pin::new(&mut this.io).poll_write(cx, &this.buf) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    bytes::Buf::advance(&mut this.buf, n);
+                    if this.buf.is_empty() {
+                        this.buf = BytesMut::new();
+                    }
+                }
+                Poll::Ready(_) => {
+                    // The connection is gone: queue nothing more for it.
+                    this.out.borrow_mut().abandon();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The read half of an inbound connection as a stream of byte chunks,
+/// starting with whatever the HTTP layer had already read past the upgrade
+/// request. Reads into a stack buffer: nothing is kept between reads.
+struct ReadChunks<R> {
+    io: R,
+    early: Option<Bytes>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> futures_util::Stream for ReadChunks<R> {
+    type Item = Result<Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Some(early) = self.early.take().filter(|b| !b.is_empty()) {
+            return Poll::Ready(Some(Ok(early)));
+        }
+        let mut chunk = [0u8; 8 * 1024];
+        let mut read = tokio::io::ReadBuf::new(&mut chunk);
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(read.filled())))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Decodes the frames of an inbound byte stream, keeping no buffer between
+/// frames.
+struct WsFrames<S> {
+    inner: S,
+    buf: BytesMut,
+    codec: Codec,
+    done: bool,
+}
+
+impl<S> WsFrames<S> {
+    fn new(inner: S, max_frame: usize) -> Self {
+        WsFrames {
+            inner,
+            buf: BytesMut::new(),
+            codec: Codec::new().max_size(max_frame),
+            done: false,
+        }
+    }
+}
+
+impl<S> futures_util::Stream for WsFrames<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>> + Unpin,
+{
+    type Item = Result<Frame, ProtocolError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use actix_codec::Decoder;
+        use actix_web::error::PayloadError;
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if !this.buf.is_empty() {
+                match this.codec.decode(&mut this.buf) {
+                    Ok(Some(frame)) => {
+                        if this.buf.is_empty() {
+                            this.buf = BytesMut::new();
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        this.done = true;
+                        this.buf = BytesMut::new();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(match e {
+                        PayloadError::Overflow => ProtocolError::Overflow,
+                        e => ProtocolError::Io(std::io::Error::other(e.to_string())),
+                    })));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A close reason as it fits a control frame (at most 123 bytes).
+fn short_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// An inbound WebSocket: unidentified until its first frame, then a
+/// transport for a user session or a server link. The HTTP layer answers the
+/// upgrade and hands over the socket; from then on the connection keeps no
+/// read or write buffer between frames (see README, Performance).
 pub struct WsTransport<A: Acceptor> {
     acceptor: A,
     owner: Option<Recipient<Inbound>>,
@@ -321,6 +663,7 @@ pub struct WsTransport<A: Acceptor> {
     max_frame: usize,
     identify_within: Duration,
     peer: String,
+    out: Rc<RefCell<Outgoing>>,
 }
 
 impl<A: Acceptor> WsTransport<A> {
@@ -333,22 +676,61 @@ impl<A: Acceptor> WsTransport<A> {
             max_frame,
             identify_within,
             peer,
+            out: Rc::default(),
         }
     }
 
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+    /// Run the transport over an upgraded connection `io` (the upgrade
+    /// already answered); `early` holds bytes read past the upgrade request.
+    pub fn start_io<T>(self, io: T, early: Bytes)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        actix::spawn(Writer {
+            io: wr,
+            out: Rc::clone(&self.out),
+            buf: BytesMut::new(),
+        });
+        let max = self.max_frame;
+        let chunks = ReadChunks {
+            io: rd,
+            early: Some(early),
+        };
+        WsTransport::create(move |ctx| {
+            ctx.add_stream(WsFrames::new(FrameGuard::new(chunks, max), max));
+            self
+        });
+    }
+
+    fn write(&mut self, ctx: &mut Context<Self>, out: Out) {
+        let behind = {
+            let mut queue = self.out.borrow_mut();
+            queue.push(out);
+            queue.bytes > MAX_UNREAD_BYTES
+        };
+        if behind {
+            log::warn!(
+                "connection from {} left over {MAX_UNREAD_BYTES} bytes unread; closing it",
+                self.peer
+            );
+            self.out.borrow_mut().discard();
+            self.close(ctx, close::POLICY, "too many frames left unread");
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
         log::debug!("closing connection from {}: {code} {reason}", self.peer);
         if let Some(m) = self.acceptor.metrics() {
             m.inc(crate::metrics::family::CLOSES, &code.to_string());
         }
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
+        self.out
+            .borrow_mut()
+            .push(Out::Close(code, short_reason(reason)));
         ctx.stop();
     }
 
-    fn text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: FrameText) {
+    fn text(&mut self, ctx: &mut Context<Self>, text: FrameText) {
         match &self.owner {
             Some(owner) => owner.do_send(Inbound::Text(text)),
             None => match self.acceptor.accept(text, ctx.address().recipient()) {
@@ -363,7 +745,7 @@ impl<A: Acceptor> WsTransport<A> {
 }
 
 impl<A: Acceptor> Actor for WsTransport<A> {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_later(self.identify_within, |act, ctx| {
@@ -375,60 +757,33 @@ impl<A: Acceptor> Actor for WsTransport<A> {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.out.borrow_mut().finish();
         if let Some(owner) = &self.owner {
             owner.do_send(Inbound::Closed);
         }
     }
 }
 
-impl<A: Acceptor> StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsTransport<A> {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        match msg {
-            Ok(ws::Message::Text(text)) => {
-                let text: &str = &text;
-                self.text(ctx, FrameText::from(text));
-            }
-            Ok(ws::Message::Binary(_)) => match &self.owner {
+impl<A: Acceptor> StreamHandler<Result<Frame, ProtocolError>> for WsTransport<A> {
+    fn handle(&mut self, frame: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
+        match receive(&mut self.fragments, self.max_frame, frame) {
+            Received::Nothing => {}
+            Received::Text(text) => self.text(ctx, text),
+            Received::Binary => match &self.owner {
                 Some(owner) => owner.do_send(Inbound::Binary),
                 None => self.close(ctx, close::UNSUPPORTED, "binary frames are not accepted"),
             },
-            Ok(ws::Message::Continuation(item)) => {
-                match self.fragments.feed(item, self.max_frame) {
-                    Assembled::Incomplete => {}
-                    Assembled::Text(bytes) => match std::str::from_utf8(&bytes) {
-                        Ok(text) => self.text(ctx, FrameText::from(text)),
-                        Err(_) => self.close(ctx, close::INVALID_DATA, "text is not UTF-8"),
-                    },
-                    Assembled::Binary => match &self.owner {
-                        Some(owner) => owner.do_send(Inbound::Binary),
-                        None => {
-                            self.close(ctx, close::UNSUPPORTED, "binary frames are not accepted")
-                        }
-                    },
-                    Assembled::TooBig => self.close(ctx, close::TOO_BIG, "message too big"),
-                    Assembled::Protocol => self.close(ctx, close::POLICY, "bad fragmentation"),
-                }
-            }
-            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
+            Received::Ping(payload) => self.write(ctx, Out::Pong(payload)),
+            Received::Closed(reason) => {
+                let (code, text) = reason.map_or((close::NORMAL, String::new()), |r| {
+                    (u16::from(r.code), r.description.unwrap_or_default())
+                });
+                self.out
+                    .borrow_mut()
+                    .push(Out::Close(code, short_reason(&text)));
                 ctx.stop();
             }
-            Err(ws::ProtocolError::Overflow) => self.close(ctx, close::TOO_BIG, "message too big"),
-            // FrameGuard: a header announcing more than the limit.
-            Err(ws::ProtocolError::Io(e)) if e.to_string().contains("size limit") => {
-                self.close(ctx, close::TOO_BIG, "message too big")
-            }
-            Err(ws::ProtocolError::Io(e))
-                if e.to_string().contains("utf") || e.to_string().contains("UTF") =>
-            {
-                self.close(ctx, close::INVALID_DATA, "text is not UTF-8")
-            }
-            Err(e) => {
-                log::debug!("protocol error from {}: {e}", self.peer);
-                self.close(ctx, close::POLICY, "protocol error");
-            }
+            Received::Refuse(code, reason) => self.close(ctx, code, reason),
         }
     }
 
@@ -442,7 +797,7 @@ impl<A: Acceptor> Handler<Wire> for WsTransport<A> {
 
     fn handle(&mut self, msg: Wire, ctx: &mut Self::Context) {
         match msg {
-            Wire::Text(text) => ctx.text(&*text),
+            Wire::Text(text) => self.write(ctx, Out::Text(text)),
             Wire::Close(code, reason) => self.close(ctx, code, &reason),
         }
     }
@@ -508,35 +863,18 @@ impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcT
         msg: Result<awc::ws::Frame, awc::error::WsProtocolError>,
         ctx: &mut Self::Context,
     ) {
-        use awc::ws::Frame;
-        match msg {
-            Ok(Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
-                Ok(text) => self.owner.do_send(Inbound::Text(FrameText::from(text))),
-                Err(_) => self.close(ctx, close::INVALID_DATA, "text is not UTF-8"),
-            },
-            Ok(Frame::Binary(_)) => self.owner.do_send(Inbound::Binary),
-            Ok(Frame::Continuation(item)) => match self.fragments.feed(item, self.max_frame) {
-                Assembled::Incomplete => {}
-                Assembled::Text(bytes) => match std::str::from_utf8(&bytes) {
-                    Ok(text) => self.owner.do_send(Inbound::Text(FrameText::from(text))),
-                    Err(_) => self.close(ctx, close::INVALID_DATA, "text is not UTF-8"),
-                },
-                Assembled::Binary => self.owner.do_send(Inbound::Binary),
-                Assembled::TooBig => self.close(ctx, close::TOO_BIG, "message too big"),
-                Assembled::Protocol => self.close(ctx, close::POLICY, "bad fragmentation"),
-            },
-            Ok(Frame::Ping(p)) => {
-                let _ = self.sink.write(awc::ws::Message::Pong(p));
+        match receive(&mut self.fragments, self.max_frame, msg) {
+            Received::Nothing => {}
+            Received::Text(text) => self.owner.do_send(Inbound::Text(text)),
+            Received::Binary => self.owner.do_send(Inbound::Binary),
+            Received::Ping(payload) => {
+                let _ = self.sink.write(awc::ws::Message::Pong(payload));
             }
-            Ok(Frame::Pong(_)) => {}
-            Ok(Frame::Close(reason)) => {
+            Received::Closed(reason) => {
                 log::info!("outbound link: the server closed it ({reason:?})");
                 ctx.stop()
             }
-            Err(e) => {
-                log::debug!("outbound link protocol error: {e}");
-                self.close(ctx, close::POLICY, "protocol error");
-            }
+            Received::Refuse(code, reason) => self.close(ctx, code, reason),
         }
     }
 
