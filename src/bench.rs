@@ -881,7 +881,19 @@ async fn idle(cfg: &BenchConfig) -> Result<Idle, String> {
             last = now;
         }
         let settle = settling.elapsed().as_secs_f64() - 1.0;
-        let after = rss_kib(child.id());
+        // Then what the idle server keeps: RSS once it stops falling (the
+        // server hands freed pages back every few seconds), at most 20 s.
+        let mut after = rss_kib(child.id());
+        let mut steady = 0;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = rss_kib(child.id());
+            steady = if now < after { 0 } else { steady + 1 };
+            after = after.min(now);
+            if steady == 7 {
+                break;
+            }
+        }
         let per = (after.saturating_sub(before)) as f64 / cfg.idle_users.max(1) as f64;
         Ok(Idle {
             users: cfg.idle_users,

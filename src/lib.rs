@@ -21,6 +21,7 @@ use clap::Parser;
 /// Entry point of `socp-server`; returns the process exit code.
 pub fn server_main() -> i32 {
     ignore_file_size_signal();
+    return_freed_memory();
     let args = config::ServerArgs::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match args.to_config() {
@@ -62,6 +63,35 @@ fn ignore_file_size_signal() {
         // the server only keeps the default behaviour.
         unsafe {
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+    }
+}
+
+/// How often the server hands freed heap pages back to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hand freed heap pages back to the system every [`TRIM_EVERY`]. glibc's
+/// allocator returns memory only from the top of its heaps, so after a burst
+/// (thousands of frames queued and written) the pages of the freed frames,
+/// lying between long-lived allocations, stay resident. `malloc_trim(0)`
+/// releases every wholly free page; on 1,000 idle users it lowers RSS from
+/// about 24 to 18 KiB per connection (README, Performance).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("socp-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: `malloc_trim` only releases pages no allocation
+                // uses, under the allocator's own locks; it reads no memory
+                // of ours.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("freed memory will not be returned to the system: {e}");
         }
     }
 }

@@ -467,3 +467,89 @@ async fn a_frame_announcing_a_huge_length_then_trickling_is_closed_with_1009() {
     }
     still_served(&mut alice, "after the huge frames").await;
 }
+
+/// Send `request` on a fresh connection; the response's status code.
+async fn status_of(addr: std::net::SocketAddr, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    s.write_all(request.as_bytes()).await.expect("writes");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n") {
+        match tokio::time::timeout(WAIT, s.read_u8()).await {
+            Ok(Ok(b)) => head.push(b),
+            _ => break,
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+}
+
+#[actix_rt::test]
+async fn only_a_websocket_upgrade_at_the_endpoint_is_taken_over() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = server(6, &[]).await;
+    let mut alice = User::join(a.addr, 20).await;
+    let ws_headers = "Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let cases = [
+        (format!("GET /ws HTTP/1.1\r\n{ws_headers}"), 101),
+        (format!("GET / HTTP/1.1\r\n{ws_headers}"), 101),
+        (format!("GET /elsewhere HTTP/1.1\r\n{ws_headers}"), 404),
+        // Not a WebSocket upgrade, or no upgrade at all.
+        (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+                .to_owned(),
+            400,
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\n\r\n"
+                .to_owned(),
+            400,
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_owned(),
+            400,
+        ),
+    ];
+    for (request, expected) in &cases {
+        assert_eq!(
+            status_of(a.addr, request).await,
+            *expected,
+            "{}",
+            request.lines().next().unwrap_or_default()
+        );
+    }
+
+    // A hello sent in the same write as the upgrade request (bytes the HTTP
+    // layer reads past the request) is served like any first frame.
+    let user = User::connect(a.addr, 21, socp_protocol::UserId::random()).await;
+    let hello = user.hello_frame(None).to_json();
+    drop(user);
+    let mut bytes = format!("GET /ws HTTP/1.1\r\n{ws_headers}").into_bytes();
+    bytes.extend_from_slice(&[0x81, 0x80 | 126]);
+    bytes.extend_from_slice(&u16::try_from(hello.len()).expect("fits").to_be_bytes());
+    bytes.extend_from_slice(&[0, 0, 0, 0]);
+    bytes.extend_from_slice(hello.as_bytes());
+    let mut s = tokio::net::TcpStream::connect(a.addr)
+        .await
+        .expect("connects");
+    s.write_all(&bytes).await.expect("writes");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("USER_ADVERTISE") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the server answers the hello in time")
+            .expect("reads");
+        assert!(n > 0, "closed before answering the hello");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    still_served(&mut alice, "after the upgrades").await;
+}

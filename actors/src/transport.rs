@@ -664,6 +664,7 @@ pub struct WsTransport<A: Acceptor> {
     identify_within: Duration,
     peer: String,
     out: Rc<RefCell<Outgoing>>,
+    max_unread: usize,
 }
 
 impl<A: Acceptor> WsTransport<A> {
@@ -677,7 +678,15 @@ impl<A: Acceptor> WsTransport<A> {
             identify_within,
             peer,
             out: Rc::default(),
+            max_unread: MAX_UNREAD_BYTES,
         }
+    }
+
+    /// Close the connection once more than `bytes` of frames wait for it
+    /// (default [`MAX_UNREAD_BYTES`]).
+    pub fn max_unread(mut self, bytes: usize) -> Self {
+        self.max_unread = bytes;
+        self
     }
 
     /// Run the transport over an upgraded connection `io` (the upgrade
@@ -707,12 +716,13 @@ impl<A: Acceptor> WsTransport<A> {
         let behind = {
             let mut queue = self.out.borrow_mut();
             queue.push(out);
-            queue.bytes > MAX_UNREAD_BYTES
+            queue.bytes > self.max_unread
         };
         if behind {
             log::warn!(
-                "connection from {} left over {MAX_UNREAD_BYTES} bytes unread; closing it",
-                self.peer
+                "connection from {} left over {} bytes unread; closing it",
+                self.peer,
+                self.max_unread
             );
             self.out.borrow_mut().discard();
             self.close(ctx, close::POLICY, "too many frames left unread");
