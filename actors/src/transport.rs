@@ -399,9 +399,9 @@ impl Out {
 
 /// Frames waiting for the socket, shared by an inbound transport (which
 /// queues them) and its [`Writer`] (which encodes them only as the socket
-/// takes the previous ones). The
-/// frames are shared texts: a burst to a slow reader costs a pointer per
-/// frame, and nothing is kept once the queue is empty.
+/// takes the previous ones). The frames are shared texts: a burst to a slow
+/// reader costs a pointer per frame, and nothing is kept once the queue is
+/// empty.
 #[derive(Default)]
 struct Outgoing {
     frames: VecDeque<Out>,
