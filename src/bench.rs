@@ -272,6 +272,13 @@ impl BenchUser {
                     continue;
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Once attached, only deliveries matter: presence news (every
+                // join is news to every user) is counted, not parsed. Our
+                // server writes `type` first.
+                let head = &bytes[..bytes.len().min(64)];
+                if ack.is_none() && !contains(head, b"\"USER_DELIVER\"") {
+                    continue;
+                }
                 // Only the fields the bench needs; no RSA on the client side.
                 let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
                     continue;
@@ -318,6 +325,11 @@ impl BenchUser {
             frames,
         })
     }
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A signed DM from `from` to `to` and the id its delivery will carry.
