@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -59,6 +60,8 @@ pub struct BenchConfig {
     pub only: Vec<String>,
     /// The `socp-server` binary for the idle test (default: next to this one).
     pub server_bin: Option<PathBuf>,
+    /// Linked servers to run against instead of starting some.
+    pub targets: Vec<SocketAddr>,
 }
 
 impl Default for BenchConfig {
@@ -75,6 +78,7 @@ impl Default for BenchConfig {
             mesh_users: 40,
             only: Vec::new(),
             server_bin: None,
+            targets: Vec::new(),
         }
     }
 }
@@ -206,6 +210,93 @@ async fn mesh(n: usize) -> Result<Vec<RunningServer>, String> {
         }
     }
     Ok(servers)
+}
+
+/// The servers a part runs against: started in process, or given with
+/// `--target` (then left running).
+struct Servers {
+    addrs: Vec<SocketAddr>,
+    owned: Vec<RunningServer>,
+}
+
+impl Servers {
+    /// `n` linked servers.
+    async fn get(cfg: &BenchConfig, n: usize) -> Result<Servers, String> {
+        if cfg.targets.is_empty() {
+            let owned = mesh(n).await?;
+            return Ok(Servers {
+                addrs: owned.iter().map(|s| s.addr).collect(),
+                owned,
+            });
+        }
+        let Some(addrs) = cfg.targets.get(..n) else {
+            return Err(format!(
+                "this part needs {n} linked servers; {} given with --target",
+                cfg.targets.len()
+            ));
+        };
+        for addr in addrs {
+            let links = links_up(&http_status(*addr).await?);
+            if links + 1 < n {
+                return Err(format!(
+                    "target {addr} has {links} live links; this part needs {n} linked servers"
+                ));
+            }
+        }
+        Ok(Servers {
+            addrs: addrs.to_vec(),
+            owned: Vec::new(),
+        })
+    }
+
+    /// Users server `i` knows (attached to it or elsewhere).
+    async fn known(&self, i: usize) -> Result<usize, String> {
+        match self.owned.get(i) {
+            Some(s) => Ok(users_known(&s.status().await)),
+            None => Ok(users_known(&http_status(self.addrs[i]).await?)),
+        }
+    }
+
+    /// Wait until server `i` knows at least `want` users.
+    async fn converge(&self, i: usize, want: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.known(i).await? < want {
+            if Instant::now() > deadline {
+                return Err("presence did not converge within 120 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Stop the servers this bench started.
+    async fn stop(self) {
+        for s in self.owned {
+            s.kill().await;
+        }
+    }
+}
+
+/// GET `path` of a server's HTTP endpoint.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<Bytes, String> {
+    let mut response = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .map_err(|e| format!("{addr}{path}: {e}"))?;
+    response
+        .body()
+        .limit(64 << 20)
+        .await
+        .map_err(|e| format!("{addr}{path}: {e}"))
+}
+
+/// A server's `/status`.
+async fn http_status(addr: SocketAddr) -> Result<Value, String> {
+    let body = http_get(addr, "/status").await?;
+    serde_json::from_slice(&body).map_err(|e| format!("{addr}/status: {e}"))
 }
 
 fn links_up(status: &Value) -> usize {
@@ -416,8 +507,9 @@ pub struct DmRelay {
 }
 
 async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String> {
-    let servers = mesh(2).await?;
-    let (a, b) = (servers[0].addr, servers[1].addr);
+    let servers = Servers::get(cfg, 2).await?;
+    let (a, b) = (servers.addrs[0], servers.addrs[1]);
+    let base = servers.known(0).await?;
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for i in 0..cfg.pairs {
@@ -425,14 +517,7 @@ async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String>
         receivers.push(BenchUser::join(b, 11 + (2 * i) % 20).await?);
     }
     // Wait until server a knows every receiver.
-    let want = 2 * cfg.pairs;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while users_known(&servers[0].status().await) < want {
-        if Instant::now() > deadline {
-            return Err("presence did not converge".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    servers.converge(0, base + 2 * cfg.pairs).await?;
     // Pre-sign enough DMs for the run at up to 1.5x the ceiling.
     let per_pair = ((crypto.sign_per_s_all / 2.0 * 1.5 * cfg.dm_secs) as usize / cfg.pairs.max(1))
         .max(cfg.window * 2)
@@ -555,9 +640,7 @@ async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String>
     let secs = measured_end.duration_since(started).as_secs_f64();
     let dms_per_s = delivered as f64 / secs;
     let ceiling = crypto.sign_per_s_all / 2.0;
-    for s in servers {
-        s.kill().await;
-    }
+    servers.stop().await;
     Ok(DmRelay {
         pairs: cfg.pairs,
         seconds: secs,
@@ -596,20 +679,14 @@ pub struct Fanout {
 }
 
 async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
-    let servers = mesh(3).await?;
-    let sender = BenchUser::join(servers[0].addr, 10).await?;
+    let servers = Servers::get(cfg, 3).await?;
+    let base = servers.known(0).await?;
+    let sender = BenchUser::join(servers.addrs[0], 10).await?;
     let mut members = Vec::new();
     for i in 0..cfg.members {
-        members.push(BenchUser::join(servers[i % 3].addr, 11 + i % 20).await?);
+        members.push(BenchUser::join(servers.addrs[i % 3], 11 + i % 20).await?);
     }
-    let want = cfg.members + 1;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while users_known(&servers[0].status().await) < want {
-        if Instant::now() > deadline {
-            return Err("presence did not converge".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    servers.converge(0, base + cfg.members + 1).await?;
     let targets: Vec<(UserId, socp_protocol::PublicKey)> = members
         .iter()
         .map(|m| (m.id.clone(), m.key.public_key().clone()))
@@ -658,9 +735,7 @@ async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
     let secs = last.duration_since(started).as_secs_f64();
     let bound = cfg.members as f64 * (crypto.sign_ms / 1000.0) / crypto.cores as f64;
     let all_cores = cfg.members as f64 / crypto.sign_per_s_all.max(f64::MIN_POSITIVE);
-    for s in servers {
-        s.kill().await;
-    }
+    servers.stop().await;
     Ok(Fanout {
         members: cfg.members,
         servers: 3,
@@ -688,16 +763,11 @@ pub struct FileTransfer {
 }
 
 async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String> {
-    let servers = mesh(2).await?;
-    let sender = BenchUser::join(servers[0].addr, 10).await?;
-    let mut receiver = BenchUser::join(servers[1].addr, 11).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while users_known(&servers[0].status().await) < 2 {
-        if Instant::now() > deadline {
-            return Err("presence did not converge".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let servers = Servers::get(cfg, 2).await?;
+    let base = servers.known(0).await?;
+    let sender = BenchUser::join(servers.addrs[0], 10).await?;
+    let mut receiver = BenchUser::join(servers.addrs[1], 11).await?;
+    servers.converge(0, base + 2).await?;
     let data: Vec<u8> = (0..cfg.file_bytes).map(|i| (i * 31 % 251) as u8).collect();
     let file_id = FileId::random();
     let rkey = receiver.key.public_key().clone();
@@ -777,9 +847,7 @@ async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String
         }
     }
     if got < n + 2 {
-        for s in servers {
-            s.kill().await;
-        }
+        servers.stop().await;
         return Err(format!(
             "only {} of {n} chunks arrived within {budget:?}",
             got.saturating_sub(1)
@@ -789,9 +857,7 @@ async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String
     let secs = last.duration_since(started).as_secs_f64();
     let decrypt_ceiling = crypto.decrypt_per_s_all * MAX_OAEP_PLAINTEXT as f64;
     let bps = data.len() as f64 / secs.max(f64::MIN_POSITIVE);
-    for s in servers {
-        s.kill().await;
-    }
+    servers.stop().await;
     Ok(FileTransfer {
         bytes: data.len(),
         chunks: n,
@@ -820,19 +886,10 @@ pub struct Idle {
     pub projected_mib_for_10000: f64,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 async fn idle(cfg: &BenchConfig) -> Result<Idle, String> {
+    if let Some(addr) = cfg.targets.first() {
+        return idle_on(cfg, *addr).await;
+    }
     let bin = cfg
         .server_bin
         .clone()
@@ -869,68 +926,85 @@ async fn idle(cfg: &BenchConfig) -> Result<Idle, String> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = rss_kib(child.id());
-        let started = Instant::now();
-        let mut users = Vec::new();
-        // Attach in batches, concurrently.
-        for batch in (0..cfg.idle_users).collect::<Vec<_>>().chunks(50) {
-            let joins = batch.iter().map(|i| BenchUser::join(addr, 10 + i % 20));
-            for r in futures_util::future::join_all(joins).await {
-                users.push(r?);
-            }
-        }
-        let secs = started.elapsed().as_secs_f64();
-        // Idle means the server has sent everything the joins caused (each
-        // join is news to every user): wait until no user has received a
-        // frame for a second.
-        let received = || {
-            users
-                .iter()
-                .map(|u| u.frames.load(std::sync::atomic::Ordering::Relaxed))
-                .sum::<u64>()
-        };
-        let settling = Instant::now();
-        let mut last = received();
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = received();
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-        let settle = settling.elapsed().as_secs_f64() - 1.0;
-        // Then what the idle server keeps: RSS once it stops falling (the
-        // server hands freed pages back every few seconds), at most 20 s.
-        let mut after = rss_kib(child.id());
-        let mut steady = 0;
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = rss_kib(child.id());
-            steady = if now < after { 0 } else { steady + 1 };
-            after = after.min(now);
-            if steady == 7 {
-                break;
-            }
-        }
-        let per = (after.saturating_sub(before)) as f64 / cfg.idle_users.max(1) as f64;
-        Ok(Idle {
-            users: cfg.idle_users,
-            attached: users.len(),
-            seconds_to_attach: secs,
-            seconds_to_settle: settle.max(0.0),
-            frames_received: last,
-            server_rss_before_kib: before,
-            server_rss_after_kib: after,
-            kib_per_connection: per,
-            projected_mib_for_10000: (before as f64 + per * 10_000.0) / 1024.0,
-        })
+        idle_on(cfg, addr).await
     }
     .await;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// A server's resident memory, KiB, from its `/metrics`.
+async fn rss_kib(addr: SocketAddr) -> Result<u64, String> {
+    let body = http_get(addr, "/metrics").await?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|bytes| (bytes / 1024.0) as u64)
+        .ok_or_else(|| format!("{addr}/metrics has no process_resident_memory_bytes"))
+}
+
+/// Attach `cfg.idle_users` users to the server at `addr`; its RSS before
+/// and once idle.
+async fn idle_on(cfg: &BenchConfig, addr: SocketAddr) -> Result<Idle, String> {
+    let before = rss_kib(addr).await?;
+    let started = Instant::now();
+    let mut users = Vec::new();
+    // Attach in batches, concurrently.
+    for batch in (0..cfg.idle_users).collect::<Vec<_>>().chunks(50) {
+        let joins = batch.iter().map(|i| BenchUser::join(addr, 10 + i % 20));
+        for r in futures_util::future::join_all(joins).await {
+            users.push(r?);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // Idle means the server has sent everything the joins caused (each join
+    // is news to every user): wait until no user has received a frame for a
+    // second.
+    let received = || {
+        users
+            .iter()
+            .map(|u| u.frames.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let settling = Instant::now();
+    let mut last = received();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = received();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let settle = settling.elapsed().as_secs_f64() - 1.0;
+    // Then what the idle server keeps: RSS once it stops falling (the server
+    // hands freed pages back every few seconds), at most 20 s.
+    let mut after = rss_kib(addr).await?;
+    let mut steady = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_kib(addr).await?;
+        steady = if now < after { 0 } else { steady + 1 };
+        after = after.min(now);
+        if steady == 7 {
+            break;
+        }
+    }
+    let per = (after.saturating_sub(before)) as f64 / cfg.idle_users.max(1) as f64;
+    Ok(Idle {
+        users: cfg.idle_users,
+        attached: users.len(),
+        seconds_to_attach: secs,
+        seconds_to_settle: settle.max(0.0),
+        frames_received: last,
+        server_rss_before_kib: before,
+        server_rss_after_kib: after,
+        kib_per_connection: per,
+        projected_mib_for_10000: (before as f64 + per * 10_000.0) / 1024.0,
+    })
 }
 
 /// Mesh formation figures.

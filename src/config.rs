@@ -118,6 +118,12 @@ pub struct BenchArgs {
     /// The socp-server binary for the idle test (default: next to socp-bench).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Run against these linked servers (`ws://HOST:PORT`, repeatable)
+    /// instead of starting servers: DM relay and files use the first two,
+    /// fan-out the first three, idle capacity the first (its RSS read from
+    /// /metrics); mesh formation always starts its own.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -125,8 +131,25 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// The bench configuration.
-    pub fn to_config(&self) -> crate::bench::BenchConfig {
-        crate::bench::BenchConfig {
+    pub fn to_config(&self) -> Result<crate::bench::BenchConfig, ConfigError> {
+        let targets = self
+            .targets
+            .iter()
+            .map(|url| {
+                if url_scheme(url) == Scheme::Wss {
+                    return Err(ConfigError(format!(
+                        "{url}: socp-bench drives plain ws:// servers only"
+                    )));
+                }
+                let (host, port) = parse_ws_url(url)?;
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| ConfigError(format!("{url}: cannot resolve {host}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::bench::BenchConfig {
             crypto_secs: self.crypto_secs,
             pairs: self.pairs.max(1),
             dm_secs: self.seconds,
@@ -138,7 +161,8 @@ impl BenchArgs {
             mesh_users: self.users,
             only: self.only.clone(),
             server_bin: self.server_bin.clone(),
-        }
+            targets,
+        })
     }
 }
 
@@ -664,6 +688,34 @@ mod tests {
         assert_eq!(url_scheme("wss://h:1"), Scheme::Wss);
         assert_eq!(url_scheme("ws://h:1"), Scheme::Ws);
         assert_eq!(url_scheme("h:1"), Scheme::Bare);
+    }
+
+    #[test]
+    fn bench_targets_are_plain_websocket_addresses() {
+        let args = BenchArgs::parse_from([
+            "socp-bench",
+            "--target",
+            "ws://127.0.0.1:9000/ws",
+            "--target",
+            "127.0.0.1:9001",
+        ]);
+        let config = args.to_config().unwrap();
+        assert_eq!(
+            config.targets,
+            vec![
+                SocketAddr::from(([127, 0, 0, 1], 9000)),
+                SocketAddr::from(([127, 0, 0, 1], 9001))
+            ]
+        );
+        assert!(BenchArgs::parse_from(["socp-bench"])
+            .to_config()
+            .unwrap()
+            .targets
+            .is_empty());
+        for bad in ["wss://127.0.0.1:9000", "ws://127.0.0.1", "http://h:1"] {
+            let args = BenchArgs::parse_from(["socp-bench", "--target", bad]);
+            assert!(args.to_config().is_err(), "{bad}");
+        }
     }
 
     #[test]

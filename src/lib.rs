@@ -136,7 +136,14 @@ pub fn client_main() -> i32 {
 pub fn bench_main() -> i32 {
     let args = config::BenchArgs::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
-    let report = actix_web::rt::System::new().block_on(bench::run(args.to_config()));
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("socp-bench: {e}");
+            return 2;
+        }
+    };
+    let report = actix_web::rt::System::new().block_on(bench::run(config));
     if args.json {
         println!(
             "{}",

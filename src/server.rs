@@ -312,10 +312,28 @@ async fn metrics(router: web::Data<Addr<Router>>, shared: web::Data<Shared>) -> 
             count("servers"),
         ),
         ("socp_linked_servers", "servers with a live link", linked),
+        (
+            "process_resident_memory_bytes",
+            "resident memory of this process",
+            resident_bytes(),
+        ),
     ]);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)
+}
+
+/// This process's resident memory (Linux: VmRSS), 0 where unknown.
+fn resident_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib * 1024.0)
 }
 
 async fn status(router: web::Data<Addr<Router>>) -> HttpResponse {

@@ -1,13 +1,17 @@
 //! socp-bench with tiny settings: every message delivered exactly once, and
-//! every figure present in the JSON report. No timing thresholds.
+//! every figure present in the JSON report, on servers it starts and on
+//! servers given by address. No timing thresholds.
+
+mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use common::{eventually, links_up, server};
 use socp::bench::{run, BenchConfig};
 
-#[actix_rt::test]
-async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
-    let cfg = BenchConfig {
+fn tiny() -> BenchConfig {
+    BenchConfig {
         crypto_secs: 0.2,
         pairs: 2,
         dm_secs: 1.0,
@@ -19,8 +23,13 @@ async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
         mesh_users: 3,
         only: Vec::new(),
         server_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_socp-server"))),
-    };
-    let report = run(cfg).await;
+        targets: Vec::new(),
+    }
+}
+
+#[actix_rt::test]
+async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
+    let report = run(tiny()).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 
     let c = &report.crypto;
@@ -80,4 +89,53 @@ async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
     assert!(json["idle"]["kib_per_connection"].is_number());
     assert!(json["file"]["bytes_per_s"].is_number());
     assert!(json["fanout"]["seconds_to_last"].is_number());
+}
+
+#[actix_rt::test]
+async fn the_bench_runs_against_linked_servers_given_by_address() {
+    let a = server(1, &[]).await;
+    let b = server(2, &[a.addr]).await;
+    let c = server(3, &[a.addr]).await;
+    for s in [&a, &b, &c] {
+        eventually(Duration::from_secs(30), "a mesh of three", || async {
+            links_up(&s.status().await) == 2
+        })
+        .await;
+    }
+    let cfg = BenchConfig {
+        targets: vec![a.addr, b.addr, c.addr],
+        only: ["dm", "fanout", "file", "idle"].map(String::from).to_vec(),
+        ..tiny()
+    };
+    let report = run(cfg).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let dm = report.dm_relay.as_ref().expect("dm relay ran");
+    assert!(dm.sent > 0);
+    assert_eq!((dm.delivered, dm.lost, dm.duplicated), (dm.sent, 0, 0));
+    let f = report.fanout.as_ref().expect("fan-out ran");
+    assert_eq!((f.delivered, f.duplicated), (4, 0));
+    let file = report.file.as_ref().expect("file ran");
+    assert_eq!(file.delivered_chunks, file.chunks);
+    // Idle capacity on the first target, its RSS read from /metrics.
+    let idle = report.idle.as_ref().expect("idle ran");
+    assert_eq!(idle.attached, 5);
+    assert!(idle.server_rss_before_kib > 0 && idle.server_rss_after_kib > 0);
+    assert!(report.mesh.is_none(), "mesh formation was not asked for");
+
+    // Too few targets for a part is an error, not a silent substitute.
+    let cfg = BenchConfig {
+        targets: vec![a.addr],
+        only: vec!["fanout".into()],
+        ..tiny()
+    };
+    let report = run(cfg).await;
+    assert!(report.fanout.is_none());
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("needs 3 linked servers")),
+        "{:?}",
+        report.errors
+    );
 }
