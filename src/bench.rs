@@ -73,7 +73,7 @@ impl Default for BenchConfig {
             window: 8,
             members: 100,
             file_bytes: 1024 * 1024,
-            idle_users: 1000,
+            idle_users: 500,
             mesh_servers: 4,
             mesh_users: 40,
             only: Vec::new(),
@@ -1057,6 +1057,9 @@ pub struct Report {
     pub file: Option<FileTransfer>,
     pub idle: Option<Idle>,
     pub mesh: Option<MeshFormation>,
+    /// Wall-clock seconds of each part (set-up and the bench's own signing
+    /// included), in run order.
+    pub part_seconds: Vec<(String, f64)>,
     pub errors: Vec<String>,
 }
 
@@ -1076,17 +1079,25 @@ pub async fn run(cfg: BenchConfig) -> Report {
         ..Report::default()
     };
     let secs = cfg.crypto_secs;
+    let t = Instant::now();
     report.crypto = actix_web::rt::task::spawn_blocking(move || crypto(secs))
         .await
         .unwrap_or_default();
+    report
+        .part_seconds
+        .push(("crypto".into(), t.elapsed().as_secs_f64()));
     let c = report.crypto.clone();
     macro_rules! part {
         ($name:literal, $field:ident, $fut:expr) => {
             if wanted(&cfg, $name) {
+                let t = Instant::now();
                 match $fut.await {
                     Ok(v) => report.$field = Some(v),
                     Err(e) => report.errors.push(format!("{}: {e}", $name)),
                 }
+                report
+                    .part_seconds
+                    .push(($name.into(), t.elapsed().as_secs_f64()));
             }
         };
     }
@@ -1165,6 +1176,13 @@ pub fn table(r: &Report) -> String {
         s += &format!("mesh formation: {} servers, {} users\n", m.servers, m.users);
         s += &format!("  mesh formed in {:.2} s; every server knew every user {:.2} s after the users joined\n\n", m.seconds_to_mesh, m.seconds_to_presence);
     }
+    let parts: Vec<String> = r
+        .part_seconds
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.0} s"))
+        .collect();
+    let total: f64 = r.part_seconds.iter().map(|(_, secs)| secs).sum();
+    s += &format!("wall clock: {total:.0} s ({})\n", parts.join(", "));
     for e in &r.errors {
         s += &format!("error: {e}\n");
     }

@@ -104,7 +104,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     pub file_kib: usize,
     /// C: idle users attached to one server.
-    #[arg(short = 'c', long, default_value_t = 1000)]
+    #[arg(short = 'c', long, default_value_t = 500)]
     pub idle_users: usize,
     /// S: servers joining one introducer.
     #[arg(short = 's', long, default_value_t = 4)]
