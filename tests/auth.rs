@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -11,21 +10,6 @@ use socp_protocol::message::UserHello;
 use socp_protocol::{fixtures, now_ms, Envelope, Message, PrivateKey, UserId};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-const PASSWORD: &str = "correct horse battery staple";
-
-/// The fixture key every registered user here uses.
-const REG_KEY: usize = 21;
-
-/// `REG_KEY` as an encrypted PKCS#8 key store (scrypt: made once).
-fn key_store() -> &'static str {
-    static STORE: OnceLock<String> = OnceLock::new();
-    STORE.get_or_init(|| {
-        fixtures::key(REG_KEY)
-            .to_encrypted_pem(PASSWORD)
-            .expect("encrypts")
-    })
-}
 
 /// USER_REGISTER from `from` for `user_id`/`username` with fixture key `key`,
 /// signed with fixture key `signer`.

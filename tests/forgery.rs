@@ -25,15 +25,6 @@ fn advertises(user: &UserId) -> impl Fn(&Envelope) -> bool {
     move |e: &Envelope| e.msg_type() == "USER_ADVERTISE" && e.payload()["user_id"] == id.as_str()
 }
 
-fn advertise(user: &UserId, server: &ServerId, key: usize) -> Message {
-    Message::UserAdvertise(UserAdvertise {
-        user_id: user.clone(),
-        server_id: server.clone(),
-        pubkey: fixtures::key(key).public_key().clone(),
-        meta: None,
-    })
-}
-
 async fn fake_linked_to(s: &RunningServer, key: usize) -> FakeServer {
     let fake = FakeServer::link(s.addr, key, &s.server_id).await;
     let id = fake.id.to_string();

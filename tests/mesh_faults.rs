@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::future::join_all;
 use socp::server::{start, RunningServer};
-use socp_protocol::message::{UserAdvertise, UserRemove};
+use socp_protocol::message::UserRemove;
 use socp_protocol::{fixtures, Envelope, Message, ServerId, To, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,15 +48,6 @@ fn location(status: &serde_json::Value, user: &UserId) -> Option<String> {
         r.iter()
             .find(|u| u["user_id"] == id)
             .and_then(|u| u["server_id"].as_str().map(str::to_owned))
-    })
-}
-
-fn advertise(user: &UserId, server: &ServerId, key: usize) -> Message {
-    Message::UserAdvertise(UserAdvertise {
-        user_id: user.clone(),
-        server_id: server.clone(),
-        pubkey: fixtures::key(key).public_key().clone(),
-        meta: None,
     })
 }
 

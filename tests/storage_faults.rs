@@ -26,7 +26,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -481,21 +481,6 @@ fn a_database_in_a_read_only_directory_is_refused() {
 
 // ---------------------------------------------------------------------------
 // A full disk while a user registers.
-
-const PASSWORD: &str = "correct horse battery staple";
-
-/// The fixture key every registered user here uses.
-const REG_KEY: usize = 21;
-
-/// `REG_KEY` as an encrypted PKCS#8 key store, as a client uploads it.
-fn key_store() -> &'static str {
-    static STORE: OnceLock<String> = OnceLock::new();
-    STORE.get_or_init(|| {
-        fixtures::key(REG_KEY)
-            .to_encrypted_pem(PASSWORD)
-            .expect("encrypts")
-    })
-}
 
 /// USER_REGISTER from `from` for `user_id` / `username` with `REG_KEY`.
 fn register(from: &UserId, user_id: &UserId, username: &str) -> Envelope {

@@ -580,3 +580,30 @@ impl User {
         user
     }
 }
+
+/// The password of every registered test user.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The fixture key every registered test user uses.
+pub const REG_KEY: usize = 21;
+
+/// `REG_KEY` as an encrypted PKCS#8 key store, as a client uploads it
+/// (scrypt: made once per test binary).
+pub fn key_store() -> &'static str {
+    static STORE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| {
+        fixtures::key(REG_KEY)
+            .to_encrypted_pem(PASSWORD)
+            .expect("encrypts")
+    })
+}
+
+/// A USER_ADVERTISE of `user` at `server` with fixture key `key`.
+pub fn advertise(user: &UserId, server: &ServerId, key: usize) -> Message {
+    Message::UserAdvertise(socp_protocol::message::UserAdvertise {
+        user_id: user.clone(),
+        server_id: server.clone(),
+        pubkey: fixtures::key(key).public_key().clone(),
+        meta: None,
+    })
+}
