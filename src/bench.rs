@@ -980,16 +980,21 @@ async fn idle_on(cfg: &BenchConfig, addr: SocketAddr) -> Result<Idle, String> {
         last = now;
     }
     let settle = settling.elapsed().as_secs_f64() - 1.0;
-    // Then what the idle server keeps: RSS once it stops falling (the server
-    // hands freed pages back every few seconds), at most 20 s.
+    // Then what the idle server keeps: the lowest RSS seen, once it has not
+    // fallen by more than 1% for 6 s (the server hands freed pages back every
+    // 5 s; it moves by a few pages either way between), at most 20 s.
     let mut after = rss_kib(addr).await?;
     let mut steady = 0;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = rss_kib(addr).await?;
-        steady = if now < after { 0 } else { steady + 1 };
+        steady = if now + after / 100 < after {
+            0
+        } else {
+            steady + 1
+        };
         after = after.min(now);
-        if steady == 7 {
+        if steady == 6 {
             break;
         }
     }

@@ -129,6 +129,11 @@ pub struct Reconnect(pub ServerId);
 #[rtype(result = "()")]
 pub struct Remember(pub Peer);
 
+/// Announce the queued public channel membership changes (internal).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AnnounceMembership;
+
 /// Say goodbye to everyone and close every connection.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -171,6 +176,8 @@ pub struct Router {
     rounds: u64,
     /// Shut down: no more links are made (reconnects, remembered servers).
     stopping: bool,
+    /// An [`AnnounceMembership`] is on its way.
+    announcing: bool,
 }
 
 impl Router {
@@ -181,6 +188,27 @@ impl Router {
             ports,
             rounds: 0,
             stopping: false,
+            announcing: false,
+        }
+    }
+
+    /// Announce queued membership changes once the router has handled the
+    /// messages already waiting, and not before the last announcement is
+    /// signed: a lone join goes out at once, joins arriving in a burst (while
+    /// the crypto threads are busy) fold into one version.
+    fn announce_membership(&mut self, ctx: &mut Context<Self>) {
+        if self.announcing || !self.state.membership_pending() {
+            return;
+        }
+        self.announcing = true;
+        match self.state.membership_signing() {
+            Some(last) => {
+                ctx.spawn(
+                    actix::fut::wrap_future::<_, Self>(last.text())
+                        .map(|_, _, ctx| ctx.notify(AnnounceMembership)),
+                );
+            }
+            None => ctx.notify(AnnounceMembership),
         }
     }
 
@@ -210,7 +238,7 @@ impl Actor for Router {
 impl Handler<Attach> for Router {
     type Result = Result<(), Refusal>;
 
-    fn handle(&mut self, msg: Attach, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) -> Self::Result {
         let user = msg.user_id.clone();
         let actions = self.state.attach(
             msg.conn,
@@ -222,6 +250,7 @@ impl Handler<Attach> for Router {
         )?;
         log::info!("user {user} attached");
         self.run(actions);
+        self.announce_membership(ctx);
         Ok(())
     }
 }
@@ -229,11 +258,22 @@ impl Handler<Attach> for Router {
 impl Handler<Detach> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: Detach, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Detach, ctx: &mut Self::Context) {
         let actions = self.state.detach(msg.conn_id, &msg.user_id, now_ms());
         if !actions.is_empty() {
             log::info!("user {} left", msg.user_id);
         }
+        self.run(actions);
+        self.announce_membership(ctx);
+    }
+}
+
+impl Handler<AnnounceMembership> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: AnnounceMembership, _: &mut Self::Context) {
+        self.announcing = false;
+        let actions = self.state.flush_membership(now_ms());
         self.run(actions);
     }
 }

@@ -137,6 +137,18 @@ struct LocalUser<H> {
     attached: u64,
 }
 
+/// Public channel membership changes not announced yet. Changes that arrive
+/// together (a burst of joins while the last announcement is still being
+/// signed) make one version: one PUBLIC_CHANNEL_ADD listing every new member
+/// and one PUBLIC_CHANNEL_UPDATED with their wraps (SPEC.md §6.4: `add` and
+/// `wraps` are lists), two signatures instead of two per user.
+#[derive(Default)]
+struct Membership {
+    joins: Vec<(UserId, PublicKey)>,
+    /// Members who left, and whether they were registered (they keep their row).
+    leaves: Vec<(UserId, bool)>,
+}
+
 /// A user attached elsewhere in the mesh.
 struct RemoteUser {
     server_id: ServerId,
@@ -269,6 +281,11 @@ pub struct RouterState<H> {
     servers: HashMap<ServerId, ServerEntry<H>>,
     seen: SeenCache,
     public_version: u64,
+    /// Membership changes waiting to be announced as one version.
+    membership: Membership,
+    /// The last PUBLIC_CHANNEL_UPDATED we announced: while it is still being
+    /// signed, further changes wait and fold into the next version.
+    announced: Option<SignedFrame>,
     /// The public channel's group key (SPEC.md §6.4: wrapped for each member,
     /// encrypts nothing in socp, never rotated).
     group_key: Arc<Vec<u8>>,
@@ -284,6 +301,8 @@ impl<H: Clone> RouterState<H> {
         RouterState {
             seen: SeenCache::new(config.seen_capacity),
             public_version: config.public_version,
+            membership: Membership::default(),
+            announced: None,
             config,
             signer,
             local: HashMap::new(),
@@ -352,8 +371,9 @@ impl<H: Clone> RouterState<H> {
     }
 
     /// Attach a user after a successful USER_HELLO. Sends the user the roster,
-    /// gossips the new user, tells local users, and adds the user to the public
-    /// channel (a new member bumps the version).
+    /// gossips the new user, tells local users, and queues the user's public
+    /// channel join: [`flush_membership`](Self::flush_membership) announces it
+    /// (a new version), together with any other change queued by then.
     pub fn attach(
         &mut self,
         conn: Conn<H>,
@@ -422,7 +442,9 @@ impl<H: Clone> RouterState<H> {
                 attached,
             },
         );
-        self.public_join(&user_id, &pubkey, now, &mut out);
+        // A leave still queued for the same id stays: the store takes leaves
+        // first, then joins.
+        self.membership.joins.push((user_id, pubkey));
         Ok(out)
     }
 
@@ -466,83 +488,96 @@ impl<H: Clone> RouterState<H> {
         Some(frame)
     }
 
-    fn public_join(
-        &mut self,
-        user_id: &UserId,
-        pubkey: &PublicKey,
-        now: i64,
-        out: &mut Vec<Action<H>>,
-    ) {
+    /// Whether public channel membership changes wait to be announced.
+    pub fn membership_pending(&self) -> bool {
+        !self.membership.joins.is_empty() || !self.membership.leaves.is_empty()
+    }
+
+    /// The last announced PUBLIC_CHANNEL_UPDATED while it is still being
+    /// signed: the shell lets changes queue behind it, so that a burst of joins
+    /// makes a few versions rather than one per user.
+    pub fn membership_signing(&self) -> Option<SignedFrame> {
+        self.announced
+            .as_ref()
+            .filter(|f| matches!(f.state(), crate::crypto::Signing::Running))
+            .cloned()
+    }
+
+    /// Announce every queued membership change as one new version: a
+    /// PUBLIC_CHANNEL_ADD listing the members who joined (if any) and a
+    /// PUBLIC_CHANNEL_UPDATED with a wrap of the group key for each of them, to
+    /// every linked server and local user; and the changes for the store.
+    pub fn flush_membership(&mut self, now: i64) -> Vec<Action<H>> {
+        let mut out = Vec::new();
+        if !self.membership_pending() {
+            return out;
+        }
+        let Membership { joins, leaves } = std::mem::take(&mut self.membership);
         let old = self.public_version;
         self.public_version += 1;
         let version = self.public_version;
-        let add = self.sign(
-            To::Public,
-            now,
-            Message::PublicChannelAdd(PublicChannelAdd {
-                add: vec![user_id.clone()],
-                if_version: old,
-            }),
-        );
-        let (me, key, member, group_key) = (
+        let mut frames = Vec::with_capacity(2);
+        if !joins.is_empty() {
+            frames.push(self.sign(
+                To::Public,
+                now,
+                Message::PublicChannelAdd(PublicChannelAdd {
+                    add: joins.iter().map(|(id, _)| id.clone()).collect(),
+                    if_version: old,
+                }),
+            ));
+        }
+        let (me, members, group_key) = (
             self.config.me.clone(),
-            pubkey.clone(),
-            user_id.clone(),
+            joins.clone(),
             self.group_key.clone(),
         );
+        // The wraps are RSA encryptions: made on a crypto thread.
         let updated = self.signer.sign_built(Box::new(move || {
-            let wrapped = key.encrypt(&group_key).ok()?;
+            let wraps = members
+                .into_iter()
+                .filter_map(|(member_id, key)| {
+                    let wrapped = key.encrypt(&group_key).ok()?;
+                    Some(Wrap {
+                        member_id,
+                        wrapped_key: Base64Url::from_bytes(&wrapped),
+                    })
+                })
+                .collect();
             Some(Envelope::new(
                 &me,
                 To::Public,
                 now,
-                &PublicChannelUpdated {
-                    version,
-                    wraps: vec![Wrap {
-                        member_id: member,
-                        wrapped_key: Base64Url::from_bytes(&wrapped),
-                    }],
-                },
+                &PublicChannelUpdated { version, wraps },
             ))
         }));
-        for frame in [&add, &updated] {
-            self.to_all_servers(frame, &[], out);
-            self.to_all_users(frame, None, out);
+        frames.push(updated.clone());
+        for frame in &frames {
+            self.to_all_servers(frame, &[], &mut out);
+            self.to_all_users(frame, None, &mut out);
         }
-        out.push(Action::Store(StoreOp::PublicJoin {
-            user_id: user_id.clone(),
-            pubkey: pubkey.clone(),
-            group_key: self.group_key.clone(),
-            version,
-        }));
+        self.announced = Some(updated);
+        for (user_id, registered) in leaves {
+            out.push(Action::Store(StoreOp::PublicLeave {
+                user_id,
+                remove_row: !registered,
+                version,
+            }));
+        }
+        for (user_id, pubkey) in joins {
+            out.push(Action::Store(StoreOp::PublicJoin {
+                user_id,
+                pubkey,
+                group_key: self.group_key.clone(),
+                version,
+            }));
+        }
+        out
     }
 
-    fn public_leave(
-        &mut self,
-        user_id: &UserId,
-        registered: bool,
-        now: i64,
-        out: &mut Vec<Action<H>>,
-    ) {
-        self.public_version += 1;
-        let updated = self.sign(
-            To::Public,
-            now,
-            Message::PublicChannelUpdated(PublicChannelUpdated {
-                version: self.public_version,
-                wraps: Vec::new(),
-            }),
-        );
-        self.to_all_servers(&updated, &[], out);
-        self.to_all_users(&updated, None, out);
-        out.push(Action::Store(StoreOp::PublicLeave {
-            user_id: user_id.clone(),
-            remove_row: !registered,
-            version: self.public_version,
-        }));
-    }
-
-    /// Detach a user (session closed, or re-identified). Idempotent: only the
+    /// Detach a user (session closed, or re-identified): gossips the removal
+    /// and queues the user's leave of the public channel (announced by
+    /// [`flush_membership`](Self::flush_membership)). Idempotent: only the
     /// connection that attached the user can detach it.
     pub fn detach(&mut self, conn_id: ConnId, user_id: &UserId, now: i64) -> Vec<Action<H>> {
         let mut out = Vec::new();
@@ -561,7 +596,18 @@ impl<H: Clone> RouterState<H> {
         );
         self.to_all_servers(&remove, &[], &mut out);
         self.to_all_users(&remove, None, &mut out);
-        self.public_leave(user_id, registered, now, &mut out);
+        match self
+            .membership
+            .joins
+            .iter()
+            .position(|(id, _)| id == user_id)
+        {
+            // Gone before its join was announced: there is nothing to take back.
+            Some(i) => {
+                self.membership.joins.remove(i);
+            }
+            None => self.membership.leaves.push((user_id.clone(), registered)),
+        }
         out
     }
 
@@ -1087,7 +1133,8 @@ impl<H: Clone> RouterState<H> {
     /// SERVER_GOODBYE and USER_REMOVE for every local user, to every server,
     /// then close every session and link (shutdown).
     pub fn shutdown(&mut self, now: i64) -> Vec<Action<H>> {
-        let mut out = Vec::new();
+        // Membership changes still queued reach the store and the mesh first.
+        let mut out = self.flush_membership(now);
         let users: Vec<UserId> = self.local.keys().cloned().collect();
         for user_id in users {
             let frame = self.sign(

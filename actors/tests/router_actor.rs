@@ -8,21 +8,22 @@ mod common;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use serde_json::json;
-use socp_actors::crypto::FrameText;
+use socp_actors::crypto::{FrameText, SignedFrame};
 use socp_actors::router::{
     Attach, Detach, Dial, FirstSight, IsOnline, JoinRequest, Joined, LinkDown, LinkEvent,
     LinkFrame, LinkUp, Outbound, PeerDead, Reconnect, Remember, Router, RouterPorts,
     SendHeartbeats, ServerKey, Shutdown, Status, UserFrame,
 };
-use socp_actors::routing::{Conn, RouterConfig, RouterState, StoreOp};
+use socp_actors::routing::{Conn, RouterConfig, RouterState, Signer, StoreOp};
 use socp_protocol::message::{
     DeliverContent, MsgDirect, ServerAddress, ServerDeliver, ServerGoodbye, ServerInfo,
     ServerWelcome, UserAdvertise,
 };
 use socp_protocol::{now_ms, Base64Url, Envelope, ErrorCode, Message, ServerId, Signature, To};
 
-use common::{envs, outbound, peer, pk, sid, types, uid, Got, Plain, Rec};
+use common::{envs, outbound, peer, pk, resolved, sid, types, uid, Got, Plain, Rec};
 
 /// A router for `srv-a` (fixture key 0) and the recorders of its ports.
 struct Fixture {
@@ -34,6 +35,10 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> Self {
+        Self::start_with(Arc::new(Plain))
+    }
+
+    fn start_with(signer: Arc<dyn Signer>) -> Self {
         let state = RouterState::new(
             RouterConfig {
                 me: sid("srv-a"),
@@ -44,7 +49,7 @@ impl Fixture {
                 seen_capacity: 1024,
                 public_version: 0,
             },
-            Arc::new(Plain),
+            signer,
         );
         let store = Rec::start();
         let dialer = Rec::start();
@@ -626,4 +631,99 @@ async fn the_router_answers_questions() {
     assert_eq!(status["local_users"], json!(["alice"]));
     assert_eq!(status["servers"][0]["link"], "up");
     assert_eq!(status["public_version"], 1);
+}
+
+/// Signs like `Plain`, but no frame is done before `gate` opens: the crypto
+/// threads are busy.
+struct Gated(Shared<BoxFuture<'static, ()>>);
+
+impl Gated {
+    fn frame(&self, text: Option<String>) -> SignedFrame {
+        let gate = self.0.clone();
+        SignedFrame::from_future(
+            async move {
+                gate.await;
+                text.map(FrameText::from)
+            }
+            .boxed(),
+        )
+    }
+}
+
+impl Signer for Gated {
+    fn sign(&self, env: Envelope) -> SignedFrame {
+        self.frame(Some(env.to_json()))
+    }
+
+    fn sign_built(&self, build: Box<dyn FnOnce() -> Option<Envelope> + Send>) -> SignedFrame {
+        self.frame(build().map(|e| e.to_json()))
+    }
+}
+
+#[actix::test]
+async fn joins_while_the_last_announcement_is_signed_fold_into_the_next() {
+    let (open, gate) = tokio::sync::oneshot::channel::<()>();
+    let gate = async move {
+        let _ = gate.await;
+    }
+    .boxed()
+    .shared();
+    let f = Fixture::start_with(Arc::new(Gated(gate)));
+    let link_b = f.link("srv-b", 1, 1, false).await;
+    f.store.take().await;
+
+    // A lone join is announced at once.
+    f.attach("alice", 10, 10).await;
+    f.router.send(Status).await.expect("router alive");
+    assert_eq!(link_b.take().await.len(), 3, "advert, ADD, UPDATED");
+
+    // While that announcement is still being signed, two more users join:
+    // their adverts go out, their joins wait.
+    f.attach("bob", 11, 11).await;
+    f.attach("carol", 14, 14).await;
+    f.router.send(Status).await.expect("router alive");
+    let adverts = link_b.take().await;
+    assert_eq!(adverts.len(), 2);
+
+    let _ = open.send(());
+    let mut announced = Vec::new();
+    for _ in 0..500 {
+        announced.extend(link_b.take().await);
+        if announced.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(types(&resolved(adverts).await), ["USER_ADVERTISE"; 2]);
+    let announced = envs(&resolved(announced).await);
+    let kinds: Vec<&str> = announced.iter().map(Envelope::msg_type).collect();
+    assert_eq!(kinds, ["PUBLIC_CHANNEL_ADD", "PUBLIC_CHANNEL_UPDATED"]);
+    assert_eq!(field(&announced[0], "add"), json!(["bob", "carol"]));
+    assert_eq!(field(&announced[0], "if_version"), 1);
+    assert_eq!(field(&announced[1], "version"), 2);
+    assert_eq!(
+        field(&announced[1], "wraps").as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let versions: Vec<(String, u64)> = f
+        .store
+        .take()
+        .await
+        .into_iter()
+        .filter_map(|op| match op {
+            StoreOp::PublicJoin {
+                user_id, version, ..
+            } => Some((user_id.to_string(), version)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("alice".to_owned(), 1),
+            ("bob".to_owned(), 2),
+            ("carol".to_owned(), 2)
+        ]
+    );
 }

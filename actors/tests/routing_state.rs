@@ -62,20 +62,31 @@ fn link(st: &mut RouterState<H>, id: &str, n: usize, handle: H, conn: u64) -> Ve
     .expect("link accepted")
 }
 
-/// Attach an ephemeral user with fixture key `n` over `handle`.
+/// Attach an ephemeral user with fixture key `n` over `handle`, and announce
+/// its join (as the Router does once nothing else is queued).
 fn attach(st: &mut RouterState<H>, user: &str, n: usize, handle: H, conn: u64) -> Vec<Action<H>> {
-    st.attach(
-        Conn {
-            id: conn,
-            tx: handle,
-        },
-        uid(user),
-        pk(n),
-        None,
-        false,
-        NOW,
-    )
-    .expect("attached")
+    let mut actions = st
+        .attach(
+            Conn {
+                id: conn,
+                tx: handle,
+            },
+            uid(user),
+            pk(n),
+            None,
+            false,
+            NOW,
+        )
+        .expect("attached");
+    actions.extend(st.flush_membership(NOW));
+    actions
+}
+
+/// Detach `user` from connection `conn`, and announce its leave.
+fn detach(st: &mut RouterState<H>, conn: u64, user: &str) -> Vec<Action<H>> {
+    let mut actions = st.detach(conn, &uid(user), NOW);
+    actions.extend(st.flush_membership(NOW));
+    actions
 }
 
 // ----- reading actions ------------------------------------------------------
@@ -268,7 +279,7 @@ fn location(st: &RouterState<H>, user: &str) -> Option<ServerId> {
 #[test]
 fn attach_sends_roster_gossips_tells_local_users_and_joins_the_public_channel() {
     let (mut st, rita) = mesh();
-    let a = st
+    let mut a = st
         .attach(
             Conn { id: 11, tx: "bob" },
             uid("bob"),
@@ -278,6 +289,13 @@ fn attach_sends_roster_gossips_tells_local_users_and_joins_the_public_channel() 
             NOW,
         )
         .expect("attached");
+    assert!(
+        stores(&a).is_empty(),
+        "the join waits to be announced: {:?}",
+        stores(&a)
+    );
+    assert_eq!(st.status()["public_version"], START_VERSION + 1);
+    a.extend(st.flush_membership(NOW));
 
     // The new user: the roster (local users, then remote ones), its own
     // advert, then the public channel frames.
@@ -521,6 +539,159 @@ fn a_directory_only_introducer_hosts_no_users_and_relays_no_chat() {
     assert_eq!(location(&st, "rita"), Some(sid("srv-b")));
 }
 
+// ----- public channel membership (SPEC.md §6.4) ----------------------------
+
+/// Attach without announcing: the join stays queued.
+fn attach_queued(st: &mut RouterState<H>, user: &str, n: usize, handle: H, conn: u64) {
+    st.attach(
+        Conn {
+            id: conn,
+            tx: handle,
+        },
+        uid(user),
+        pk(n),
+        None,
+        false,
+        NOW,
+    )
+    .expect("attached");
+}
+
+#[test]
+fn joins_queued_together_are_announced_as_one_version() {
+    let (mut st, _) = mesh();
+    attach_queued(&mut st, "bob", 11, "bob", 11);
+    attach_queued(&mut st, "carol", 14, "carol", 14);
+    assert!(st.membership_pending());
+    let a = st.flush_membership(NOW);
+    assert!(!st.membership_pending());
+    assert!(st.flush_membership(NOW).is_empty(), "announced once");
+
+    let version = START_VERSION + 2;
+    for h in ["link-b", "link-c", "alice", "bob", "carol"] {
+        assert_eq!(
+            types_to(&a, h),
+            ["PUBLIC_CHANNEL_ADD", "PUBLIC_CHANNEL_UPDATED"],
+            "{h}"
+        );
+    }
+    let to_b = sent_to(&a, "link-b");
+    assert_eq!(field(&to_b[0], "add"), &json!(["bob", "carol"]));
+    assert_eq!(field(&to_b[0], "if_version"), version - 1);
+    assert_eq!(field(&to_b[1], "version"), version);
+    let wraps = field(&to_b[1], "wraps").as_array().expect("wraps");
+    let members: Vec<&str> = wraps
+        .iter()
+        .map(|w| w["member_id"].as_str().expect("member_id"))
+        .collect();
+    assert_eq!(members, ["bob", "carol"]);
+    let ops = stores(&a);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    for (op, (user, n), wrap) in zip3(&ops, [("bob", 11), ("carol", 14)], wraps) {
+        let StoreOp::PublicJoin {
+            user_id,
+            group_key,
+            version: stored,
+            ..
+        } = op
+        else {
+            panic!("a PublicJoin expected, got {op:?}");
+        };
+        assert_eq!((user_id, *stored), (&uid(user), version));
+        let wrapped =
+            Base64Url::parse(wrap["wrapped_key"].as_str().expect("wrapped_key")).expect("b64");
+        let unwrapped = private(n).decrypt(wrapped.bytes()).expect("unwraps");
+        assert_eq!(&unwrapped, group_key.as_ref(), "{user}'s own wrap");
+    }
+    assert_eq!(st.status()["public_version"], version);
+}
+
+fn zip3<'a, A, B, C>(
+    a: &'a [A],
+    b: impl IntoIterator<Item = B>,
+    c: &'a [C],
+) -> impl Iterator<Item = (&'a A, B, &'a C)> {
+    a.iter().zip(b).zip(c).map(|((a, b), c)| (a, b, c))
+}
+
+#[test]
+fn a_user_gone_before_its_join_was_announced_changes_no_version() {
+    let (mut st, _) = mesh();
+    attach_queued(&mut st, "bob", 11, "bob", 11);
+    let a = st.detach(11, &uid("bob"), NOW);
+    // Its arrival and departure were gossiped all the same.
+    assert_eq!(types_to(&a, "link-b"), ["USER_REMOVE"]);
+    assert!(!st.membership_pending());
+    assert!(st.flush_membership(NOW).is_empty());
+    assert_eq!(st.status()["public_version"], START_VERSION + 1);
+}
+
+#[test]
+fn a_leave_and_a_return_fold_into_one_version_stored_in_order() {
+    let (mut st, _) = mesh();
+    st.detach(10, &uid("alice"), NOW);
+    attach_queued(&mut st, "alice", 10, "alice", 12);
+    let a = st.flush_membership(NOW);
+    let version = START_VERSION + 2;
+    assert_eq!(
+        types_to(&a, "link-b"),
+        ["PUBLIC_CHANNEL_ADD", "PUBLIC_CHANNEL_UPDATED"]
+    );
+    let ops = stores(&a);
+    let [StoreOp::PublicLeave {
+        user_id: left,
+        remove_row: true,
+        version: v1,
+    }, StoreOp::PublicJoin {
+        user_id: joined,
+        version: v2,
+        ..
+    }] = ops.as_slice()
+    else {
+        panic!("the leave, then the join: {ops:?}");
+    };
+    assert_eq!((left, joined), (&uid("alice"), &uid("alice")));
+    assert_eq!((*v1, *v2), (version, version));
+
+    // Left, came back and left again before any announcement: only the
+    // leave is left to store, and nobody is added.
+    st.detach(12, &uid("alice"), NOW);
+    attach_queued(&mut st, "alice", 10, "alice", 13);
+    st.detach(13, &uid("alice"), NOW);
+    let a = st.flush_membership(NOW);
+    assert_eq!(types_to(&a, "link-b"), ["PUBLIC_CHANNEL_UPDATED"]);
+    assert_eq!(field(&sent_to(&a, "link-b")[0], "wraps"), &json!([]));
+    assert_eq!(
+        stores(&a),
+        [StoreOp::PublicLeave {
+            user_id: uid("alice"),
+            remove_row: true,
+            version: version + 1,
+        }]
+    );
+}
+
+#[test]
+fn shutdown_announces_queued_membership_before_the_goodbye() {
+    let (mut st, _) = mesh();
+    attach_queued(&mut st, "bob", 11, "bob", 11);
+    let a = st.shutdown(NOW);
+    assert_eq!(
+        types_to(&a, "link-b"),
+        [
+            "PUBLIC_CHANNEL_ADD",
+            "PUBLIC_CHANNEL_UPDATED",
+            "USER_REMOVE",
+            "USER_REMOVE",
+            "SERVER_GOODBYE"
+        ]
+    );
+    assert!(matches!(
+        stores(&a).as_slice(),
+        [StoreOp::PublicJoin { user_id, .. }] if *user_id == uid("bob")
+    ));
+}
+
 // ----- detach ---------------------------------------------------------------
 
 #[test]
@@ -534,7 +705,7 @@ fn detach_works_once_and_only_for_the_attaching_connection() {
     );
     assert!(st.is_online(&uid("alice")));
 
-    let a = st.detach(10, &uid("alice"), NOW);
+    let a = detach(&mut st, 10, "alice");
     assert!(!st.is_online(&uid("alice")));
     for h in ["link-b", "link-c", "bob"] {
         assert_eq!(
@@ -582,7 +753,8 @@ fn a_registered_user_who_leaves_stays_a_channel_member() {
         NOW,
     )
     .expect("attached");
-    let a = st.detach(1, &uid("carol"), NOW);
+    st.flush_membership(NOW);
+    let a = detach(&mut st, 1, "carol");
     assert_eq!(
         stores(&a),
         [StoreOp::PublicLeave {

@@ -168,8 +168,13 @@ impl Got {
 
 /// Resolve what an `Outbound` recorder got.
 pub async fn outbound(rec: &Rec<Outbound>) -> Vec<Got> {
+    resolved(rec.take().await).await
+}
+
+/// `outs` once their frames are signed.
+pub async fn resolved(outs: Vec<Outbound>) -> Vec<Got> {
     let mut got = Vec::new();
-    for out in rec.take().await {
+    for out in outs {
         match out {
             Outbound::Frame(f) | Outbound::Urgent(f) => {
                 got.push(Got::Frame(f.text().await.expect("frame signed")))
