@@ -70,6 +70,10 @@ fn ignore_file_size_signal() {
 /// How often the server hands freed heap pages back to the system.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Times freed heap pages were handed back (`socp_heap_trims_total` in
+/// `/metrics`): RSS read just after a trim is what an idle server keeps.
+pub static HEAP_TRIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Hand freed heap pages back to the system every [`TRIM_EVERY`]. glibc's
 /// allocator returns memory only from the top of its heaps, so after a burst
 /// (thousands of frames queued and written) the pages of the freed frames,
@@ -89,6 +93,7 @@ fn return_freed_memory() {
                 unsafe {
                     libc::malloc_trim(0);
                 }
+                HEAP_TRIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             });
         if let Err(e) = spawned {
             log::warn!("freed memory will not be returned to the system: {e}");

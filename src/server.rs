@@ -317,6 +317,11 @@ async fn metrics(router: web::Data<Addr<Router>>, shared: web::Data<Shared>) -> 
             "resident memory of this process",
             resident_bytes(),
         ),
+        (
+            "socp_heap_trims_total",
+            "times freed heap pages were handed back to the system",
+            crate::HEAP_TRIMS.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
     ]);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
