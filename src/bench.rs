@@ -12,7 +12,9 @@
 //!
 //! Servers run in-process (1-4, 6) or as a child `socp-server` process (5, so
 //! its memory is its own). Keys come from the fixture pool: key generation is
-//! never measured. Client-side signing is done before each timed phase.
+//! never measured. Client-side signing is done before each timed phase. The
+//! ratios of parts 2-4 use the machine's speed sampled just before and just
+//! after the part ([`Beside`]): this VM's speed drifts within a run.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -117,46 +119,143 @@ fn rate(threads: usize, secs: f64, op: impl Fn() + Sync) -> f64 {
     count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The RSA operations the ceiling counts, with the server's own code.
+struct Ops {
+    key: PrivateKey,
+    public: socp_protocol::PublicKey,
+    msg: Vec<u8>,
+    sig: socp_protocol::Signature,
+    plain: Vec<u8>,
+    ct: Vec<u8>,
+}
+
+impl Ops {
+    /// Made once per run (parsing the key and precomputing its CRT values).
+    fn get() -> &'static Ops {
+        static OPS: std::sync::OnceLock<Ops> = std::sync::OnceLock::new();
+        OPS.get_or_init(|| {
+            let key = fixtures::key(20);
+            let public = key.public_key().clone();
+            let msg = b"{\"user_id\":\"bench\",\"server_id\":\"bench\"}".to_vec();
+            let sig = key
+                .sign(&msg)
+                .unwrap_or_else(|_| socp_protocol::Signature::from_bytes(&[0; 512]));
+            let plain = vec![7u8; 32];
+            let ct = public.encrypt(&plain).unwrap_or_default();
+            Ops {
+                key,
+                public,
+                msg,
+                sig,
+                plain,
+                ct,
+            }
+        })
+    }
+
+    fn sign(&self) {
+        let _ = self.key.sign(&self.msg);
+    }
+
+    fn verify(&self) {
+        let _ = self.public.verify(&self.msg, &self.sig);
+    }
+
+    fn encrypt(&self) {
+        let _ = self.public.encrypt(&self.plain);
+    }
+
+    fn decrypt(&self) {
+        let _ = self.key.decrypt(&self.ct);
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The crypto ceiling of this machine, with the server's own code.
 pub fn crypto(secs: f64) -> Crypto {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let key = fixtures::key(20);
-    let public = key.public_key().clone();
-    let msg = b"{\"user_id\":\"bench\",\"server_id\":\"bench\"}".to_vec();
-    let sig = key
-        .sign(&msg)
-        .unwrap_or_else(|_| socp_protocol::Signature::from_bytes(&[0; 512]));
-    let plain = vec![7u8; 32];
-    let ct = public.encrypt(&plain).unwrap_or_default();
-    let sign = || {
-        let _ = key.sign(&msg);
-    };
-    let verify = || {
-        let _ = public.verify(&msg, &sig);
-    };
-    let encrypt = || {
-        let _ = public.encrypt(&plain);
-    };
-    let decrypt = || {
-        let _ = key.decrypt(&ct);
-    };
+    let ops = Ops::get();
+    let cores = cores();
     // Public-key operations are ~15x faster: half the time still counts
     // hundreds of them.
     let fast = secs / 2.0;
     let mut c = Crypto {
         cores,
-        sign_per_s_1: rate(1, secs, sign),
-        verify_per_s_1: rate(1, fast, verify),
-        encrypt_per_s_1: rate(1, fast, encrypt),
-        decrypt_per_s_1: rate(1, secs, decrypt),
-        sign_per_s_all: rate(cores, secs, sign),
-        verify_per_s_all: rate(cores, fast, verify),
-        encrypt_per_s_all: rate(cores, fast, encrypt),
-        decrypt_per_s_all: rate(cores, secs, decrypt),
+        sign_per_s_1: rate(1, secs, || ops.sign()),
+        verify_per_s_1: rate(1, fast, || ops.verify()),
+        encrypt_per_s_1: rate(1, fast, || ops.encrypt()),
+        decrypt_per_s_1: rate(1, secs, || ops.decrypt()),
+        sign_per_s_all: rate(cores, secs, || ops.sign()),
+        verify_per_s_all: rate(cores, fast, || ops.verify()),
+        encrypt_per_s_all: rate(cores, fast, || ops.encrypt()),
+        decrypt_per_s_all: rate(cores, secs, || ops.decrypt()),
         sign_ms: 0.0,
     };
     c.sign_ms = 1000.0 / c.sign_per_s_1.max(f64::MIN_POSITIVE);
     c
+}
+
+/// The machine's speed beside one timed part: signatures per second on one
+/// core and on all, and decryptions on all, sampled just before the part and
+/// just after it, averaged. This VM's speed drifts within a run (one
+/// signature took 12 to 24 ms across runs, and the second core's share
+/// varies), so a part's ratios use the speed of its own moment, not the
+/// ceiling measured a minute earlier.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Beside {
+    pub sign_per_s_1: f64,
+    pub sign_per_s_all: f64,
+    pub decrypt_per_s_all: f64,
+    /// One signature, milliseconds (1 / sign_per_s_1).
+    pub sign_ms: f64,
+}
+
+impl Beside {
+    /// Sample signatures/s on all cores, and on one core and decryptions/s on
+    /// all cores if asked (0 if not), `secs` each, off the event loop.
+    async fn sample(secs: f64, one_core: bool, decrypt: bool) -> Beside {
+        actix_web::rt::task::spawn_blocking(move || {
+            let ops = Ops::get();
+            let mut b = Beside {
+                sign_per_s_all: rate(cores(), secs, || ops.sign()),
+                ..Beside::default()
+            };
+            if one_core {
+                b.sign_per_s_1 = rate(1, secs, || ops.sign());
+                b.sign_ms = 1000.0 / b.sign_per_s_1.max(f64::MIN_POSITIVE);
+            }
+            if decrypt {
+                b.decrypt_per_s_all = rate(cores(), secs, || ops.decrypt());
+            }
+            b
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// The mean of a sample before and one after (of what each measured).
+    fn mean(before: &Beside, after: &Beside) -> Beside {
+        let avg = |a: f64, b: f64| {
+            if a > 0.0 && b > 0.0 {
+                (a + b) / 2.0
+            } else {
+                a.max(b)
+            }
+        };
+        let sign_per_s_1 = avg(before.sign_per_s_1, after.sign_per_s_1);
+        Beside {
+            sign_per_s_1,
+            sign_per_s_all: avg(before.sign_per_s_all, after.sign_per_s_all),
+            decrypt_per_s_all: avg(before.decrypt_per_s_all, after.decrypt_per_s_all),
+            sign_ms: if sign_per_s_1 > 0.0 {
+                1000.0 / sign_per_s_1
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 /// Servers for the bench: fast heartbeats, and the per-user frame limit
@@ -526,6 +625,9 @@ pub struct DmRelay {
     pub light_latency_ms_p50: f64,
     /// The light-load p50 in signature times (the goal is ≤ 3).
     pub light_p50_in_signatures: f64,
+    /// The speed these ratios use: all cores sampled before and after the
+    /// loaded phase, one core after it.
+    pub beside: Beside,
 }
 
 async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String> {
@@ -549,6 +651,7 @@ async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String>
         let frames = parallel_map(&items, |n| dm(s, &r.id, &rkey, *n));
         queues.push(frames.into_iter().flatten().collect());
     }
+    let before = Beside::sample(cfg.crypto_secs / 2.0, false, false).await;
     // Closed loop: each pair keeps `window` DMs in flight.
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(cfg.dm_secs);
@@ -622,6 +725,8 @@ async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String>
             measured_end = end;
         }
     }
+    let after = Beside::sample(cfg.crypto_secs / 2.0, true, false).await;
+    let beside = Beside::mean(&before, &after);
     // Light load: one DM at a time from the first pair.
     const LIGHT: usize = 20;
     let rkey = receivers[0].key.public_key().clone();
@@ -658,7 +763,7 @@ async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String>
     latencies.sort_by(|a, b| a.total_cmp(b));
     let secs = measured_end.duration_since(started).as_secs_f64();
     let dms_per_s = delivered as f64 / secs;
-    let ceiling = crypto.sign_per_s_all / 2.0;
+    let ceiling = beside.sign_per_s_all / 2.0;
     servers.stop().await;
     Ok(DmRelay {
         pairs: cfg.pairs,
@@ -674,9 +779,10 @@ async fn dm_relay(cfg: &BenchConfig, crypto: &Crypto) -> Result<DmRelay, String>
         signatures_per_dm: 2.0,
         ceiling_dms_per_s: ceiling,
         ratio_to_ceiling: dms_per_s / ceiling,
-        p50_in_signatures: percentile(&latencies, 0.50) / crypto.sign_ms,
+        p50_in_signatures: percentile(&latencies, 0.50) / beside.sign_ms,
         light_latency_ms_p50: percentile(&light, 0.50),
-        light_p50_in_signatures: percentile(&light, 0.50) / crypto.sign_ms,
+        light_p50_in_signatures: percentile(&light, 0.50) / beside.sign_ms,
+        beside,
     })
 }
 
@@ -695,9 +801,11 @@ pub struct Fanout {
     /// signature takes longer when every core signs).
     pub all_cores_bound_seconds: f64,
     pub ratio_to_all_cores_bound: f64,
+    /// The speed these ratios use, sampled before and after.
+    pub beside: Beside,
 }
 
-async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
+async fn fanout(cfg: &BenchConfig) -> Result<Fanout, String> {
     let servers = Servers::get(cfg, 3).await?;
     let base = servers.known(0).await?;
     let sender = BenchUser::join(servers.addrs[0], 10).await?;
@@ -727,6 +835,7 @@ async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
             .to_json(),
         )
     });
+    let before = Beside::sample(cfg.crypto_secs / 2.0, true, false).await;
     let started = Instant::now();
     for f in frames.into_iter().flatten() {
         let _ = sender.tx.send(f);
@@ -749,8 +858,10 @@ async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
         }
     }
     let secs = last.duration_since(started).as_secs_f64();
-    let bound = cfg.members as f64 * (crypto.sign_ms / 1000.0) / crypto.cores as f64;
-    let all_cores = cfg.members as f64 / crypto.sign_per_s_all.max(f64::MIN_POSITIVE);
+    let after = Beside::sample(cfg.crypto_secs / 2.0, true, false).await;
+    let beside = Beside::mean(&before, &after);
+    let bound = cfg.members as f64 * (beside.sign_ms / 1000.0) / cores() as f64;
+    let all_cores = cfg.members as f64 / beside.sign_per_s_all.max(f64::MIN_POSITIVE);
     servers.stop().await;
     Ok(Fanout {
         members: cfg.members,
@@ -762,6 +873,7 @@ async fn fanout(cfg: &BenchConfig, crypto: &Crypto) -> Result<Fanout, String> {
         ratio_to_bound: secs / bound.max(f64::MIN_POSITIVE),
         all_cores_bound_seconds: all_cores,
         ratio_to_all_cores_bound: secs / all_cores.max(f64::MIN_POSITIVE),
+        beside,
     })
 }
 
@@ -776,6 +888,13 @@ pub struct FileTransfer {
     /// Bytes/s if the receiver's decryption on all cores were the only cost.
     pub decrypt_ceiling_bytes_per_s: f64,
     pub ratio_to_decrypt_ceiling: f64,
+    pub chunks_per_s: f64,
+    /// Chunks/s if the servers' two signatures per chunk on all cores were
+    /// the only cost.
+    pub sign_ceiling_chunks_per_s: f64,
+    pub ratio_to_sign_ceiling: f64,
+    /// The speed these ratios use, sampled before and after.
+    pub beside: Beside,
 }
 
 async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String> {
@@ -840,6 +959,7 @@ async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String
     )
     .to_json();
     let n = chunks.len();
+    let before = Beside::sample(cfg.crypto_secs / 2.0, false, true).await;
     let started = Instant::now();
     let _ = sender.tx.send(start_frame);
     for f in frames.into_iter().flatten() {
@@ -869,10 +989,15 @@ async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String
             got.saturating_sub(1)
         ));
     }
-    // The receiver decrypts every chunk: that is the end-to-end cost too.
     let secs = last.duration_since(started).as_secs_f64();
-    let decrypt_ceiling = crypto.decrypt_per_s_all * MAX_OAEP_PLAINTEXT as f64;
+    let after = Beside::sample(cfg.crypto_secs / 2.0, false, true).await;
+    let beside = Beside::mean(&before, &after);
+    // The receiver would decrypt every chunk: what that alone allows.
+    let decrypt_ceiling = beside.decrypt_per_s_all * MAX_OAEP_PLAINTEXT as f64;
     let bps = data.len() as f64 / secs.max(f64::MIN_POSITIVE);
+    // The servers sign every chunk twice (SERVER_DELIVER, USER_DELIVER).
+    let chunks_per_s = n as f64 / secs.max(f64::MIN_POSITIVE);
+    let sign_ceiling = beside.sign_per_s_all / 2.0;
     servers.stop().await;
     Ok(FileTransfer {
         bytes: data.len(),
@@ -882,6 +1007,10 @@ async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTransfer, String
         bytes_per_s: bps,
         decrypt_ceiling_bytes_per_s: decrypt_ceiling,
         ratio_to_decrypt_ceiling: bps / decrypt_ceiling,
+        chunks_per_s,
+        sign_ceiling_chunks_per_s: sign_ceiling,
+        ratio_to_sign_ceiling: chunks_per_s / sign_ceiling.max(f64::MIN_POSITIVE),
+        beside,
     })
 }
 
@@ -1136,11 +1265,26 @@ pub async fn run(cfg: BenchConfig) -> Report {
         };
     }
     part!("dm", dm_relay, dm_relay(&cfg, &c));
-    part!("fanout", fanout, fanout(&cfg, &c));
+    part!("fanout", fanout, fanout(&cfg));
     part!("file", file, file(&cfg, &c));
     part!("idle", idle, idle(&cfg));
     part!("mesh", mesh, mesh_formation(&cfg));
     report
+}
+
+/// The speed a part's ratios use.
+fn beside_line(b: &Beside) -> String {
+    let mut parts = vec![format!("{:.1} signatures/s on all cores", b.sign_per_s_all)];
+    if b.sign_per_s_1 > 0.0 {
+        parts.push(format!("one signature {:.2} ms", b.sign_ms));
+    }
+    if b.decrypt_per_s_all > 0.0 {
+        parts.push(format!(
+            "{:.1} decryptions/s on all cores",
+            b.decrypt_per_s_all
+        ));
+    }
+    format!("  speed beside this part: {}\n\n", parts.join(", "))
 }
 
 /// The report as a table for people.
@@ -1184,23 +1328,34 @@ pub fn table(r: &Report) -> String {
             d.latency_ms_p50, d.p50_in_signatures, d.latency_ms_p95, d.latency_ms_p99
         );
         s += &format!(
-            "  latency one DM at a time: p50 {:.1} ms ({:.2} signature times; goal <= 3)\n\n",
+            "  latency one DM at a time: p50 {:.1} ms ({:.2} signature times; goal <= 3)\n",
             d.light_latency_ms_p50, d.light_p50_in_signatures
         );
+        s += &beside_line(&d.beside);
     }
     if let Some(f) = &r.fanout {
         s += &format!(
             "public fan-out: {} members on {} servers\n",
             f.members, f.servers
         );
-        s += &format!("  delivered {} (duplicated {}); last after {:.2} s; bound {:.2} s; ratio {:.2} (goal <= 2); {:.2} x the time all cores take for {} signatures ({:.2} s)\n\n", f.delivered, f.duplicated, f.seconds_to_last, f.bound_seconds, f.ratio_to_bound, f.ratio_to_all_cores_bound, f.members, f.all_cores_bound_seconds);
+        s += &format!("  delivered {} (duplicated {}); last after {:.2} s; bound {:.2} s; ratio {:.2} (goal <= 2); {:.2} x the time all cores take for {} signatures ({:.2} s)\n", f.delivered, f.duplicated, f.seconds_to_last, f.bound_seconds, f.ratio_to_bound, f.ratio_to_all_cores_bound, f.members, f.all_cores_bound_seconds);
+        s += &beside_line(&f.beside);
     }
     if let Some(f) = &r.file {
         s += &format!(
             "file transfer across servers: {} bytes in {} chunks\n",
             f.bytes, f.chunks
         );
-        s += &format!("  {} chunks delivered in {:.2} s: {:.0} B/s; decrypt ceiling {:.0} B/s; ratio {:.2}\n\n", f.delivered_chunks, f.seconds, f.bytes_per_s, f.decrypt_ceiling_bytes_per_s, f.ratio_to_decrypt_ceiling);
+        s += &format!(
+            "  {} chunks delivered in {:.2} s: {:.0} B/s; decrypt ceiling {:.0} B/s; ratio {:.2}\n",
+            f.delivered_chunks,
+            f.seconds,
+            f.bytes_per_s,
+            f.decrypt_ceiling_bytes_per_s,
+            f.ratio_to_decrypt_ceiling
+        );
+        s += &format!("  {:.1} chunks/s; servers' signing ceiling {:.1} chunks/s (2 signatures per chunk); ratio {:.2}\n", f.chunks_per_s, f.sign_ceiling_chunks_per_s, f.ratio_to_sign_ceiling);
+        s += &beside_line(&f.beside);
     }
     if let Some(i) = &r.idle {
         s += &format!("idle capacity: {} users on one server process\n", i.users);

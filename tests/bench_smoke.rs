@@ -88,7 +88,21 @@ async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
     }
     assert!(json["idle"]["kib_per_connection"].is_number());
     assert!(json["file"]["bytes_per_s"].is_number());
+    assert!(json["file"]["ratio_to_sign_ceiling"].is_number());
     assert!(json["fanout"]["seconds_to_last"].is_number());
+    assert!(json["fanout"]["ratio_to_bound"].is_number());
+
+    // Each ratio-bearing part carries the speed it was measured beside.
+    for (part, fields) in [
+        ("dm_relay", &["sign_per_s_all", "sign_per_s_1"][..]),
+        ("fanout", &["sign_per_s_all", "sign_per_s_1"][..]),
+        ("file", &["sign_per_s_all", "decrypt_per_s_all"][..]),
+    ] {
+        for field in fields {
+            let v = json[part]["beside"][field].as_f64();
+            assert!(v.is_some_and(|v| v > 0.0), "{part}.beside.{field}: {v:?}");
+        }
+    }
 }
 
 #[actix_rt::test]
