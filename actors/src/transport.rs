@@ -5,9 +5,10 @@
 //! text frames to its owner (a [`ClientSession`](crate::session::ClientSession)
 //! or [`PeerLink`](crate::peer::PeerLink)) as [`Inbound`]; the owner writes with
 //! [`Wire`]. Inbound connections arrive on the server's endpoint
-//! ([`WsTransport`]: actix-web-actors' handshake, then our own frame stream as
-//! the response body) and are bound to an owner by their first frame; outbound
-//! links are made with awc ([`AwcTransport`]).
+//! ([`WsTransport`]: the HTTP layer answers the upgrade and hands the socket
+//! over) and are bound to an owner by their first frame; outbound links are
+//! made with awc ([`AwcTransport`]: awc's handshake, then the same guarded
+//! frame reader as inbound connections).
 
 use std::time::Duration;
 
@@ -19,7 +20,6 @@ use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, OpCode, Parser, ProtocolError};
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::SplitSink;
 
 use crate::crypto::{FrameText, SignedFrame, Signing};
 use crate::router::Outbound;
@@ -539,9 +539,10 @@ impl<W: tokio::io::AsyncWrite + Unpin> std::future::Future for Writer<W> {
     }
 }
 
-/// The read half of an inbound connection as a stream of byte chunks,
-/// starting with whatever the HTTP layer had already read past the upgrade
-/// request. Reads into a stack buffer: nothing is kept between reads.
+/// The read half of a connection as a stream of byte chunks, starting with
+/// whatever the HTTP layer had already read past the upgrade request (or
+/// awc past the upgrade response). Reads into a stack buffer: nothing is
+/// kept between reads.
 struct ReadChunks<R> {
     io: R,
     early: Option<Bytes>,
@@ -569,7 +570,7 @@ impl<R: tokio::io::AsyncRead + Unpin> futures_util::Stream for ReadChunks<R> {
     }
 }
 
-/// Decodes the frames of an inbound byte stream, keeping no buffer between
+/// Decodes the frames of a byte stream, keeping no buffer between
 /// frames.
 struct WsFrames<S> {
     inner: S,
@@ -579,12 +580,21 @@ struct WsFrames<S> {
 }
 
 impl<S> WsFrames<S> {
+    /// Frames a client sent us (masked).
     fn new(inner: S, max_frame: usize) -> Self {
         WsFrames {
             inner,
             buf: BytesMut::new(),
             codec: Codec::new().max_size(max_frame),
             done: false,
+        }
+    }
+
+    /// Frames a server sent us, on a connection we opened (unmasked).
+    fn client(inner: S, max_frame: usize) -> Self {
+        WsFrames {
+            codec: Codec::new().max_size(max_frame).client_mode(),
+            ..WsFrames::new(inner, max_frame)
         }
     }
 }
@@ -814,8 +824,46 @@ impl<A: Acceptor> Handler<Wire> for WsTransport<A> {
 }
 
 /// The write half of an awc WebSocket.
-pub type AwcSink =
-    SplitSink<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>, awc::ws::Message>;
+type AwcSink =
+    FlushOnClose<actix_codec::Framed<tokio::io::WriteHalf<awc::BoxedSocket>, awc::ws::Codec>>;
+
+/// A sink that writes what it holds before it closes. actix-codec's
+/// `Framed` shuts its socket down on close without writing the frames still
+/// in its buffer, so a close frame queued just before never left.
+pub struct FlushOnClose<S>(pub S);
+
+impl<S, I> futures_util::Sink<I> for FlushOnClose<S>
+where
+    S: futures_util::Sink<I> + Unpin,
+{
+    type Error = S::Error;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::pin::Pin::new(&mut self.0).poll_ready(cx)
+    }
+
+    fn start_send(mut self: std::pin::Pin<&mut Self>, item: I) -> Result<(), S::Error> {
+        std::pin::Pin::new(&mut self.0).start_send(item)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        futures_util::ready!(std::pin::Pin::new(&mut self.0).poll_flush(cx))?;
+        std::pin::Pin::new(&mut self.0).poll_close(cx)
+    }
+}
 
 /// An outbound WebSocket made with awc.
 pub struct AwcTransport {
@@ -823,37 +871,62 @@ pub struct AwcTransport {
     owner: Recipient<Inbound>,
     fragments: Fragments,
     max_frame: usize,
+    /// Our close frame is on its way: nothing more is read or written.
+    closing: bool,
 }
 
+/// How long a closing outbound link waits for its close frame to be written.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 impl AwcTransport {
-    /// Wrap a connected awc socket; frames go to `owner`.
+    /// Wrap a connected awc socket; frames go to `owner`. awc's own decoder
+    /// checks a frame's length only once the whole frame has arrived, so the
+    /// socket is read as inbound ones are: through [`FrameGuard`], which
+    /// refuses a frame announcing more than `max_frame` at its header.
     pub fn start(
         framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
         owner: Recipient<Inbound>,
         max_frame: usize,
     ) -> Addr<AwcTransport> {
-        use futures_util::StreamExt;
-        let (sink, stream) = framed.split();
+        let parts = framed.into_parts();
+        let (rd, wr) = tokio::io::split(parts.io);
+        // Bytes awc read past the handshake response are the first frames.
+        let chunks = ReadChunks {
+            io: rd,
+            early: Some(parts.read_buf.freeze()),
+        };
+        let frames = WsFrames::client(FrameGuard::new(chunks, max_frame), max_frame);
+        let mut write = actix_codec::FramedParts::new(wr, parts.codec);
+        write.write_buf = parts.write_buf;
+        let sink = FlushOnClose(actix_codec::Framed::from_parts(write));
         AwcTransport::create(move |ctx| {
-            ctx.add_stream(stream);
+            ctx.add_stream(frames);
             AwcTransport {
                 sink: SinkWrite::new(sink, ctx),
                 owner,
                 fragments: Fragments::default(),
                 max_frame,
+                closing: false,
             }
         })
     }
 
+    /// Send a close frame, then stop once it is written (the sink's
+    /// `finished`), or after [`CLOSE_GRACE`] if the peer does not take it.
+    /// Stopping at once would drop the frame unwritten.
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
         let _ = self
             .sink
             .write(awc::ws::Message::Close(Some(awc::ws::CloseReason {
                 code: awc::ws::CloseCode::from(code),
-                description: Some(reason.to_owned()),
+                description: Some(short_reason(reason)),
             })));
         self.sink.close();
-        ctx.stop();
+        ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
     }
 }
 
@@ -873,6 +946,9 @@ impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcT
         msg: Result<awc::ws::Frame, awc::error::WsProtocolError>,
         ctx: &mut Self::Context,
     ) {
+        if self.closing {
+            return;
+        }
         match receive(&mut self.fragments, self.max_frame, msg) {
             Received::Nothing => {}
             Received::Text(text) => self.owner.do_send(Inbound::Text(text)),
@@ -889,8 +965,11 @@ impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcT
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        log::info!("outbound link: the server closed the stream");
-        ctx.stop();
+        // While closing, the sink's end (or the grace timer) stops us.
+        if !self.closing {
+            log::info!("outbound link: the server closed the stream");
+            ctx.stop();
+        }
     }
 }
 
@@ -898,6 +977,9 @@ impl Handler<Wire> for AwcTransport {
     type Result = ();
 
     fn handle(&mut self, msg: Wire, ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
         match msg {
             Wire::Text(text) => {
                 if self

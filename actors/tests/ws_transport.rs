@@ -2,7 +2,10 @@
 //! writes masked client frames and reads what the server writes): the first
 //! frame binds an owner, frames keep their order, pings are answered, bytes
 //! read past the upgrade count, and a peer that never reads is cut off once
-//! too much waits for it instead of growing the server.
+//! too much waits for it instead of growing the server. And the outbound
+//! transport (awc) against a scripted server on a loopback port: frames pass
+//! both ways, and a frame announcing more than the limit is refused at its
+//! header.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +15,9 @@ use actix_codec::Decoder;
 use actix_http::ws::{CloseCode, Codec, Frame, OpCode, Parser};
 use bytes::{Bytes, BytesMut};
 use socp_actors::crypto::FrameText;
-use socp_actors::transport::{close, Acceptor, Inbound, Wire, WsTransport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use socp_actors::transport::{close, Acceptor, AwcTransport, Inbound, Wire, WsTransport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
 
 /// What the owner of the connection was told.
 #[derive(Default)]
@@ -94,7 +98,15 @@ fn client_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
 
 /// Read the server's next frame.
 async fn next_frame(peer: &mut DuplexStream, buf: &mut BytesMut) -> Frame {
-    let mut codec = Codec::new().client_mode();
+    read_frame(peer, buf, Codec::new().client_mode()).await
+}
+
+/// Read the next frame `codec` decodes from `peer`.
+async fn read_frame<R: AsyncRead + Unpin>(
+    peer: &mut R,
+    buf: &mut BytesMut,
+    mut codec: Codec,
+) -> Frame {
     loop {
         if let Ok(Some(frame)) = codec.decode(buf) {
             return frame;
@@ -264,4 +276,120 @@ async fn a_peer_that_never_reads_is_closed_once_too_much_waits_for_it() {
         }
     }
     assert!(texts_read < 56, "the unread frames were dropped, not sent");
+}
+
+// ----- the outbound transport (awc) ----------------------------------------
+
+/// A scripted WebSocket server: answers one upgrade on `listener`, sending
+/// `after_response` in the same write as the response, and hands back the
+/// socket.
+async fn scripted_server(listener: TcpListener, after_response: Vec<u8>) -> TcpStream {
+    let (mut sock, _) = listener.accept().await.expect("accept");
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "the client closed during the handshake");
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let request = String::from_utf8_lossy(&request).into_owned();
+    let key = request
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("a Sec-WebSocket-Key");
+    let accept = actix_http::ws::hash_key(key.as_bytes());
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        String::from_utf8_lossy(&accept)
+    )
+    .into_bytes();
+    response.extend(after_response);
+    sock.write_all(&response).await.expect("write");
+    sock
+}
+
+/// An outbound transport (frames of at most `max` bytes) to a scripted
+/// server; the server's end of the socket.
+async fn dial(
+    after_response: Vec<u8>,
+    max: usize,
+) -> (Arc<Mutex<Seen>>, Addr<AwcTransport>, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = actix::spawn(scripted_server(listener, after_response));
+    let (_, framed) = awc::Client::new()
+        .ws(format!("ws://{addr}/ws"))
+        .max_frame_size(max)
+        .connect()
+        .await
+        .expect("the handshake completes");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let owner = Owner(seen.clone()).start().recipient();
+    let transport = AwcTransport::start(framed, owner, max);
+    let sock = server.await.expect("the server task");
+    (seen, transport, sock)
+}
+
+/// An unmasked server frame.
+fn server_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    Parser::write_message(&mut buf, payload, op, true, false);
+    buf.to_vec()
+}
+
+#[actix::test]
+async fn an_outbound_link_passes_frames_both_ways_including_those_sent_with_the_handshake() {
+    let (seen, transport, mut server) =
+        dial(server_frame(OpCode::Text, b"with the response"), 64 * 1024).await;
+    server
+        .write_all(&server_frame(OpCode::Text, b"later"))
+        .await
+        .expect("write");
+    server
+        .write_all(&server_frame(OpCode::Ping, b"ping"))
+        .await
+        .expect("write");
+    let mut buf = BytesMut::new();
+    // Server side: client frames are masked.
+    match read_frame(&mut server, &mut buf, Codec::new()).await {
+        Frame::Pong(p) => assert_eq!(&p[..], b"ping"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    until("two texts", || texts(&seen).len() == 2).await;
+    assert_eq!(texts(&seen), ["with the response", "later"]);
+
+    transport.do_send(Wire::Text(FrameText::from("from the link")));
+    match read_frame(&mut server, &mut buf, Codec::new()).await {
+        Frame::Text(t) => assert_eq!(&t[..], b"from the link"),
+        other => panic!("expected a text, got {other:?}"),
+    }
+    transport.do_send(Wire::Close(close::NORMAL, "bye".into()));
+    match read_frame(&mut server, &mut buf, Codec::new()).await {
+        Frame::Close(Some(reason)) => assert_eq!(reason.code, CloseCode::Normal),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    until("the owner told", || seen.lock().is_ok_and(|s| s.closed)).await;
+}
+
+#[actix::test]
+async fn a_linked_server_announcing_a_frame_over_the_limit_is_refused_at_its_header() {
+    let (seen, _transport, mut server) = dial(Vec::new(), 64 * 1024).await;
+    // A text frame announcing 10 MiB, then only its first KiB: awc's decoder
+    // alone would wait (and buffer) until all 10 MiB had arrived.
+    let mut header = vec![0x81, 127];
+    header.extend_from_slice(&(10u64 << 20).to_be_bytes());
+    server.write_all(&header).await.expect("write");
+    server.write_all(&[b'x'; 1024]).await.expect("write");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut server, &mut buf, Codec::new()).await {
+        Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), close::TOO_BIG),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    until("the owner told", || seen.lock().is_ok_and(|s| s.closed)).await;
+    assert!(texts(&seen).is_empty());
 }
