@@ -958,7 +958,10 @@ impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcT
             }
             Received::Closed(reason) => {
                 log::info!("outbound link: the server closed it ({reason:?})");
-                ctx.stop()
+                // Answer with a close frame (RFC 6455 §5.5.1), as inbound
+                // connections do.
+                let code = reason.map_or(close::NORMAL, |r| u16::from(r.code));
+                self.close(ctx, code, "");
             }
             Received::Refuse(code, reason) => self.close(ctx, code, reason),
         }

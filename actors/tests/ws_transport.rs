@@ -393,3 +393,17 @@ async fn a_linked_server_announcing_a_frame_over_the_limit_is_refused_at_its_hea
     until("the owner told", || seen.lock().is_ok_and(|s| s.closed)).await;
     assert!(texts(&seen).is_empty());
 }
+
+#[actix::test]
+async fn an_outbound_link_answers_the_servers_close_and_tells_its_owner() {
+    let (seen, _transport, mut server) = dial(Vec::new(), 64 * 1024).await;
+    let mut buf = BytesMut::new();
+    Parser::write_close(&mut buf, Some(CloseCode::Away.into()), false);
+    server.write_all(&buf).await.expect("write");
+    let mut buf = BytesMut::new();
+    match read_frame(&mut server, &mut buf, Codec::new()).await {
+        Frame::Close(Some(reason)) => assert_eq!(reason.code, CloseCode::Away),
+        other => panic!("expected the close answered, got {other:?}"),
+    }
+    until("the owner told", || seen.lock().is_ok_and(|s| s.closed)).await;
+}
