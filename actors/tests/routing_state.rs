@@ -62,22 +62,33 @@ fn link(st: &mut RouterState<H>, id: &str, n: usize, handle: H, conn: u64) -> Ve
     .expect("link accepted")
 }
 
-/// Attach an ephemeral user with fixture key `n` over `handle`, and announce
-/// its join (as the Router does once nothing else is queued).
+/// Attach an ephemeral user with fixture key `n` over `handle`, without
+/// announcing: the join stays queued.
+fn attach_queued(
+    st: &mut RouterState<H>,
+    user: &str,
+    n: usize,
+    handle: H,
+    conn: u64,
+) -> Vec<Action<H>> {
+    st.attach(
+        Conn {
+            id: conn,
+            tx: handle,
+        },
+        uid(user),
+        pk(n),
+        None,
+        false,
+        NOW,
+    )
+    .expect("attached")
+}
+
+/// Attach as [`attach_queued`], and announce the join (as the Router does
+/// once nothing else is queued).
 fn attach(st: &mut RouterState<H>, user: &str, n: usize, handle: H, conn: u64) -> Vec<Action<H>> {
-    let mut actions = st
-        .attach(
-            Conn {
-                id: conn,
-                tx: handle,
-            },
-            uid(user),
-            pk(n),
-            None,
-            false,
-            NOW,
-        )
-        .expect("attached");
+    let mut actions = attach_queued(st, user, n, handle, conn);
     actions.extend(st.flush_membership(NOW));
     actions
 }
@@ -540,22 +551,6 @@ fn a_directory_only_introducer_hosts_no_users_and_relays_no_chat() {
 }
 
 // ----- public channel membership (SPEC.md §6.4) ----------------------------
-
-/// Attach without announcing: the join stays queued.
-fn attach_queued(st: &mut RouterState<H>, user: &str, n: usize, handle: H, conn: u64) {
-    st.attach(
-        Conn {
-            id: conn,
-            tx: handle,
-        },
-        uid(user),
-        pk(n),
-        None,
-        false,
-        NOW,
-    )
-    .expect("attached");
-}
 
 #[test]
 fn joins_queued_together_are_announced_as_one_version() {
