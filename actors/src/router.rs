@@ -271,10 +271,12 @@ impl Handler<Detach> for Router {
 impl Handler<AnnounceMembership> for Router {
     type Result = ();
 
-    fn handle(&mut self, _: AnnounceMembership, _: &mut Self::Context) {
+    fn handle(&mut self, _: AnnounceMembership, ctx: &mut Self::Context) {
         self.announcing = false;
         let actions = self.state.flush_membership(now_ms());
         self.run(actions);
+        // More joins than one version takes: the next waits for this one.
+        self.announce_membership(ctx);
     }
 }
 

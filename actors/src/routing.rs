@@ -137,6 +137,11 @@ struct LocalUser<H> {
     attached: u64,
 }
 
+/// Most members one announcement adds: its PUBLIC_CHANNEL_UPDATED carries a
+/// ~760-byte wrap for each, and must stay well inside every receiver's frame
+/// limit (1 MiB by default). More joins go out in the next version.
+pub const MAX_JOINS_PER_VERSION: usize = 256;
+
 /// Public channel membership changes not announced yet. Changes that arrive
 /// together (a burst of joins while the last announcement is still being
 /// signed) make one version: one PUBLIC_CHANNEL_ADD listing every new member
@@ -503,8 +508,9 @@ impl<H: Clone> RouterState<H> {
             .cloned()
     }
 
-    /// Announce every queued membership change as one new version: a
-    /// PUBLIC_CHANNEL_ADD listing the members who joined (if any) and a
+    /// Announce the queued membership changes as one new version: a
+    /// PUBLIC_CHANNEL_ADD listing the members who joined (if any; at most
+    /// [`MAX_JOINS_PER_VERSION`], the rest stay queued) and a
     /// PUBLIC_CHANNEL_UPDATED with a wrap of the group key for each of them, to
     /// every linked server and local user; and the changes for the store.
     pub fn flush_membership(&mut self, now: i64) -> Vec<Action<H>> {
@@ -512,7 +518,9 @@ impl<H: Clone> RouterState<H> {
         if !self.membership_pending() {
             return out;
         }
-        let Membership { joins, leaves } = std::mem::take(&mut self.membership);
+        let take = self.membership.joins.len().min(MAX_JOINS_PER_VERSION);
+        let joins: Vec<(UserId, PublicKey)> = self.membership.joins.drain(..take).collect();
+        let leaves = std::mem::take(&mut self.membership.leaves);
         let old = self.public_version;
         self.public_version += 1;
         let version = self.public_version;

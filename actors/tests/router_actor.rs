@@ -727,3 +727,46 @@ async fn joins_while_the_last_announcement_is_signed_fold_into_the_next() {
         ]
     );
 }
+
+#[actix::test]
+async fn a_burst_larger_than_one_version_is_announced_in_several() {
+    use socp_actors::routing::MAX_JOINS_PER_VERSION;
+    let f = Fixture::start();
+    let link_b = f.link("srv-b", 1, 1, false).await;
+    let n = MAX_JOINS_PER_VERSION + 4;
+    let names: Vec<String> = (0..n).map(|i| format!("user-{i:04}")).collect();
+    // Every Attach is queued before the router handles the first.
+    let sessions = futures_util::future::join_all(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| f.attach(name, i % 32, 100 + i as u64)),
+    )
+    .await;
+    assert_eq!(sessions.len(), n);
+    let mut got = Vec::new();
+    for _ in 0..500 {
+        got.extend(outbound(&link_b).await);
+        if types(&got)
+            .iter()
+            .filter(|t| *t == "PUBLIC_CHANNEL_UPDATED")
+            .count()
+            >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let adds: Vec<usize> = envs(&got)
+        .iter()
+        .filter(|e| e.msg_type() == "PUBLIC_CHANNEL_ADD")
+        .map(|e| field(e, "add").as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(adds, [MAX_JOINS_PER_VERSION, 4]);
+    let versions: Vec<u64> = envs(&got)
+        .iter()
+        .filter(|e| e.msg_type() == "PUBLIC_CHANNEL_UPDATED")
+        .filter_map(|e| field(e, "version").as_u64())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+}

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use socp_actors::crypto::FrameText;
 use socp_actors::routing::{
     Action, Conn, Peer, PeerFrame, RouterConfig, RouterState, SeenCache, StoreOp,
+    MAX_JOINS_PER_VERSION,
 };
 use socp_protocol::envelope::TS_WINDOW_MS;
 use socp_protocol::message::{
@@ -607,6 +608,51 @@ fn zip3<'a, A, B, C>(
     c: &'a [C],
 ) -> impl Iterator<Item = (&'a A, B, &'a C)> {
     a.iter().zip(b).zip(c).map(|((a, b), c)| (a, b, c))
+}
+
+#[test]
+fn one_version_adds_at_most_its_limit_and_the_rest_follow_in_the_next() {
+    let (mut st, _) = mesh();
+    let extra = 5;
+    let users: Vec<String> = (0..MAX_JOINS_PER_VERSION + extra)
+        .map(|i| format!("user-{i:04}"))
+        .collect();
+    for (i, user) in users.iter().enumerate() {
+        attach_queued(&mut st, user, i % 32, "many", 1000 + i as u64);
+    }
+    let first = st.flush_membership(NOW);
+    assert!(
+        st.membership_pending(),
+        "the rest wait for the next version"
+    );
+    let second = st.flush_membership(NOW);
+    assert!(!st.membership_pending());
+
+    let added = |a: &[Action<H>]| -> Vec<String> {
+        let add = &sent_to(a, "link-b")[0];
+        field(add, "add")
+            .as_array()
+            .expect("add")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(added(&first), users[..MAX_JOINS_PER_VERSION]);
+    assert_eq!(added(&second), users[MAX_JOINS_PER_VERSION..]);
+    let updated = &sent_to(&first, "link-b")[1];
+    assert_eq!(field(updated, "version"), START_VERSION + 2);
+    assert_eq!(
+        field(updated, "wraps").as_array().map(Vec::len),
+        Some(MAX_JOINS_PER_VERSION)
+    );
+    assert!(
+        raw_to(&first, "link-b")[1].len() < 256 * 1024,
+        "a full announcement stays far inside the 1 MiB frame limit"
+    );
+    assert_eq!(
+        field(&sent_to(&second, "link-b")[1], "version"),
+        START_VERSION + 3
+    );
 }
 
 #[test]
