@@ -382,6 +382,19 @@ async fn rejections_are_counted_on_metrics() {
         text.contains("socp_frames_received_total{from=\"user\"}"),
         "{text}"
     );
+    // What socp-bench reads for idle memory.
+    let figure = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    if cfg!(target_os = "linux") {
+        assert!(
+            figure("process_resident_memory_bytes").is_some_and(|b| b > 0.0),
+            "{text}"
+        );
+    }
+    assert!(figure("socp_heap_trims_total").is_some(), "{text}");
 }
 
 /// Upgrade a raw TCP connection to a WebSocket; the stream is positioned
