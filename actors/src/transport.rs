@@ -582,19 +582,20 @@ struct WsFrames<S> {
 impl<S> WsFrames<S> {
     /// Frames a client sent us (masked).
     fn new(inner: S, max_frame: usize) -> Self {
-        WsFrames {
-            inner,
-            buf: BytesMut::new(),
-            codec: Codec::new().max_size(max_frame),
-            done: false,
-        }
+        Self::with_codec(inner, Codec::new().max_size(max_frame))
     }
 
     /// Frames a server sent us, on a connection we opened (unmasked).
     fn client(inner: S, max_frame: usize) -> Self {
+        Self::with_codec(inner, Codec::new().max_size(max_frame).client_mode())
+    }
+
+    fn with_codec(inner: S, codec: Codec) -> Self {
         WsFrames {
-            codec: Codec::new().max_size(max_frame).client_mode(),
-            ..WsFrames::new(inner, max_frame)
+            inner,
+            buf: BytesMut::new(),
+            codec,
+            done: false,
         }
     }
 }
@@ -830,7 +831,7 @@ type AwcSink =
 /// A sink that writes what it holds before it closes. actix-codec's
 /// `Framed` shuts its socket down on close without writing the frames still
 /// in its buffer, so a close frame queued just before never left.
-pub struct FlushOnClose<S>(pub S);
+struct FlushOnClose<S>(S);
 
 impl<S, I> futures_util::Sink<I> for FlushOnClose<S>
 where
