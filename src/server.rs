@@ -22,7 +22,9 @@ use socp_actors::crypto::{CryptoPool, FrameText, SignedFrame};
 use socp_actors::heartbeat::{Heartbeat, HeartbeatPorts};
 use socp_actors::introducer::{join_any, Bootstrap, IntroducerLink};
 use socp_actors::peer::{Dialer, PeerLink};
-use socp_actors::router::{Joined, Router, RouterPorts, Shutdown, Status};
+use socp_actors::ports::{RouterPort, StorePort};
+use socp_actors::router::{GetStatus, Joined, Router, RouterPorts, Shutdown};
+use socp_actors::routing::LinkState;
 use socp_actors::routing::{Peer, RouterConfig, RouterState, Signer};
 use socp_actors::session::ClientSession;
 use socp_actors::store::Store;
@@ -120,9 +122,12 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// The JSON `/status` snapshot.
+    /// The `/status` snapshot as JSON (what `/status` serves).
     pub async fn status(&self) -> serde_json::Value {
-        self.router.send(Status).await.unwrap_or_default()
+        match self.router.send(GetStatus).await {
+            Ok(status) => serde_json::to_value(status).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        }
     }
 
     /// Graceful shutdown: SERVER_GOODBYE and USER_REMOVE to every server,
@@ -290,28 +295,36 @@ async fn health() -> HttpResponse {
 }
 
 async fn metrics(router: web::Data<Addr<Router>>, shared: web::Data<Shared>) -> HttpResponse {
-    let status = router.send(Status).await.unwrap_or_default();
-    let count = |key: &str| status[key].as_array().map_or(0, Vec::len) as f64;
-    let linked = status["servers"]
-        .as_array()
-        .map_or(0, |s| s.iter().filter(|s| s["link"] == "up").count()) as f64;
+    let Ok(status) = router.send(GetStatus).await else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    let count = |n: usize| n as f64;
+    let linked = status
+        .servers
+        .iter()
+        .filter(|s| s.link == LinkState::Up)
+        .count();
     let body = shared.metrics.render(&[
         (
             "socp_local_users",
             "users attached to this server",
-            count("local_users"),
+            count(status.local_users.len()),
         ),
         (
             "socp_remote_users",
             "users attached elsewhere in the mesh",
-            count("remote_users"),
+            count(status.remote_users.len()),
         ),
         (
             "socp_known_servers",
             "servers this one knows",
-            count("servers"),
+            count(status.servers.len()),
         ),
-        ("socp_linked_servers", "servers with a live link", linked),
+        (
+            "socp_linked_servers",
+            "servers with a live link",
+            count(linked),
+        ),
         (
             "process_resident_memory_bytes",
             "resident memory of this process",
@@ -342,8 +355,8 @@ fn resident_bytes() -> f64 {
 }
 
 async fn status(router: web::Data<Addr<Router>>) -> HttpResponse {
-    match router.send(Status).await {
-        Ok(v) => HttpResponse::Ok().json(v),
+    match router.send(GetStatus).await {
+        Ok(status) => HttpResponse::Ok().json(status),
         Err(_) => HttpResponse::ServiceUnavailable().finish(),
     }
 }
@@ -520,9 +533,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             Heartbeat::new(ports, interval, timeout)
         });
         let shared = Shared::new(
-            ctx.address(),
+            RouterPort::of(&ctx.address()),
             pool.clone(),
-            store.clone(),
+            StorePort::of(&store),
             heartbeat.clone().recipient(),
             me,
             (host, port),
@@ -563,7 +576,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         None if !config.bootstrap.is_empty() => {
             let link = IntroducerLink::new(
                 pool.clone(),
-                router.clone(),
+                router.clone().recipient(),
                 config.bootstrap.clone(),
                 me.clone(),
                 address,

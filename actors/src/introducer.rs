@@ -16,7 +16,7 @@ use socp_protocol::message::{ServerAddress, ServerHelloJoin, ServerWelcome};
 use socp_protocol::{now_ms, Envelope, Message, PublicKey, ServerId, To};
 
 use crate::crypto::CryptoPool;
-use crate::router::{Joined, Router};
+use crate::router::Joined;
 
 /// One introducer of the bootstrap list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +158,8 @@ pub async fn join_any(
 /// Keeps trying to join while the server runs standalone.
 pub struct IntroducerLink {
     pool: CryptoPool,
-    router: Addr<Router>,
+    /// Where the welcome goes (the router).
+    joined: Recipient<Joined>,
     list: Vec<Bootstrap>,
     me: ServerId,
     address: ServerAddress,
@@ -173,7 +174,7 @@ impl IntroducerLink {
     /// A link that retries every `retry` (doubling up to 60 s).
     pub fn new(
         pool: CryptoPool,
-        router: Addr<Router>,
+        joined: Recipient<Joined>,
         list: Vec<Bootstrap>,
         me: ServerId,
         address: ServerAddress,
@@ -182,7 +183,7 @@ impl IntroducerLink {
     ) -> Self {
         IntroducerLink {
             pool,
-            router,
+            joined,
             list,
             me,
             address,
@@ -212,7 +213,7 @@ impl IntroducerLink {
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
             Ok(welcome) if welcome.assigned_id == act.me => {
                 log::info!("joined the mesh: {} servers, {} users", welcome.servers.len(), welcome.clients.len());
-                act.router.do_send(Joined(welcome));
+                act.joined.do_send(Joined(welcome));
                 ctx.stop();
             }
             Ok(welcome) => {

@@ -13,10 +13,12 @@
 //! - [`metrics`]: counters of every rejection, for `/metrics`.
 
 pub mod crypto;
+pub mod error;
 pub mod heartbeat;
 pub mod introducer;
 pub mod metrics;
 pub mod peer;
+pub mod ports;
 pub mod router;
 pub mod routing;
 pub mod session;
@@ -32,9 +34,8 @@ use socp_protocol::{Limits, ServerId};
 
 use crate::crypto::CryptoPool;
 use crate::heartbeat::Activity;
-use crate::router::Router;
+use crate::ports::{RouterPort, StorePort};
 use crate::routing::ConnId;
-use crate::store::Store;
 
 /// Limits and timings of a server. The defaults are SPEC.md's.
 #[derive(Debug, Clone)]
@@ -90,9 +91,12 @@ impl Default for Settings {
 /// What every session and link needs: the router, the pools, our id.
 #[derive(Clone)]
 pub struct Shared {
-    pub router: Addr<Router>,
+    /// The router's ports.
+    pub router: RouterPort,
+    /// RSA off the event loops.
     pub pool: CryptoPool,
-    pub store: Addr<Store>,
+    /// The store's ports.
+    pub store: StorePort,
     pub liveness: Recipient<Activity>,
     pub me: ServerId,
     /// Where other servers reach us (host, port), as our hellos say.
@@ -106,9 +110,9 @@ pub struct Shared {
 impl Shared {
     /// Bundle the server's shared parts.
     pub fn new(
-        router: Addr<Router>,
+        router: RouterPort,
         pool: CryptoPool,
-        store: Addr<Store>,
+        store: StorePort,
         liveness: Recipient<Activity>,
         me: ServerId,
         advertised: (String, u16),

@@ -3,12 +3,13 @@
 //! over [`RouterState`]: handlers feed it and carry out the returned actions.
 
 use actix::prelude::*;
-use serde_json::Value;
 use socp_protocol::message::{ServerAddress, ServerWelcome};
 use socp_protocol::{now_ms, Envelope, Message, PublicKey, ServerId, UserId};
 
 use crate::crypto::{FrameText, SignedFrame};
-use crate::routing::{Action, Conn, ConnId, Peer, PeerFrame, Refusal, RouterState, StoreOp};
+use crate::routing::{
+    Action, Conn, ConnId, Peer, PeerFrame, Refusal, RouterState, Status, StoreOp,
+};
 
 /// What the router (or a session) tells a session or link to do.
 #[derive(Message, Debug, Clone)]
@@ -139,10 +140,10 @@ struct AnnounceMembership;
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-/// A JSON snapshot for `/status`.
+/// Ask for a status snapshot (`/status`, `/metrics`).
 #[derive(Message)]
-#[rtype(result = "Value")]
-pub struct Status;
+#[rtype(result = "Status")]
+pub struct GetStatus;
 
 /// Ask a dialer to open an outbound link.
 #[derive(Message, Debug, Clone)]
@@ -487,10 +488,10 @@ impl Handler<Shutdown> for Router {
     }
 }
 
-impl Handler<Status> for Router {
-    type Result = MessageResult<Status>;
+impl Handler<GetStatus> for Router {
+    type Result = MessageResult<GetStatus>;
 
-    fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.state.status())
     }
 }

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use socp_actors::crypto::{CryptoPool, FrameText, SignedFrame};
 use socp_actors::heartbeat::Activity;
 use socp_actors::peer::PeerLink;
+use socp_actors::ports::{RouterPort, StorePort};
 use socp_actors::router::{
     Attach, Dial, IsOnline, LinkEvent, Outbound, Remember, Router, RouterPorts, ServerKey,
 };
@@ -109,9 +110,9 @@ impl Node {
             ..Settings::default()
         };
         let shared = Shared::new(
-            router.clone(),
+            RouterPort::of(&router),
             pool,
-            store,
+            StorePort::of(&store),
             activity.recipient(),
             me,
             ("127.0.0.1".into(), 9000),

@@ -12,9 +12,9 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use serde_json::json;
 use socp_actors::crypto::{FrameText, SignedFrame};
 use socp_actors::router::{
-    Attach, Detach, Dial, FirstSight, IsOnline, JoinRequest, Joined, LinkDown, LinkEvent,
-    LinkFrame, LinkUp, Outbound, PeerDead, Reconnect, Remember, Router, RouterPorts,
-    SendHeartbeats, ServerKey, Shutdown, Status, UserFrame,
+    Attach, Detach, Dial, FirstSight, GetStatus, IsOnline, JoinRequest, Joined, LinkDown,
+    LinkEvent, LinkFrame, LinkUp, Outbound, PeerDead, Reconnect, Remember, Router, RouterPorts,
+    SendHeartbeats, ServerKey, Shutdown, UserFrame,
 };
 use socp_actors::routing::{Conn, RouterConfig, RouterState, Signer, StoreOp};
 use socp_protocol::message::{
@@ -626,7 +626,8 @@ async fn the_router_answers_questions() {
     assert_eq!(ids, [sid("srv-a"), sid("srv-b")]);
 
     f.attach("alice", 10, 10).await;
-    let status = f.router.send(Status).await.expect("alive");
+    let status = f.router.send(GetStatus).await.expect("alive");
+    let status = serde_json::to_value(status).expect("a status serialises");
     assert_eq!(status["server_id"], "srv-a");
     assert_eq!(status["local_users"], json!(["alice"]));
     assert_eq!(status["servers"][0]["link"], "up");
@@ -674,14 +675,14 @@ async fn joins_while_the_last_announcement_is_signed_fold_into_the_next() {
 
     // A lone join is announced at once.
     f.attach("alice", 10, 10).await;
-    f.router.send(Status).await.expect("router alive");
+    f.router.send(GetStatus).await.expect("router alive");
     assert_eq!(link_b.take().await.len(), 3, "advert, ADD, UPDATED");
 
     // While that announcement is still being signed, two more users join:
     // their adverts go out, their joins wait.
     f.attach("bob", 11, 11).await;
     f.attach("carol", 14, 14).await;
-    f.router.send(Status).await.expect("router alive");
+    f.router.send(GetStatus).await.expect("router alive");
     let adverts = link_b.take().await;
     assert_eq!(adverts.len(), 2);
 

@@ -306,7 +306,7 @@ fn attach_sends_roster_gossips_tells_local_users_and_joins_the_public_channel() 
         "the join waits to be announced: {:?}",
         stores(&a)
     );
-    assert_eq!(st.status()["public_version"], START_VERSION + 1);
+    assert_eq!(st.status().public_version, START_VERSION + 1);
     a.extend(st.flush_membership(NOW));
 
     // The new user: the roster (local users, then remote ones), its own
@@ -385,7 +385,7 @@ fn attach_sends_roster_gossips_tells_local_users_and_joins_the_public_channel() 
     assert_eq!(&unwrapped, group_key.as_ref(), "the wrap is the group key");
     assert_eq!(group_key.len(), 32);
 
-    assert_eq!(st.status()["public_version"], version);
+    assert_eq!(st.status().public_version, version);
     assert!(st.is_online(&uid("bob")));
     assert_eq!(st.session(&uid("bob")).map(|c| c.id), Some(11));
     assert!(closes(&a).is_empty() && connects(&a).is_empty());
@@ -427,7 +427,7 @@ fn attach_refuses_an_id_attached_here_or_elsewhere_in_the_mesh() {
     assert_eq!(remote.expect_err("refused").code, ErrorCode::NameInUse);
     assert_eq!(location(&st, "rita"), Some(sid("srv-b")));
     assert!(st.session(&uid("rita")).is_none());
-    assert_eq!(st.status()["public_version"], START_VERSION + 1);
+    assert_eq!(st.status().public_version, START_VERSION + 1);
 }
 
 #[test]
@@ -599,7 +599,7 @@ fn joins_queued_together_are_announced_as_one_version() {
         let unwrapped = private(n).decrypt(wrapped.bytes()).expect("unwraps");
         assert_eq!(&unwrapped, group_key.as_ref(), "{user}'s own wrap");
     }
-    assert_eq!(st.status()["public_version"], version);
+    assert_eq!(st.status().public_version, version);
 }
 
 fn zip3<'a, A, B, C>(
@@ -664,7 +664,7 @@ fn a_user_gone_before_its_join_was_announced_changes_no_version() {
     assert_eq!(types_to(&a, "link-b"), ["USER_REMOVE"]);
     assert!(!st.membership_pending());
     assert!(st.flush_membership(NOW).is_empty());
-    assert_eq!(st.status()["public_version"], START_VERSION + 1);
+    assert_eq!(st.status().public_version, START_VERSION + 1);
 }
 
 #[test]
@@ -1328,7 +1328,7 @@ fn a_servers_channel_version_raises_ours() {
         receivers_of(&a, "PUBLIC_CHANNEL_UPDATED"),
         ["alice", "link-c"]
     );
-    assert_eq!(st.status()["public_version"], 40);
+    assert_eq!(st.status().public_version, 40);
     let a = attach(&mut st, "bob", 11, "bob", 11);
     let add = &sent_to(&a, "link-b")[1];
     assert_eq!(field(add, "if_version"), 40);

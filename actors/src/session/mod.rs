@@ -12,65 +12,30 @@ use actix::prelude::*;
 use socp_db::NewUser;
 use socp_protocol::content;
 use socp_protocol::message::{
-    Ack, ErrorPayload, LoginChallenge, LoginRequest, RegisterOk, UserHello, UserRegister,
+    Ack, ErrorPayload, LoginChallenge, LoginRequest, UserHello, UserRegister,
 };
-use socp_protocol::{
-    crypto::b64url_encode, crypto::random_bytes, now_ms, Envelope, ErrorCode, Message, PublicKey,
-    To, UserId,
-};
+use socp_protocol::{now_ms, Envelope, ErrorCode, Message, PublicKey, To, UserId};
 
 use crate::crypto::FrameText;
+use crate::error::{Error, Refusal};
 use crate::router::{Attach, Detach, Outbound, UserFrame};
 use crate::routing::{Conn, ConnId};
 use crate::store::{FindUser, GetUser, Register};
 use crate::transport::{close, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire};
 use crate::Shared;
 
+mod bucket;
+mod identify;
+
+pub use bucket::TokenBucket;
+use identify::{plan_hello, registration_outcome, Challenge, HelloFacts, HelloPlan};
+
 /// A content-signature check to run on the crypto pool.
 type ContentCheck = Box<dyn FnOnce(&PublicKey) -> bool + Send>;
-
-/// Longest accepted `privkey_store` (an encrypted RSA-4096 PKCS#8 PEM is ~3.5 KB).
-const MAX_KEY_STORE: usize = 16 * 1024;
 
 /// Tokens a malformed or refused frame costs, on top of its own: garbage
 /// floods reach the limit sooner than traffic.
 const BAD_FRAME_COST: f64 = 4.0;
-
-/// A token bucket: `rate` tokens/s up to `burst`.
-#[derive(Debug)]
-pub struct TokenBucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(rate: f64, burst: f64) -> Self {
-        TokenBucket {
-            tokens: burst,
-            rate,
-            burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Take `n` tokens at `now`; the balance may go negative (debt), and the
-    /// result says whether the frame was within the limit.
-    pub fn take_at(&mut self, n: f64, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.tokens -= n;
-        self.tokens >= 0.0
-    }
-
-    /// Whether the debt is so deep the sender is flooding (a full burst owed).
-    pub fn flooding(&self) -> bool {
-        self.tokens < -self.burst
-    }
-}
 
 /// Who the session is.
 #[derive(Debug, Clone)]
@@ -94,7 +59,7 @@ pub struct ClientSession {
     /// must not make the server sign hundreds of frames).
     limited: bool,
     /// The last LOGIN_CHALLENGE sent: for whom, and its nonce.
-    challenge: Option<(UserId, String)>,
+    challenge: Option<Challenge>,
 }
 
 impl ClientSession {
@@ -281,7 +246,10 @@ impl ClientSession {
     }
 
     fn to_router(&self, user_id: UserId, env: Envelope, msg: Message) {
-        self.shared.router.do_send(UserFrame { user_id, env, msg });
+        self.shared
+            .router
+            .user_frame
+            .do_send(UserFrame { user_id, env, msg });
     }
 
     /// A content frame: `sender_pub` must be the session's key and the content
@@ -366,91 +334,58 @@ impl ClientSession {
             );
             return;
         }
-        let lookup = self.shared.store.send(GetUser(user_id.clone()));
+        let lookup = self.shared.store.get_user.send(GetUser(user_id.clone()));
         let shared = self.shared.clone();
         let challenge = self.challenge.clone();
-        let hello_window = self.shared.settings.hello_window_ms;
+        let fresh = env.is_fresh(now_ms(), self.shared.settings.hello_window_ms);
         let require_registration = self.shared.settings.require_registration;
-        let pubkey = hello.pubkey.clone();
         let who = user_id.clone();
         let fut = async move {
             let user_id = who;
-            let record = match lookup.await {
-                Ok(Ok(record)) => record,
-                Ok(Err(e)) => {
-                    log::error!("user lookup failed: {e}");
-                    return Err((
-                        ErrorCode::BadRequest,
-                        "the server cannot check users right now".to_owned(),
-                    ));
-                }
-                Err(_) => {
-                    return Err((
-                        ErrorCode::BadRequest,
-                        "the server is shutting down".to_owned(),
-                    ))
-                }
+            let record = lookup
+                .await
+                .map_err(Error::from)
+                .and_then(|found| found.map_err(Error::from))
+                .map_err(|e| identify::lookup_failed(&e))?;
+            let plan = plan_hello(&HelloFacts {
+                user_id: &user_id,
+                hello: &hello,
+                record: record.as_ref(),
+                fresh,
+                challenge: challenge.as_ref(),
+                require_registration,
+            })?;
+            let HelloPlan::Registered { key, name } = plan else {
+                return Ok((hello.pubkey, None, false));
             };
-            let Some(record) = record else {
-                if require_registration {
-                    return Err((
-                        ErrorCode::AuthFailed,
-                        "this server accepts registered users only".to_owned(),
-                    ));
-                }
-                return Ok((None, false));
-            };
-            // A registered id: the hello must be signed by the registered key,
-            // fresh, never seen before, and answer our challenge if one is open.
-            if hello.pubkey != record.pubkey {
-                return Err((
-                    ErrorCode::AuthFailed,
-                    "hello key is not the registered key".to_owned(),
-                ));
-            }
-            if !env.is_fresh(now_ms(), hello_window) {
-                return Err((ErrorCode::AuthFailed, "hello `ts` is not fresh".to_owned()));
-            }
-            match (&challenge, &hello.nonce) {
-                (Some((who, nonce)), Some(got)) if *who == user_id && nonce == got => {}
-                (_, Some(_)) => {
-                    return Err((
-                        ErrorCode::AuthFailed,
-                        "hello answers no open challenge".to_owned(),
-                    ))
-                }
-                _ => {}
-            }
             let seen_key = env.seen_key();
             let ts = env.ts();
-            match shared.pool.verify(env, record.pubkey.clone()).await {
-                Some((_, true)) => {}
-                _ => {
-                    return Err((
-                        ErrorCode::AuthFailed,
-                        "hello signature does not verify with the registered key".to_owned(),
-                    ))
-                }
+            if !matches!(shared.pool.verify(env, key.clone()).await, Some((_, true))) {
+                return Err(Refusal::new(
+                    ErrorCode::AuthFailed,
+                    "hello signature does not verify with the registered key",
+                ));
             }
             match shared
                 .router
+                .first_sight
                 .send(crate::router::FirstSight(seen_key, ts))
                 .await
             {
-                Ok(true) => {}
-                _ => return Err((ErrorCode::AuthFailed, "replayed hello".to_owned())),
+                Ok(true) => Ok((key, name, true)),
+                _ => Err(Refusal::new(ErrorCode::AuthFailed, "replayed hello")),
             }
-            Ok((record.username.map(|u| u.to_string()), true))
         };
         InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| {
-            let (name, registered) = match checked {
+            let (pubkey, name, registered) = match checked {
                 Ok(ok) => ok,
-                Err((code, detail)) => {
+                Err(refusal) => {
                     log::info!(
-                        "session {}: hello for {user_id} refused: {detail}",
-                        act.conn_id
+                        "session {}: hello for {user_id} refused: {}",
+                        act.conn_id,
+                        refusal.detail
                     );
-                    act.error(ctx, &from, code, detail);
+                    act.error(ctx, &from, refusal.code, refusal.detail);
                     if act.identity.is_none() {
                         act.close(ctx, close::POLICY, "identification failed");
                     }
@@ -471,12 +406,12 @@ impl ClientSession {
     ) {
         // A login replaces the connection's earlier (ephemeral) identity.
         if let Some(old) = self.identity.take() {
-            self.shared.router.do_send(Detach {
+            self.shared.router.detach.do_send(Detach {
                 conn_id: self.conn_id,
                 user_id: old.user_id,
             });
         }
-        let request = self.shared.router.send(Attach {
+        let request = self.shared.router.attach.send(Attach {
             conn: Conn {
                 id: self.conn_id,
                 tx: Self::handle_of(ctx),
@@ -511,54 +446,33 @@ impl ClientSession {
     /// registered (proof of possession); then one database transaction.
     fn register(&mut self, ctx: &mut Context<Self>, env: Envelope, reg: UserRegister) {
         let from = env.from().to_owned();
-        if reg.privkey_store.is_empty() || reg.privkey_store.len() > MAX_KEY_STORE {
-            self.bad_input(
-                ctx,
-                &from,
-                ErrorCode::BadRequest,
-                "`privkey_store` missing or too large",
-            );
+        if let Err(refusal) = identify::check_register(&reg) {
+            self.bad_input(ctx, &from, refusal.code, refusal.detail);
             return;
         }
         let shared = self.shared.clone();
         let fut = async move {
-            match shared.pool.verify(env, reg.pubkey.clone()).await {
-                Some((_, true)) => {}
-                _ => {
-                    return Err((
-                        ErrorCode::InvalidSig,
-                        "USER_REGISTER must be signed with the key it registers".to_owned(),
-                    ))
-                }
+            if !matches!(
+                shared.pool.verify(env, reg.pubkey.clone()).await,
+                Some((_, true))
+            ) {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidSig,
+                    "USER_REGISTER must be signed with the key it registers",
+                ));
             }
             let user = NewUser {
                 user_id: reg.user_id.clone(),
                 username: reg.username.clone(),
-                pubkey: reg.pubkey,
-                privkey_store: reg.privkey_store,
+                pubkey: reg.pubkey.clone(),
+                privkey_store: reg.privkey_store.clone(),
                 meta: None,
             };
-            match shared.store.send(Register(user)).await {
-                Ok(Ok(())) => Ok(RegisterOk {
-                    user_id: reg.user_id,
-                    username: reg.username,
-                }),
-                Ok(Err(socp_db::Error::NameInUse)) => {
-                    Err((ErrorCode::NameInUse, "that username is taken".to_owned()))
-                }
-                Ok(Err(socp_db::Error::IdInUse)) => {
-                    Err((ErrorCode::NameInUse, "that user id is taken".to_owned()))
-                }
-                Ok(Err(e)) => {
-                    log::error!("registration failed: {e}");
-                    Err((
-                        ErrorCode::BadRequest,
-                        "the server could not store the registration".to_owned(),
-                    ))
-                }
-                Err(_) => Err((
+            match shared.store.register.send(Register(user)).await {
+                Ok(stored) => registration_outcome(stored, &reg),
+                Err(_) => Err(Refusal::new(
                     ErrorCode::BadRequest,
-                    "the server is shutting down".to_owned(),
+                    "the server is shutting down",
                 )),
             }
         };
@@ -567,7 +481,7 @@ impl ClientSession {
                 log::info!("registered user {} ({})", ok.user_id, ok.username);
                 act.reply(ctx, &from, Message::RegisterOk(ok));
             }
-            Err((code, detail)) => act.error(ctx, &from, code, detail),
+            Err(refusal) => act.error(ctx, &from, refusal.code, refusal.detail),
         });
     }
 
@@ -585,11 +499,12 @@ impl ClientSession {
         // Login requests hand out key stores: they cost like bad frames.
         self.bucket.take_at(BAD_FRAME_COST, Instant::now());
         let from = from.to_owned();
-        let lookup = self.shared.store.send(FindUser(req.who.clone()));
+        let lookup = self.shared.store.find_user.send(FindUser(req.who.clone()));
         InQueue::wait_for(ctx, self, lookup, move |act, ctx, found| match found {
             Ok(Ok(Some(record))) => {
-                let nonce = b64url_encode(&random_bytes(32));
-                act.challenge = Some((record.user_id.clone(), nonce.clone()));
+                let challenge = Challenge::new(record.user_id.clone());
+                let nonce = challenge.nonce.clone();
+                act.challenge = Some(challenge);
                 act.reply(
                     ctx,
                     &from,
@@ -625,7 +540,7 @@ impl Actor for ClientSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(identity) = self.identity.take() {
-            self.shared.router.do_send(Detach {
+            self.shared.router.detach.do_send(Detach {
                 conn_id: self.conn_id,
                 user_id: identity.user_id,
             });
@@ -710,29 +625,5 @@ impl Handler<Outbound> for ClientSession {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         OutQueue::push(ctx, self, msg);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn bucket_allows_burst_then_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(50.0, 200.0);
-        for _ in 0..200 {
-            assert!(b.take_at(1.0, t0));
-        }
-        assert!(!b.take_at(1.0, t0), "burst spent");
-        // 100 ms later: 5 tokens back, one debt repaid.
-        let t1 = t0 + Duration::from_millis(100);
-        assert!(b.take_at(1.0, t1));
-        assert!(!b.flooding());
-        for _ in 0..250 {
-            b.take_at(1.0, t1);
-        }
-        assert!(b.flooding(), "a full burst of debt is a flood");
     }
 }

@@ -5,23 +5,25 @@
 //!
 //! Also the [`Dialer`], which opens outbound links with awc.
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use socp_protocol::message::{ErrorPayload, ServerAddress, ServerHelloJoin, ServerHelloLink};
-use socp_protocol::{now_ms, Envelope, ErrorCode, Message, PublicKey, ServerId, To};
+use socp_protocol::{now_ms, Envelope, ErrorCode, Message, To};
 
 use crate::crypto::FrameText;
 use crate::heartbeat::Activity;
-use crate::router::{
-    Dial, JoinRequest, LinkDown, LinkEvent, LinkFrame, LinkUp, Outbound, ServerKey,
-};
+use crate::router::{JoinRequest, LinkDown, LinkFrame, LinkUp, Outbound, ServerKey};
 use crate::routing::{Conn, ConnId, Peer};
 use crate::transport::{
     close, AwcTransport, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire,
 };
 use crate::Shared;
+
+mod dialer;
+mod trust;
+
+pub use dialer::Dialer;
 
 /// Bad frames a link may send before it is closed.
 const MAX_STRIKES: u32 = 50;
@@ -187,10 +189,10 @@ impl PeerLink {
             return;
         }
         let pool = self.shared.pool.clone();
-        let router = self.shared.router.clone();
+        let server_key = self.shared.router.server_key.clone();
         let key = address.pubkey.clone();
         let fut = async move {
-            let pinned = router
+            let pinned = server_key
                 .send(ServerKey(server_id.clone()))
                 .await
                 .ok()
@@ -221,7 +223,7 @@ impl PeerLink {
     /// We are the introducer: answer SERVER_WELCOME, then close.
     fn join(&mut self, ctx: &mut Context<Self>, env: Envelope, address: ServerAddress) {
         let requested = env.from_server();
-        let request = self.shared.router.send(JoinRequest {
+        let request = self.shared.router.join.send(JoinRequest {
             requested: requested.clone(),
             address,
         });
@@ -249,7 +251,7 @@ impl PeerLink {
             port: address.port,
             pubkey: address.pubkey,
         };
-        let up = self.shared.router.send(LinkUp {
+        let up = self.shared.router.link_up.send(LinkUp {
             peer: peer.clone(),
             conn: self.conn(ctx),
             opened_by_me: false,
@@ -259,7 +261,7 @@ impl PeerLink {
                 act.peer = Some(peer.clone());
                 act.report_alive();
                 if matches!(msg, Message::ServerAnnounce(_)) {
-                    act.shared.router.do_send(LinkFrame {
+                    act.shared.router.link_frame.do_send(LinkFrame {
                         link: peer.server_id,
                         env,
                         msg,
@@ -291,15 +293,8 @@ impl PeerLink {
     ) {
         let from = env.from_server();
         let from_link = from == peer.server_id;
-        if matches!(msg, Message::Heartbeat(_) | Message::ServerHelloLink(_)) && !from_link {
-            return self.strike(
-                ctx,
-                ErrorCode::InvalidSig,
-                format!(
-                    "{} must come from the link's own server",
-                    msg.msg_type().as_str()
-                ),
-            );
+        if let Err(detail) = trust::only_from_link(&msg, from_link) {
+            return self.strike(ctx, ErrorCode::InvalidSig, detail);
         }
         if !env.is_fresh(now_ms(), self.shared.settings.ts_window_ms) {
             return self.strike(
@@ -309,27 +304,19 @@ impl PeerLink {
             );
         }
         let pool = self.shared.pool.clone();
-        let router = self.shared.router.clone();
+        let server_key = self.shared.router.server_key.clone();
         let link_key = peer.pubkey.clone();
         let fut = async move {
-            let key: PublicKey = if from_link {
-                link_key
+            let pinned = if from_link {
+                None
             } else {
-                match router.send(ServerKey(from.clone())).await.ok().flatten() {
-                    Some(k) => k,
-                    // A server we do not know yet, announced through the mesh
-                    // (SPEC.md §5.1): its announce is self-signed, like a hello,
-                    // and the router pins the key it carries.
-                    None => match &msg {
-                        Message::ServerAnnounce(a) => a.0.pubkey.clone(),
-                        // Another implementation may forward a user's content
-                        // frame as-is (SPEC.md §6.4): such a frame must carry
-                        // the link server's signature.
-                        _ if is_user_content(&msg) => link_key,
-                        _ => return Err(format!("`from` {from} is not a known server")),
-                    },
-                }
+                server_key
+                    .send(ServerKey(from.clone()))
+                    .await
+                    .ok()
+                    .flatten()
             };
+            let key = trust::verifying_key(&from, from_link, &link_key, pinned, &msg)?;
             match pool.verify(env, key).await {
                 Some((env, true)) => Ok((env, msg)),
                 _ => Err("signature does not verify".to_owned()),
@@ -338,7 +325,7 @@ impl PeerLink {
         InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| match checked {
             Ok((env, msg)) => {
                 act.report_alive();
-                act.shared.router.do_send(LinkFrame {
+                act.shared.router.link_frame.do_send(LinkFrame {
                     link: peer.server_id,
                     env,
                     msg,
@@ -348,17 +335,6 @@ impl PeerLink {
             Err(detail) => act.strike(ctx, ErrorCode::InvalidSig, detail),
         });
     }
-}
-
-fn is_user_content(msg: &Message) -> bool {
-    matches!(
-        msg,
-        Message::MsgDirect(_)
-            | Message::MsgPublicChannel(_)
-            | Message::FileStart(_)
-            | Message::FileChunk(_)
-            | Message::FileEnd(_)
-    )
 }
 
 impl Actor for PeerLink {
@@ -389,7 +365,7 @@ impl Actor for PeerLink {
             To::from(&peer.server_id),
             Message::ServerHelloLink(hello),
         );
-        let up = self.shared.router.send(LinkUp {
+        let up = self.shared.router.link_up.send(LinkUp {
             peer: peer.clone(),
             conn: self.conn(ctx),
             opened_by_me: true,
@@ -405,7 +381,7 @@ impl Actor for PeerLink {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(peer) = &self.peer {
-            self.shared.router.do_send(LinkDown {
+            self.shared.router.link_down.do_send(LinkDown {
                 server_id: peer.server_id.clone(),
                 conn_id: self.conn_id,
             });
@@ -473,70 +449,5 @@ impl Handler<Outbound> for PeerLink {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         OutQueue::push(ctx, self, msg);
-    }
-}
-
-/// Opens outbound links with awc; one dial per server at a time.
-pub struct Dialer {
-    shared: Shared,
-    client: Option<awc::Client>,
-    /// Servers being dialled now.
-    dialling: HashSet<ServerId>,
-    liveness: Recipient<LinkEvent>,
-}
-
-impl Dialer {
-    /// A dialer whose links use `shared`; failures are reported to `liveness`
-    /// (which schedules the retry).
-    pub fn new(shared: Shared, liveness: Recipient<LinkEvent>) -> Self {
-        Dialer {
-            shared,
-            client: None,
-            dialling: HashSet::new(),
-            liveness,
-        }
-    }
-}
-
-impl Actor for Dialer {
-    type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Self::Context) {
-        self.client = Some(crate::ws_client(
-            self.shared.settings.tls.as_ref(),
-            Duration::from_secs(10),
-        ));
-    }
-}
-
-impl Handler<Dial> for Dialer {
-    type Result = ();
-
-    fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) {
-        let peer = msg.0;
-        let Some(client) = &self.client else { return };
-        if !self.dialling.insert(peer.server_id.clone()) {
-            return;
-        }
-        let url = crate::ws_url(self.shared.settings.tls.is_some(), &peer.host, peer.port);
-        let max_frame = self.shared.settings.limits.max_frame_bytes;
-        let request = client.ws(url.as_str()).max_frame_size(max_frame);
-        let shared = self.shared.clone();
-        let liveness = self.liveness.clone();
-        ctx.spawn(async move { request.connect().await }.into_actor(self).map(
-            move |result, act, _| {
-                act.dialling.remove(&peer.server_id);
-                match result {
-                    Ok((_, framed)) => {
-                        log::info!("dialled server {} at {url}", peer.server_id);
-                        PeerLink::start_outbound(shared, framed, peer);
-                    }
-                    Err(e) => {
-                        log::info!("cannot reach server {} at {url}: {e}", peer.server_id);
-                        liveness.do_send(LinkEvent::Down(peer.server_id));
-                    }
-                }
-            },
-        ));
     }
 }

@@ -1,0 +1,72 @@
+//! Frames from server links, verified by the shell: dispatched to the part
+//! of the state they concern.
+
+use socp_protocol::message::ServerAnnounce;
+use socp_protocol::{Envelope, Message, ServerId};
+
+use super::{Action, PeerFrame, RouterState};
+use crate::crypto::SignedFrame;
+
+/// A verified frame from a server link, as it is passed on.
+pub(super) struct Relayed<'a> {
+    /// The link it arrived over.
+    pub(super) link: &'a ServerId,
+    /// The server that signed it (`from`).
+    pub(super) origin: &'a ServerId,
+    /// The frame text as received, forwarded unchanged.
+    pub(super) frame: SignedFrame,
+}
+
+impl<H: Clone> RouterState<H> {
+    /// Handle a verified frame from a server link. `env.from()` is a server
+    /// whose pinned key verified the frame (the shell checked). Repeats stop
+    /// at the seen-ids cache (SPEC.md §5.5).
+    pub fn from_server(&mut self, frame: PeerFrame<'_>, now: i64) -> Vec<Action<H>> {
+        let mut out = Vec::new();
+        let env: &Envelope = frame.env;
+        let origin = env.from_server();
+        let dedup = !matches!(frame.msg, Message::Heartbeat(_));
+        if dedup && !self.seen.insert(env.seen_key(), env.ts(), now) {
+            log::debug!("dropping repeat {}", env.summary());
+            return out;
+        }
+        let from = Relayed {
+            link: frame.link,
+            origin: &origin,
+            frame: SignedFrame::ready(frame.raw.clone()),
+        };
+        match frame.msg {
+            Message::Heartbeat(_) | Message::Ack(_) => {}
+            Message::UserAdvertise(adv) => self.remote_advert(adv, &from, now, &mut out),
+            Message::UserRemove(rm) => self.remote_remove(rm, &from, &mut out),
+            Message::ServerAnnounce(ServerAnnounce(addr)) => {
+                self.server_announce(addr, &from, &mut out)
+            }
+            Message::ServerGoodbye(_) => log::info!("server {origin} said goodbye"),
+            Message::ServerDeliver(d) => self.server_deliver(d, env.ts(), &from, now, &mut out),
+            Message::PublicChannelAdd(_) => self.channel_news(&from, &mut out),
+            Message::PublicChannelUpdated(u) => {
+                self.public_version = self.public_version.max(u.version);
+                self.channel_news(&from, &mut out);
+            }
+            Message::Error(e) => log::info!("server {origin} reports {}: {}", e.code, e.detail),
+            other => log::debug!(
+                "{} from server {origin}: not handled on a server link",
+                other.msg_type().as_str()
+            ),
+        }
+        out
+    }
+
+    /// Pass a relayed frame on to every other linked server (not back over
+    /// its link, not to its origin).
+    pub(super) fn relay_onward(&self, from: &Relayed<'_>, out: &mut Vec<Action<H>>) {
+        self.to_all_servers(&from.frame, &[from.link, from.origin], out);
+    }
+
+    /// Public channel news: to every other server and every local user.
+    fn channel_news(&self, from: &Relayed<'_>, out: &mut Vec<Action<H>>) {
+        self.relay_onward(from, out);
+        self.to_all_users(&from.frame, None, out);
+    }
+}

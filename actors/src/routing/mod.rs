@@ -1,0 +1,219 @@
+//! `RouterState`: presence, server table, seen-ids and routing (SPEC.md §5, §6, §8)
+//! as a plain struct whose methods return what to send.
+//!
+//! The [`Router`](crate::router::Router) actor is a thin shell over it: it feeds
+//! in what sessions and links report and carries out the returned [`Action`]s.
+//! Handles (`H`) are whatever the shell uses to reach a session or link
+//! (`Recipient<Outbound>` in the server, plain values in tests).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use socp_protocol::crypto::random_bytes;
+use socp_protocol::message::ErrorPayload;
+use socp_protocol::{Envelope, ErrorCode, Message, PublicKey, ServerId, To, UserId};
+
+use crate::crypto::{FrameText, SignedFrame};
+
+mod delivery;
+mod inbound;
+mod membership;
+mod presence;
+mod seen;
+mod servers;
+mod status;
+
+pub use crate::error::Refusal;
+use membership::Membership;
+pub use membership::MAX_JOINS_PER_VERSION;
+use presence::{LocalUser, RemoteUser};
+pub use seen::SeenCache;
+use servers::ServerEntry;
+pub use status::{LinkState, RemoteUserStatus, ServerStatus, Status};
+
+/// Identifies one connection (a user session or a server link).
+pub type ConnId = u64;
+
+/// A session or link: its connection id and the handle to reach it.
+#[derive(Debug, Clone)]
+pub struct Conn<H> {
+    pub id: ConnId,
+    pub tx: H,
+}
+
+/// Produces signed frames. The server's is the crypto pool; tests sign inline.
+pub trait Signer: Send + Sync {
+    /// Sign `env` and serialise it.
+    fn sign(&self, env: Envelope) -> SignedFrame;
+    /// Build an envelope on a crypto thread (it may need RSA, e.g. OAEP key
+    /// wraps), then sign it. `None` from `build` drops the frame.
+    fn sign_built(&self, build: Box<dyn FnOnce() -> Option<Envelope> + Send>) -> SignedFrame;
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub enum Action<H> {
+    /// Write a frame to a session or link.
+    Send(H, SignedFrame),
+    /// Write a frame as soon as it is signed, ahead of frames still being
+    /// signed (heartbeats: liveness must not wait behind a deep queue).
+    SendNow(H, SignedFrame),
+    /// Close a session or link with a WebSocket close code.
+    Close(H, u16, String),
+    /// Open an outbound link to a server.
+    Connect(Peer),
+    /// Persist a change.
+    Store(StoreOp),
+}
+
+/// A server we know: id, address and pinned key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub server_id: ServerId,
+    pub host: String,
+    pub port: u16,
+    pub pubkey: PublicKey,
+}
+
+/// Changes for the database.
+#[derive(Debug, Clone, PartialEq, actix::Message)]
+#[rtype(result = "()")]
+pub enum StoreOp {
+    /// A user joined the public channel: the store wraps the group key for
+    /// them (RSA-OAEP, off the event loop), keeps the row, and the version.
+    PublicJoin {
+        user_id: UserId,
+        pubkey: PublicKey,
+        group_key: Arc<Vec<u8>>,
+        version: u64,
+    },
+    /// A user left the public channel (ephemeral users only: registered users
+    /// stay members); the new version.
+    PublicLeave {
+        user_id: UserId,
+        remove_row: bool,
+        version: u64,
+    },
+    /// Remember a server for reconnecting after a restart.
+    KnownServer(Peer),
+}
+
+/// Settings of the routing state.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Our server id.
+    pub me: ServerId,
+    /// Where other servers reach us.
+    pub host: String,
+    pub port: u16,
+    /// Our public key (what SERVER_WELCOME lists for us).
+    pub pubkey: PublicKey,
+    /// Directory-only introducer: hosts no users, relays no chat.
+    pub introducer_only: bool,
+    /// Most entries in the seen-ids cache.
+    pub seen_capacity: usize,
+    /// Public channel version at start (persisted).
+    pub public_version: u64,
+}
+
+/// A frame received from a server link, verified.
+pub struct PeerFrame<'a> {
+    /// The link's server.
+    pub link: &'a ServerId,
+    pub env: &'a Envelope,
+    pub msg: Message,
+    /// The frame text as received, for forwarding unchanged.
+    pub raw: &'a FrameText,
+}
+
+/// Presence, servers, seen-ids and routing.
+pub struct RouterState<H> {
+    config: RouterConfig,
+    signer: Arc<dyn Signer>,
+    local: HashMap<UserId, LocalUser<H>>,
+    remote: HashMap<UserId, RemoteUser>,
+    servers: HashMap<ServerId, ServerEntry<H>>,
+    seen: SeenCache,
+    public_version: u64,
+    /// Membership changes waiting to be announced as one version.
+    membership: Membership,
+    /// The last PUBLIC_CHANNEL_UPDATED we announced: while it is still being
+    /// signed, further changes wait and fold into the next version.
+    announced: Option<SignedFrame>,
+    /// The public channel's group key (SPEC.md §6.4: wrapped for each member,
+    /// encrypts nothing in socp, never rotated).
+    group_key: Arc<Vec<u8>>,
+    /// Counts attaches and links up: orders "this user attached" against
+    /// "this link came up" for resolving ids claimed on both sides of a
+    /// partition.
+    epoch: u64,
+}
+
+impl<H: Clone> RouterState<H> {
+    /// A router with no users and no servers.
+    pub fn new(config: RouterConfig, signer: Arc<dyn Signer>) -> Self {
+        RouterState {
+            seen: SeenCache::new(config.seen_capacity),
+            public_version: config.public_version,
+            membership: Membership::default(),
+            announced: None,
+            config,
+            signer,
+            local: HashMap::new(),
+            remote: HashMap::new(),
+            servers: HashMap::new(),
+            group_key: Arc::new(random_bytes(32)),
+            epoch: 0,
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.epoch += 1;
+        self.epoch
+    }
+
+    /// Our server id.
+    pub fn me(&self) -> &ServerId {
+        &self.config.me
+    }
+
+    /// Change our id (the introducer assigned another).
+    pub fn set_me(&mut self, id: ServerId) {
+        self.config.me = id;
+    }
+
+    fn sign(&self, to: To, ts: i64, msg: Message) -> SignedFrame {
+        self.signer
+            .sign(Envelope::from_message(&self.config.me, to, ts, &msg))
+    }
+
+    fn error_frame(&self, to: To, now: i64, code: ErrorCode, detail: &str) -> SignedFrame {
+        self.sign(
+            to,
+            now,
+            Message::Error(ErrorPayload::new(code, detail.to_owned())),
+        )
+    }
+
+    fn linked_servers(&self) -> impl Iterator<Item = (&ServerId, &Conn<H>)> {
+        self.servers
+            .iter()
+            .filter_map(|(id, e)| e.link.as_ref().map(|l| (id, &l.conn)))
+    }
+
+    fn to_all_servers(&self, frame: &SignedFrame, except: &[&ServerId], out: &mut Vec<Action<H>>) {
+        for (id, conn) in self.linked_servers() {
+            if !except.contains(&id) {
+                out.push(Action::Send(conn.tx.clone(), frame.clone()));
+            }
+        }
+    }
+
+    fn to_all_users(&self, frame: &SignedFrame, except: Option<&UserId>, out: &mut Vec<Action<H>>) {
+        for (id, user) in &self.local {
+            if Some(id) != except {
+                out.push(Action::Send(user.conn.tx.clone(), frame.clone()));
+            }
+        }
+    }
+}

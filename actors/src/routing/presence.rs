@@ -1,0 +1,405 @@
+//! Users: attach, detach, adverts, listings, and ids claimed on both sides of a partition.
+
+use serde_json::Value;
+use socp_protocol::message::{ListedUser, UserAdvertise, UserRemove};
+use socp_protocol::{ErrorCode, Message, PublicKey, ServerId, To, UserId};
+
+use super::inbound::Relayed;
+use super::*;
+use crate::crypto::SignedFrame;
+
+/// A user attached to this server.
+pub(super) struct LocalUser<H> {
+    pub(super) conn: Conn<H>,
+    pub(super) pubkey: PublicKey,
+    /// Username if registered; the listing shows it.
+    pub(super) name: Option<String>,
+    /// Registered users stay public channel members when they leave.
+    pub(super) registered: bool,
+    /// Our signed USER_ADVERTISE for this user: gossiped once, then reused for
+    /// every later roster.
+    pub(super) advert: SignedFrame,
+    /// When it attached ([`RouterState::epoch`]).
+    pub(super) attached: u64,
+}
+
+/// A user attached elsewhere in the mesh.
+pub(super) struct RemoteUser {
+    pub(super) server_id: ServerId,
+    pub(super) pubkey: PublicKey,
+    pub(super) name: Option<String>,
+    pub(super) meta: Option<Value>,
+    /// The origin server's USER_ADVERTISE as received (forwarded unchanged to
+    /// our users), or our own re-signed one when we learnt the user otherwise.
+    pub(super) advert: Option<SignedFrame>,
+}
+
+/// One row of a listing.
+pub(super) fn listed(user_id: &UserId, server_id: &ServerId, name: Option<&str>) -> ListedUser {
+    ListedUser {
+        user_id: user_id.clone(),
+        server_id: server_id.clone(),
+        name: name.map_or_else(|| user_id.to_string(), str::to_owned),
+    }
+}
+
+/// The display name carried in an advert's `meta` (ours write `name`; other
+/// implementations use `username` or `display_name`).
+pub(super) fn meta_name(meta: Option<&Value>) -> Option<String> {
+    let meta = meta?;
+    ["name", "username", "display_name"]
+        .iter()
+        .find_map(|k| meta.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .map(str::to_owned)
+}
+
+impl<H: Clone> RouterState<H> {
+    /// Whether `user` is attached here or anywhere in the mesh.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.local.contains_key(user) || self.remote.contains_key(user)
+    }
+
+    /// Attach a user after a successful USER_HELLO. Sends the user the roster,
+    /// gossips the new user, tells local users, and queues the user's public
+    /// channel join: [`flush_membership`](Self::flush_membership) announces it
+    /// (a new version), together with any other change queued by then.
+    pub fn attach(
+        &mut self,
+        conn: Conn<H>,
+        user_id: UserId,
+        pubkey: PublicKey,
+        name: Option<String>,
+        registered: bool,
+        now: i64,
+    ) -> Result<Vec<Action<H>>, Refusal> {
+        if self.config.introducer_only {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "this is a directory-only introducer; it hosts no users",
+            ));
+        }
+        if self.local.contains_key(&user_id) {
+            return Err(Refusal::new(
+                ErrorCode::NameInUse,
+                format!("{user_id} is already attached to this server"),
+            ));
+        }
+        if let Some(r) = self.remote.get(&user_id) {
+            if self.is_linked(&r.server_id) {
+                return Err(Refusal::new(
+                    ErrorCode::NameInUse,
+                    format!("{user_id} is attached to server {}", r.server_id),
+                ));
+            }
+            // Learnt from a welcome or gossip, at a server we have no link
+            // to: not reachable, so not in use (as for USER_ADVERTISE).
+            self.remote.remove(&user_id);
+        }
+        let mut out = Vec::new();
+        // The roster first, so the client has every pubkey.
+        for user in self.local.values() {
+            out.push(Action::Send(conn.tx.clone(), user.advert.clone()));
+        }
+        let mut missing = Vec::new();
+        for (id, user) in &self.remote {
+            match &user.advert {
+                Some(advert) => out.push(Action::Send(conn.tx.clone(), advert.clone())),
+                None => missing.push(id.clone()),
+            }
+        }
+        for id in missing {
+            if let Some(frame) = self.resign_remote_advert(&id, now) {
+                out.push(Action::Send(conn.tx.clone(), frame));
+            }
+        }
+
+        let advert = self.local_advert(&user_id, &pubkey, name.as_deref(), now);
+        // The user itself learns its own advert too: the client sees itself online.
+        out.push(Action::Send(conn.tx.clone(), advert.clone()));
+        self.to_all_servers(&advert, &[], &mut out);
+        self.to_all_users(&advert, None, &mut out);
+
+        let attached = self.tick();
+        self.local.insert(
+            user_id.clone(),
+            LocalUser {
+                conn: conn.clone(),
+                pubkey: pubkey.clone(),
+                name,
+                registered,
+                advert,
+                attached,
+            },
+        );
+        // A leave still queued for the same id stays: the store takes leaves
+        // first, then joins.
+        self.membership.joins.push((user_id, pubkey));
+        Ok(out)
+    }
+
+    /// Our USER_ADVERTISE for a local user (`meta.name` = username if registered).
+    pub(super) fn local_advert(
+        &self,
+        user_id: &UserId,
+        pubkey: &PublicKey,
+        name: Option<&str>,
+        now: i64,
+    ) -> SignedFrame {
+        self.sign(
+            To::All,
+            now,
+            Message::UserAdvertise(UserAdvertise {
+                user_id: user_id.clone(),
+                server_id: self.config.me.clone(),
+                pubkey: pubkey.clone(),
+                meta: name.map(|n| serde_json::json!({ "name": n })),
+            }),
+        )
+    }
+
+    /// Our own signed advert for a remote user we learnt without one (from a
+    /// SERVER_WELCOME), made once and kept.
+    fn resign_remote_advert(&mut self, id: &UserId, now: i64) -> Option<SignedFrame> {
+        let user = self.remote.get(id)?;
+        let frame = self.sign(
+            To::All,
+            now,
+            Message::UserAdvertise(UserAdvertise {
+                user_id: id.clone(),
+                server_id: user.server_id.clone(),
+                pubkey: user.pubkey.clone(),
+                meta: user.meta.clone(),
+            }),
+        );
+        if let Some(user) = self.remote.get_mut(id) {
+            user.advert = Some(frame.clone());
+        }
+        Some(frame)
+    }
+
+    /// Detach a user (session closed, or re-identified): gossips the removal
+    /// and queues the user's leave of the public channel (announced by
+    /// [`flush_membership`](Self::flush_membership)). Idempotent: only the
+    /// connection that attached the user can detach it.
+    pub fn detach(&mut self, conn_id: ConnId, user_id: &UserId, now: i64) -> Vec<Action<H>> {
+        let mut out = Vec::new();
+        match self.local.get(user_id) {
+            Some(u) if u.conn.id == conn_id => {}
+            _ => return out,
+        }
+        let registered = self.local.remove(user_id).is_some_and(|u| u.registered);
+        let remove = self.sign(
+            To::All,
+            now,
+            Message::UserRemove(UserRemove {
+                user_id: user_id.clone(),
+                server_id: self.config.me.clone(),
+            }),
+        );
+        self.to_all_servers(&remove, &[], &mut out);
+        self.to_all_users(&remove, None, &mut out);
+        match self
+            .membership
+            .joins
+            .iter()
+            .position(|(id, _)| id == user_id)
+        {
+            // Gone before its join was announced: there is nothing to take back.
+            Some(i) => {
+                self.membership.joins.remove(i);
+            }
+            None => self.membership.leaves.push((user_id.clone(), registered)),
+        }
+        out
+    }
+
+    /// The local session of a user, if attached here.
+    pub fn session(&self, user_id: &UserId) -> Option<&Conn<H>> {
+        self.local.get(user_id).map(|u| &u.conn)
+    }
+
+    /// The pubkey the network advertised for a user.
+    pub fn pubkey_of(&self, user_id: &UserId) -> Option<&PublicKey> {
+        self.local
+            .get(user_id)
+            .map(|u| &u.pubkey)
+            .or_else(|| self.remote.get(user_id).map(|u| &u.pubkey))
+    }
+
+    /// Every online user, sorted by name, then id (SPEC.md §6.2).
+    pub fn listing(&self) -> Vec<ListedUser> {
+        let mut users: Vec<ListedUser> = self
+            .local
+            .iter()
+            .map(|(id, u)| listed(id, &self.config.me, u.name.as_deref()))
+            .chain(
+                self.remote
+                    .iter()
+                    .filter(|(_, u)| self.is_linked(&u.server_id))
+                    .map(|(id, u)| listed(id, &u.server_id, u.name.as_deref())),
+            )
+            .collect();
+        users.sort_by(|a, b| (&a.name, &a.user_id).cmp(&(&b.name, &b.user_id)));
+        users
+    }
+
+    /// Handle a verified frame from a server link. `env.from()` is a server
+    /// whose pinned key verified the frame (the shell checked).
+    /// `adv` (from a linked server) claims a user id attached here. SPEC.md
+    /// §5.3 forbids taking over a live id; but an id can end up claimed on both
+    /// sides of a partition (each side removed the other's users and let the id
+    /// attach again), and after the heal both servers would refuse the other's
+    /// advert forever, each side sending to its own holder's key. [ext] rule:
+    /// - if `adv`'s server was linked to us, without a break, since before our
+    ///   user attached, it saw our advert first: its claim is the late one;
+    ///   refused (so a linked server cannot evict a user by claiming its id);
+    /// - otherwise, the same key on both servers is one holder that
+    ///   reattached: the lower server id keeps the session, the other closes
+    ///   its own (ERROR NAME_IN_USE) and accepts the advert;
+    /// - different keys: neither claim may take the id over silently, and
+    ///   neither server can tell which holder came first, so both close their
+    ///   own holder with ERROR NAME_IN_USE and remove it; the id is free again
+    ///   for whoever attaches first, with the whole mesh agreeing.
+    ///
+    /// Returns whether the advert may now be accepted.
+    pub(super) fn claimed_on_both_sides(
+        &mut self,
+        adv: &UserAdvertise,
+        now: i64,
+        out: &mut Vec<Action<H>>,
+    ) -> bool {
+        let Some(mine) = self.local.get(&adv.user_id) else {
+            return true;
+        };
+        let linked_since = self
+            .servers
+            .get(&adv.server_id)
+            .and_then(|s| s.link.as_ref())
+            .map(|l| l.since);
+        let late = linked_since.is_none_or(|since| since < mine.attached);
+        let same_key = mine.pubkey == adv.pubkey;
+        if late || (same_key && self.config.me < adv.server_id) {
+            log::warn!(
+                "{} advertises {} who is attached here: refused",
+                adv.server_id,
+                adv.user_id
+            );
+            return false;
+        }
+        log::warn!(
+            "{} was attached here and at {} while we could not see each other: {}",
+            adv.user_id,
+            adv.server_id,
+            if same_key {
+                "the same key, kept there"
+            } else {
+                "different keys, both holders closed"
+            }
+        );
+        let detail = format!(
+            "{} was also claimed at server {} while the two servers could not see each other; \
+             connect again",
+            adv.user_id, adv.server_id
+        );
+        self.evict(&adv.user_id, &detail, now, out);
+        same_key
+    }
+
+    /// Close a local user's session with ERROR NAME_IN_USE and remove it.
+    fn evict(&mut self, user_id: &UserId, detail: &str, now: i64, out: &mut Vec<Action<H>>) {
+        let Some(conn) = self.local.get(user_id).map(|u| u.conn.clone()) else {
+            return;
+        };
+        let error = self.error_frame(To::from(user_id), now, ErrorCode::NameInUse, detail);
+        out.push(Action::Send(conn.tx.clone(), error));
+        out.push(Action::Close(conn.tx.clone(), 1008, "name in use".into()));
+        out.extend(self.detach(conn.id, user_id, now));
+    }
+
+    /// A USER_ADVERTISE from a server link: a user attached at its origin.
+    pub(super) fn remote_advert(
+        &mut self,
+        adv: UserAdvertise,
+        from: &Relayed<'_>,
+        now: i64,
+        out: &mut Vec<Action<H>>,
+    ) {
+        if adv.server_id != *from.origin {
+            log::warn!(
+                "USER_ADVERTISE from {} for server {}: refused",
+                from.origin,
+                adv.server_id
+            );
+            return;
+        }
+        if self.local.contains_key(&adv.user_id) && !self.claimed_on_both_sides(&adv, now, out) {
+            return;
+        }
+        if let Some(existing) = self.remote.get(&adv.user_id) {
+            // The same key on two servers is one holder: the lower server id
+            // keeps it, everywhere (see claimed_on_both_sides).
+            let same_holder = existing.pubkey == adv.pubkey && adv.server_id < existing.server_id;
+            if existing.server_id != adv.server_id
+                && self.is_linked(&existing.server_id)
+                && !same_holder
+            {
+                log::warn!(
+                    "{} advertises {} who is attached to {}: refused",
+                    from.origin,
+                    adv.user_id,
+                    existing.server_id
+                );
+                return;
+            }
+        }
+        // Local users hear of new users and of changes, not of every repeat
+        // (a server re-advertises its users on each new link).
+        let changed = self.remote.get(&adv.user_id).is_none_or(|u| {
+            u.server_id != adv.server_id || u.pubkey != adv.pubkey || u.meta != adv.meta
+        });
+        self.remote.insert(
+            adv.user_id.clone(),
+            RemoteUser {
+                server_id: adv.server_id.clone(),
+                pubkey: adv.pubkey.clone(),
+                name: meta_name(adv.meta.as_ref()),
+                meta: adv.meta.clone(),
+                advert: Some(from.frame.clone()),
+            },
+        );
+        self.relay_onward(from, out);
+        if changed {
+            self.to_all_users(&from.frame, None, out);
+        }
+    }
+
+    /// A USER_REMOVE from a server link: a user of its origin left.
+    pub(super) fn remote_remove(
+        &mut self,
+        rm: UserRemove,
+        from: &Relayed<'_>,
+        out: &mut Vec<Action<H>>,
+    ) {
+        if rm.server_id != *from.origin {
+            log::warn!(
+                "USER_REMOVE from {} for server {}: refused",
+                from.origin,
+                rm.server_id
+            );
+            return;
+        }
+        match self.remote.get(&rm.user_id) {
+            Some(u) if u.server_id == rm.server_id => {
+                self.remote.remove(&rm.user_id);
+                self.relay_onward(from, out);
+                self.to_all_users(&from.frame, None, out);
+            }
+            _ => log::debug!(
+                "USER_REMOVE for {} not located at {}: ignored",
+                rm.user_id,
+                from.origin
+            ),
+        }
+    }
+}

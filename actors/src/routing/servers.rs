@@ -1,0 +1,370 @@
+//! The server table and links: learning servers, links up and down, welcome, announce, heartbeat, shutdown.
+
+use socp_protocol::message::{
+    ClientInfo, ServerAddress, ServerAnnounce, ServerInfo, ServerWelcome, UserRemove,
+};
+use socp_protocol::{ErrorCode, Message, PublicKey, ServerId, To, UserId};
+
+use super::inbound::Relayed;
+use super::presence::meta_name;
+use super::*;
+use crate::crypto::SignedFrame;
+
+/// A server in the mesh.
+pub(super) struct ServerEntry<H> {
+    pub(super) peer: Peer,
+    /// The live link, if any.
+    pub(super) link: Option<Link<H>>,
+}
+
+pub(super) struct Link<H> {
+    pub(super) conn: Conn<H>,
+    /// Who opened the connection: of two simultaneous links, both sides keep
+    /// the one opened by the lower server id.
+    pub(super) opened_by: ServerId,
+    /// When it came up ([`RouterState::epoch`]).
+    pub(super) since: u64,
+}
+
+impl<H: Clone> RouterState<H> {
+    /// The pinned key of a server.
+    pub fn server_key(&self, id: &ServerId) -> Option<&PublicKey> {
+        if *id == self.config.me {
+            return Some(&self.config.pubkey);
+        }
+        self.servers.get(id).map(|s| &s.peer.pubkey)
+    }
+
+    /// Whether `id` has a live link.
+    pub fn is_linked(&self, id: &ServerId) -> bool {
+        self.servers.get(id).is_some_and(|s| s.link.is_some())
+    }
+
+    /// Every known server other than us.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.servers.values().map(|s| s.peer.clone()).collect()
+    }
+
+    /// Remember a server (from a WELCOME, ANNOUNCE or the database) without
+    /// linking. A different key for a known id is refused: ids are pinned.
+    pub fn learn_server(&mut self, peer: Peer) -> Result<Option<Action<H>>, Refusal> {
+        if peer.server_id == self.config.me {
+            return Err(Refusal::new(
+                ErrorCode::NameInUse,
+                "that is our own server id",
+            ));
+        }
+        match self.servers.get_mut(&peer.server_id) {
+            Some(e) if e.peer.pubkey != peer.pubkey => Err(Refusal::new(
+                ErrorCode::NameInUse,
+                format!("server id {} is pinned to another key", peer.server_id),
+            )),
+            Some(e) => {
+                if e.peer.host != peer.host || e.peer.port != peer.port {
+                    e.peer = peer.clone();
+                    return Ok(Some(Action::Store(StoreOp::KnownServer(peer))));
+                }
+                Ok(None)
+            }
+            None => {
+                self.servers.insert(
+                    peer.server_id.clone(),
+                    ServerEntry {
+                        peer: peer.clone(),
+                        link: None,
+                    },
+                );
+                Ok(Some(Action::Store(StoreOp::KnownServer(peer))))
+            }
+        }
+    }
+
+    /// A link to `peer` is up (after its first frame verified, or our hello
+    /// was sent). Of two links to the same server, the one opened by the lower
+    /// server id is kept and the other closed. Over the kept link every local
+    /// user is advertised again with a fresh `ts`: adverts sent over a link that
+    /// was then closed as a duplicate, and users the other side dropped when its
+    /// previous link went down, would otherwise be lost until they reconnect
+    /// (a fresh `ts` gets past the seen-ids cache).
+    pub fn link_up(
+        &mut self,
+        peer: Peer,
+        conn: Conn<H>,
+        opened_by_me: bool,
+        now: i64,
+    ) -> Result<Vec<Action<H>>, Refusal> {
+        let mut out = Vec::new();
+        if let Some(a) = self.learn_server(peer.clone())? {
+            out.push(a);
+        }
+        let opened_by = if opened_by_me {
+            self.config.me.clone()
+        } else {
+            peer.server_id.clone()
+        };
+        let Some(entry) = self.servers.get_mut(&peer.server_id) else {
+            return Ok(out);
+        };
+        if let Some(existing) = &entry.link {
+            let keep_new = opened_by < existing.opened_by
+                || (opened_by == existing.opened_by && conn.id > existing.conn.id);
+            if !keep_new {
+                out.push(Action::Close(conn.tx, 1000, "duplicate link".into()));
+                return Ok(out);
+            }
+            out.push(Action::Close(
+                existing.conn.tx.clone(),
+                1000,
+                "duplicate link".into(),
+            ));
+        }
+        let tx = conn.tx.clone();
+        self.epoch += 1;
+        let since = self.epoch;
+        let Some(entry) = self.servers.get_mut(&peer.server_id) else {
+            return Ok(out);
+        };
+        entry.link = Some(Link {
+            conn,
+            opened_by,
+            since,
+        });
+        for (user_id, user) in &self.local {
+            let advert = self.local_advert(user_id, &user.pubkey, user.name.as_deref(), now);
+            out.push(Action::Send(tx.clone(), advert));
+        }
+        Ok(out)
+    }
+
+    /// A link closed or died. Its users become unreachable: they are removed
+    /// and local users told. Idempotent per connection. Returns the actions and
+    /// whether the link was current (the shell then schedules a reconnect).
+    pub fn link_down(
+        &mut self,
+        server: &ServerId,
+        conn_id: ConnId,
+        now: i64,
+    ) -> (Vec<Action<H>>, bool) {
+        let mut out = Vec::new();
+        let Some(entry) = self.servers.get_mut(server) else {
+            return (out, false);
+        };
+        match &entry.link {
+            Some(l) if l.conn.id == conn_id => entry.link = None,
+            _ => return (out, false),
+        }
+        let gone: Vec<UserId> = self
+            .remote
+            .iter()
+            .filter(|(_, u)| &u.server_id == server)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for user_id in gone {
+            self.remote.remove(&user_id);
+            let frame = self.sign(
+                To::All,
+                now,
+                Message::UserRemove(UserRemove {
+                    user_id,
+                    server_id: server.clone(),
+                }),
+            );
+            self.to_all_users(&frame, None, &mut out);
+        }
+        (out, true)
+    }
+
+    /// The current link connection of a server.
+    pub fn link_of(&self, server: &ServerId) -> Option<&Conn<H>> {
+        self.servers
+            .get(server)
+            .and_then(|s| s.link.as_ref())
+            .map(|l| &l.conn)
+    }
+
+    /// Answer SERVER_HELLO_JOIN (we are the introducer): the assigned id, every
+    /// server (us included) and every online user.
+    pub fn welcome(&mut self, requested: &ServerId, address: &ServerAddress) -> ServerWelcome {
+        // The requested id is kept unless another server holds it.
+        let taken = *requested == self.config.me
+            || self
+                .servers
+                .get(requested)
+                .is_some_and(|s| s.peer.pubkey != address.pubkey);
+        let assigned = if taken {
+            ServerId::random()
+        } else {
+            requested.clone()
+        };
+        let mut servers = vec![ServerInfo {
+            server_id: self.config.me.clone(),
+            host: self.config.host.clone(),
+            port: self.config.port,
+            pubkey: self.config.pubkey.clone(),
+        }];
+        servers.extend(
+            self.servers
+                .values()
+                .filter(|s| s.peer.server_id != assigned)
+                .map(|s| ServerInfo {
+                    server_id: s.peer.server_id.clone(),
+                    host: s.peer.host.clone(),
+                    port: s.peer.port,
+                    pubkey: s.peer.pubkey.clone(),
+                }),
+        );
+        let mut clients: Vec<ClientInfo> = self
+            .local
+            .iter()
+            .map(|(id, u)| ClientInfo {
+                user_id: id.clone(),
+                server_id: self.config.me.clone(),
+                pubkey: u.pubkey.clone(),
+                meta: u.name.as_ref().map(|n| serde_json::json!({ "name": n })),
+            })
+            .collect();
+        clients.extend(self.remote.iter().map(|(id, u)| ClientInfo {
+            user_id: id.clone(),
+            server_id: u.server_id.clone(),
+            pubkey: u.pubkey.clone(),
+            meta: u.meta.clone(),
+        }));
+        ServerWelcome {
+            assigned_id: assigned,
+            servers,
+            clients,
+        }
+    }
+
+    /// Apply our SERVER_WELCOME (we joined): learn every server and user, and
+    /// return the servers to link to.
+    pub fn apply_welcome(&mut self, welcome: &ServerWelcome) -> (Vec<Peer>, Vec<Action<H>>) {
+        let mut out = Vec::new();
+        let mut to_link = Vec::new();
+        for s in &welcome.servers {
+            let peer = Peer {
+                server_id: s.server_id.clone(),
+                host: s.host.clone(),
+                port: s.port,
+                pubkey: s.pubkey.clone(),
+            };
+            match self.learn_server(peer.clone()) {
+                Ok(a) => {
+                    out.extend(a);
+                    if !self.is_linked(&peer.server_id) {
+                        to_link.push(peer);
+                    }
+                }
+                Err(r) => log::warn!("welcome lists server {}: {}", s.server_id, r.detail),
+            }
+        }
+        for c in &welcome.clients {
+            if self.local.contains_key(&c.user_id) || c.server_id == self.config.me {
+                continue;
+            }
+            self.remote.insert(
+                c.user_id.clone(),
+                RemoteUser {
+                    server_id: c.server_id.clone(),
+                    pubkey: c.pubkey.clone(),
+                    name: meta_name(c.meta.as_ref()),
+                    meta: c.meta.clone(),
+                    advert: None,
+                },
+            );
+        }
+        (to_link, out)
+    }
+
+    /// Our SERVER_ANNOUNCE (one signature serves every link: same payload).
+    pub fn announce_frame(&self, now: i64) -> SignedFrame {
+        self.sign(
+            To::All,
+            now,
+            Message::ServerAnnounce(ServerAnnounce(ServerAddress {
+                host: self.config.host.clone(),
+                port: self.config.port,
+                pubkey: self.config.pubkey.clone(),
+            })),
+        )
+    }
+
+    /// Our SERVER_ANNOUNCE, for every server.
+    pub fn announce(&self, now: i64) -> Vec<Action<H>> {
+        let frame = self.announce_frame(now);
+        let mut out = Vec::new();
+        self.to_all_servers(&frame, &[], &mut out);
+        out
+    }
+
+    /// HEARTBEAT to every linked server (one signature for all).
+    pub fn heartbeat(&self, now: i64) -> Vec<Action<H>> {
+        let frame = self.sign(To::All, now, Message::Heartbeat(Default::default()));
+        self.linked_servers()
+            .map(|(_, conn)| Action::SendNow(conn.tx.clone(), frame.clone()))
+            .collect()
+    }
+
+    /// SERVER_GOODBYE and USER_REMOVE for every local user, to every server,
+    /// then close every session and link (shutdown).
+    pub fn shutdown(&mut self, now: i64) -> Vec<Action<H>> {
+        // Membership changes still queued reach the store and the mesh first.
+        let mut out = self.flush_membership(now);
+        let users: Vec<UserId> = self.local.keys().cloned().collect();
+        for user_id in users {
+            let frame = self.sign(
+                To::All,
+                now,
+                Message::UserRemove(UserRemove {
+                    user_id,
+                    server_id: self.config.me.clone(),
+                }),
+            );
+            self.to_all_servers(&frame, &[], &mut out);
+        }
+        let bye = self.sign(To::All, now, Message::ServerGoodbye(Default::default()));
+        self.to_all_servers(&bye, &[], &mut out);
+        for (_, conn) in self.linked_servers() {
+            out.push(Action::Close(
+                conn.tx.clone(),
+                1000,
+                "server shutting down".into(),
+            ));
+        }
+        for user in self.local.values() {
+            out.push(Action::Close(
+                user.conn.tx.clone(),
+                1000,
+                "server shutting down".into(),
+            ));
+        }
+        out
+    }
+
+    /// A SERVER_ANNOUNCE from a server link: learn its origin, pass the
+    /// announcement on, and link to the origin if we have no link yet.
+    pub(super) fn server_announce(
+        &mut self,
+        addr: ServerAddress,
+        from: &Relayed<'_>,
+        out: &mut Vec<Action<H>>,
+    ) {
+        let peer = Peer {
+            server_id: from.origin.clone(),
+            host: addr.host,
+            port: addr.port,
+            pubkey: addr.pubkey,
+        };
+        match self.learn_server(peer.clone()) {
+            Ok(a) => out.extend(a),
+            Err(r) => {
+                log::warn!("SERVER_ANNOUNCE from {}: {}", from.origin, r.detail);
+                return;
+            }
+        }
+        self.relay_onward(from, out);
+        if !self.is_linked(from.origin) {
+            out.push(Action::Connect(peer));
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! WebSocket transports, and the ordered outbound queue sessions and links share.
+//!
+//! A transport owns one socket and nothing else: it reassembles fragmented
+//! messages under a size cap, checks UTF-8, answers pings, and hands complete
+//! text frames to its owner (a [`ClientSession`](crate::session::ClientSession)
+//! or [`PeerLink`](crate::peer::PeerLink)) as [`Inbound`]; the owner writes with
+//! [`Wire`]. Inbound connections arrive on the server's endpoint
+//! ([`WsTransport`]: the HTTP layer answers the upgrade and hands the socket
+//! over) and are bound to an owner by their first frame; outbound links are
+//! made with awc ([`AwcTransport`]: awc's handshake, then the same guarded
+//! frame reader as inbound connections).
+
+use actix::prelude::*;
+use actix_http::ws::{CloseReason, Frame, ProtocolError};
+use bytes::Bytes;
+
+use crate::crypto::FrameText;
+
+mod frames;
+mod inbound;
+mod outbound;
+mod queue;
+mod socket;
+
+pub use frames::FrameGuard;
+use frames::{Assembled, Fragments};
+pub use inbound::WsTransport;
+pub use outbound::AwcTransport;
+pub use queue::{HasOutQueue, InOrder, InQueue, OutQueue};
+pub use socket::MAX_UNREAD_BYTES;
+
+/// WebSocket close codes we use.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Going away (shutdown, heartbeat timeout).
+    pub const AWAY: u16 = 1001;
+    /// Unsupported data (a binary frame before identification).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Invalid payload data (text that is not UTF-8).
+    pub const INVALID_DATA: u16 = 1007;
+    /// Policy violation (identification failed or timed out, abuse).
+    pub const POLICY: u16 = 1008;
+    /// Message too big.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// What a transport hands its owner.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum Inbound {
+    /// One complete text message.
+    Text(FrameText),
+    /// A binary message (not part of the protocol).
+    Binary,
+    /// The socket closed or failed; the owner should stop.
+    Closed,
+}
+
+/// What an owner tells its transport.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum Wire {
+    /// Write one text message.
+    Text(FrameText),
+    /// Close with a code and reason, then stop.
+    Close(u16, String),
+}
+
+/// Decides what owns an inbound connection, from its first frame.
+pub trait Acceptor: Unpin + 'static {
+    /// Bind the connection whose first text frame is `first`: start its owner
+    /// (which gets `first` too) and return where to send later frames, or the
+    /// close code and reason to refuse it.
+    fn accept(
+        &self,
+        first: FrameText,
+        transport: Recipient<Wire>,
+    ) -> Result<Recipient<Inbound>, (u16, String)>;
+
+    /// Where closes are counted.
+    fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        None
+    }
+}
+
+/// What a received WebSocket frame asks of its transport.
+enum Received {
+    /// Nothing to do (a pong, or a fragment of a message still arriving).
+    Nothing,
+    /// A complete text message.
+    Text(FrameText),
+    /// A complete binary message.
+    Binary,
+    /// A ping to answer.
+    Ping(Bytes),
+    /// The peer closed the socket.
+    Closed(Option<CloseReason>),
+    /// Close with this code and reason.
+    Refuse(u16, &'static str),
+}
+
+/// Classify one decoded frame (both transports share this).
+fn receive(
+    fragments: &mut Fragments,
+    max_frame: usize,
+    frame: Result<Frame, ProtocolError>,
+) -> Received {
+    let text = |bytes: Bytes| match std::str::from_utf8(&bytes) {
+        Ok(text) => Received::Text(FrameText::from(text)),
+        Err(_) => Received::Refuse(close::INVALID_DATA, "text is not UTF-8"),
+    };
+    match frame {
+        Ok(Frame::Text(bytes)) => text(bytes),
+        Ok(Frame::Binary(_)) => Received::Binary,
+        Ok(Frame::Continuation(item)) => match fragments.feed(item, max_frame) {
+            Assembled::Incomplete => Received::Nothing,
+            Assembled::Text(bytes) => text(bytes),
+            Assembled::Binary => Received::Binary,
+            Assembled::TooBig => Received::Refuse(close::TOO_BIG, "message too big"),
+            Assembled::Protocol => Received::Refuse(close::POLICY, "bad fragmentation"),
+        },
+        Ok(Frame::Ping(payload)) => Received::Ping(payload),
+        Ok(Frame::Pong(_)) => Received::Nothing,
+        Ok(Frame::Close(reason)) => Received::Closed(reason),
+        Err(ProtocolError::Overflow) => Received::Refuse(close::TOO_BIG, "message too big"),
+        Err(e) => {
+            log::debug!("WebSocket protocol error: {e}");
+            Received::Refuse(close::POLICY, "protocol error")
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! A fake router and a fake store: they stand in for the Router and Store
+//! behind a session's or link's ports, record what they were asked, and
+//! answer as scripted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use socp_actors::error::Refusal;
+use socp_actors::ports::{RouterPort, StorePort};
+use socp_actors::router::{
+    Attach, Detach, FirstSight, JoinRequest, Joined, LinkDown, LinkFrame, LinkUp, ServerKey,
+    UserFrame,
+};
+use socp_actors::store::{FindUser, GetUser, Register};
+use socp_db::UserRecord;
+use socp_protocol::message::ServerWelcome;
+use socp_protocol::{PublicKey, ServerId, UserId};
+
+use super::lock;
+
+/// What a fake router was asked, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Attach {
+        user_id: UserId,
+        pubkey: PublicKey,
+        name: Option<String>,
+        registered: bool,
+    },
+    Detach(UserId),
+    UserFrame {
+        user_id: UserId,
+        msg_type: String,
+    },
+    FirstSight,
+    ServerKey(ServerId),
+    LinkUp {
+        server_id: ServerId,
+        opened_by_me: bool,
+    },
+    LinkDown(ServerId),
+    LinkFrame {
+        link: ServerId,
+        msg_type: String,
+    },
+    Join(ServerId),
+    Joined(ServerId),
+}
+
+/// How a fake router answers.
+#[derive(Default)]
+pub struct Script {
+    /// Attach refusals by user id.
+    pub refuse_attach: HashMap<UserId, Refusal>,
+    /// Pinned server keys.
+    pub server_keys: HashMap<ServerId, PublicKey>,
+    /// The welcome a join request gets.
+    pub welcome: Option<ServerWelcome>,
+}
+
+/// A router that records calls and answers from its [`Script`].
+pub struct FakeRouter {
+    calls: Arc<Mutex<Vec<Call>>>,
+    script: Script,
+    seen: HashSet<[u8; 32]>,
+}
+
+/// A started fake router.
+pub struct Router {
+    pub addr: Addr<FakeRouter>,
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl Router {
+    pub fn start(script: Script) -> Self {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let addr = FakeRouter {
+            calls: calls.clone(),
+            script,
+            seen: HashSet::new(),
+        }
+        .start();
+        Router { addr, calls }
+    }
+
+    pub fn port(&self) -> RouterPort {
+        RouterPort::of(&self.addr)
+    }
+
+    /// Every call so far, once the router handled what was sent before.
+    pub async fn calls(&self) -> Vec<Call> {
+        self.addr
+            .send(ServerKey(ServerId::parse("flush").expect("an id")))
+            .await
+            .expect("fake router alive");
+        let mut calls = lock(&self.calls).clone();
+        // The flush itself.
+        calls.pop();
+        calls
+    }
+}
+
+impl Actor for FakeRouter {
+    type Context = Context<Self>;
+}
+
+impl FakeRouter {
+    fn log(&self, call: Call) {
+        lock(&self.calls).push(call);
+    }
+}
+
+impl Handler<Attach> for FakeRouter {
+    type Result = Result<(), Refusal>;
+    fn handle(&mut self, m: Attach, _: &mut Context<Self>) -> Self::Result {
+        self.log(Call::Attach {
+            user_id: m.user_id.clone(),
+            pubkey: m.pubkey,
+            name: m.name,
+            registered: m.registered,
+        });
+        match self.script.refuse_attach.get(&m.user_id) {
+            Some(r) => Err(r.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Handler<Detach> for FakeRouter {
+    type Result = ();
+    fn handle(&mut self, m: Detach, _: &mut Context<Self>) {
+        self.log(Call::Detach(m.user_id));
+    }
+}
+
+impl Handler<UserFrame> for FakeRouter {
+    type Result = ();
+    fn handle(&mut self, m: UserFrame, _: &mut Context<Self>) {
+        self.log(Call::UserFrame {
+            user_id: m.user_id,
+            msg_type: m.msg.msg_type().as_str().to_owned(),
+        });
+    }
+}
+
+impl Handler<FirstSight> for FakeRouter {
+    type Result = bool;
+    fn handle(&mut self, m: FirstSight, _: &mut Context<Self>) -> bool {
+        self.log(Call::FirstSight);
+        self.seen.insert(m.0)
+    }
+}
+
+impl Handler<ServerKey> for FakeRouter {
+    type Result = Option<PublicKey>;
+    fn handle(&mut self, m: ServerKey, _: &mut Context<Self>) -> Option<PublicKey> {
+        let key = self.script.server_keys.get(&m.0).cloned();
+        self.log(Call::ServerKey(m.0));
+        key
+    }
+}
+
+impl Handler<LinkUp> for FakeRouter {
+    type Result = Result<(), Refusal>;
+    fn handle(&mut self, m: LinkUp, _: &mut Context<Self>) -> Self::Result {
+        self.log(Call::LinkUp {
+            server_id: m.peer.server_id,
+            opened_by_me: m.opened_by_me,
+        });
+        Ok(())
+    }
+}
+
+impl Handler<LinkDown> for FakeRouter {
+    type Result = ();
+    fn handle(&mut self, m: LinkDown, _: &mut Context<Self>) {
+        self.log(Call::LinkDown(m.server_id));
+    }
+}
+
+impl Handler<LinkFrame> for FakeRouter {
+    type Result = ();
+    fn handle(&mut self, m: LinkFrame, _: &mut Context<Self>) {
+        self.log(Call::LinkFrame {
+            link: m.link,
+            msg_type: m.msg.msg_type().as_str().to_owned(),
+        });
+    }
+}
+
+impl Handler<JoinRequest> for FakeRouter {
+    type Result = MessageResult<JoinRequest>;
+    fn handle(&mut self, m: JoinRequest, _: &mut Context<Self>) -> Self::Result {
+        self.log(Call::Join(m.requested.clone()));
+        MessageResult(self.script.welcome.clone().unwrap_or(ServerWelcome {
+            assigned_id: m.requested,
+            servers: Vec::new(),
+            clients: Vec::new(),
+        }))
+    }
+}
+
+impl Handler<Joined> for FakeRouter {
+    type Result = ();
+    fn handle(&mut self, m: Joined, _: &mut Context<Self>) {
+        self.log(Call::Joined(m.0.assigned_id));
+    }
+}
+
+/// A store over a map of registered users.
+pub struct FakeStore {
+    users: Arc<Mutex<Vec<UserRecord>>>,
+}
+
+/// A started fake store.
+pub struct Store {
+    pub addr: Addr<FakeStore>,
+    pub users: Arc<Mutex<Vec<UserRecord>>>,
+}
+
+impl Store {
+    pub fn start(users: Vec<UserRecord>) -> Self {
+        let users = Arc::new(Mutex::new(users));
+        let addr = FakeStore {
+            users: users.clone(),
+        }
+        .start();
+        Store { addr, users }
+    }
+
+    pub fn port(&self) -> StorePort {
+        StorePort::of(&self.addr)
+    }
+}
+
+impl Actor for FakeStore {
+    type Context = Context<Self>;
+}
+
+impl Handler<GetUser> for FakeStore {
+    type Result = Result<Option<UserRecord>, socp_db::Error>;
+    fn handle(&mut self, m: GetUser, _: &mut Context<Self>) -> Self::Result {
+        Ok(lock(&self.users).iter().find(|u| u.user_id == m.0).cloned())
+    }
+}
+
+impl Handler<FindUser> for FakeStore {
+    type Result = Result<Option<UserRecord>, socp_db::Error>;
+    fn handle(&mut self, m: FindUser, _: &mut Context<Self>) -> Self::Result {
+        Ok(lock(&self.users)
+            .iter()
+            .find(|u| {
+                u.user_id.as_str() == m.0
+                    || u.username
+                        .as_ref()
+                        .is_some_and(|n| n.as_str().eq_ignore_ascii_case(&m.0))
+            })
+            .cloned())
+    }
+}
+
+impl Handler<Register> for FakeStore {
+    type Result = Result<(), socp_db::Error>;
+    fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
+        let mut users = lock(&self.users);
+        let new = m.0;
+        if users.iter().any(|u| u.user_id == new.user_id) {
+            return Err(socp_db::Error::IdInUse);
+        }
+        if users.iter().any(|u| {
+            u.username
+                .as_ref()
+                .is_some_and(|n| n.as_str().eq_ignore_ascii_case(new.username.as_str()))
+        }) {
+            return Err(socp_db::Error::NameInUse);
+        }
+        users.push(UserRecord {
+            user_id: new.user_id,
+            username: Some(new.username),
+            pubkey: new.pubkey,
+            privkey_store: new.privkey_store,
+            meta: new.meta,
+            version: 1,
+        });
+        Ok(())
+    }
+}
