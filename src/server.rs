@@ -489,8 +489,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .await
             .map_err(|e| StartError::Other(e.to_string()))??
     };
+    // The directory of registered users, and a block of presence sequence
+    // numbers no earlier run used (2^40 per run; never below the clock in µs).
+    let (directory, presence_seq) = {
+        let db = db.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            let floor = u64::try_from(socp_protocol::now_ms()).unwrap_or(0) * 1000;
+            Ok::<_, socp_db::Error>((
+                db.directory()?,
+                db.take_counter("presence_seq", floor, 1 << 40)?,
+            ))
+        })
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))??
+    };
     let store = Store::start(db, 2);
-    let state = RouterState::new(
+    let mut state = RouterState::new(
         RouterConfig {
             me: me.clone(),
             host: host.clone(),
@@ -499,9 +513,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             introducer_only: settings.introducer_only,
             seen_capacity: 262_144,
             public_version,
+            presence_seq,
+            directory_cap: settings.directory_cap,
         },
         Arc::new(PoolSigner(pool.clone())),
     );
+    state.load_directory(&directory);
 
     // The server's actors run on their own thread, so that stopping it stops
     // them all (see `RunningServer::core`).
@@ -557,6 +574,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         .await
         .map_err(|e| StartError::Other(e.to_string()))?
         .map_err(|_| StartError::Other("router did not start".into()))?;
+
+    // Users registered here before records existed: published now.
+    for entry in directory
+        .iter()
+        .filter(|e| e.user.home_server.is_none() && e.record.is_none())
+    {
+        if let Some(record) = socp_actors::routing::own_record(&entry.user, &me) {
+            router.do_send(socp_actors::router::Publish(record));
+        }
+    }
 
     // Servers remembered from earlier runs: learn them and link again.
     for k in known {

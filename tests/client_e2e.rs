@@ -508,6 +508,7 @@ async fn forged_dms_are_refused_with_a_warning() {
             server_id: fake.id.clone(),
             pubkey: fixtures::key(20).public_key().clone(),
             meta: Some(json!({ "name": "mallory" })),
+            seq: None,
         }),
     );
     fake.peer.send(&advert).await;

@@ -207,6 +207,7 @@ async fn a_silent_server_is_declared_dead_after_the_timeout() {
             server_id: fake.id.clone(),
             pubkey: fixtures::key(18).public_key().clone(),
             meta: None,
+            seq: None,
         }),
     );
     fake.peer.send(&advert).await;

@@ -227,14 +227,17 @@ async fn server_frames_from_a_user_are_refused() {
             server_id: a.server_id.clone(),
             pubkey: fixtures::key(26).public_key().clone(),
             meta: None,
+            seq: None,
         }),
         Message::UserRemove(UserRemove {
             user_id: bob.id.clone(),
             server_id: b.server_id.clone(),
+            seq: None,
         }),
         Message::UserRemove(UserRemove {
             user_id: carol.id.clone(),
             server_id: a.server_id.clone(),
+            seq: None,
         }),
     ];
     for msg in &frames {

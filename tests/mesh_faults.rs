@@ -347,6 +347,7 @@ async fn gossip_around_a_four_server_mesh_is_forwarded_once_and_never_loops() {
     let r = f.signed(&Message::UserRemove(UserRemove {
         user_id: ghost.clone(),
         server_id: f.id.clone(),
+        seq: None,
     }));
     f.send(&[1], &r).await;
     converged(&servers, &ghost, None).await;

@@ -66,6 +66,14 @@ impl SignedFrame {
     }
 }
 
+/// Two frames are equal when both are signed with the same text (a frame
+/// still being signed equals nothing, not even itself).
+impl PartialEq for SignedFrame {
+    fn eq(&self, other: &Self) -> bool {
+        matches!((self.peek(), other.peek()), (Some(a), Some(b)) if a == b)
+    }
+}
+
 /// Where a [`SignedFrame`] is.
 #[derive(Debug, Clone)]
 pub enum Signing {

@@ -62,6 +62,8 @@ pub struct Settings {
     pub hello_window_ms: i64,
     /// Content frames must be this fresh (ms).
     pub ts_window_ms: i64,
+    /// Most directory records kept per other server (SPEC.md §6.1 [ext]).
+    pub directory_cap: usize,
     /// TLS for the links this server opens to other servers and introducers:
     /// `None` dials `ws://`, `Some` dials `wss://` and verifies the other side
     /// against these roots. Server addresses (SPEC's SERVER_ANNOUNCE, server
@@ -83,6 +85,7 @@ impl Default for Settings {
             peer_timeout: Duration::from_secs(45),
             hello_window_ms: 2 * 60 * 1000,
             ts_window_ms: socp_protocol::envelope::TS_WINDOW_MS,
+            directory_cap: 10_000,
             tls: None,
         }
     }

@@ -6,10 +6,10 @@
 use actix::prelude::*;
 
 use crate::router::{
-    Attach, Detach, FirstSight, JoinRequest, Joined, LinkDown, LinkFrame, LinkUp, ServerKey,
-    UserFrame,
+    Attach, Detach, FirstSight, JoinRequest, Joined, LinkDown, LinkFrame, LinkUp, Publish,
+    ServerKey, SyncedRecord, UserFrame,
 };
-use crate::store::{FindUser, GetUser, Register};
+use crate::store::{DirectoryPageQuery, FindUser, GetUser, Register, Rename};
 
 /// What sessions and links ask of the router.
 #[derive(Clone)]
@@ -34,6 +34,10 @@ pub struct RouterPort {
     pub join: Recipient<JoinRequest>,
     /// Our own join was answered.
     pub joined: Recipient<Joined>,
+    /// Publish the record of a user registered here.
+    pub publish: Recipient<Publish>,
+    /// A verified record from a directory page.
+    pub synced_record: Recipient<SyncedRecord>,
 }
 
 impl RouterPort {
@@ -51,7 +55,9 @@ impl RouterPort {
             + Handler<LinkDown>
             + Handler<LinkFrame>
             + Handler<JoinRequest>
-            + Handler<Joined>,
+            + Handler<Joined>
+            + Handler<Publish>
+            + Handler<SyncedRecord>,
     {
         RouterPort {
             attach: addr.clone().recipient(),
@@ -64,6 +70,8 @@ impl RouterPort {
             link_frame: addr.clone().recipient(),
             join: addr.clone().recipient(),
             joined: addr.clone().recipient(),
+            publish: addr.clone().recipient(),
+            synced_record: addr.clone().recipient(),
         }
     }
 }
@@ -77,21 +85,34 @@ pub struct StorePort {
     pub find_user: Recipient<FindUser>,
     /// Register a user.
     pub register: Recipient<Register>,
+    /// A new name for a user registered here.
+    pub rename: Recipient<Rename>,
+    /// A page of directory records.
+    pub directory_page: Recipient<DirectoryPageQuery>,
 }
 
 impl StorePort {
     /// The ports of one actor that handles every store query (the Store, or a fake).
     pub fn of<A>(addr: &Addr<A>) -> Self
     where
-        A: Actor + Handler<GetUser> + Handler<FindUser> + Handler<Register>,
+        A: Actor
+            + Handler<GetUser>
+            + Handler<FindUser>
+            + Handler<Register>
+            + Handler<Rename>
+            + Handler<DirectoryPageQuery>,
         A::Context: actix::dev::ToEnvelope<A, GetUser>
             + actix::dev::ToEnvelope<A, FindUser>
-            + actix::dev::ToEnvelope<A, Register>,
+            + actix::dev::ToEnvelope<A, Register>
+            + actix::dev::ToEnvelope<A, Rename>
+            + actix::dev::ToEnvelope<A, DirectoryPageQuery>,
     {
         StorePort {
             get_user: addr.clone().recipient(),
             find_user: addr.clone().recipient(),
             register: addr.clone().recipient(),
+            rename: addr.clone().recipient(),
+            directory_page: addr.clone().recipient(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! over [`RouterState`]: handlers feed it and carry out the returned actions.
 
 use actix::prelude::*;
-use socp_protocol::message::{ServerAddress, ServerWelcome};
+use socp_protocol::message::{DirectoryRecord, ServerAddress, ServerWelcome};
 use socp_protocol::{now_ms, Envelope, Message, PublicKey, ServerId, UserId};
 
 use crate::crypto::{FrameText, SignedFrame};
@@ -59,6 +59,17 @@ pub struct UserFrame {
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct IsOnline(pub UserId);
+
+/// Publish the directory record of a user registered here (new, renamed, or
+/// registered before records existed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub DirectoryRecord);
+
+/// A directory record from a DIRECTORY_PAGE, verified with its home server's key.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SyncedRecord(pub LinkFrame);
 
 /// Record a frame in the seen-ids cache; false if it was seen before (replay).
 #[derive(Message)]
@@ -220,7 +231,18 @@ impl Router {
                 Action::SendNow(to, frame) => to.do_send(Outbound::Urgent(frame)),
                 Action::Close(to, code, reason) => to.do_send(Outbound::Close(code, reason)),
                 Action::Connect(peer) => self.ports.dialer.do_send(Dial(peer)),
-                Action::Store(op) => self.ports.store.do_send(op),
+                Action::Store(op) => match op.frame().filter(|f| f.peek().is_none()) {
+                    // A record is stored once its frame is signed.
+                    Some(frame) => {
+                        let (frame, store) = (frame.clone(), self.ports.store.clone());
+                        actix::spawn(async move {
+                            if frame.text().await.is_some() {
+                                store.do_send(op);
+                            }
+                        });
+                    }
+                    None => self.ports.store.do_send(op),
+                },
             }
         }
     }
@@ -288,6 +310,33 @@ impl Handler<UserFrame> for Router {
         let actions = self
             .state
             .from_user(&msg.user_id, &msg.env, msg.msg, now_ms());
+        self.run(actions);
+    }
+}
+
+impl Handler<Publish> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) {
+        let actions = self.state.publish_record(msg.0, now_ms());
+        self.run(actions);
+    }
+}
+
+impl Handler<SyncedRecord> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: SyncedRecord, _: &mut Self::Context) {
+        let f = msg.0;
+        let actions = self.state.synced_record(
+            PeerFrame {
+                link: &f.link,
+                env: &f.env,
+                msg: f.msg,
+                raw: &f.raw,
+            },
+            now_ms(),
+        );
         self.run(actions);
     }
 }

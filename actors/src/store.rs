@@ -35,14 +35,19 @@ impl Handler<StoreOp> for Store {
                 version,
             } => {
                 // The wrap is an RSA-OAEP encryption: done here, off the loop.
-                let wrapped = pubkey
-                    .encrypt(group_key)
-                    .map(|w| Base64Url::from_bytes(&w).as_str().to_owned())
-                    .unwrap_or_default();
-                self.db
-                    .add_public_member(user_id, &wrapped)
-                    .and_then(|_| self.db.raise_public_version(*version))
-                    .map(drop)
+                match pubkey.encrypt(group_key) {
+                    Ok(w) => self
+                        .db
+                        .add_public_member(user_id, Base64Url::from_bytes(&w).as_str())
+                        .and_then(|_| self.db.raise_public_version(*version))
+                        .map(drop),
+                    // Never stored as an empty wrap: the member row waits for
+                    // the next join, and the failure is reported.
+                    Err(e) => {
+                        log::error!("cannot wrap the public channel key for {user_id}: {e}");
+                        self.db.raise_public_version(*version).map(drop)
+                    }
+                }
             }
             StoreOp::PublicLeave {
                 user_id,
@@ -56,6 +61,24 @@ impl Handler<StoreOp> for Store {
                 };
                 removed.and_then(|_| self.db.raise_public_version(*version).map(drop))
             }
+            StoreOp::Record { record, frame, cap } => match frame.peek() {
+                Some(text) => self.db.put_record(record, &text, *cap).map(|outcome| {
+                    log::debug!("directory record for {}: {outcome:?}", record.user_id)
+                }),
+                None => Err(socp_db::Error::Corrupt("record frame not signed".into())),
+            },
+            StoreOp::OwnRecord {
+                user_id,
+                version,
+                frame,
+            } => match frame.peek() {
+                Some(text) => self.db.set_own_record(
+                    user_id,
+                    i64::try_from(*version).unwrap_or(i64::MAX),
+                    &text,
+                ),
+                None => Err(socp_db::Error::Corrupt("record frame not signed".into())),
+            },
             StoreOp::KnownServer(peer) => self.db.upsert_known_server(
                 &peer.server_id,
                 &peer.host,
@@ -67,6 +90,35 @@ impl Handler<StoreOp> for Store {
         if let Err(e) = result {
             log::error!("database write failed ({op:?}): {e}");
         }
+    }
+}
+
+/// Up to `limit` directory record frames, ordered by user id, after `after`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, socp_db::Error>")]
+pub struct DirectoryPageQuery {
+    pub after: Option<UserId>,
+    pub limit: usize,
+}
+
+impl Handler<DirectoryPageQuery> for Store {
+    type Result = Result<Vec<String>, socp_db::Error>;
+
+    fn handle(&mut self, msg: DirectoryPageQuery, _: &mut Self::Context) -> Self::Result {
+        self.db.directory_page(msg.after.as_ref(), msg.limit)
+    }
+}
+
+/// Rename a user registered here; the new row version.
+#[derive(Message)]
+#[rtype(result = "Result<i64, socp_db::Error>")]
+pub struct Rename(pub UserId, pub socp_protocol::Username);
+
+impl Handler<Rename> for Store {
+    type Result = Result<i64, socp_db::Error>;
+
+    fn handle(&mut self, msg: Rename, _: &mut Self::Context) -> Self::Result {
+        self.db.rename_user(&msg.0, &msg.1)
     }
 }
 

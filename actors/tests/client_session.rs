@@ -44,6 +44,8 @@ fn registered(id: &str, name: &str) -> UserRecord {
         privkey_store: "encrypted key store".into(),
         meta: None,
         version: 1,
+        home_server: None,
+        registered_at: 1,
     }
 }
 

@@ -59,6 +59,7 @@ fn advertise(user: &str, server: &str, n: usize) -> Message {
         server_id: sid(server),
         pubkey: pk(n),
         meta: None,
+        seq: None,
     })
 }
 
@@ -85,6 +86,8 @@ impl Node {
                 introducer_only: false,
                 seen_capacity: 4096,
                 public_version: 0,
+                presence_seq: 1,
+                directory_cap: 10_000,
             },
             std::sync::Arc::new(Plain),
         );
@@ -575,8 +578,10 @@ async fn an_inbound_link_identifies_with_a_hello_signed_by_the_key_it_carries() 
         .map(|t| Envelope::parse(t.as_bytes()).expect("parses"))
         .collect();
     assert!(
-        written.iter().all(|e| e.msg_type() == "USER_ADVERTISE"),
-        "an inbound link sends no hello, only our users' adverts: {:?}",
+        written
+            .iter()
+            .all(|e| matches!(e.msg_type(), "USER_ADVERTISE" | "DIRECTORY_SYNC")),
+        "an inbound link sends no hello, only our users' adverts and its directory sync: {:?}",
         written.iter().map(Envelope::summary).collect::<Vec<_>>()
     );
 

@@ -48,6 +48,8 @@ impl Fixture {
                 introducer_only: false,
                 seen_capacity: 1024,
                 public_version: 0,
+                presence_seq: 1,
+                directory_cap: 10_000,
             },
             signer,
         );
@@ -151,6 +153,7 @@ fn advertise(user: &str, server: &str, n: usize) -> Message {
         server_id: sid(server),
         pubkey: pk(n),
         meta: None,
+        seq: None,
     })
 }
 

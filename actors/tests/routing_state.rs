@@ -41,6 +41,8 @@ fn config(me: &str) -> RouterConfig {
         introducer_only: false,
         seen_capacity: 1024,
         public_version: START_VERSION,
+        presence_seq: 1,
+        directory_cap: 10_000,
     }
 }
 
@@ -228,6 +230,7 @@ fn advertise(user: &str, server: &str, n: usize) -> Message {
         server_id: sid(server),
         pubkey: pk(n),
         meta: Some(json!({ "name": user })),
+        seq: None,
     })
 }
 
@@ -240,6 +243,7 @@ fn user_remove(user: &str, server: &str) -> Message {
     Message::UserRemove(UserRemove {
         user_id: uid(user),
         server_id: sid(server),
+        seq: None,
     })
 }
 
@@ -1050,6 +1054,7 @@ fn an_advertise_cannot_take_over_a_live_user() {
             server_id: sid("srv-b"),
             pubkey: pk(12),
             meta: Some(json!({ "name": "rita2" })),
+            seq: None,
         }),
     );
     assert!(!feed(&mut st, "srv-b", &again).is_empty());
@@ -1669,6 +1674,7 @@ fn listing_is_sorted_by_name_then_id() {
             server_id: sid("srv-b"),
             pubkey: pk(11),
             meta: Some(json!({ "display_name": "erin" })),
+            seq: None,
         }),
     );
     feed(&mut st, "srv-b", &erin);

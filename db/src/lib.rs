@@ -14,6 +14,8 @@
 //!   usernames ([`NewUser`], [`UserRecord`]).
 //! - `public_channel.rs`: public-channel membership and its version
 //!   ([`Member`], [`MembershipChange`]).
+//! - `directory.rs`: the mesh-wide directory of registered users: records
+//!   from other servers, the name-conflict rule, counters ([`RecordOutcome`]).
 //! - `peers.rs`: servers met in the mesh ([`KnownServer`]).
 //! - [`error`]: one error enum; full disk (file-size limit and quota
 //!   included), I/O failure, read-only, corrupt and busy databases have their
@@ -30,6 +32,7 @@
 )]
 
 mod db;
+mod directory;
 pub mod error;
 mod identity;
 mod migrations;
@@ -38,6 +41,7 @@ mod public_channel;
 mod users;
 
 pub use db::{Db, Options};
+pub use directory::{keeps_name, DirectoryEntry, RecordOutcome};
 pub use error::{Error, Result};
 pub use identity::Identity;
 pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};

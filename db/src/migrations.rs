@@ -19,7 +19,7 @@ pub const APPLICATION_ID: i32 = 0x534F_4350;
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Step `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: SPEC.md §9 plus the [ext] tables.
 const V1: &str = "
@@ -83,6 +83,26 @@ CREATE TABLE known_servers (
     port         INTEGER NOT NULL CHECK (port BETWEEN 0 AND 65535),
     pubkey       TEXT NOT NULL,
     last_seen_ms INTEGER NOT NULL
+);
+";
+
+/// Version 2: the mesh-wide directory of registered users [ext] and counters.
+const V2: &str = "
+-- A user registered on another server of the mesh is a `users` row too, with the
+-- server that registered it (`home_server`, NULL for users registered here), and
+-- the DIRECTORY_RECORD frame that published it as signed by that server
+-- (`record`), which this server serves to others. `registered_at` (ms) decides
+-- which of two users registered with the same name keeps it: the earlier, then
+-- the lower user id; the other keeps its row without a `usernames` row.
+ALTER TABLE users ADD COLUMN home_server TEXT;
+ALTER TABLE users ADD COLUMN registered_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN record TEXT;
+CREATE INDEX users_home_server ON users (home_server);
+
+-- Values that only grow, across restarts (the presence sequence).
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
 );
 ";
 
@@ -174,6 +194,7 @@ mod tests {
         assert_eq!(
             tables(&conn)?,
             [
+                "counters",
                 "group_members",
                 "groups",
                 "known_servers",

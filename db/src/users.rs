@@ -8,7 +8,7 @@
 //! equal to another user's username.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use socp_protocol::{PublicKey, UserId, Username};
+use socp_protocol::{now_ms, PublicKey, ServerId, UserId, Username};
 
 use crate::db::Db;
 use crate::error::{is_unique_violation, Error, Result};
@@ -45,36 +45,50 @@ pub struct UserRecord {
     pub meta: Option<serde_json::Value>,
     /// Row version (SPEC.md §9); 1 at registration.
     pub version: i64,
+    /// The server that registered the user: `None` for this server.
+    pub home_server: Option<ServerId>,
+    /// When its home server registered it (ms since the epoch).
+    pub registered_at: i64,
 }
 
 /// The columns of a [`UserRecord`] before parsing, so a bad value becomes
 /// [`Error::Corrupt`] instead of a SQLite conversion error.
-struct RawUser {
+pub(crate) struct RawUser {
     user_id: String,
     username: Option<String>,
     pubkey: String,
     privkey_store: String,
     meta: Option<String>,
     version: i64,
+    home_server: Option<String>,
+    registered_at: i64,
 }
 
-const SELECT_USER: &str = "
-    SELECT u.user_id, n.username, u.pubkey, u.privkey_store, u.meta, u.version
+pub(crate) const SELECT_USER: &str = "
+    SELECT u.user_id, n.username, u.pubkey, u.privkey_store, u.meta, u.version,
+           u.home_server, u.registered_at
     FROM users u LEFT JOIN usernames n ON n.user_id = u.user_id";
 
 impl RawUser {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<RawUser> {
+    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<RawUser> {
+        RawUser::from_row_at(row, 0)
+    }
+
+    /// The columns of [`SELECT_USER`] starting at column `at`.
+    pub(crate) fn from_row_at(row: &Row<'_>, at: usize) -> rusqlite::Result<RawUser> {
         Ok(RawUser {
-            user_id: row.get(0)?,
-            username: row.get(1)?,
-            pubkey: row.get(2)?,
-            privkey_store: row.get(3)?,
-            meta: row.get(4)?,
-            version: row.get(5)?,
+            user_id: row.get(at)?,
+            username: row.get(at + 1)?,
+            pubkey: row.get(at + 2)?,
+            privkey_store: row.get(at + 3)?,
+            meta: row.get(at + 4)?,
+            version: row.get(at + 5)?,
+            home_server: row.get(at + 6)?,
+            registered_at: row.get(at + 7)?,
         })
     }
 
-    fn parse(self) -> Result<UserRecord> {
+    pub(crate) fn parse(self) -> Result<UserRecord> {
         let id = &self.user_id;
         let bad = |field: &str, e: &dyn std::fmt::Display| {
             Error::corrupt_row("user", id, format!("{field}: {e}"))
@@ -94,17 +108,24 @@ impl RawUser {
                 .map(serde_json::from_str)
                 .transpose()
                 .map_err(|e| bad("meta", &e))?,
+            home_server: self
+                .home_server
+                .as_deref()
+                .map(ServerId::parse)
+                .transpose()
+                .map_err(|e| bad("home_server", &e))?,
             privkey_store: self.privkey_store,
             version: self.version,
+            registered_at: self.registered_at,
         })
     }
 }
 
-fn exists(conn: &Connection, sql: &str, key: &str) -> rusqlite::Result<bool> {
+pub(crate) fn exists(conn: &Connection, sql: &str, key: &str) -> rusqlite::Result<bool> {
     Ok(conn.query_row(sql, [key], |_| Ok(())).optional()?.is_some())
 }
 
-fn user_by_id(conn: &Connection, user_id: &str) -> Result<Option<UserRecord>> {
+pub(crate) fn user_by_id(conn: &Connection, user_id: &str) -> Result<Option<UserRecord>> {
     let sql = format!("{SELECT_USER} WHERE u.user_id = ?1");
     let raw = conn
         .query_row(&sql, [user_id], RawUser::from_row)
@@ -112,7 +133,7 @@ fn user_by_id(conn: &Connection, user_id: &str) -> Result<Option<UserRecord>> {
     raw.map(RawUser::parse).transpose()
 }
 
-fn user_by_name_key(conn: &Connection, key: &str) -> Result<Option<UserRecord>> {
+pub(crate) fn user_by_name_key(conn: &Connection, key: &str) -> Result<Option<UserRecord>> {
     let sql = format!("{SELECT_USER} WHERE n.username_key = ?1");
     let raw = conn.query_row(&sql, [key], RawUser::from_row).optional()?;
     raw.map(RawUser::parse).transpose()
@@ -154,9 +175,16 @@ impl Db {
             // The checks above ran inside this write transaction, so the inserts
             // cannot meet a conflict; the mapping is a second line of defence.
             tx.execute(
-                "INSERT INTO users (user_id, pubkey, privkey_store, pake_password, meta, version)
-                 VALUES (?1, ?2, ?3, NULL, ?4, 1)",
-                params![id, user.pubkey.to_wire(), user.privkey_store, meta],
+                "INSERT INTO users (user_id, pubkey, privkey_store, pake_password, meta, version,
+                                    registered_at)
+                 VALUES (?1, ?2, ?3, NULL, ?4, 1, ?5)",
+                params![
+                    id,
+                    user.pubkey.to_wire(),
+                    user.privkey_store,
+                    meta,
+                    now_ms()
+                ],
             )
             .map_err(|e| conflict(e, Error::IdInUse))?;
             tx.execute(
@@ -228,7 +256,7 @@ impl Db {
 }
 
 /// `err` as `taken` if it is a uniqueness conflict, else as itself.
-fn conflict(err: rusqlite::Error, taken: Error) -> Error {
+pub(crate) fn conflict(err: rusqlite::Error, taken: Error) -> Error {
     if is_unique_violation(&err) {
         taken
     } else {
@@ -270,7 +298,12 @@ mod tests {
         let db = Db::open_in_memory()?;
         let alice = new_user("id-alice", "Alice", 0);
         db.register_user(&alice)?;
+        let before = socp_protocol::now_ms();
         let record = db.get_user(&alice.user_id)?.unwrap();
+        assert!(
+            record.registered_at <= socp_protocol::now_ms()
+                && record.registered_at > before - 60_000
+        );
         assert_eq!(
             record,
             UserRecord {
@@ -280,6 +313,8 @@ mod tests {
                 privkey_store: alice.privkey_store.clone(),
                 meta: alice.meta.clone(),
                 version: 1,
+                home_server: None,
+                registered_at: record.registered_at,
             }
         );
         assert_eq!(db.get_user(&uid("id-nobody"))?, None);

@@ -153,6 +153,14 @@ messages! {
     LoginChallenge(LoginChallenge) = "LOGIN_CHALLENGE",
     /// Optional notice before a close.
     CtrlClose(CtrlClose) = "CTRL_CLOSE",
+    /// [ext] A registered user's directory record, signed by its home server.
+    DirectoryRecord(DirectoryRecord) = "DIRECTORY_RECORD",
+    /// [ext] Ask a linked server for the directory records it holds.
+    DirectorySync(DirectorySync) = "DIRECTORY_SYNC",
+    /// [ext] One page of directory records, each as its home server signed it.
+    DirectoryPage(DirectoryPage) = "DIRECTORY_PAGE",
+    /// [ext] A registered user whose username was taken elsewhere first picks another.
+    UserRename(UserRename) = "USER_RENAME",
 }
 
 fn parse_payload<T: DeserializeOwned>(t: MessageType, payload: &Value) -> Result<T> {
@@ -274,6 +282,11 @@ pub struct UserAdvertise {
     pub pubkey: PublicKey,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
+    /// [ext] The origin's presence sequence number: grows with every presence
+    /// frame the origin makes (across restarts too), inside the signed payload,
+    /// so a replayed advert (with a fresh envelope `ts`) is recognised as old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// `USER_REMOVE {user_id, server_id}`.
@@ -281,6 +294,9 @@ pub struct UserAdvertise {
 pub struct UserRemove {
     pub user_id: UserId,
     pub server_id: ServerId,
+    /// [ext] The origin's presence sequence number (see [`UserAdvertise::seq`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// `MSG_DIRECT {ciphertext, sender_pub, content_sig}` (SPEC.md §6.3).
@@ -614,6 +630,52 @@ pub struct RegisterOk {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginRequest {
     pub who: String,
+}
+
+/// `DIRECTORY_RECORD {user_id, username, pubkey, home_server, privkey_store,
+/// registered_at, version}` [ext]: a registered user as its home server
+/// published it (`from` = `home_server`, signed by it, to `*`). Every server
+/// keeps the records of the mesh, so a registered id or name is known, and its
+/// key enforced, on every server; `version` grows when the home server
+/// publishes a change (a new username).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryRecord {
+    pub user_id: UserId,
+    pub username: Username,
+    pub pubkey: PublicKey,
+    pub home_server: ServerId,
+    /// The password-encrypted private key, so `/login` works on any server.
+    pub privkey_store: String,
+    /// When the home server accepted the registration (ms since the epoch):
+    /// of two users registered with the same name, the earlier keeps it.
+    pub registered_at: i64,
+    pub version: u64,
+}
+
+/// `DIRECTORY_SYNC {after}` [ext]: send me the directory records you hold,
+/// ordered by user id, starting after `after` (absent: from the first).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DirectorySync {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<UserId>,
+}
+
+/// `DIRECTORY_PAGE {records, next}` [ext]: directory records, each the
+/// complete DIRECTORY_RECORD envelope its home server signed (so the receiver
+/// verifies each against that server's key); `next` is the `after` of the
+/// following page, absent on the last.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DirectoryPage {
+    pub records: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<UserId>,
+}
+
+/// `USER_RENAME {username}` [ext]: from an attached registered user to its
+/// home server, for a user whose username another server registered first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRename {
+    pub username: Username,
 }
 
 /// `LOGIN_CHALLENGE {user_id, privkey_store, nonce}`.

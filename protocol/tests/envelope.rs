@@ -183,6 +183,7 @@ fn fixtures() -> Vec<(To, Message)> {
                 server_id: server(),
                 pubkey: pk(0),
                 meta: Some(json!({})),
+                seq: None,
             }
             .into(),
         ),
@@ -191,6 +192,7 @@ fn fixtures() -> Vec<(To, Message)> {
             UserRemove {
                 user_id: alice(),
                 server_id: server(),
+                seq: None,
             }
             .into(),
         ),
@@ -406,6 +408,7 @@ fn envelope_new_equals_from_message() {
     let payload = UserRemove {
         user_id: alice(),
         server_id: server(),
+        seq: None,
     };
     let a = Envelope::new(&server(), To::All, TS, &payload);
     let b = Envelope::from_message(&server(), To::All, TS, &Message::from(payload.clone()));
@@ -1184,6 +1187,7 @@ fn seen_key_is_stable_for_the_same_frame() {
         &UserRemove {
             user_id: alice(),
             server_id: server(),
+            seq: None,
         },
     );
     let reparsed = Envelope::parse(env.to_json().as_bytes()).unwrap();

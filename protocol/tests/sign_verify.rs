@@ -207,6 +207,7 @@ fn advertise_envelope() -> Envelope {
         server_id: ServerId::parse(SERVER).unwrap(),
         pubkey: key(3).public_key().clone(),
         meta: Some(json!({"display_name": "Zoe", "age": 37})),
+        seq: None,
     };
     Envelope::new(&ServerId::parse(SERVER).unwrap(), To::All, TS, &payload)
 }

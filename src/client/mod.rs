@@ -1116,6 +1116,7 @@ async fn handle_frame(shared: &Shared, bytes: &[u8]) {
             server_id,
             pubkey,
             meta,
+            ..
         }) => {
             let name = meta.as_ref().and_then(|m| {
                 ["name", "username", "display_name"]
@@ -1141,7 +1142,9 @@ async fn handle_frame(shared: &Shared, bytes: &[u8]) {
                 );
             }
         }
-        Message::UserRemove(UserRemove { user_id, server_id }) => {
+        Message::UserRemove(UserRemove {
+            user_id, server_id, ..
+        }) => {
             let shown = shared.borrow().roster.display(&user_id);
             if shared
                 .borrow_mut()

@@ -605,5 +605,6 @@ pub fn advertise(user: &UserId, server: &ServerId, key: usize) -> Message {
         server_id: server.clone(),
         pubkey: fixtures::key(key).public_key().clone(),
         meta: None,
+        seq: None,
     })
 }

@@ -21,6 +21,7 @@ use crate::transport::{
 use crate::Shared;
 
 mod dialer;
+mod directory;
 mod trust;
 
 pub use dialer::Dialer;
@@ -260,6 +261,7 @@ impl PeerLink {
             Ok(Ok(())) => {
                 act.peer = Some(peer.clone());
                 act.report_alive();
+                act.ask_directory(ctx, &peer);
                 if matches!(msg, Message::ServerAnnounce(_)) {
                     act.shared.router.link_frame.do_send(LinkFrame {
                         link: peer.server_id,
@@ -296,7 +298,10 @@ impl PeerLink {
         if let Err(detail) = trust::only_from_link(&msg, from_link) {
             return self.strike(ctx, ErrorCode::InvalidSig, detail);
         }
-        if !env.is_fresh(now_ms(), self.shared.settings.ts_window_ms) {
+        // A directory record keeps the `ts` its home server signed it with
+        // (its version decides what is new), so it is not held to the window.
+        let long_lived = matches!(msg, Message::DirectoryRecord(_));
+        if !long_lived && !env.is_fresh(now_ms(), self.shared.settings.ts_window_ms) {
             return self.strike(
                 ctx,
                 ErrorCode::BadRequest,
@@ -325,12 +330,16 @@ impl PeerLink {
         InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| match checked {
             Ok((env, msg)) => {
                 act.report_alive();
-                act.shared.router.link_frame.do_send(LinkFrame {
-                    link: peer.server_id,
-                    env,
-                    msg,
-                    raw,
-                });
+                match msg {
+                    Message::DirectorySync(sync) => act.serve_directory(ctx, &peer, sync),
+                    Message::DirectoryPage(page) => act.take_page(ctx, &peer, page),
+                    msg => act.shared.router.link_frame.do_send(LinkFrame {
+                        link: peer.server_id,
+                        env,
+                        msg,
+                        raw,
+                    }),
+                }
             }
             Err(detail) => act.strike(ctx, ErrorCode::InvalidSig, detail),
         });
@@ -372,7 +381,9 @@ impl Actor for PeerLink {
         });
         self.report_alive();
         InQueue::wait_for(ctx, self, up, move |act, ctx, result| {
-            if !matches!(result, Ok(Ok(()))) {
+            if matches!(result, Ok(Ok(()))) {
+                act.ask_directory(ctx, &peer);
+            } else {
                 log::warn!("link to {} refused by the router", peer.server_id);
                 act.close(ctx, close::POLICY, "link refused");
             }

@@ -4,10 +4,17 @@
 
 use socp_protocol::{Message, PublicKey, ServerId};
 
-/// HEARTBEAT and SERVER_HELLO_LINK speak for the link itself: they must come
-/// from the link's own server, never relayed.
+/// HEARTBEAT, SERVER_HELLO_LINK and the directory sync speak for the link
+/// itself: they must come from the link's own server, never relayed.
 pub(crate) fn only_from_link(msg: &Message, from_link: bool) -> Result<(), String> {
-    if matches!(msg, Message::Heartbeat(_) | Message::ServerHelloLink(_)) && !from_link {
+    let link_only = matches!(
+        msg,
+        Message::Heartbeat(_)
+            | Message::ServerHelloLink(_)
+            | Message::DirectorySync(_)
+            | Message::DirectoryPage(_)
+    );
+    if link_only && !from_link {
         return Err(format!(
             "{} must come from the link's own server",
             msg.msg_type().as_str()
@@ -74,6 +81,7 @@ mod tests {
         Message::UserRemove(UserRemove {
             user_id: UserId::parse("alice").expect("a valid id"),
             server_id: sid("srv-c"),
+            seq: None,
         })
     }
 
@@ -113,5 +121,7 @@ mod tests {
         assert!(only_from_link(&beat, true).is_ok());
         assert!(only_from_link(&beat, false).is_err());
         assert!(only_from_link(&remove(), false).is_ok());
+        let page = Message::DirectoryPage(Default::default());
+        assert!(only_from_link(&page, false).is_err());
     }
 }

@@ -25,7 +25,12 @@ impl<H: Clone> RouterState<H> {
         let mut out = Vec::new();
         let env: &Envelope = frame.env;
         let origin = env.from_server();
-        let dedup = !matches!(frame.msg, Message::Heartbeat(_));
+        // Directory records are long-lived and idempotent (their version
+        // decides), so they skip the seen-ids cache and its `ts` window.
+        let dedup = !matches!(
+            frame.msg,
+            Message::Heartbeat(_) | Message::DirectoryRecord(_)
+        );
         if dedup && !self.seen.insert(env.seen_key(), env.ts(), now) {
             log::debug!("dropping repeat {}", env.summary());
             return out;
@@ -49,12 +54,31 @@ impl<H: Clone> RouterState<H> {
                 self.public_version = self.public_version.max(u.version);
                 self.channel_news(&from, &mut out);
             }
+            Message::DirectoryRecord(r) => self.directory_record(r, &from, true, now, &mut out),
             Message::Error(e) => log::info!("server {origin} reports {}: {}", e.code, e.detail),
             other => log::debug!(
                 "{} from server {origin}: not handled on a server link",
                 other.msg_type().as_str()
             ),
         }
+        out
+    }
+
+    /// A DIRECTORY_RECORD taken from a DIRECTORY_PAGE of server `link`,
+    /// verified with its home server's key: kept if new, never passed on (the
+    /// page's sender serves it to whoever asks).
+    pub fn synced_record(&mut self, frame: PeerFrame<'_>, now: i64) -> Vec<Action<H>> {
+        let mut out = Vec::new();
+        let Message::DirectoryRecord(record) = frame.msg else {
+            return out;
+        };
+        let origin = frame.env.from_server();
+        let from = Relayed {
+            link: frame.link,
+            origin: &origin,
+            frame: SignedFrame::ready(frame.raw.clone()),
+        };
+        self.directory_record(record, &from, false, now, &mut out);
         out
     }
 

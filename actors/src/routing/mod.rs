@@ -6,28 +6,34 @@
 //! Handles (`H`) are whatever the shell uses to reach a session or link
 //! (`Recipient<Outbound>` in the server, plain values in tests).
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use socp_protocol::crypto::random_bytes;
-use socp_protocol::message::ErrorPayload;
+use socp_protocol::message::{DirectoryRecord, ErrorPayload};
 use socp_protocol::{Envelope, ErrorCode, Message, PublicKey, ServerId, To, UserId};
 
 use crate::crypto::{FrameText, SignedFrame};
 
 mod delivery;
+mod directory;
 mod inbound;
 mod membership;
 mod presence;
 mod seen;
+mod sequence;
 mod servers;
 mod status;
 
 pub use crate::error::Refusal;
+use directory::Directory;
+pub use directory::{own_record, refused};
 use membership::Membership;
 pub use membership::MAX_JOINS_PER_VERSION;
 use presence::{LocalUser, RemoteUser};
 pub use seen::SeenCache;
+pub use sequence::PresenceSeq;
 use servers::ServerEntry;
 pub use status::{LinkState, RemoteUserStatus, ServerStatus, Status};
 
@@ -96,6 +102,30 @@ pub enum StoreOp {
     },
     /// Remember a server for reconnecting after a restart.
     KnownServer(Peer),
+    /// Keep a directory record from another server, as its home server
+    /// signed it (ready), within `cap` records per home server.
+    Record {
+        record: DirectoryRecord,
+        frame: SignedFrame,
+        cap: usize,
+    },
+    /// Keep the signed record of a user registered here (the shell sends it
+    /// once signed).
+    OwnRecord {
+        user_id: UserId,
+        version: u64,
+        frame: SignedFrame,
+    },
+}
+
+impl StoreOp {
+    /// The frame this change carries, which must be signed before it is stored.
+    pub fn frame(&self) -> Option<&SignedFrame> {
+        match self {
+            StoreOp::Record { frame, .. } | StoreOp::OwnRecord { frame, .. } => Some(frame),
+            _ => None,
+        }
+    }
 }
 
 /// Settings of the routing state.
@@ -114,6 +144,11 @@ pub struct RouterConfig {
     pub seen_capacity: usize,
     /// Public channel version at start (persisted).
     pub public_version: u64,
+    /// The first presence sequence number this run may use (SPEC.md §5.3
+    /// [ext]): the store hands out a block no earlier run used.
+    pub presence_seq: u64,
+    /// Most directory records kept per home server.
+    pub directory_cap: usize,
 }
 
 /// A frame received from a server link, verified.
@@ -147,11 +182,20 @@ pub struct RouterState<H> {
     /// "this link came up" for resolving ids claimed on both sides of a
     /// partition.
     epoch: u64,
+    /// Registered users of the mesh [ext].
+    directory: Directory,
+    /// The next presence sequence number we stamp.
+    next_seq: Cell<u64>,
+    /// The last presence sequence number seen per origin and user.
+    presence_seen: PresenceSeq,
+    /// Frames refused, by reason (`/metrics`).
+    refusals: BTreeMap<&'static str, u64>,
 }
 
 impl<H: Clone> RouterState<H> {
     /// A router with no users and no servers.
     pub fn new(config: RouterConfig, signer: Arc<dyn Signer>) -> Self {
+        let (config_seq, seen_capacity) = (config.presence_seq, config.seen_capacity);
         RouterState {
             seen: SeenCache::new(config.seen_capacity),
             public_version: config.public_version,
@@ -164,7 +208,23 @@ impl<H: Clone> RouterState<H> {
             servers: HashMap::new(),
             group_key: Arc::new(random_bytes(32)),
             epoch: 0,
+            directory: Directory::default(),
+            next_seq: Cell::new(config_seq),
+            presence_seen: PresenceSeq::new(seen_capacity),
+            refusals: BTreeMap::new(),
         }
+    }
+
+    /// Load the directory of registered users (from the store, at start).
+    pub fn load_directory(&mut self, entries: &[socp_db::DirectoryEntry]) {
+        self.directory = Directory::load(entries);
+    }
+
+    /// The next presence sequence number.
+    fn next_seq(&self) -> u64 {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq.saturating_add(1));
+        seq
     }
 
     fn tick(&mut self) -> u64 {

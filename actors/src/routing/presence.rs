@@ -85,6 +85,12 @@ impl<H: Clone> RouterState<H> {
                 format!("{user_id} is already attached to this server"),
             ));
         }
+        if !registered && self.directory.claims(user_id.as_str()) {
+            return Err(Refusal::new(
+                ErrorCode::NameInUse,
+                format!("{user_id} is a registered user's id or name: log in, or pick another id"),
+            ));
+        }
         if let Some(r) = self.remote.get(&user_id) {
             if self.is_linked(&r.server_id) {
                 return Err(Refusal::new(
@@ -154,6 +160,7 @@ impl<H: Clone> RouterState<H> {
                 server_id: self.config.me.clone(),
                 pubkey: pubkey.clone(),
                 meta: name.map(|n| serde_json::json!({ "name": n })),
+                seq: Some(self.next_seq()),
             }),
         )
     }
@@ -170,6 +177,7 @@ impl<H: Clone> RouterState<H> {
                 server_id: user.server_id.clone(),
                 pubkey: user.pubkey.clone(),
                 meta: user.meta.clone(),
+                seq: None,
             }),
         );
         if let Some(user) = self.remote.get_mut(id) {
@@ -195,6 +203,7 @@ impl<H: Clone> RouterState<H> {
             Message::UserRemove(UserRemove {
                 user_id: user_id.clone(),
                 server_id: self.config.me.clone(),
+                seq: Some(self.next_seq()),
             }),
         );
         self.to_all_servers(&remove, &[], &mut out);
@@ -333,6 +342,26 @@ impl<H: Clone> RouterState<H> {
             );
             return;
         }
+        if adv
+            .seq
+            .is_some_and(|seq| !self.presence_seen.advance(from.origin, &adv.user_id, seq))
+        {
+            self.refuse(super::refused::PRESENCE_REPLAY);
+            log::debug!(
+                "USER_ADVERTISE for {} from {}: not newer",
+                adv.user_id,
+                from.origin
+            );
+            return;
+        }
+        if self.advert_contradicts_directory(&adv) {
+            log::warn!(
+                "{} advertises {} with a key or name the directory gives another user: refused",
+                from.origin,
+                adv.user_id
+            );
+            return;
+        }
         if self.local.contains_key(&adv.user_id) && !self.claimed_on_both_sides(&adv, now, out) {
             return;
         }
@@ -386,6 +415,18 @@ impl<H: Clone> RouterState<H> {
                 "USER_REMOVE from {} for server {}: refused",
                 from.origin,
                 rm.server_id
+            );
+            return;
+        }
+        if rm
+            .seq
+            .is_some_and(|seq| !self.presence_seen.advance(from.origin, &rm.user_id, seq))
+        {
+            self.refuse(super::refused::PRESENCE_REPLAY);
+            log::debug!(
+                "USER_REMOVE for {} from {}: not newer",
+                rm.user_id,
+                from.origin
             );
             return;
         }

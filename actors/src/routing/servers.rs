@@ -167,6 +167,7 @@ impl<H: Clone> RouterState<H> {
                 Message::UserRemove(UserRemove {
                     user_id,
                     server_id: server.clone(),
+                    seq: None,
                 }),
             );
             self.to_all_users(&frame, None, &mut out);
@@ -318,6 +319,7 @@ impl<H: Clone> RouterState<H> {
                 Message::UserRemove(UserRemove {
                     user_id,
                     server_id: self.config.me.clone(),
+                    seq: Some(self.next_seq()),
                 }),
             );
             self.to_all_servers(&frame, &[], &mut out);

@@ -24,6 +24,9 @@ pub struct Status {
     pub local_users: Vec<UserId>,
     /// Users attached elsewhere, with their server.
     pub remote_users: Vec<RemoteUserStatus>,
+    /// Frames refused, by reason (see [`refused`](super::refused)).
+    #[serde(default)]
+    pub refusals: std::collections::BTreeMap<String, u64>,
 }
 
 /// A known server in [`Status`].
@@ -111,6 +114,11 @@ impl<H: Clone> RouterState<H> {
                     user_id: id.clone(),
                     server_id: u.server_id.clone(),
                 })
+                .collect(),
+            refusals: self
+                .refusals
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
         }
     }

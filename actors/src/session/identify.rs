@@ -10,20 +10,33 @@ use socp_protocol::{ErrorCode, PublicKey, UserId};
 
 use crate::error::Refusal;
 
-/// A LOGIN_CHALLENGE this session issued: for whom, and its nonce.
+/// How long a LOGIN_CHALLENGE can be answered (SPEC.md §6.1).
+pub(crate) const CHALLENGE_LIFETIME_MS: i64 = 2 * 60 * 1000;
+
+/// A LOGIN_CHALLENGE this session issued: for whom, its nonce, and when.
+/// A session holds at most one, and any hello that carries a nonce uses it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Challenge {
     pub(crate) user_id: UserId,
     pub(crate) nonce: String,
+    pub(crate) issued_ms: i64,
 }
 
 impl Challenge {
-    /// A challenge with a fresh random nonce (256 bits).
-    pub(crate) fn new(user_id: UserId) -> Self {
+    /// A challenge with a fresh random nonce (256 bits), issued at `now_ms`.
+    pub(crate) fn new(user_id: UserId, now_ms: i64) -> Self {
         Challenge {
             user_id,
             nonce: b64url_encode(&random_bytes(32)),
+            issued_ms: now_ms,
         }
+    }
+
+    /// Whether `nonce` for `user_id` answers this challenge at `now_ms`.
+    fn answered_by(&self, user_id: &UserId, nonce: &str, now_ms: i64) -> bool {
+        self.user_id == *user_id
+            && self.nonce == nonce
+            && now_ms.saturating_sub(self.issued_ms) <= CHALLENGE_LIFETIME_MS
     }
 }
 
@@ -51,6 +64,8 @@ pub(crate) struct HelloFacts<'a> {
     pub(crate) fresh: bool,
     /// The challenge this session has open, if any.
     pub(crate) challenge: Option<&'a Challenge>,
+    /// Now (ms since the epoch).
+    pub(crate) now_ms: i64,
     /// The server accepts registered users only.
     pub(crate) require_registration: bool,
 }
@@ -67,7 +82,8 @@ pub(crate) fn plan_hello(f: &HelloFacts<'_>) -> Result<HelloPlan, Refusal> {
         return Ok(HelloPlan::Ephemeral);
     };
     // A registered id: the hello must be signed by the registered key, fresh,
-    // never seen before, and answer our challenge if one is open.
+    // never seen before, and answer a challenge this session issued within
+    // the last two minutes (so a hello seen on the wire is useless elsewhere).
     if f.hello.pubkey != record.pubkey {
         return Err(Refusal::new(
             ErrorCode::AuthFailed,
@@ -81,14 +97,17 @@ pub(crate) fn plan_hello(f: &HelloFacts<'_>) -> Result<HelloPlan, Refusal> {
         ));
     }
     match (f.challenge, &f.hello.nonce) {
-        (Some(open), Some(got)) if open.user_id == *f.user_id && open.nonce == *got => {}
+        (Some(open), Some(got)) if open.answered_by(f.user_id, got, f.now_ms) => {}
         (_, Some(_)) => {
             return Err(Refusal::new(
                 ErrorCode::AuthFailed,
-                "hello answers no open challenge",
+                "hello answers no open challenge (challenges are single use and last 2 minutes)",
             ))
         }
-        _ => {}
+        (_, None) => return Err(Refusal::new(
+            ErrorCode::AuthFailed,
+            "a registered user logs in with LOGIN_REQUEST; the hello carries the challenge's nonce",
+        )),
     }
     Ok(HelloPlan::Registered {
         key: record.pubkey.clone(),
@@ -179,8 +198,12 @@ mod tests {
             privkey_store: "store".into(),
             meta: None,
             version: 1,
+            home_server: None,
+            registered_at: 0,
         }
     }
+
+    const NOW: i64 = 1_700_000_000_000;
 
     struct Case<'a> {
         record: Option<&'a UserRecord>,
@@ -198,6 +221,7 @@ mod tests {
             fresh: c.fresh,
             challenge: c.challenge,
             require_registration: c.require_registration,
+            now_ms: NOW,
         })
     }
 
@@ -255,7 +279,7 @@ mod tests {
     fn a_nonce_must_answer_the_open_challenge_for_that_id() {
         let id = uid("alice-id");
         let rec = record(&id, 2);
-        let open = Challenge::new(id.clone());
+        let open = Challenge::new(id.clone(), NOW);
         let answer = hello(2, Some(&open.nonce));
         let ok = plan(
             &id,
@@ -276,7 +300,7 @@ mod tests {
         );
 
         let made_up = hello(2, Some("made-up"));
-        let for_other = Challenge::new(uid("bob-id"));
+        let for_other = Challenge::new(uid("bob-id"), NOW);
         for challenge in [None, Some(&open), Some(&for_other)] {
             let h = if challenge == Some(&for_other) {
                 &answer
@@ -299,9 +323,45 @@ mod tests {
     }
 
     #[test]
+    fn a_registered_id_without_a_nonce_or_with_an_old_one_is_refused() {
+        let id = uid("alice-id");
+        let rec = record(&id, 2);
+        // Signed, fresh, never seen: a hello captured on the wire, with a new `ts`.
+        let no_nonce = hello(2, None);
+        let refused = plan(
+            &id,
+            Case {
+                record: Some(&rec),
+                hello: &no_nonce,
+                fresh: true,
+                challenge: None,
+                require_registration: false,
+            },
+        )
+        .expect_err("no nonce");
+        assert_eq!(refused.code, ErrorCode::AuthFailed);
+        assert!(refused.detail.contains("LOGIN_REQUEST"));
+
+        let old = Challenge::new(id.clone(), NOW - CHALLENGE_LIFETIME_MS - 1);
+        let answer = hello(2, Some(&old.nonce));
+        let refused = plan(
+            &id,
+            Case {
+                record: Some(&rec),
+                hello: &answer,
+                fresh: true,
+                challenge: Some(&old),
+                require_registration: false,
+            },
+        )
+        .expect_err("an expired challenge");
+        assert_eq!(refused.code, ErrorCode::AuthFailed);
+    }
+
+    #[test]
     fn challenges_are_unguessable_and_distinct() {
-        let a = Challenge::new(uid("alice-id"));
-        let b = Challenge::new(uid("alice-id"));
+        let a = Challenge::new(uid("alice-id"), NOW);
+        let b = Challenge::new(uid("alice-id"), NOW);
         assert_ne!(a.nonce, b.nonce);
         assert!(a.nonce.len() >= 43, "256 bits in base64url");
     }

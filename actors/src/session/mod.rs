@@ -12,15 +12,16 @@ use actix::prelude::*;
 use socp_db::NewUser;
 use socp_protocol::content;
 use socp_protocol::message::{
-    Ack, ErrorPayload, LoginChallenge, LoginRequest, UserHello, UserRegister,
+    Ack, ErrorPayload, LoginChallenge, LoginRequest, RegisterOk, UserHello, UserRegister,
+    UserRename,
 };
 use socp_protocol::{now_ms, Envelope, ErrorCode, Message, PublicKey, To, UserId};
 
 use crate::crypto::FrameText;
 use crate::error::{Error, Refusal};
-use crate::router::{Attach, Detach, Outbound, UserFrame};
+use crate::router::{Attach, Detach, Outbound, Publish, UserFrame};
 use crate::routing::{Conn, ConnId};
-use crate::store::{FindUser, GetUser, Register};
+use crate::store::{FindUser, GetUser, Register, Rename};
 use crate::transport::{close, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire};
 use crate::Shared;
 
@@ -42,6 +43,8 @@ const BAD_FRAME_COST: f64 = 4.0;
 struct Identity {
     user_id: UserId,
     pubkey: PublicKey,
+    /// A registered user (logged in with its registered key).
+    registered: bool,
 }
 
 /// One connected user.
@@ -235,6 +238,7 @@ impl ClientSession {
                 }
                 self.content(ctx, me, env, msg);
             }
+            Message::UserRename(rename) => self.rename(ctx, me, rename),
             Message::UserRegister(_) | Message::LoginRequest(_) | Message::UserHello(_) => {}
             other => self.bad_input(
                 ctx,
@@ -336,7 +340,8 @@ impl ClientSession {
         }
         let lookup = self.shared.store.get_user.send(GetUser(user_id.clone()));
         let shared = self.shared.clone();
-        let challenge = self.challenge.clone();
+        // Single use: whatever this hello's fate, the challenge is spent.
+        let challenge = self.challenge.take();
         let fresh = env.is_fresh(now_ms(), self.shared.settings.hello_window_ms);
         let require_registration = self.shared.settings.require_registration;
         let who = user_id.clone();
@@ -354,6 +359,7 @@ impl ClientSession {
                 fresh,
                 challenge: challenge.as_ref(),
                 require_registration,
+                now_ms: now_ms(),
             })?;
             let HelloPlan::Registered { key, name } = plan else {
                 return Ok((hello.pubkey, None, false));
@@ -425,7 +431,11 @@ impl ClientSession {
         InQueue::wait_for(ctx, self, request, move |act, ctx, result| match result {
             Ok(Ok(())) => {
                 act.challenge = None;
-                act.identity = Some(Identity { user_id, pubkey });
+                act.identity = Some(Identity {
+                    user_id,
+                    pubkey,
+                    registered,
+                });
                 act.reply(
                     ctx,
                     &from,
@@ -468,17 +478,71 @@ impl ClientSession {
                 privkey_store: reg.privkey_store.clone(),
                 meta: None,
             };
-            match shared.store.register.send(Register(user)).await {
-                Ok(stored) => registration_outcome(stored, &reg),
-                Err(_) => Err(Refusal::new(
-                    ErrorCode::BadRequest,
-                    "the server is shutting down",
-                )),
-            }
+            let ok = match shared.store.register.send(Register(user)).await {
+                Ok(stored) => registration_outcome(stored, &reg)?,
+                Err(_) => {
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "the server is shutting down",
+                    ))
+                }
+            };
+            publish(&shared, &reg.user_id).await;
+            Ok(ok)
         };
         InQueue::wait_for(ctx, self, fut, move |act, ctx, result| match result {
             Ok(ok) => {
                 log::info!("registered user {} ({})", ok.user_id, ok.username);
+                act.reply(ctx, &from, Message::RegisterOk(ok));
+            }
+            Err(refusal) => act.error(ctx, &from, refusal.code, refusal.detail),
+        });
+    }
+
+    /// USER_RENAME from a registered user of this server (one whose name
+    /// another server registered first, or who wants another): a new name,
+    /// published mesh-wide; REGISTER_OK on success.
+    fn rename(&mut self, ctx: &mut Context<Self>, me: Identity, rename: UserRename) {
+        let from = me.user_id.to_string();
+        if !me.registered {
+            self.bad_input(
+                ctx,
+                &from,
+                ErrorCode::BadRequest,
+                "only a registered user has a name to change",
+            );
+            return;
+        }
+        let shared = self.shared.clone();
+        let fut = async move {
+            let stored = shared
+                .store
+                .rename
+                .send(Rename(me.user_id.clone(), rename.username.clone()))
+                .await
+                .map_err(|_| Refusal::new(ErrorCode::BadRequest, "the server is shutting down"))?;
+            match stored {
+                Ok(_) => {}
+                Err(socp_db::Error::NameInUse) => {
+                    return Err(Refusal::new(ErrorCode::NameInUse, "that username is taken"))
+                }
+                Err(e) => {
+                    log::error!("rename of {} failed: {e}", me.user_id);
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "only a user registered on this server can be renamed here",
+                    ));
+                }
+            }
+            publish(&shared, &me.user_id).await;
+            Ok(RegisterOk {
+                user_id: me.user_id,
+                username: rename.username,
+            })
+        };
+        InQueue::wait_for(ctx, self, fut, move |act, ctx, result| match result {
+            Ok(ok) => {
+                log::info!("user {} renamed to {}", ok.user_id, ok.username);
                 act.reply(ctx, &from, Message::RegisterOk(ok));
             }
             Err(refusal) => act.error(ctx, &from, refusal.code, refusal.detail),
@@ -502,7 +566,7 @@ impl ClientSession {
         let lookup = self.shared.store.find_user.send(FindUser(req.who.clone()));
         InQueue::wait_for(ctx, self, lookup, move |act, ctx, found| match found {
             Ok(Ok(Some(record))) => {
-                let challenge = Challenge::new(record.user_id.clone());
+                let challenge = Challenge::new(record.user_id.clone(), now_ms());
                 let nonce = challenge.nonce.clone();
                 act.challenge = Some(challenge);
                 act.reply(
@@ -532,6 +596,19 @@ impl ClientSession {
             }
             Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
         });
+    }
+}
+
+/// Publish the directory record of `user_id`, registered here, as stored.
+async fn publish(shared: &Shared, user_id: &UserId) {
+    match shared.store.get_user.send(GetUser(user_id.clone())).await {
+        Ok(Ok(Some(user))) => match crate::routing::own_record(&user, &shared.me) {
+            Some(record) => shared.router.publish.do_send(Publish(record)),
+            None => log::warn!("{user_id} has no name to publish"),
+        },
+        Ok(Ok(None)) => log::error!("{user_id} is not in the store after registering"),
+        Ok(Err(e)) => log::error!("cannot read {user_id} back to publish it: {e}"),
+        Err(_) => {}
     }
 }
 

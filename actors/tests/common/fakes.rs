@@ -9,10 +9,10 @@ use actix::prelude::*;
 use socp_actors::error::Refusal;
 use socp_actors::ports::{RouterPort, StorePort};
 use socp_actors::router::{
-    Attach, Detach, FirstSight, JoinRequest, Joined, LinkDown, LinkFrame, LinkUp, ServerKey,
-    UserFrame,
+    Attach, Detach, FirstSight, JoinRequest, Joined, LinkDown, LinkFrame, LinkUp, Publish,
+    ServerKey, SyncedRecord, UserFrame,
 };
-use socp_actors::store::{FindUser, GetUser, Register};
+use socp_actors::store::{DirectoryPageQuery, FindUser, GetUser, Register, Rename};
 use socp_db::UserRecord;
 use socp_protocol::message::ServerWelcome;
 use socp_protocol::{PublicKey, ServerId, UserId};
@@ -46,6 +46,12 @@ pub enum Call {
     },
     Join(ServerId),
     Joined(ServerId),
+    Publish {
+        user_id: UserId,
+        username: String,
+        version: u64,
+    },
+    SyncedRecord(UserId),
 }
 
 /// How a fake router answers.
@@ -208,6 +214,26 @@ impl Handler<Joined> for FakeRouter {
     }
 }
 
+impl Handler<Publish> for FakeRouter {
+    type Result = ();
+    fn handle(&mut self, m: Publish, _: &mut Context<Self>) {
+        self.log(Call::Publish {
+            user_id: m.0.user_id,
+            username: m.0.username.to_string(),
+            version: m.0.version,
+        });
+    }
+}
+
+impl Handler<SyncedRecord> for FakeRouter {
+    type Result = ();
+    fn handle(&mut self, m: SyncedRecord, _: &mut Context<Self>) {
+        if let socp_protocol::Message::DirectoryRecord(r) = m.0.msg {
+            self.log(Call::SyncedRecord(r.user_id));
+        }
+    }
+}
+
 /// A store over a map of registered users.
 pub struct FakeStore {
     users: Arc<Mutex<Vec<UserRecord>>>,
@@ -260,6 +286,36 @@ impl Handler<FindUser> for FakeStore {
     }
 }
 
+impl Handler<Rename> for FakeStore {
+    type Result = Result<i64, socp_db::Error>;
+    fn handle(&mut self, m: Rename, _: &mut Context<Self>) -> Self::Result {
+        let mut users = lock(&self.users);
+        let taken = users.iter().any(|u| {
+            u.user_id != m.0
+                && u.username
+                    .as_ref()
+                    .is_some_and(|n| n.as_str().eq_ignore_ascii_case(m.1.as_str()))
+        });
+        if taken {
+            return Err(socp_db::Error::NameInUse);
+        }
+        let user = users
+            .iter_mut()
+            .find(|u| u.user_id == m.0)
+            .ok_or_else(|| socp_db::Error::Corrupt("no such user".into()))?;
+        user.username = Some(m.1);
+        user.version += 1;
+        Ok(user.version)
+    }
+}
+
+impl Handler<DirectoryPageQuery> for FakeStore {
+    type Result = Result<Vec<String>, socp_db::Error>;
+    fn handle(&mut self, _: DirectoryPageQuery, _: &mut Context<Self>) -> Self::Result {
+        Ok(Vec::new())
+    }
+}
+
 impl Handler<Register> for FakeStore {
     type Result = Result<(), socp_db::Error>;
     fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
@@ -282,6 +338,8 @@ impl Handler<Register> for FakeStore {
             privkey_store: new.privkey_store,
             meta: new.meta,
             version: 1,
+            home_server: None,
+            registered_at: 1,
         });
         Ok(())
     }
