@@ -15,6 +15,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod server;
+mod url;
 
 use clap::Parser;
 

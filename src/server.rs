@@ -642,7 +642,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     actix_web::rt::spawn(server);
     log::info!(
         "socp server {me} listening on {}{}",
-        socp_actors::ws_url(config.tls.is_some(), &addr.ip().to_string(), addr.port()),
+        crate::url::ws_url(config.tls.is_some(), &addr.ip().to_string(), addr.port()),
         if settings.introducer_only {
             " (directory-only introducer)"
         } else {
