@@ -87,15 +87,21 @@ impl Default for ServerConfig {
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The database cannot be opened or used.
     #[error("database: {0}")]
     Db(#[from] socp_db::Error),
+    /// The listening socket cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why it cannot be bound.
         source: std::io::Error,
     },
+    /// The server's key cannot be read, generated or used.
     #[error("server key: {0}")]
     Key(#[from] socp_protocol::Error),
+    /// Anything else, in words.
     #[error("{0}")]
     Other(String),
 }

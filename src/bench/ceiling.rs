@@ -11,14 +11,23 @@ use socp_protocol::{fixtures, PrivateKey};
 /// Operations per second.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Crypto {
+    /// Cores the machine offers.
     pub cores: usize,
+    /// PSS-SHA256 signatures per second on one core.
     pub sign_per_s_1: f64,
+    /// PSS-SHA256 verifications per second on one core.
     pub verify_per_s_1: f64,
+    /// OAEP-SHA256 encryptions per second on one core.
     pub encrypt_per_s_1: f64,
+    /// OAEP-SHA256 decryptions per second on one core.
     pub decrypt_per_s_1: f64,
+    /// Signatures per second on all cores at once.
     pub sign_per_s_all: f64,
+    /// Verifications per second on all cores at once.
     pub verify_per_s_all: f64,
+    /// Encryptions per second on all cores at once.
     pub encrypt_per_s_all: f64,
+    /// Decryptions per second on all cores at once.
     pub decrypt_per_s_all: f64,
     /// One signature, milliseconds (1 / sign_per_s_1).
     pub sign_ms: f64,
@@ -55,8 +64,11 @@ pub(crate) fn crypto(secs: f64) -> Crypto {
 /// ceiling measured a minute earlier.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Beside {
+    /// Signatures per second on one core (0: not sampled for this part).
     pub sign_per_s_1: f64,
+    /// Signatures per second on all cores at once.
     pub sign_per_s_all: f64,
+    /// Decryptions per second on all cores at once (0: not sampled).
     pub decrypt_per_s_all: f64,
     /// One signature, milliseconds (1 / sign_per_s_1).
     pub sign_ms: f64,

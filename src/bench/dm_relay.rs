@@ -16,20 +16,31 @@ use super::{BenchConfig, Beside, Crypto};
 /// DM relay figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DmRelay {
+    /// Sender/receiver pairs.
     pub pairs: usize,
+    /// Seconds of the loaded phase.
     pub seconds: f64,
+    /// DMs sent (both phases).
     pub sent: usize,
+    /// Distinct DMs delivered (both phases).
     pub delivered: usize,
+    /// DMs sent and never delivered.
     pub lost: usize,
+    /// Deliveries beyond the first of a DM.
     pub duplicated: usize,
+    /// DMs delivered per second in the loaded phase.
     pub dms_per_s: f64,
+    /// Median latency under load, ms.
     pub latency_ms_p50: f64,
+    /// 95th percentile latency under load, ms.
     pub latency_ms_p95: f64,
+    /// 99th percentile latency under load, ms.
     pub latency_ms_p99: f64,
     /// Signatures the mesh makes per DM (SERVER_DELIVER + USER_DELIVER).
     pub signatures_per_dm: f64,
     /// All-core signatures/s ÷ signatures per DM.
     pub ceiling_dms_per_s: f64,
+    /// DMs/s ÷ the ceiling.
     pub ratio_to_ceiling: f64,
     /// p50 latency in signature times.
     pub p50_in_signatures: f64,

@@ -14,17 +14,24 @@ use super::{BenchConfig, Beside};
 /// Fan-out figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Fanout {
+    /// Channel members (the sender not counted).
     pub members: usize,
+    /// Servers the members are spread over.
     pub servers: usize,
+    /// Members the message reached.
     pub delivered: usize,
+    /// Deliveries beyond the first to a member.
     pub duplicated: usize,
+    /// Seconds from the first frame sent to the last delivery.
     pub seconds_to_last: f64,
     /// members × one signature ÷ cores (the goal is ≤ 2× this).
     pub bound_seconds: f64,
+    /// Seconds to the last delivery ÷ the bound.
     pub ratio_to_bound: f64,
     /// members ÷ signatures per second measured on all cores at once (one
     /// signature takes longer when every core signs).
     pub all_cores_bound_seconds: f64,
+    /// Seconds to the last delivery ÷ the all-cores bound.
     pub ratio_to_all_cores_bound: f64,
     /// The speed these ratios use, sampled before and after.
     pub beside: Beside,

@@ -14,18 +14,26 @@ use super::{BenchConfig, Beside, Crypto};
 /// File transfer figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FileTransfer {
+    /// File size.
     pub bytes: usize,
+    /// Chunks it is sent in.
     pub chunks: usize,
+    /// Chunks that arrived.
     pub delivered_chunks: usize,
+    /// Seconds from FILE_START sent to FILE_END delivered.
     pub seconds: f64,
+    /// File bytes per second, end to end.
     pub bytes_per_s: f64,
     /// Bytes/s if the receiver's decryption on all cores were the only cost.
     pub decrypt_ceiling_bytes_per_s: f64,
+    /// Bytes/s ÷ the decryption ceiling.
     pub ratio_to_decrypt_ceiling: f64,
+    /// Chunks per second, end to end.
     pub chunks_per_s: f64,
     /// Chunks/s if the servers' two signatures per chunk on all cores were
     /// the only cost.
     pub sign_ceiling_chunks_per_s: f64,
+    /// Chunks/s ÷ the signing ceiling.
     pub ratio_to_sign_ceiling: f64,
     /// The speed these ratios use, sampled before and after.
     pub beside: Beside,

@@ -14,15 +14,21 @@ use super::BenchConfig;
 /// Idle capacity figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Idle {
+    /// Users asked for.
     pub users: usize,
+    /// Users attached (each acknowledged by the server).
     pub attached: usize,
+    /// Seconds until every user was attached.
     pub seconds_to_attach: f64,
     /// Seconds from the last attach until no user received anything more.
     pub seconds_to_settle: f64,
     /// Frames the users received in all (presence news is quadratic).
     pub frames_received: u64,
+    /// The server's resident memory before the users, KiB.
     pub server_rss_before_kib: u64,
+    /// The server's resident memory once idle with them, KiB.
     pub server_rss_after_kib: u64,
+    /// Resident memory each attached user adds, KiB.
     pub kib_per_connection: f64,
     /// RSS for 10,000 users at this rate, MiB (the goal is ≤ 200).
     pub projected_mib_for_10000: f64,

@@ -11,9 +11,14 @@ use super::BenchConfig;
 /// Mesh formation figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MeshFormation {
+    /// Servers, the introducer included.
     pub servers: usize,
+    /// Users spread over them.
     pub users: usize,
+    /// Seconds until every server had a live link to every other.
     pub seconds_to_mesh: f64,
+    /// Seconds from the first user joining until every server knew every
+    /// user.
     pub seconds_to_presence: f64,
 }
 

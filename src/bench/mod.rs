@@ -97,16 +97,24 @@ impl Default for BenchConfig {
 /// Everything measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Cores, OS, architecture and build profile.
     pub machine: Value,
+    /// Part 1: the crypto ceiling.
     pub crypto: Crypto,
+    /// Part 2: DM relay (`None`: not run, or failed).
     pub dm_relay: Option<DmRelay>,
+    /// Part 3: public channel fan-out.
     pub fanout: Option<Fanout>,
+    /// Part 4: file transfer.
     pub file: Option<FileTransfer>,
+    /// Part 5: idle capacity.
     pub idle: Option<Idle>,
+    /// Part 6: mesh formation.
     pub mesh: Option<MeshFormation>,
     /// Wall-clock seconds of each part (set-up and the bench's own signing
     /// included), in run order.
     pub part_seconds: Vec<(String, f64)>,
+    /// Why parts failed, one line each (`part: reason`).
     pub errors: Vec<String>,
 }
 

@@ -1,6 +1,6 @@
 //! The connection to the server: dialling (`ws://` or `wss://`), the
 //! WebSocket, the writer task that owns its write half, the reader task that
-//! hands every frame to [`receiving`](super::receiving), and requests waiting
+//! hands every frame to [`receiving`], and requests waiting
 //! for the server's answers.
 
 use std::sync::Arc;

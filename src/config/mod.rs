@@ -6,7 +6,7 @@
 //! One module per binary, and one for what they share:
 //! - `server`: [`ServerArgs`], the flags of `socp-server`;
 //! - `client`: [`ClientArgs`], the flags of `socp-client`;
-//! - `bench`: [`BenchArgs`], the flags of `socp-bench`;
+//! - `bench`: `BenchArgs`, the flags of `socp-bench`;
 //! - `tls`: PEM files and CA bundles into rustls configurations
 //!   ([`server_tls`], [`client_tls`], [`trust_roots`]).
 
