@@ -8,13 +8,17 @@
 //! - `socp-db` (`db/`): the server's SQLite storage.
 //! - `socp-actors` (`actors/`): the server's actix actors.
 //! - this crate: [`config`] (clap + environment), [`server`] (assembly of the
-//!   actors and the actix-web App), [`client`] (the terminal client); the binaries in `bin/` are thin mains over
-//!   [`server_main`] and [`client_main`].
+//!   actors and the actix-web App), [`client`] (the terminal client), [`bench`](mod@bench)
+//!   (`socp-bench`'s measurements); the binaries in `bin/` are thin mains over
+//!   [`server_main`], [`client_main`] and [`bench_main`].
+
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod server;
+mod url;
 
 use clap::Parser;
 

@@ -7,17 +7,36 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `/register [username]`.
-    Register { username: Option<String> },
+    Register {
+        /// The account's name (asked for when missing).
+        username: Option<String>,
+    },
     /// `/login <username|uuid>`.
-    Login { who: String },
+    Login {
+        /// The account's username or user id.
+        who: String,
+    },
     /// `/list`.
     List,
     /// `/tell <user> <message>`.
-    Tell { to: String, text: String },
+    Tell {
+        /// The recipient: a name or a user id.
+        to: String,
+        /// The message.
+        text: String,
+    },
     /// `/all <message>`.
-    All { text: String },
+    All {
+        /// The message.
+        text: String,
+    },
     /// `/file <user> <path>`.
-    File { to: String, path: PathBuf },
+    File {
+        /// The recipient: a name or a user id.
+        to: String,
+        /// The file to send.
+        path: PathBuf,
+    },
     /// `/help`.
     Help,
     /// `/quit`.

@@ -32,7 +32,9 @@ pub enum InputRequest {
 
 /// The command loop's end of the input thread.
 pub struct Input {
+    /// Lines, passwords and the end of input, as the thread reads them.
     pub events: UnboundedReceiver<InputEvent>,
+    /// What the command loop asks of the thread.
     pub requests: mpsc::Sender<InputRequest>,
 }
 

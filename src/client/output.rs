@@ -91,3 +91,13 @@ impl Output {
         );
     }
 }
+
+/// A progress bar of 20 cells: `[#####...............]  25%`.
+pub(crate) fn bar(pct: usize) -> String {
+    let filled = pct.min(100) / 5;
+    format!(
+        "[{}{}] {pct:>3}%",
+        "#".repeat(filled),
+        ".".repeat(20 - filled)
+    )
+}

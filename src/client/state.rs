@@ -13,7 +13,9 @@ use socp_protocol::{PublicKey, ServerId, UserId};
 /// An online user as the network advertised it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contact {
+    /// The user's id.
     pub user_id: UserId,
+    /// The server the user is attached to.
     pub server_id: ServerId,
     /// The advertised key: content signatures must verify with it.
     pub pubkey: PublicKey,
@@ -158,7 +160,9 @@ pub const MAX_INCOMING_FILE: u64 = 256 * 1024 * 1024;
 /// A file being received.
 #[derive(Debug)]
 pub struct IncomingFile {
+    /// Who sends it.
     pub sender: UserId,
+    /// Its FILE_START: name, size and SHA-256.
     pub start: FileStart,
     /// Decrypted chunks by index.
     chunks: BTreeMap<u64, Vec<u8>>,

@@ -6,6 +6,11 @@
 //!
 //! With [`ServerConfig::tls`] the same App is served over TLS (`wss://`,
 //! HTTP/1.1 only) and every link to another server or introducer is `wss://`.
+//!
+//! `http`: the listener's HTTP side (WebSocket upgrades and the plain
+//! endpoints); this module: the configuration, the identity and [`start`].
+
+mod http;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -13,26 +18,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_codec::Framed;
-use actix_http::body::BodySize;
-use actix_http::{h1, Request, Response};
-use actix_web::{web, App, HttpResponse};
-use futures_util::SinkExt;
-use socp_actors::crypto::{CryptoPool, FrameText, SignedFrame};
+use actix_web::{web, App};
+use socp_actors::crypto::{CryptoPool, SignedFrame};
 use socp_actors::heartbeat::{Heartbeat, HeartbeatPorts};
 use socp_actors::introducer::{join_any, Bootstrap, IntroducerLink};
-use socp_actors::peer::{Dialer, PeerLink};
+use socp_actors::peer::Dialer;
 use socp_actors::ports::{RouterPort, StorePort};
 use socp_actors::router::{GetStatus, Joined, Router, RouterPorts, Shutdown};
-use socp_actors::routing::LinkState;
 use socp_actors::routing::{Peer, RouterConfig, RouterState, Signer};
-use socp_actors::session::ClientSession;
 use socp_actors::store::Store;
-use socp_actors::transport::{close, Acceptor, Inbound, Wire, WsTransport};
 use socp_actors::{Settings, Shared};
 use socp_db::Db;
 use socp_protocol::message::ServerAddress;
-use socp_protocol::{Envelope, MessageType, PrivateKey, ServerId};
+use socp_protocol::{Envelope, PrivateKey, ServerId};
+
+use self::http::{health, index, metrics, not_upgraded, status, upgrade_service};
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
@@ -89,15 +89,21 @@ impl Default for ServerConfig {
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The database cannot be opened or used.
     #[error("database: {0}")]
     Db(#[from] socp_db::Error),
+    /// The listening socket cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why it cannot be bound.
         source: std::io::Error,
     },
+    /// The server's key cannot be read, generated or used.
     #[error("server key: {0}")]
     Key(#[from] socp_protocol::Error),
+    /// Anything else, in words.
     #[error("{0}")]
     Other(String),
 }
@@ -167,197 +173,6 @@ impl Signer for PoolSigner {
 
     fn sign_built(&self, build: Box<dyn FnOnce() -> Option<Envelope> + Send>) -> SignedFrame {
         self.0.sign_built(build)
-    }
-}
-
-/// Decides from its first frame whether a connection is a user or a server.
-struct ServerAcceptor {
-    shared: Shared,
-}
-
-impl Acceptor for ServerAcceptor {
-    fn accept(
-        &self,
-        first: FrameText,
-        transport: Recipient<Wire>,
-    ) -> Result<Recipient<Inbound>, (u16, String)> {
-        let env = Envelope::parse_with(first.as_bytes(), &self.shared.settings.limits)
-            .map_err(|e| (close::POLICY, format!("first frame: {e}")))?;
-        let settings = &self.shared.settings;
-        match env.known_type() {
-            Some(MessageType::UserHello) if settings.introducer_only => Err((
-                close::POLICY,
-                "this is a directory-only introducer; it hosts no users".into(),
-            )),
-            Some(MessageType::UserHello) => {
-                Ok(ClientSession::start(self.shared.clone(), transport, first).recipient())
-            }
-            Some(MessageType::UserRegister | MessageType::LoginRequest)
-                if settings.require_registration && !settings.introducer_only =>
-            {
-                Ok(ClientSession::start(self.shared.clone(), transport, first).recipient())
-            }
-            Some(
-                MessageType::ServerHelloJoin
-                | MessageType::ServerHelloLink
-                | MessageType::ServerAnnounce,
-            ) => Ok(PeerLink::start_inbound(self.shared.clone(), transport, first).recipient()),
-            _ => Err((
-                close::POLICY,
-                format!("first frame must identify the peer, not {}", env.msg_type()),
-            )),
-        }
-    }
-
-    fn metrics(&self) -> Option<&socp_actors::metrics::Metrics> {
-        Some(&self.shared.metrics)
-    }
-}
-
-/// Answers a WebSocket upgrade on `/ws` (or `/`) and hands the socket over
-/// to a [`WsTransport`]: from then on the HTTP layer holds nothing for the
-/// connection (its 8 KiB read and write buffers are dropped with it).
-async fn upgrade<T>(req: Request, mut framed: Framed<T, h1::Codec>, shared: Shared)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
-    let peer = req
-        .peer_addr()
-        .map_or_else(|| "?".to_owned(), |a| a.to_string());
-    let response = match (req.path(), actix_http::ws::handshake(req.head())) {
-        ("/ws" | "/", Ok(mut ok)) => ok.message_body(()).map_err(|_| Response::bad_request()),
-        ("/ws" | "/", Err(refused)) => Err(Response::from(refused)),
-        _ => Err(Response::not_found()),
-    };
-    let response = match response {
-        Ok(switching) => switching,
-        Err(refused) => {
-            log::debug!("upgrade from {peer} refused: {}", refused.status());
-            let refused = refused.drop_body();
-            let _ = framed.send((refused, BodySize::Sized(0)).into()).await;
-            return;
-        }
-    };
-    if let Err(e) = framed.send((response, BodySize::None).into()).await {
-        log::debug!("upgrade from {peer}: {e}");
-        return;
-    }
-    let parts = framed.into_parts();
-    let settings = &shared.settings;
-    WsTransport::new(
-        ServerAcceptor {
-            shared: shared.clone(),
-        },
-        settings.limits.max_frame_bytes,
-        settings.identify_timeout,
-        peer,
-    )
-    .start_io(parts.io, parts.read_buf.freeze());
-}
-
-/// The upgrade service of a worker (any IO: TCP or TLS).
-fn upgrade_service<T>(
-    shared: Shared,
-) -> impl actix_service::ServiceFactory<
-    (Request, Framed<T, h1::Codec>),
-    Config = (),
-    Response = (),
-    Error = actix_http::Error,
-    InitError = (),
->
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
-    actix_service::fn_service(move |(req, framed): (Request, Framed<T, h1::Codec>)| {
-        let shared = shared.clone();
-        async move {
-            upgrade(req, framed, shared).await;
-            Ok(())
-        }
-    })
-}
-
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body("socp server: WebSocket endpoint at /ws (SOCP v1.3); /health, /status, /metrics\n")
-}
-
-/// `/ws` without the upgrade headers.
-async fn not_upgraded() -> HttpResponse {
-    HttpResponse::BadRequest()
-        .content_type("text/plain; charset=utf-8")
-        .body("expected a WebSocket upgrade (SOCP v1.3)\n")
-}
-
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
-}
-
-async fn metrics(router: web::Data<Addr<Router>>, shared: web::Data<Shared>) -> HttpResponse {
-    let Ok(status) = router.send(GetStatus).await else {
-        return HttpResponse::ServiceUnavailable().finish();
-    };
-    let count = |n: usize| n as f64;
-    let linked = status
-        .servers
-        .iter()
-        .filter(|s| s.link == LinkState::Up)
-        .count();
-    let body = shared.metrics.render(&[
-        (
-            "socp_local_users",
-            "users attached to this server",
-            count(status.local_users.len()),
-        ),
-        (
-            "socp_remote_users",
-            "users attached elsewhere in the mesh",
-            count(status.remote_users.len()),
-        ),
-        (
-            "socp_known_servers",
-            "servers this one knows",
-            count(status.servers.len()),
-        ),
-        (
-            "socp_linked_servers",
-            "servers with a live link",
-            count(linked),
-        ),
-        (
-            "process_resident_memory_bytes",
-            "resident memory of this process",
-            resident_bytes(),
-        ),
-        (
-            "socp_heap_trims_total",
-            "times freed heap pages were handed back to the system",
-            crate::HEAP_TRIMS.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        ),
-    ]);
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(body)
-}
-
-/// This process's resident memory (Linux: VmRSS), 0 where unknown.
-fn resident_bytes() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kib| kib.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib * 1024.0)
-}
-
-async fn status(router: web::Data<Addr<Router>>) -> HttpResponse {
-    match router.send(GetStatus).await {
-        Ok(status) => HttpResponse::Ok().json(status),
-        Err(_) => HttpResponse::ServiceUnavailable().finish(),
     }
 }
 
@@ -682,7 +497,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     actix_web::rt::spawn(server);
     log::info!(
         "socp server {me} listening on {}{}",
-        socp_actors::ws_url(config.tls.is_some(), &addr.ip().to_string(), addr.port()),
+        crate::url::ws_url(config.tls.is_some(), &addr.ip().to_string(), addr.port()),
         if settings.introducer_only {
             " (directory-only introducer)"
         } else {

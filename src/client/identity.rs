@@ -1,0 +1,305 @@
+//! Who the client is on the network: the session key (loaded or generated),
+//! USER_HELLO, `/register` and `/login`, and the keys and accounts file kept
+//! under the client's home directory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+use socp_protocol::message::{UserHello, UserRegister};
+use socp_protocol::{now_ms, Envelope, Message, PrivateKey, To, UserId, Username};
+
+use super::connection::{answer, expect, send, Sink};
+use super::input::Input;
+use super::output::Output;
+use super::{blocking, fail, Failure, Shared};
+
+/// Who we are on the network.
+#[derive(Clone)]
+pub(crate) struct Me {
+    /// Our user id.
+    pub(crate) id: UserId,
+    /// Our private key (signs our frames, opens what is sent to us).
+    pub(crate) key: Arc<PrivateKey>,
+    /// Our username, once logged in to an account that has one.
+    pub(crate) name: Option<String>,
+}
+
+/// The key of `file` (unencrypted PEM), or a new one (telling the user,
+/// as it takes seconds).
+pub(crate) async fn load_or_generate(
+    out: &Output,
+    file: Option<PathBuf>,
+    what: &str,
+) -> Result<PrivateKey, String> {
+    match file {
+        Some(path) => {
+            let pem =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            PrivateKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => {
+            out.info(format!("generating {what} (RSA-4096, a few seconds)..."));
+            actix_web::rt::task::spawn_blocking(PrivateKey::generate)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// USER_HELLO (signed with our key; with the login nonce when logging in).
+pub(crate) async fn hello(
+    shared: &Shared,
+    tx: &Sink,
+    me: &Me,
+    nonce: Option<String>,
+) -> Result<(), Failure> {
+    let payload = UserHello {
+        client: format!("socp-client/{}", env!("CARGO_PKG_VERSION")),
+        pubkey: me.key.public_key().clone(),
+        enc_pubkey: None,
+        meta: None,
+        nonce,
+    };
+    let env = Envelope::new(&me.id, To::Id("server".into()), now_ms(), &payload);
+    let key = me.key.clone();
+    let env = blocking(move || env.signed(&key))
+        .await?
+        .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    let rx = expect(shared, |e| {
+        e.msg_type() == "ERROR" || (e.msg_type() == "ACK" && e.payload()["msg_ref"] == "USER_HELLO")
+    });
+    send(tx, &env)?;
+    answer(rx, "identification").await.map(drop)
+}
+
+/// `/register`: a new account with a new (or given) key, stored on the
+/// server encrypted under the password, and kept in the home directory.
+pub(crate) async fn register(
+    shared: &Shared,
+    tx: &Sink,
+    input: &mut Input,
+    username: Option<String>,
+) -> Result<(), Failure> {
+    let (out, me, key_file, scripted) = {
+        let c = shared.borrow();
+        (
+            c.out.clone(),
+            c.me.clone(),
+            c.config.register_key_file.clone(),
+            c.config.password.is_some(),
+        )
+    };
+    let username = match username {
+        Some(u) => u,
+        None => input
+            .password("username: ")
+            .await
+            .ok_or_else(|| fail("USAGE", "usage: /register <username>"))?,
+    };
+    let username =
+        Username::parse(username.trim()).map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+    let pass = password(shared, input, "password: ").await?;
+    if !scripted {
+        let again = password(shared, input, "password again: ").await?;
+        if again != pass {
+            return Err(fail(
+                "AUTH_FAILED",
+                "the passwords differ; nothing was registered",
+            ));
+        }
+    }
+    let key = load_or_generate(&out, key_file, "your account key")
+        .await
+        .map_err(|e| fail("BAD_KEY", e))?;
+    let key = Arc::new(key);
+    let (k2, p2) = (key.clone(), pass.clone());
+    let store = blocking(move || k2.to_encrypted_pem(&p2))
+        .await?
+        .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    let user_id = UserId::random();
+    let reg = Envelope::new(
+        &me.id,
+        To::Id("server".into()),
+        now_ms(),
+        &UserRegister {
+            user_id: user_id.clone(),
+            username: username.clone(),
+            pubkey: key.public_key().clone(),
+            privkey_store: store.clone(),
+        },
+    );
+    let k3 = key.clone();
+    let reg = blocking(move || reg.signed(&k3))
+        .await?
+        .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    let rx = expect(shared, |e| matches!(e.msg_type(), "REGISTER_OK" | "ERROR"));
+    send(tx, &reg)?;
+    answer(rx, "/register").await?;
+    write_private(&key_path(shared, &user_id), &store)
+        .map_err(|e| fail("FILE", format!("saving the key: {e}")))?;
+    let mut accounts = read_accounts(shared);
+    accounts.insert(username.key(), user_id.to_string());
+    let _ = write_private(
+        &accounts_path(shared),
+        &serde_json::to_string_pretty(&accounts).unwrap_or_default(),
+    );
+    out.event(
+        "registered",
+        format!("registered {username}: your id is {user_id}; log in with /login {username}"),
+        json!({ "user_id": user_id, "username": username.as_str() }),
+    );
+    Ok(())
+}
+
+/// `/login`: answer the server's challenge with the account's key, opened
+/// with the password, and become that account on this connection.
+pub(crate) async fn login(
+    shared: &Shared,
+    tx: &Sink,
+    input: &mut Input,
+    who: &str,
+) -> Result<(), Failure> {
+    let (out, me, scripted) = {
+        let c = shared.borrow();
+        (c.out.clone(), c.me.clone(), c.config.password.is_some())
+    };
+    let rx = expect(shared, |e| {
+        matches!(e.msg_type(), "LOGIN_CHALLENGE" | "ERROR")
+    });
+    send(
+        tx,
+        &Envelope::new(
+            &me.id,
+            To::Id("server".into()),
+            now_ms(),
+            &socp_protocol::message::LoginRequest {
+                who: who.to_owned(),
+            },
+        ),
+    )?;
+    let challenge = match answer(rx, "/login").await?.message() {
+        Ok(Message::LoginChallenge(c)) => c,
+        _ => return Err(fail("BAD_REQUEST", "malformed login challenge")),
+    };
+    // Our own copy of the key file if we have one, else the server's.
+    let local = std::fs::read_to_string(key_path(shared, &challenge.user_id)).ok();
+    let store = local.unwrap_or_else(|| challenge.privkey_store.clone());
+    let mut tries = 0;
+    let key = loop {
+        tries += 1;
+        let pass = password(shared, input, &format!("password for {who}: ")).await?;
+        let s = store.clone();
+        match blocking(move || PrivateKey::from_encrypted(&s, &pass)).await? {
+            Ok(k) => break k,
+            Err(socp_protocol::Error::WrongPassword) if !scripted && tries < 3 => {
+                out.error(
+                    "AUTH_FAILED",
+                    "wrong password; try again (nothing was sent)",
+                );
+            }
+            Err(socp_protocol::Error::WrongPassword) => {
+                return Err(fail("AUTH_FAILED", "wrong password; nothing was sent"))
+            }
+            Err(e) => {
+                return Err(fail(
+                    "BAD_KEY",
+                    format!("the stored key cannot be used: {e}"),
+                ))
+            }
+        }
+    };
+    let _ = write_private(&key_path(shared, &challenge.user_id), &store);
+    let new_me = Me {
+        id: challenge.user_id.clone(),
+        key: Arc::new(key),
+        name: (!who.eq_ignore_ascii_case(challenge.user_id.as_str())).then(|| who.to_owned()),
+    };
+    shared.borrow_mut().joining = Some(new_me.id.clone());
+    let accepted = hello(shared, tx, &new_me, Some(challenge.nonce)).await;
+    shared.borrow_mut().joining = None;
+    accepted?;
+    let name = shared
+        .borrow()
+        .roster
+        .get(&new_me.id)
+        .and_then(|c| c.name.clone())
+        .or(new_me.name.clone());
+    let new_me = Me {
+        name: name.clone(),
+        ..new_me
+    };
+    {
+        let mut c = shared.borrow_mut();
+        c.me = new_me.clone();
+        // The server detached our earlier identity; nobody tells this
+        // connection, so forget it here (else `/all` would still send to it).
+        if me.id != new_me.id {
+            c.roster.forget(&me.id);
+        }
+    }
+    out.event(
+        "login",
+        format!(
+            "[LOGIN SUCCESS] logged in as {} ({})",
+            name.unwrap_or_else(|| new_me.id.to_string()),
+            new_me.id
+        ),
+        json!({ "user_id": new_me.id }),
+    );
+    Ok(())
+}
+
+/// The password given in the configuration, or else asked for.
+async fn password(shared: &Shared, input: &mut Input, prompt: &str) -> Result<String, Failure> {
+    let given = shared.borrow().config.password.clone();
+    match given {
+        Some(p) => Ok(p),
+        None => input
+            .password(prompt)
+            .await
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| fail("AUTH_FAILED", "no password given")),
+    }
+}
+
+/// Where the encrypted key of account `id` is kept.
+fn key_path(shared: &Shared, id: &UserId) -> PathBuf {
+    shared
+        .borrow()
+        .config
+        .home
+        .join("keys")
+        .join(format!("{id}.pem"))
+}
+
+/// The accounts file: usernames registered on this machine.
+fn accounts_path(shared: &Shared) -> PathBuf {
+    shared.borrow().config.home.join("accounts.json")
+}
+
+/// username (lower-case) → user id, from earlier registrations on this machine.
+fn read_accounts(shared: &Shared) -> HashMap<String, String> {
+    std::fs::read_to_string(accounts_path(shared))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Write `text` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    options.open(path)?.write_all(text.as_bytes())
+}

@@ -1,0 +1,353 @@
+//! What the server sends the client: answers to waiting requests, presence
+//! (USER_ADVERTISE, USER_REMOVE), errors, and deliveries: DMs and public
+//! messages checked against the advertised key and opened, files reassembled
+//! chunk by chunk and saved.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use socp_protocol::content;
+use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
+use socp_protocol::message::{DeliverContent, UserAdvertise, UserDeliver, UserRemove};
+use socp_protocol::{Base64Url, Envelope, Message, PrivateKey};
+
+use super::blocking;
+use super::connection::MAX_FRAME_BYTES;
+use super::output::{bar, Output};
+use super::state::{self, Contact, IncomingFile};
+use super::Shared;
+
+/// One frame from the server.
+pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
+    let out = shared.borrow().out.clone();
+    let env = match Envelope::parse_with(
+        bytes,
+        &socp_protocol::Limits {
+            max_frame_bytes: MAX_FRAME_BYTES,
+            ..Default::default()
+        },
+    ) {
+        Ok(env) => env,
+        Err(e) => {
+            out.warning(format!("unreadable frame from the server: {e}"));
+            return;
+        }
+    };
+    // Requests waiting for this answer.
+    {
+        let mut c = shared.borrow_mut();
+        // Requests given up on (timed out, or their command failed).
+        c.waiters.retain(|w| !w.tx.is_closed());
+        if let Some(i) = c.waiters.iter().position(|w| (w.want)(&env)) {
+            let w = c.waiters.remove(i);
+            let _ = w.tx.send(env.clone());
+            if env.msg_type() != "USER_ADVERTISE" {
+                return;
+            }
+        }
+    }
+    let msg = match env.message() {
+        Ok(m) => m,
+        Err(e) => {
+            out.warning(format!("malformed {} from the server: {e}", env.msg_type()));
+            return;
+        }
+    };
+    match msg {
+        Message::UserAdvertise(UserAdvertise {
+            user_id,
+            server_id,
+            pubkey,
+            meta,
+            ..
+        }) => {
+            let name = meta.as_ref().and_then(|m| {
+                ["name", "username", "display_name"]
+                    .iter()
+                    .find_map(|k| m.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
+            });
+            let is_me = {
+                let c = shared.borrow();
+                c.me.id == user_id || c.joining.as_ref() == Some(&user_id)
+            };
+            let new = shared.borrow_mut().roster.upsert(Contact {
+                user_id: user_id.clone(),
+                server_id: server_id.clone(),
+                pubkey,
+                name: name.clone(),
+            });
+            if new && !is_me {
+                let shown = shared.borrow().roster.display(&user_id);
+                out.event(
+                    "presence",
+                    format!("* {shown} is online"),
+                    json!({ "user_id": user_id, "server_id": server_id, "name": name, "online": true }),
+                );
+            }
+        }
+        Message::UserRemove(UserRemove {
+            user_id, server_id, ..
+        }) => {
+            let shown = shared.borrow().roster.display(&user_id);
+            if shared
+                .borrow_mut()
+                .roster
+                .remove(&user_id, &server_id)
+                .is_some()
+            {
+                out.event(
+                    "presence",
+                    format!("* {shown} left"),
+                    json!({ "user_id": user_id, "online": false }),
+                );
+            }
+        }
+        Message::UserDeliver(d) => deliver(shared, &env, d).await,
+        Message::Error(e) => {
+            let words = e.code.describe().to_owned();
+            out.error(
+                e.code.as_str(),
+                if e.detail.is_empty() {
+                    words
+                } else {
+                    format!("{words} ({})", e.detail)
+                },
+            );
+        }
+        _ => {}
+    }
+}
+
+/// A delivery: verify that `sender_pub` is the key the network advertised for
+/// the sender and that the content signature verifies, then decrypt.
+async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
+    let (out, me, contact, download_dir) = {
+        let c = shared.borrow();
+        (
+            c.out.clone(),
+            c.me.clone(),
+            c.roster.get(&d.sender).cloned(),
+            c.config.download_dir.clone(),
+        )
+    };
+    let ts = d.orig_ts.unwrap_or(env.ts());
+    let sender = d.sender.clone();
+    let shown = shared.borrow().roster.display(&sender);
+    let Some(contact) = contact else {
+        out.warning(format!(
+            "a message claiming to be from {sender}, who is not advertised online, was refused"
+        ));
+        return;
+    };
+    let forged = |what: &str| {
+        format!(
+            "FORGED {what} claiming to be from {shown}: {}; not shown",
+            "the sender key does not match the key the network advertised"
+        )
+    };
+    match d.content {
+        DeliverContent::Dm(m) => {
+            let (me_id, s) = (me.id.clone(), sender.clone());
+            let verify = move |pk: &socp_protocol::PublicKey| {
+                content::verify_dm(
+                    pk,
+                    &m.content_sig,
+                    &m.ciphertext,
+                    s.as_str(),
+                    me_id.as_str(),
+                    ts,
+                )
+                .is_ok()
+                .then_some(m.ciphertext)
+            };
+            let (sender_pub, what) = (m.sender_pub, TextKind::Dm);
+            show_text(
+                &out,
+                &contact,
+                &sender_pub,
+                me.key.clone(),
+                verify,
+                what,
+                &shown,
+                ts,
+            )
+            .await;
+        }
+        DeliverContent::Public(m) => {
+            let s = sender.clone();
+            let verify = move |pk: &socp_protocol::PublicKey| {
+                content::verify_public(pk, &m.content_sig, &m.ciphertext, s.as_str(), ts)
+                    .is_ok()
+                    .then_some(m.ciphertext)
+            };
+            let (sender_pub, what) = (m.sender_pub, TextKind::Public);
+            show_text(
+                &out,
+                &contact,
+                &sender_pub,
+                me.key.clone(),
+                verify,
+                what,
+                &shown,
+                ts,
+            )
+            .await;
+        }
+        DeliverContent::FileStart(start) => {
+            let key = (sender.clone(), start.file_id.as_str().to_owned());
+            let (name, size) = (start.name.clone(), start.size);
+            match IncomingFile::new(sender.clone(), start) {
+                Ok(file) => {
+                    shared.borrow_mut().files.insert(key.clone(), file);
+                    out.event(
+                        "file_progress",
+                        format!("receiving {} ({size} bytes) from {shown}", state::safe_name(&name)),
+                        json!({ "file_id": key.1, "direction": "receive", "from": sender, "name": name, "size": size, "done": 0 }),
+                    );
+                }
+                Err(why) => out.warning(format!("file {name} from {shown} refused: {}", why.0)),
+            }
+        }
+        DeliverContent::FileChunk(chunk) => {
+            let file_key = (sender.clone(), chunk.file_id.as_str().to_owned());
+            if !shared.borrow().files.contains_key(&file_key) {
+                return;
+            }
+            if chunk
+                .sender_pub
+                .as_ref()
+                .is_some_and(|p| *p != contact.pubkey)
+            {
+                shared.borrow_mut().files.remove(&file_key);
+                return out.warning(forged("file chunk"));
+            }
+            let (key, pk, me_id, s) = (
+                me.key.clone(),
+                contact.pubkey.clone(),
+                me.id.clone(),
+                sender.clone(),
+            );
+            let index = chunk.index;
+            let opened = blocking(move || -> Result<Vec<u8>, &'static str> {
+                if let Some(sig) = &chunk.content_sig {
+                    content::verify_dm(&pk, sig, &chunk.ciphertext, s.as_str(), me_id.as_str(), ts)
+                        .map_err(|_| "a chunk's signature does not verify")?;
+                }
+                key.decrypt(chunk.ciphertext.bytes())
+                    .map_err(|_| "a chunk cannot be decrypted")
+            })
+            .await;
+            let mut c = shared.borrow_mut();
+            let result = match opened {
+                Ok(Ok(plain)) => match c.files.get_mut(&file_key) {
+                    Some(f) => f
+                        .add(index, plain)
+                        .map_err(|d| d.0)
+                        .map(|_| (f.received(), f.start.size)),
+                    None => return,
+                },
+                Ok(Err(why)) => Err(why.to_owned()),
+                Err(_) => return,
+            };
+            drop(c);
+            match result {
+                Ok((got, size)) => {
+                    let before = got.saturating_sub(MAX_OAEP_PLAINTEXT as u64) * 10 / size.max(1);
+                    let now = got * 10 / size.max(1);
+                    if now != before {
+                        out.event(
+                            "file_progress",
+                            format!("receiving from {shown}: {}", bar((got * 100 / size.max(1)) as usize)),
+                            json!({ "file_id": file_key.1, "direction": "receive", "done_bytes": got, "size": size }),
+                        );
+                    }
+                }
+                Err(why) => {
+                    shared.borrow_mut().files.remove(&file_key);
+                    out.warning(format!("file from {shown} discarded: {why}"));
+                }
+            }
+        }
+        DeliverContent::FileEnd(end) => {
+            let Some(file) = shared
+                .borrow_mut()
+                .files
+                .remove(&(sender.clone(), end.file_id.as_str().to_owned()))
+            else {
+                return;
+            };
+            let name = file.start.name.clone();
+            match file.finish() {
+                Ok(data) => match state::save_new(&download_dir, &name, &data) {
+                    Ok(path) => out.event(
+                        "file_received",
+                        format!("received {} from {shown}: saved {}", state::safe_name(&name), path.display()),
+                        json!({ "from": sender, "name": name, "path": path, "size": data.len(), "sha256": sha256_hex(&data) }),
+                    ),
+                    Err(e) => out.error("FILE", format!("cannot save {name}: {e}")),
+                },
+                Err(why) => out.warning(format!("file {name} from {shown} discarded: {}", why.0)),
+            }
+        }
+    }
+}
+
+/// A text delivery's kind: how it is shown.
+#[derive(Clone, Copy)]
+enum TextKind {
+    Dm,
+    Public,
+}
+
+/// Check, open and show a text delivery, or warn why it was refused.
+#[allow(clippy::too_many_arguments)]
+async fn show_text(
+    out: &Output,
+    contact: &Contact,
+    sender_pub: &socp_protocol::PublicKey,
+    key: Arc<PrivateKey>,
+    verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
+    kind: TextKind,
+    shown: &str,
+    ts: i64,
+) {
+    let (event, what, line) = match kind {
+        TextKind::Dm => ("dm", "a DM", format!("DM from {shown}: ")),
+        TextKind::Public => ("public", "a public message", format!("[public] {shown}: ")),
+    };
+    match open_text(contact, sender_pub, key, verify).await {
+        Ok(text) => out.event(
+            event,
+            format!("{line}{text}"),
+            json!({ "from": contact.user_id, "name": contact.name, "text": text, "ts": ts }),
+        ),
+        Err(why) => out.warning(format!(
+            "{what} claiming to be from {shown} was refused: {why}"
+        )),
+    }
+}
+
+/// Check a text delivery: `sender_pub` must be the key the network advertised
+/// for the sender, `verify` (the content signature, with that key) must pass;
+/// then decrypt. All RSA on a blocking thread. The text, or why it was refused.
+async fn open_text(
+    contact: &Contact,
+    sender_pub: &socp_protocol::PublicKey,
+    key: Arc<PrivateKey>,
+    verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
+) -> Result<String, String> {
+    if *sender_pub != contact.pubkey {
+        return Err("FORGED: the sender key does not match the key the network advertised".into());
+    }
+    let pk = contact.pubkey.clone();
+    let opened = blocking(move || -> Result<String, &'static str> {
+        let ct = verify(&pk).ok_or("the content signature does not verify")?;
+        let plain = key
+            .decrypt(ct.bytes())
+            .map_err(|_| "it cannot be decrypted with your key")?;
+        String::from_utf8(plain).map_err(|_| "it is not text")
+    })
+    .await
+    .map_err(|e| e.1)?;
+    opened.map_err(str::to_owned)
+}

@@ -1,0 +1,430 @@
+//! What the client sends: `/list`, `/tell`, `/all` and `/file`. Frames are
+//! encrypted and signed on blocking threads (every core for many), then sent
+//! paced at the server's frame-rate limit with flow control ([`Flow`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use socp_protocol::content;
+use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
+use socp_protocol::message::{
+    FileChunk, FileEnd, FileId, FileMode, FileStart, ListRequest, MsgDirect, MsgPublicChannel,
+};
+use socp_protocol::{now_ms, Base64Url, Envelope, Message, To};
+use tokio::sync::oneshot;
+
+use super::connection::{answer, expect, send, Sink};
+use super::output::bar;
+use super::state::{self, Contact};
+use super::{blocking, fail, Failure, Shared};
+
+/// `/list`: who is online, as the server knows it.
+pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
+    let me = shared.borrow().me.clone();
+    let rx = expect(shared, |e| {
+        matches!(e.msg_type(), "LIST_RESPONSE" | "ERROR")
+    });
+    send(
+        tx,
+        &Envelope::new(&me.id, To::Id("server".into()), now_ms(), &ListRequest {}),
+    )?;
+    let env = answer(rx, "/list").await?;
+    let users = match env.message() {
+        Ok(Message::ListResponse(l)) => l.users,
+        _ => return Err(fail("BAD_REQUEST", "the server's list was malformed")),
+    };
+    let names = state::format_listing(&users);
+    let out = shared.borrow().out.clone();
+    out.event(
+        "list",
+        format!("Online users: {}", names.join(", ")),
+        json!({ "users": users.iter().map(|u| json!({"user_id": u.user_id, "server_id": u.server_id, "name": u.name})).collect::<Vec<_>>() }),
+    );
+    Ok(())
+}
+
+/// `/tell`: a DM, split into pieces RSA-OAEP can carry, each encrypted to
+/// the recipient and signed.
+pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> Result<(), Failure> {
+    let contact = resolve(shared, who)?;
+    let (me, rate) = {
+        let c = shared.borrow();
+        (c.me.clone(), c.config.send_rate)
+    };
+    let pieces: Vec<String> = content::split_for_rsa(text)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut flow = Flow::new(rate, true);
+    for piece in pieces {
+        let (me2, to) = (me.clone(), contact.clone());
+        let env = blocking(move || -> Result<Envelope, socp_protocol::Error> {
+            let ts = now_ms();
+            let ct = Base64Url::from_bytes(&to.pubkey.encrypt(piece.as_bytes())?);
+            let sig = content::sign_dm(&me2.key, &ct, me2.id.as_str(), to.user_id.as_str(), ts)?;
+            Ok(Envelope::new(
+                &me2.id,
+                To::from(&to.user_id),
+                ts,
+                &MsgDirect {
+                    ciphertext: ct,
+                    sender_pub: me2.key.public_key().clone(),
+                    content_sig: sig,
+                },
+            ))
+        })
+        .await?
+        .map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+        flow.send(shared, tx, &env).await?;
+    }
+    flow.settle().await?;
+    let out = shared.borrow().out.clone();
+    let name = shared.borrow().roster.display(&contact.user_id);
+    out.event(
+        "sent",
+        format!("DM to {name}: {text}"),
+        json!({ "kind": "dm", "to": contact.user_id, "text": text }),
+    );
+    Ok(())
+}
+
+/// `/all`: a public message, encrypted and signed once per member.
+pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Failure> {
+    let (me, members, rate) = {
+        let c = shared.borrow();
+        let members: Vec<Contact> = c
+            .roster
+            .all()
+            .filter(|m| m.user_id != c.me.id)
+            .cloned()
+            .collect();
+        (c.me.clone(), members, c.config.send_rate)
+    };
+    let pieces: Vec<String> = content::split_for_rsa(text)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut jobs = Vec::new();
+    for piece in &pieces {
+        for m in &members {
+            jobs.push((piece.clone(), m.clone()));
+        }
+    }
+    let me2 = me.clone();
+    let frames = parallel(
+        jobs,
+        move |(piece, m): (String, Contact)| -> Result<Envelope, socp_protocol::Error> {
+            let ts = now_ms();
+            let ct = Base64Url::from_bytes(&m.pubkey.encrypt(piece.as_bytes())?);
+            let sig = content::sign_public(&me2.key, &ct, me2.id.as_str(), ts)?;
+            Ok(Envelope::new(
+                &me2.id,
+                To::from(&m.user_id),
+                ts,
+                &MsgPublicChannel {
+                    ciphertext: ct,
+                    sender_pub: me2.key.public_key().clone(),
+                    content_sig: sig,
+                    group_id: "public".into(),
+                    public_version: None,
+                },
+            ))
+        },
+    )
+    .await?;
+    // One member gone must not stop the message to the others.
+    let mut flow = Flow::new(rate, false);
+    for env in frames {
+        let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+        flow.send(shared, tx, &env).await?;
+    }
+    flow.settle().await?;
+    let out = shared.borrow().out.clone();
+    out.event(
+        "sent",
+        format!(
+            "[public] {}: {text}",
+            me.name.clone().unwrap_or_else(|| me.id.to_string())
+        ),
+        json!({ "kind": "public", "members": members.len(), "text": text }),
+    );
+    Ok(())
+}
+
+/// Largest file `/file` sends.
+const MAX_SEND_FILE: u64 = 64 * 1024 * 1024;
+
+/// `/file`: FILE_START, the file in chunks RSA-OAEP can carry (each
+/// encrypted and signed on every core), FILE_END.
+pub(crate) async fn send_file(
+    shared: &Shared,
+    tx: &Sink,
+    who: &str,
+    path: PathBuf,
+) -> Result<(), Failure> {
+    let contact = resolve(shared, who)?;
+    let (me, rate, out) = {
+        let c = shared.borrow();
+        (c.me.clone(), c.config.send_rate, c.out.clone())
+    };
+    let meta =
+        std::fs::metadata(&path).map_err(|e| fail("FILE", format!("{}: {e}", path.display())))?;
+    if !meta.is_file() || meta.len() > MAX_SEND_FILE {
+        return Err(fail(
+            "FILE",
+            format!(
+                "{}: not a file of at most {MAX_SEND_FILE} bytes",
+                path.display()
+            ),
+        ));
+    }
+    let data =
+        std::fs::read(&path).map_err(|e| fail("FILE", format!("{}: {e}", path.display())))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
+    let file_id = FileId::random();
+    let start = Envelope::new(
+        &me.id,
+        To::from(&contact.user_id),
+        now_ms(),
+        &FileStart {
+            file_id: file_id.clone(),
+            name: name.clone(),
+            size: data.len() as u64,
+            sha256: sha256_hex(&data),
+            mode: FileMode::Dm,
+        },
+    );
+    let chunks: Vec<(u64, Vec<u8>)> = data
+        .chunks(MAX_OAEP_PLAINTEXT)
+        .enumerate()
+        .map(|(i, c)| (i as u64, c.to_vec()))
+        .collect();
+    let total = chunks.len();
+    out.event(
+        "file_progress",
+        format!(
+            "sending {name} ({} bytes, {total} chunks) to {}: encrypting on every core...",
+            data.len(),
+            contact.user_id
+        ),
+        json!({ "file_id": file_id.as_str(), "direction": "send", "done": 0, "total": total }),
+    );
+    let (me2, to2, fid) = (me.clone(), contact.clone(), file_id.clone());
+    let frames = parallel(
+        chunks,
+        move |(index, plain): (u64, Vec<u8>)| -> Result<Envelope, socp_protocol::Error> {
+            let ts = now_ms();
+            let ct = Base64Url::from_bytes(&to2.pubkey.encrypt(&plain)?);
+            let sig = content::sign_dm(&me2.key, &ct, me2.id.as_str(), to2.user_id.as_str(), ts)?;
+            Ok(Envelope::new(
+                &me2.id,
+                To::from(&to2.user_id),
+                ts,
+                &FileChunk {
+                    file_id: fid.clone(),
+                    index,
+                    ciphertext: ct,
+                    sender_pub: Some(me2.key.public_key().clone()),
+                    content_sig: Some(sig),
+                },
+            ))
+        },
+    )
+    .await?;
+    let mut flow = Flow::new(rate, true);
+    flow.send(shared, tx, &start).await?;
+    let mut shown = 0;
+    for (i, env) in frames.into_iter().enumerate() {
+        let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+        flow.send(shared, tx, &env).await?;
+        let pct = (i + 1) * 100 / total.max(1);
+        if pct >= shown + 10 {
+            shown = pct - pct % 10;
+            out.event(
+                "file_progress",
+                format!("sending {name}: {}", bar(pct)),
+                json!({ "file_id": file_id.as_str(), "direction": "send", "done": i + 1, "total": total }),
+            );
+        }
+    }
+    flow.send(
+        shared,
+        tx,
+        &Envelope::new(
+            &me.id,
+            To::from(&contact.user_id),
+            now_ms(),
+            &FileEnd {
+                file_id: file_id.clone(),
+            },
+        ),
+    )
+    .await?;
+    // `file_sent` means the server took every frame.
+    flow.confirm(shared, tx).await?;
+    out.event(
+        "file_sent",
+        format!("sent {name} to {}", contact.user_id),
+        json!({ "file_id": file_id.as_str(), "to": contact.user_id, "name": name, "size": data.len() }),
+    );
+    Ok(())
+}
+
+/// The contact `who` names (a user id, or a name only one user has).
+fn resolve(shared: &Shared, who: &str) -> Result<Contact, Failure> {
+    shared
+        .borrow()
+        .roster
+        .resolve(who)
+        .cloned()
+        .map_err(|e| fail("USER_NOT_FOUND", e))
+}
+
+/// Encrypt-and-sign jobs on every core; results in input order.
+async fn parallel<T, R>(
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Send + Sync + 'static,
+) -> Result<Vec<R>, Failure>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let n = items.len();
+        let slots: Vec<std::sync::Mutex<Option<T>>> = items
+            .into_iter()
+            .map(|t| std::sync::Mutex::new(Some(t)))
+            .collect();
+        let results: Vec<std::sync::Mutex<Option<R>>> =
+            (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..threads.min(n.max(1)) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let item = slots[i].lock().ok().and_then(|mut g| g.take());
+                    if let Some(item) = item {
+                        let r = f(item);
+                        if let Ok(mut g) = results[i].lock() {
+                            *g = Some(r);
+                        }
+                    }
+                });
+            }
+        });
+        results
+            .into_iter()
+            .filter_map(|m| m.into_inner().ok().flatten())
+            .collect()
+    })
+    .await
+}
+
+/// Frames sent between two flow-control round trips.
+const FLOW_WINDOW: usize = 64;
+
+/// Sends a run of frames: paced at the server's rate limit, and with at most
+/// about two windows of frames waiting at the server. A server processes a
+/// user's frames in order and cuts off a user with too many frames waiting
+/// (256 by default), which a loaded server reaches even at the allowed rate.
+/// So after every [`FLOW_WINDOW`] frames the client asks for the user list
+/// and, before the next window, waits for the answer to the previous request:
+/// the answer comes only once every frame before it was handled. In a
+/// `strict` run an ERROR meanwhile (a frame refused, the recipient gone) ends
+/// the run; otherwise it is shown and the run goes on.
+struct Flow {
+    pacer: Pacer,
+    sent: usize,
+    sync: Option<oneshot::Receiver<Envelope>>,
+    strict: bool,
+}
+
+impl Flow {
+    fn new(rate: f64, strict: bool) -> Self {
+        Flow {
+            pacer: Pacer::new(rate),
+            sent: 0,
+            sync: None,
+            strict,
+        }
+    }
+
+    async fn send(&mut self, shared: &Shared, tx: &Sink, env: &Envelope) -> Result<(), Failure> {
+        self.pacer.wait().await;
+        send(tx, env)?;
+        self.sent += 1;
+        if self.sent % FLOW_WINDOW == 0 {
+            self.settle().await?;
+            self.request(shared, tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn request(&mut self, shared: &Shared, tx: &Sink) -> Result<(), Failure> {
+        let me = shared.borrow().me.id.clone();
+        let rx = if self.strict {
+            expect(shared, |e| {
+                matches!(e.msg_type(), "LIST_RESPONSE" | "ERROR")
+            })
+        } else {
+            expect(shared, |e| e.msg_type() == "LIST_RESPONSE")
+        };
+        self.pacer.wait().await;
+        send(
+            tx,
+            &Envelope::new(&me, To::Id("server".into()), now_ms(), &ListRequest {}),
+        )?;
+        self.sync = Some(rx);
+        Ok(())
+    }
+
+    /// Wait for the outstanding round trip, if any.
+    async fn settle(&mut self) -> Result<(), Failure> {
+        match self.sync.take() {
+            Some(rx) => answer(rx, "sending").await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until the server has handled every frame sent.
+    async fn confirm(&mut self, shared: &Shared, tx: &Sink) -> Result<(), Failure> {
+        self.settle().await?;
+        self.request(shared, tx).await?;
+        self.settle().await
+    }
+}
+
+/// Paces sending at the server's frame-rate limit.
+struct Pacer {
+    interval: Duration,
+    next: tokio::time::Instant,
+    burst: u32,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Self {
+        // Stay a little under the server's limit.
+        let rate = (rate * 0.9).max(1.0);
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / rate),
+            next: tokio::time::Instant::now(),
+            burst: 100,
+        }
+    }
+
+    async fn wait(&mut self) {
+        if self.burst > 0 {
+            self.burst -= 1;
+            return;
+        }
+        tokio::time::sleep_until(self.next).await;
+        self.next = tokio::time::Instant::now().max(self.next) + self.interval;
+    }
+}

@@ -1,0 +1,323 @@
+//! The flags of `socp-server` ([`ServerArgs`]) and the seeds' environment
+//! variables, into a [`ServerConfig`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use socp_actors::introducer::Bootstrap;
+use socp_actors::Settings;
+use socp_protocol::{PublicKey, ServerId};
+
+use super::{server_tls, ConfigError};
+use crate::server::{ServerConfig, ServerTls};
+use crate::url::{parse_ws_url, url_scheme, Scheme};
+
+/// `socp-server`: a SOCP v1.3 chat server. With no arguments: a standalone
+/// server on ws://127.0.0.1:8765 with its database in chat.db.
+#[derive(Debug, Parser)]
+#[command(name = "socp-server", version, about)]
+pub struct ServerArgs {
+    /// Where to listen, as ws://HOST:PORT (wss://HOST:PORT with --tls-cert).
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Host to listen on (instead of --bind).
+    #[arg(long, env = "HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (instead of --bind).
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+    /// Host other servers use to reach this one (default: the bind host).
+    #[arg(long)]
+    pub public_host: Option<String>,
+    /// This server's id: `auto` (the persisted one, or a new UUID v4) or a UUID.
+    #[arg(long, default_value = "auto")]
+    pub server_id: String,
+    /// An introducer to join through, as ws://HOST:PORT, or wss://HOST:PORT
+    /// with --tls-cert (repeatable; tried in order).
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// JSON file listing introducers: {"bootstrap_servers": [{"host", "port", "pubkey"}]}.
+    #[arg(long, env = "INTRODUCERS_JSON")]
+    pub introducers: Option<PathBuf>,
+    /// Run as a directory-only introducer: admit servers and track presence,
+    /// host no users, relay no chat.
+    #[arg(long)]
+    pub introducer_only: bool,
+    /// SQLite database file.
+    #[arg(long, env = "DB_PATH", default_value = "chat.db")]
+    pub db: PathBuf,
+    /// Seconds between HEARTBEATs to each linked server.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 15.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds without a frame after which a server is dead.
+    #[arg(long, env = "TIMEOUT_THRESHOLD", default_value_t = 45.0)]
+    pub timeout: f64,
+    /// Seconds a new connection has to send its HTTP request and identify
+    /// (USER_HELLO or a server hello) before it is closed.
+    #[arg(long, env = "IDENTIFY_TIMEOUT", default_value_t = 10.0)]
+    pub identify_timeout: f64,
+    /// Accept only registered users (no ephemeral identities).
+    #[arg(long)]
+    pub require_registration: bool,
+    /// On first start, use this unencrypted PEM key instead of generating one.
+    #[arg(long)]
+    pub first_key: Option<PathBuf>,
+    /// Serve wss:// with this certificate chain (PEM, the server's certificate
+    /// first); needs --tls-key. Links to other servers and introducers are then
+    /// wss:// too: a mesh is all-TLS or all-plain.
+    #[arg(long, env = "SOCP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (unencrypted PEM: PKCS#8, RSA or EC).
+    #[arg(long, env = "SOCP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted when dialling other servers and
+    /// introducers over wss:// (default: the system's CA bundle).
+    #[arg(long, env = "SOCP_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// Turn the arguments into a server configuration.
+    pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
+        let tls = self.tls()?;
+        let (host, port) = match (&self.bind, &self.host, self.port) {
+            (Some(bind), _, _) => {
+                check_scheme("--bind", bind, tls.is_some())?;
+                parse_ws_url(bind)?
+            }
+            (None, host, port) => (
+                host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
+                port.unwrap_or(8765),
+            ),
+        };
+        let bind: SocketAddr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| ConfigError(format!("{host}:{port}: {e}")))?
+            .next()
+            .ok_or_else(|| ConfigError(format!("{host}:{port}: no address")))?;
+        let server_id = match self.server_id.as_str() {
+            "auto" | "" => None,
+            id => Some(ServerId::parse(id).map_err(|e| ConfigError(format!("--server-id: {e}")))?),
+        };
+        let mut bootstrap = Vec::new();
+        for peer in &self.peers {
+            check_scheme("--peer", peer, tls.is_some())?;
+            let (host, port) = parse_ws_url(peer)?;
+            bootstrap.push(Bootstrap {
+                host,
+                port,
+                pubkey: None,
+            });
+        }
+        match &self.introducers {
+            Some(path) => match read_introducers(path) {
+                Ok(list) => bootstrap.extend(list),
+                // The first seed falls back to the environment when the file
+                // cannot be read.
+                Err(e) => {
+                    let env = bootstrap_from_env()?;
+                    if env.is_empty() {
+                        return Err(e);
+                    }
+                    log::warn!("{e}; using BOOTSTRAP_* variables");
+                    bootstrap.extend(env);
+                }
+            },
+            None => bootstrap.extend(bootstrap_from_env()?),
+        }
+        let settings = Settings {
+            heartbeat_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
+            peer_timeout: seconds("--timeout", self.timeout)?,
+            identify_timeout: seconds("--identify-timeout", self.identify_timeout)?,
+            require_registration: self.require_registration,
+            introducer_only: self.introducer_only,
+            ..Settings::default()
+        };
+        let first_key_pem = match &self.first_key {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        Ok(ServerConfig {
+            bind,
+            first_key_pem,
+            public_host: self.public_host.clone(),
+            server_id,
+            bootstrap,
+            db_path: Some(self.db.clone()),
+            settings,
+            tls,
+            ..ServerConfig::default()
+        })
+    }
+
+    /// The TLS of `--tls-cert`, `--tls-key` and `--ca` (`None`: plain ws://).
+    fn tls(&self) -> Result<Option<ServerTls>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => server_tls(cert, key, self.ca.as_deref()).map(Some),
+            (Some(_), None) => Err(ConfigError(
+                "--tls-cert needs --tls-key (the certificate's private key)".into(),
+            )),
+            (None, Some(_)) => Err(ConfigError(
+                "--tls-key needs --tls-cert (the certificate chain)".into(),
+            )),
+            (None, None) if self.ca.is_some() => Err(ConfigError(
+                "--ca is for dialling other servers over wss://: give --tls-cert and --tls-key \
+                 too (a mesh is all-TLS or all-plain)"
+                    .into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Read the introducers file of the first seed.
+fn read_introducers(path: &PathBuf) -> Result<Vec<Bootstrap>, ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        host: String,
+        port: u16,
+        #[serde(default)]
+        pubkey: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        bootstrap_servers: Vec<Entry>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let file: File =
+        serde_json::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    file.bootstrap_servers
+        .into_iter()
+        .map(|e| {
+            let whose = format!("{}:{}", e.host, e.port);
+            Ok(Bootstrap {
+                pubkey: pinned(e.pubkey.as_deref(), &whose)?,
+                host: e.host,
+                port: e.port,
+            })
+        })
+        .collect()
+}
+
+/// BOOTSTRAP_HOST_n / BOOTSTRAP_PORT_n / BOOTSTRAP_PUBKEY_n for n = 1, 2, 3, ...
+fn bootstrap_from_env() -> Result<Vec<Bootstrap>, ConfigError> {
+    let mut list = Vec::new();
+    for n in 1.. {
+        let Ok(host) = std::env::var(format!("BOOTSTRAP_HOST_{n}")) else {
+            break;
+        };
+        let port = std::env::var(format!("BOOTSTRAP_PORT_{n}"))
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| ConfigError(format!("BOOTSTRAP_PORT_{n} missing or bad")))?;
+        let key = std::env::var(format!("BOOTSTRAP_PUBKEY_{n}")).ok();
+        list.push(Bootstrap {
+            pubkey: pinned(key.as_deref(), &format!("{host}:{port}"))?,
+            host,
+            port,
+        });
+    }
+    Ok(list)
+}
+
+fn pinned(key: Option<&str>, whose: &str) -> Result<Option<PublicKey>, ConfigError> {
+    match key.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(k) => PublicKey::parse(k)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("pinned key of {whose}: {e}"))),
+    }
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 86_400.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(ConfigError(format!(
+            "{name} must be a positive number of seconds"
+        )))
+    }
+}
+
+/// A server URL of `what` must agree with whether this server runs TLS: a
+/// mesh is all-TLS or all-plain, since server addresses carry no scheme.
+fn check_scheme(what: &str, url: &str, tls: bool) -> Result<(), ConfigError> {
+    match (url_scheme(url), tls) {
+        (Scheme::Wss, false) => Err(ConfigError(format!(
+            "{what} {url}: wss:// needs --tls-cert and --tls-key (a mesh is all-TLS or all-plain)"
+        ))),
+        (Scheme::Ws, true) => Err(ConfigError(format!(
+            "{what} {url}: with --tls-cert this server serves and dials wss:// only (a mesh is \
+             all-TLS or all-plain); write wss://"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_a_standalone_server_on_8765() {
+        let args = ServerArgs::parse_from(["socp-server"]);
+        let config = args.to_config().unwrap();
+        assert_eq!(config.bind.port(), 8765);
+        assert!(config.bootstrap.is_empty() || std::env::var("BOOTSTRAP_HOST_1").is_ok());
+        assert_eq!(config.db_path, Some(PathBuf::from("chat.db")));
+        assert_eq!(config.settings.heartbeat_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn flags() {
+        let args = ServerArgs::parse_from([
+            "socp-server",
+            "--bind",
+            "ws://127.0.0.1:9000",
+            "--peer",
+            "ws://127.0.0.1:8765",
+            "--heartbeat-interval",
+            "0.5",
+            "--timeout",
+            "2",
+            "--introducer-only",
+        ]);
+        let config = args.to_config().unwrap();
+        assert_eq!(config.bind.port(), 9000);
+        assert_eq!(config.bootstrap[0].port, 8765);
+        assert_eq!(
+            config.settings.heartbeat_interval,
+            Duration::from_millis(500)
+        );
+        assert!(config.settings.introducer_only);
+        let bad = ServerArgs::parse_from(["socp-server", "--timeout=-1"]);
+        assert!(bad.to_config().is_err());
+    }
+
+    #[test]
+    fn introducers_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("introducers.json");
+        std::fs::write(
+            &path,
+            r#"{"bootstrap_servers":[{"host":"127.0.0.1","port":8000,"pubkey":""},{"host":"h","port":8001}]}"#,
+        )
+        .unwrap();
+        let list = read_introducers(&path).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].host, "h");
+        assert!(list[0].pubkey.is_none());
+        std::fs::write(
+            &path,
+            r#"{"bootstrap_servers":[{"host":"h","port":1,"pubkey":"bad"}]}"#,
+        )
+        .unwrap();
+        assert!(read_introducers(&path).is_err());
+    }
+}
