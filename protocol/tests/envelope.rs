@@ -10,12 +10,13 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 use socp_protocol::envelope::{Sender, TS_WINDOW_MS};
 use socp_protocol::message::{
-    to_payload, Ack, ClientInfo, Command, CommandResponse, CtrlClose, DeliverContent, ErrorPayload,
-    FileChunk, FileEnd, FileId, FileMode, FileStart, Heartbeat, KeyShare, ListRequest,
-    ListResponse, ListedUser, LoginChallenge, LoginRequest, MsgDirect, MsgPublicChannel,
-    PublicChannelAdd, PublicChannelKeyShare, PublicChannelUpdated, RegisterOk, ServerAddress,
-    ServerAnnounce, ServerDeliver, ServerGoodbye, ServerHelloJoin, ServerHelloLink, ServerInfo,
-    ServerWelcome, UserAdvertise, UserDeliver, UserHello, UserRegister, UserRemove, Wrap,
+    to_payload, Ack, ClientInfo, Command, CommandResponse, CtrlClose, DeliverContent,
+    DirectoryPage, DirectoryRecord, DirectorySync, ErrorPayload, FileChunk, FileEnd, FileId,
+    FileMode, FileStart, Heartbeat, KeyShare, ListRequest, ListResponse, ListedUser,
+    LoginChallenge, LoginRequest, MsgDirect, MsgPublicChannel, PublicChannelAdd,
+    PublicChannelKeyShare, PublicChannelUpdated, RegisterOk, ServerAddress, ServerAnnounce,
+    ServerDeliver, ServerGoodbye, ServerHelloJoin, ServerHelloLink, ServerInfo, ServerWelcome,
+    UserAdvertise, UserDeliver, UserHello, UserRegister, UserRemove, UserRename, Wrap,
 };
 use socp_protocol::{
     Base64Url, Envelope, Error, ErrorCode, Limits, Message, MessageType, Payload, PublicKey,
@@ -288,7 +289,42 @@ fn fixtures() -> Vec<(To, Message)> {
             }
             .into(),
         ),
-        (to_server, CtrlClose {}.into()),
+        (to_server.clone(), CtrlClose {}.into()),
+        (
+            To::All,
+            DirectoryRecord {
+                user_id: bob(),
+                username: Username::parse("Bob").unwrap(),
+                pubkey: pk(2),
+                home_server: server(),
+                privkey_store: "-----BEGIN ENCRYPTED PRIVATE KEY-----".into(),
+                registered_at: TS - 1,
+                version: 2,
+            }
+            .into(),
+        ),
+        (
+            To::from(&server_b()),
+            DirectorySync {
+                after: Some(alice()),
+            }
+            .into(),
+        ),
+        (
+            To::from(&server_b()),
+            DirectoryPage {
+                records: vec![json!({"type": "DIRECTORY_RECORD", "payload": {}})],
+                next: Some(bob()),
+            }
+            .into(),
+        ),
+        (
+            to_server,
+            UserRename {
+                username: Username::parse("bobby").unwrap(),
+            }
+            .into(),
+        ),
     ];
     for content in all_contents() {
         out.push((

@@ -106,6 +106,12 @@ impl Directory {
         d
     }
 
+    /// The server that registered `id`, if it is registered elsewhere
+    /// (`None` for a user registered here, or not registered).
+    pub(super) fn home_of(&self, id: &UserId) -> Option<ServerId> {
+        self.users.get(id).and_then(|e| e.home.clone())
+    }
+
     /// Whether `who` is, in any case, a registered user's id or held name.
     pub(super) fn claims(&self, who: &str) -> bool {
         let key = who.to_ascii_lowercase();

@@ -120,7 +120,7 @@ impl<H: Clone> RouterState<H> {
             }
         }
 
-        let advert = self.local_advert(&user_id, &pubkey, name.as_deref(), now);
+        let advert = self.local_advert(&user_id, &pubkey, name.as_deref(), registered, now);
         // The user itself learns its own advert too: the client sees itself online.
         out.push(Action::Send(conn.tx.clone(), advert.clone()));
         self.to_all_servers(&advert, &[], &mut out);
@@ -144,14 +144,28 @@ impl<H: Clone> RouterState<H> {
         Ok(out)
     }
 
-    /// Our USER_ADVERTISE for a local user (`meta.name` = username if registered).
+    /// Our USER_ADVERTISE for a local user. A registered user's `meta` says
+    /// so [ext]: `{name, registered: true, home}` (`home`: the server that
+    /// registered it; `name` absent while it holds none). A guest's has none.
     pub(super) fn local_advert(
         &self,
         user_id: &UserId,
         pubkey: &PublicKey,
         name: Option<&str>,
+        registered: bool,
         now: i64,
     ) -> SignedFrame {
+        let meta = registered.then(|| {
+            let home = self
+                .directory
+                .home_of(user_id)
+                .unwrap_or_else(|| self.config.me.clone());
+            let mut meta = serde_json::json!({ "registered": true, "home": home });
+            if let Some(n) = name {
+                meta["name"] = n.into();
+            }
+            meta
+        });
         self.sign(
             To::All,
             now,
@@ -159,7 +173,7 @@ impl<H: Clone> RouterState<H> {
                 user_id: user_id.clone(),
                 server_id: self.config.me.clone(),
                 pubkey: pubkey.clone(),
-                meta: name.map(|n| serde_json::json!({ "name": n })),
+                meta,
                 seq: Some(self.next_seq()),
             }),
         )

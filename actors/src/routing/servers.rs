@@ -130,7 +130,13 @@ impl<H: Clone> RouterState<H> {
             since,
         });
         for (user_id, user) in &self.local {
-            let advert = self.local_advert(user_id, &user.pubkey, user.name.as_deref(), now);
+            let advert = self.local_advert(
+                user_id,
+                &user.pubkey,
+                user.name.as_deref(),
+                user.registered,
+                now,
+            );
             out.push(Action::Send(tx.clone(), advert));
         }
         Ok(out)
