@@ -155,7 +155,7 @@ impl<H: Clone> RouterState<H> {
         registered: bool,
         now: i64,
     ) -> SignedFrame {
-        let meta = registered.then(|| {
+        let meta = if registered {
             let home = self
                 .directory
                 .home_of(user_id)
@@ -164,8 +164,10 @@ impl<H: Clone> RouterState<H> {
             if let Some(n) = name {
                 meta["name"] = n.into();
             }
-            meta
-        });
+            Some(meta)
+        } else {
+            name.map(|n| serde_json::json!({ "name": n }))
+        };
         self.sign(
             To::All,
             now,
