@@ -2,6 +2,8 @@
 //! every figure present in the JSON report, on servers it starts and on
 //! servers given by address. No timing thresholds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::path::PathBuf;

@@ -9,6 +9,8 @@
 //! - a hostile file name (`../../etc/passwd`) saved as a safe name inside the
 //!   download directory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod client_common;
 mod common;
 

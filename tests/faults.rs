@@ -1,5 +1,7 @@
 //! End-to-end: servers that crash, restart, start out of order, and shut down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::net::SocketAddr;

@@ -3,6 +3,8 @@
 //! is an attack as an attacker runs it: changing the unsigned fields (`ts`,
 //! `to`) of what it saw, or speaking to a server other than the user's home.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::time::Duration;

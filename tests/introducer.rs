@@ -1,5 +1,7 @@
 //! End-to-end: a directory-only introducer, and pinned introducer keys.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::time::Duration;

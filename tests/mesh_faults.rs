@@ -2,6 +2,8 @@
 //! four-server mesh (SPEC.md §5.3, §5.5), and a thousand connections that
 //! never identify (SPEC.md §1, §6.1).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::collections::HashSet;

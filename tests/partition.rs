@@ -8,6 +8,8 @@
 //! always the listening port, so the proxy needs the same port on another
 //! address; Linux routes all of 127/8 to the loopback interface.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::net::SocketAddr;

@@ -16,6 +16,8 @@
 //! on, as on a full disk. The server ignores SIGXFSZ, so such a write fails
 //! with EFBIG instead of killing the process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 #![cfg(target_os = "linux")]
 
 mod common;

@@ -15,6 +15,8 @@
 //!
 //! Plain ws:// stays the default: every other test file runs without TLS.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::io::{Read, Write};

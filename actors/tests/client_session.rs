@@ -2,6 +2,8 @@
 //! behind its ports and a recorder as its transport: what it asks the router,
 //! what it writes to the user, and when it closes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::time::Duration;

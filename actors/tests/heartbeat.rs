@@ -2,6 +2,8 @@
 //! for the router; time moves only when a test advances it, so nothing here
 //! depends on how fast the machine is.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::time::Duration;

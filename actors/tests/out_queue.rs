@@ -2,6 +2,8 @@
 //! signatures finish in; urgent frames (heartbeats) do not wait behind them,
 //! except behind a link's first frame (its hello).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;

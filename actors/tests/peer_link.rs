@@ -11,6 +11,8 @@
 //! the link's outbound queue shows, when the transport gets it, that every
 //! frame queued before it (error replies) was written.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

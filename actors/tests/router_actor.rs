@@ -3,6 +3,8 @@
 //! "actor-level unit tests with mocked peers"). No sockets, no RSA: the
 //! router's state signs with the `Plain` signer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::sync::Arc;

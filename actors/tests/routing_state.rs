@@ -3,6 +3,8 @@
 //! state returns are parsed back from their JSON. Most tests use the `Plain`
 //! signer (no RSA); one checks real signatures with a fixture key.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::sync::Arc;

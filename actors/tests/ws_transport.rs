@@ -7,6 +7,8 @@
 //! both ways, and a frame announcing more than the limit is refused at its
 //! header.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

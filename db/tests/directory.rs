@@ -1,6 +1,8 @@
 //! The mesh-wide directory of registered users: records from other servers,
 //! the name-conflict rule, paging, counters.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 use socp_db::{Db, NewUser, RecordOutcome, Result};
 use socp_protocol::message::DirectoryRecord;
 use socp_protocol::{fixtures, PublicKey, ServerId, UserId, Username};

@@ -3,6 +3,8 @@
 //!
 //! Every test works in its own temporary directory, so they run in parallel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};

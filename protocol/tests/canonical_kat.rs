@@ -5,6 +5,8 @@
 //! (and `ensure_ascii=False` for the [`Escaping::Utf8`] form), then pasted here.
 //! Python is the reference because it is what most v1.3 peers sign with.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 use serde_json::{json, Value};
 use socp_protocol::canonical::{
     canonical_bytes, canonical_bytes_with, canonical_object, has_non_ascii, Escaping,

@@ -2,6 +2,8 @@
 //! round-trips; what other implementations send is accepted leniently (unknown
 //! fields ignored) but strictly typed; limits hold before JSON parsing; the
 //! seen-ids key and freshness.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
 #![cfg(feature = "fixtures")]
 
 use std::collections::HashSet;

@@ -6,6 +6,8 @@
 //! The fuzz crate's seed corpus is checked here too (every seed is a valid
 //! frame or JSON document and passes its check), so that the seeds stay useful.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 #[path = "../fuzz/src/lib.rs"]
 mod checks;
 

@@ -2,6 +2,8 @@
 //! library most SOCP v1.3 implementations use (`testdata/python-interop.json`,
 //! a copy of `shared/vectors/python-interop.json`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 use serde_json::Value;
 use socp_protocol::canonical::{canonical_bytes, canonical_bytes_with, Escaping};
 use socp_protocol::content;

@@ -1,4 +1,6 @@
 //! RSA-OAEP with SHA-256 and MGF1-SHA-256, empty label (SPEC.md §2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
 #![cfg(feature = "fixtures")]
 
 use rsa::pkcs8::DecodePrivateKey;

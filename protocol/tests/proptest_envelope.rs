@@ -1,6 +1,8 @@
 //! Property tests: nothing from the network makes the parser panic, and
 //! canonical JSON is always JSON that means the same value.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

@@ -1,5 +1,7 @@
 //! RSASSA-PSS-SHA256 signatures (SPEC.md §2) and envelope transport
 //! signatures over the canonical payload (SPEC.md §3, §4).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
 #![cfg(feature = "fixtures")]
 
 use rsa::pkcs8::DecodePrivateKey;

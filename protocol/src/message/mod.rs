@@ -11,7 +11,13 @@ use serde_json::{Map, Value};
 
 use crate::crypto::{Base64Url, PublicKey, Signature};
 use crate::error::{Error, ErrorCode, Result};
-use crate::id::{ServerId, UserId, Username};
+use crate::id::{ServerId, UserId};
+
+mod account;
+mod files;
+
+pub use account::*;
+pub use files::*;
 
 /// A typed payload of one message type.
 pub trait Payload: Serialize + DeserializeOwned {
@@ -361,113 +367,6 @@ pub struct PublicChannelKeyShare {
     pub content_sig: Signature,
 }
 
-/// Whether a file goes to one user or to every public channel member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileMode {
-    Dm,
-    Public,
-}
-
-/// A file id: 1–128 characters of `[A-Za-z0-9._-]` (a UUID v4 from our clients).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct FileId(String);
-
-impl FileId {
-    /// A fresh random file id.
-    pub fn random() -> Self {
-        FileId(uuid::Uuid::new_v4().to_string())
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for FileId {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if ok {
-            Ok(FileId(s))
-        } else {
-            Err(Error::InvalidId(format!(
-                "file id {:?}",
-                s.chars().take(32).collect::<String>()
-            )))
-        }
-    }
-}
-
-impl From<FileId> for String {
-    fn from(f: FileId) -> String {
-        f.0
-    }
-}
-
-/// Longest accepted file name, in bytes (the receiver reduces it further).
-pub const MAX_FILE_NAME: usize = 255;
-
-fn file_name<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    let name = String::deserialize(d)?;
-    if name.is_empty() || name.len() > MAX_FILE_NAME {
-        return Err(serde::de::Error::custom(format!(
-            "file name must be 1-{MAX_FILE_NAME} bytes"
-        )));
-    }
-    Ok(name)
-}
-
-fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    let h = String::deserialize(d)?;
-    if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(h.to_ascii_lowercase())
-    } else {
-        Err(serde::de::Error::custom("sha256 must be 64 hex digits"))
-    }
-}
-
-/// `FILE_START {file_id, name, size, sha256, mode}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileStart {
-    pub file_id: FileId,
-    #[serde(deserialize_with = "file_name")]
-    pub name: String,
-    pub size: u64,
-    #[serde(deserialize_with = "sha256_hex")]
-    pub sha256: String,
-    #[serde(default = "dm_mode")]
-    pub mode: FileMode,
-}
-
-fn dm_mode() -> FileMode {
-    FileMode::Dm
-}
-
-/// `FILE_CHUNK {file_id, index, ciphertext}` plus [ext] `sender_pub` and
-/// `content_sig` (over `ciphertext ‖ from ‖ to ‖ ts`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileChunk {
-    pub file_id: FileId,
-    pub index: u64,
-    pub ciphertext: Base64Url,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_pub: Option<PublicKey>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_sig: Option<Signature>,
-}
-
-/// `FILE_END {file_id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileEnd {
-    pub file_id: FileId,
-}
-
 /// What a SERVER_DELIVER or USER_DELIVER carries, by `kind` ([ext]; absent means `dm`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -607,81 +506,4 @@ impl ErrorPayload {
             detail: detail.into(),
         }
     }
-}
-
-/// `USER_REGISTER {user_id, username, pubkey, privkey_store}` (SPEC.md §7).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserRegister {
-    pub user_id: UserId,
-    pub username: Username,
-    pub pubkey: PublicKey,
-    /// The password-protected PKCS#8 private key (PEM text).
-    pub privkey_store: String,
-}
-
-/// `REGISTER_OK {user_id, username}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RegisterOk {
-    pub user_id: UserId,
-    pub username: Username,
-}
-
-/// `LOGIN_REQUEST {who}`: a username or a user id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoginRequest {
-    pub who: String,
-}
-
-/// `DIRECTORY_RECORD {user_id, username, pubkey, home_server, privkey_store,
-/// registered_at, version}` [ext]: a registered user as its home server
-/// published it (`from` = `home_server`, signed by it, to `*`). Every server
-/// keeps the records of the mesh, so a registered id or name is known, and its
-/// key enforced, on every server; `version` grows when the home server
-/// publishes a change (a new username).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectoryRecord {
-    pub user_id: UserId,
-    pub username: Username,
-    pub pubkey: PublicKey,
-    pub home_server: ServerId,
-    /// The password-encrypted private key, so `/login` works on any server.
-    pub privkey_store: String,
-    /// When the home server accepted the registration (ms since the epoch):
-    /// of two users registered with the same name, the earlier keeps it.
-    pub registered_at: i64,
-    pub version: u64,
-}
-
-/// `DIRECTORY_SYNC {after}` [ext]: send me the directory records you hold,
-/// ordered by user id, starting after `after` (absent: from the first).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct DirectorySync {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<UserId>,
-}
-
-/// `DIRECTORY_PAGE {records, next}` [ext]: directory records, each the
-/// complete DIRECTORY_RECORD envelope its home server signed (so the receiver
-/// verifies each against that server's key); `next` is the `after` of the
-/// following page, absent on the last.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct DirectoryPage {
-    pub records: Vec<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<UserId>,
-}
-
-/// `USER_RENAME {username}` [ext]: from an attached registered user to its
-/// home server, for a user whose username another server registered first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserRename {
-    pub username: Username,
-}
-
-/// `LOGIN_CHALLENGE {user_id, privkey_store, nonce}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoginChallenge {
-    pub user_id: UserId,
-    pub privkey_store: String,
-    pub nonce: String,
 }
