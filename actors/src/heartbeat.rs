@@ -19,8 +19,11 @@ pub struct Activity(pub ServerId);
 
 /// Where the heartbeat's decisions go (the router; recorders in tests).
 pub struct HeartbeatPorts {
+    /// Time to send HEARTBEATs (the router signs and sends them).
     pub send_heartbeats: Recipient<SendHeartbeats>,
+    /// A linked server went silent past the timeout.
     pub dead: Recipient<PeerDead>,
+    /// Time to dial a lost server again (after backoff).
     pub reconnect: Recipient<Reconnect>,
 }
 

@@ -21,7 +21,9 @@ use crate::router::Joined;
 /// One introducer of the bootstrap list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bootstrap {
+    /// Host name or address of the introducer.
     pub host: String,
+    /// Its WebSocket port.
     pub port: u16,
     /// The introducer's key, if pinned: its WELCOME must verify with it.
     pub pubkey: Option<PublicKey>,

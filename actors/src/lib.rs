@@ -100,10 +100,13 @@ pub struct Shared {
     pub pool: CryptoPool,
     /// The store's ports.
     pub store: StorePort,
+    /// Where sessions and links report that a peer is alive (the heartbeat).
     pub liveness: Recipient<Activity>,
+    /// Our server id.
     pub me: ServerId,
     /// Where other servers reach us (host, port), as our hellos say.
     pub advertised: (String, u16),
+    /// Limits and timings.
     pub settings: Arc<Settings>,
     /// Counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,

@@ -31,10 +31,15 @@ pub type Handle = Recipient<Outbound>;
 #[derive(Message)]
 #[rtype(result = "Result<(), Refusal>")]
 pub struct Attach {
+    /// The session and its handle.
     pub conn: Conn<Handle>,
+    /// The user id the hello claimed.
     pub user_id: UserId,
+    /// The key the user identified with (the registered key for a registered user).
     pub pubkey: PublicKey,
+    /// The username of a registered user.
     pub name: Option<String>,
+    /// Whether the user logged in as a registered user.
     pub registered: bool,
 }
 
@@ -42,7 +47,9 @@ pub struct Attach {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Detach {
+    /// The session that attached the user (only it can detach it).
     pub conn_id: ConnId,
+    /// The user.
     pub user_id: UserId,
 }
 
@@ -50,8 +57,11 @@ pub struct Detach {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct UserFrame {
+    /// The user the session identified as.
     pub user_id: UserId,
+    /// The frame as received.
     pub env: Envelope,
+    /// Its parsed payload.
     pub msg: Message,
 }
 
@@ -85,8 +95,11 @@ pub struct ServerKey(pub ServerId);
 #[derive(Message)]
 #[rtype(result = "Result<(), Refusal>")]
 pub struct LinkUp {
+    /// The server at the other end, with its pinned key.
     pub peer: Peer,
+    /// The link and its handle.
     pub conn: Conn<Handle>,
+    /// Whether we dialled it (of two links, the one opened by the lower id stays).
     pub opened_by_me: bool,
 }
 
@@ -94,7 +107,9 @@ pub struct LinkUp {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LinkDown {
+    /// The server the link was to.
     pub server_id: ServerId,
+    /// The link's connection (a newer link to the same server is not affected).
     pub conn_id: ConnId,
 }
 
@@ -102,9 +117,13 @@ pub struct LinkDown {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LinkFrame {
+    /// The server whose link it came over.
     pub link: ServerId,
+    /// The frame, verified.
     pub env: Envelope,
+    /// Its parsed payload.
     pub msg: Message,
+    /// The frame text as received, for forwarding unchanged.
     pub raw: FrameText,
 }
 
@@ -112,7 +131,9 @@ pub struct LinkFrame {
 #[derive(Message)]
 #[rtype(result = "ServerWelcome")]
 pub struct JoinRequest {
+    /// The id the joining server asks for.
     pub requested: ServerId,
+    /// Where it listens, and its key.
     pub address: ServerAddress,
 }
 
@@ -175,8 +196,11 @@ pub enum LinkEvent {
 
 /// Where the router's side effects go: injected so tests can record them.
 pub struct RouterPorts {
+    /// Database changes.
     pub store: Recipient<StoreOp>,
+    /// Outbound links to open.
     pub dialer: Recipient<Dial>,
+    /// Links up, down and gone, for liveness and reconnects.
     pub liveness: Recipient<LinkEvent>,
 }
 

@@ -97,7 +97,9 @@ impl Handler<StoreOp> for Store {
 #[derive(Message)]
 #[rtype(result = "Result<Vec<String>, socp_db::Error>")]
 pub struct DirectoryPageQuery {
+    /// Start after this user id (absent: from the first).
     pub after: Option<UserId>,
+    /// At most this many records.
     pub limit: usize,
 }
 

@@ -43,7 +43,9 @@ pub type ConnId = u64;
 /// A session or link: its connection id and the handle to reach it.
 #[derive(Debug, Clone)]
 pub struct Conn<H> {
+    /// The connection id.
     pub id: ConnId,
+    /// The handle that reaches it.
     pub tx: H,
 }
 
@@ -75,9 +77,13 @@ pub enum Action<H> {
 /// A server we know: id, address and pinned key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
+    /// Its server id.
     pub server_id: ServerId,
+    /// The host other servers dial.
     pub host: String,
+    /// Its WebSocket port.
     pub port: u16,
+    /// Its pinned public key.
     pub pubkey: PublicKey,
 }
 
@@ -88,16 +94,23 @@ pub enum StoreOp {
     /// A user joined the public channel: the store wraps the group key for
     /// them (RSA-OAEP, off the event loop), keeps the row, and the version.
     PublicJoin {
+        /// The new member.
         user_id: UserId,
+        /// Its key (the group key is wrapped for it).
         pubkey: PublicKey,
+        /// The channel's group key.
         group_key: Arc<Vec<u8>>,
+        /// The channel version this join made.
         version: u64,
     },
     /// A user left the public channel (ephemeral users only: registered users
     /// stay members); the new version.
     PublicLeave {
+        /// The member who left.
         user_id: UserId,
+        /// Whether its row goes (ephemeral users) or stays (registered users).
         remove_row: bool,
+        /// The channel version this leave made.
         version: u64,
     },
     /// Remember a server for reconnecting after a restart.
@@ -105,15 +118,21 @@ pub enum StoreOp {
     /// Keep a directory record from another server, as its home server
     /// signed it (ready), within `cap` records per home server.
     Record {
+        /// The record.
         record: DirectoryRecord,
+        /// The record frame as its home server signed it.
         frame: SignedFrame,
+        /// Most records kept per home server.
         cap: usize,
     },
     /// Keep the signed record of a user registered here (the shell sends it
     /// once signed).
     OwnRecord {
+        /// The user.
         user_id: UserId,
+        /// The record's version (the user's row version).
         version: u64,
+        /// The record frame we signed.
         frame: SignedFrame,
     },
 }
@@ -135,6 +154,7 @@ pub struct RouterConfig {
     pub me: ServerId,
     /// Where other servers reach us.
     pub host: String,
+    /// Our WebSocket port.
     pub port: u16,
     /// Our public key (what SERVER_WELCOME lists for us).
     pub pubkey: PublicKey,
@@ -155,7 +175,9 @@ pub struct RouterConfig {
 pub struct PeerFrame<'a> {
     /// The link's server.
     pub link: &'a ServerId,
+    /// The frame, verified.
     pub env: &'a Envelope,
+    /// Its parsed payload.
     pub msg: Message,
     /// The frame text as received, for forwarding unchanged.
     pub raw: &'a FrameText,

@@ -13,6 +13,7 @@ pub struct Status {
     pub server_id: ServerId,
     /// Where other servers reach us.
     pub host: String,
+    /// Our WebSocket port.
     pub port: u16,
     /// A directory-only introducer hosts no users.
     pub introducer_only: bool,
@@ -32,8 +33,11 @@ pub struct Status {
 /// A known server in [`Status`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
+    /// Its id.
     pub server_id: ServerId,
+    /// The host we dial.
     pub host: String,
+    /// Its port.
     pub port: u16,
     /// Whether a link is up.
     pub link: LinkState,
@@ -43,14 +47,18 @@ pub struct ServerStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
+    /// A link is up.
     Up,
+    /// No link.
     Down,
 }
 
 /// A remote user in [`Status`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteUserStatus {
+    /// The user.
     pub user_id: UserId,
+    /// The server it is attached to.
     pub server_id: ServerId,
 }
 
