@@ -17,7 +17,6 @@
 //! with EFBIG instead of killing the process.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
-
 #![cfg(target_os = "linux")]
 
 mod common;

@@ -167,9 +167,10 @@ pub struct Remember(pub Peer);
 #[rtype(result = "()")]
 struct AnnounceMembership;
 
-/// Say goodbye to everyone and close every connection.
+/// Say goodbye to everyone and close every connection. The answer is the
+/// frames sent on the way out, so the caller can wait for them to be signed.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Vec<SignedFrame>")]
 pub struct Shutdown;
 
 /// Ask for a status snapshot (`/status`, `/metrics`).
@@ -548,16 +549,24 @@ impl Handler<Remember> for Router {
 }
 
 impl Handler<Shutdown> for Router {
-    type Result = ();
+    type Result = MessageResult<Shutdown>;
 
-    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
         // The links about to close are not to be retried.
         self.stopping = true;
         for peer in self.state.peers() {
             self.ports.liveness.do_send(LinkEvent::Gone(peer.server_id));
         }
         let actions = self.state.shutdown(now_ms());
+        let frames = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(_, f) | Action::SendNow(_, f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
         self.run(actions);
+        MessageResult(frames)
     }
 }
 

@@ -170,6 +170,18 @@ fn templates() -> Vec<(&'static str, Value)> {
             json!({"user_id": "alice", "privkey_store": "s", "nonce": "n"}),
         ),
         ("CTRL_CLOSE", json!({})),
+        (
+            "DIRECTORY_RECORD",
+            json!({"user_id": "alice", "username": "alice", "pubkey": pk,
+                   "home_server": "srv-1", "privkey_store": "s",
+                   "registered_at": 1, "version": 1}),
+        ),
+        ("DIRECTORY_SYNC", json!({"after": "alice"})),
+        (
+            "DIRECTORY_PAGE",
+            json!({"records": [{"type": "DIRECTORY_RECORD"}], "next": "bob"}),
+        ),
+        ("USER_RENAME", json!({"username": "alice2"})),
     ];
     for (kind, content) in [
         ("dm", dm),

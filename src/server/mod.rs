@@ -25,6 +25,7 @@ use socp_actors::introducer::{join_any, Bootstrap, IntroducerLink};
 use socp_actors::peer::Dialer;
 use socp_actors::ports::{RouterPort, StorePort};
 use socp_actors::router::{GetStatus, Joined, Router, RouterPorts, Shutdown};
+use socp_actors::routing::LinkState;
 use socp_actors::routing::{Peer, RouterConfig, RouterState, Signer};
 use socp_actors::store::Store;
 use socp_actors::{Settings, Shared};
@@ -127,6 +128,9 @@ pub struct RunningServer {
     beat: Arbiter,
 }
 
+/// The longest a graceful shutdown waits for its goodbyes to be written.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 impl RunningServer {
     /// The `/status` snapshot as JSON (what `/status` serves).
     pub async fn status(&self) -> serde_json::Value {
@@ -138,10 +142,32 @@ impl RunningServer {
 
     /// Graceful shutdown: SERVER_GOODBYE and USER_REMOVE to every server,
     /// close code 1000 to everyone, then stop listening and stop every actor.
+    /// It waits for the goodbye frames to be signed and for every session and
+    /// link to close (their transports write what was queued, then the close
+    /// frame), for at most [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) {
-        let _ = self.router.send(Shutdown).await;
-        // Give the goodbye frames a moment to be signed and written.
-        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        let deadline = actix_web::rt::time::Instant::now() + SHUTDOWN_GRACE;
+        if let Ok(frames) = self.router.send(Shutdown).await {
+            let signed = futures_util::future::join_all(frames.iter().map(|f| f.text()));
+            let left = deadline.saturating_duration_since(actix_web::rt::time::Instant::now());
+            if actix_web::rt::time::timeout(left, signed)
+                .await
+                .is_err()
+            {
+                log::warn!("shutdown: goodbye frames still being signed; stopping anyway");
+            }
+        }
+        while actix_web::rt::time::Instant::now() < deadline {
+            match self.router.send(GetStatus).await {
+                Ok(s)
+                    if !s.local_users.is_empty()
+                        || s.servers.iter().any(|x| x.link == LinkState::Up) =>
+                {
+                    actix_web::rt::time::sleep(Duration::from_millis(20)).await
+                }
+                _ => break,
+            }
+        }
         self.handle.stop(true).await;
         // Dropping `self` stops the actors.
     }

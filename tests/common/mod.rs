@@ -74,9 +74,21 @@ pub fn config_with(
 }
 
 /// A loopback address where nothing listens (a port bound, then released).
+/// Picked below the kernel's ephemeral range (32768 and up on Linux), so
+/// that no outgoing connection of a test running alongside takes it before
+/// the test binds it.
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds a free port");
-    listener.local_addr().expect("has an address")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread test binaries over the range by process id; probe upward.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 2_000) as u16 * 10;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+        let port = 10_000 + (base - 10_000 + offset) % 22_000;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("has an address");
+        }
+    }
 }
 
 /// Start a server with fixture key `key`, joining through `bootstrap`.

@@ -87,9 +87,18 @@ impl ClientSession {
         ctx.address().recipient()
     }
 
-    /// Sign and queue a frame to the user.
+    /// Sign and queue a frame to the user. `to` is the frame's `from` as
+    /// the user wrote it; the reply goes to this connection whatever its `to`
+    /// says, so one that does not parse (bad input being answered) is
+    /// addressed to `*`, said in the log.
     fn reply(&mut self, ctx: &mut Context<Self>, to: &str, msg: Message) {
-        let to = To::parse(to).unwrap_or(To::All);
+        let to = To::parse(to).unwrap_or_else(|_| {
+            log::debug!(
+                "session {}: reply to an unparseable `from`, as `*`",
+                self.conn_id
+            );
+            To::All
+        });
         let frame =
             self.shared
                 .pool
