@@ -10,11 +10,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// [`ErrorCode::Other`] so it can be shown to a person as it arrived.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    /// `USER_NOT_FOUND`: the recipient is online nowhere in the mesh, or a
+    /// LOGIN_REQUEST names no registered user.
     UserNotFound,
+    /// `INVALID_SIG`: a transport or content signature did not verify.
     InvalidSig,
+    /// `BAD_KEY`: a key is unreadable or not RSA-4096 with exponent 65537, or
+    /// a `sender_pub` is not the key its sender identified with.
     BadKey,
+    /// `TIMEOUT`: the other side did not answer in time. socp servers do not
+    /// send it.
     Timeout,
+    /// `UNKNOWN_TYPE`: the envelope `type` (or a COMMAND's `cmd`) is not
+    /// known; the connection stays open.
     UnknownType,
+    /// `NAME_IN_USE`: the user id or username is already attached or
+    /// registered.
     NameInUse,
     /// [ext] malformed frame: bad JSON, wrong types, missing fields.
     BadRequest,
@@ -108,42 +119,92 @@ pub(crate) const BAD_KEY_PREFIX: &str = "bad key: ";
 /// crypto failure with the right `ERROR` frame.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A frame over the size limit (TOO_LARGE).
     #[error("input of {size} bytes is over the limit of {limit}")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The frame is not valid JSON (BAD_REQUEST).
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// The frame's JSON is not an object (BAD_REQUEST).
     #[error("the frame is not a JSON object")]
     NotAnObject,
+    /// A required envelope field is absent (BAD_REQUEST).
     #[error("missing field `{0}`")]
     MissingField(&'static str),
+    /// An envelope field, or the payload as a whole, has the wrong type or
+    /// an invalid value (BAD_REQUEST).
     #[error("field `{field}`: {reason}")]
-    InvalidField { field: &'static str, reason: String },
+    InvalidField {
+        /// The field's wire name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The payload does not fit its message type: a missing field, a wrong
+    /// type, a bad value (BAD_REQUEST).
     #[error("invalid payload for {msg_type}: {reason}")]
-    InvalidPayload { msg_type: String, reason: String },
+    InvalidPayload {
+        /// The envelope `type`.
+        msg_type: String,
+        /// The deserialiser's description of the problem.
+        reason: String,
+    },
+    /// An envelope `type` not known here, cut to 64 characters
+    /// (UNKNOWN_TYPE).
     #[error("unknown message type `{0}`")]
     UnknownType(String),
+    /// An id, username, file id or `to` not of the accepted form
+    /// (BAD_REQUEST).
     #[error("invalid identifier: {0}")]
     InvalidId(String),
+    /// Text that is not base64url, or is wrongly padded (BAD_REQUEST).
     #[error("invalid base64url: {0}")]
     BadBase64(String),
+    /// A key that cannot be read or is not RSA-4096 with exponent 65537, or
+    /// a private key file that is malformed or asks for too much key
+    /// derivation work (BAD_KEY).
     #[error("bad key: {0}")]
     BadKey(String),
+    /// A signature that does not verify, or a missing `sig` where one is
+    /// required (INVALID_SIG).
     #[error("signature does not verify")]
     InvalidSignature,
+    /// Plaintext longer than one RSA-OAEP block carries (TOO_LARGE).
     #[error("plaintext of {len} bytes is over the {max}-byte RSA-OAEP block limit")]
-    PlaintextTooLong { len: usize, max: usize },
+    PlaintextTooLong {
+        /// The plaintext's length in bytes.
+        len: usize,
+        /// The most one block carries, in bytes (446).
+        max: usize,
+    },
+    /// RSA-OAEP decryption failed: not one 512-byte block, the wrong key, or
+    /// damaged ciphertext (BAD_REQUEST).
     #[error("decryption failed")]
     Decrypt,
+    /// RSA-OAEP encryption failed (BAD_REQUEST).
     #[error("encryption failed: {0}")]
     Encrypt(String),
+    /// Signing failed (BAD_REQUEST).
     #[error("signing failed: {0}")]
     Sign(String),
+    /// A password-protected private key did not open: wrong password or
+    /// damaged file (AUTH_FAILED).
     #[error("wrong password or damaged key file")]
     WrongPassword,
+    /// Key generation failed (BAD_REQUEST).
     #[error("key generation failed: {0}")]
     KeyGen(String),
+    /// A `ts` outside the accepted window (BAD_REQUEST).
     #[error("timestamp {ts} is outside the accepted window")]
-    Stale { ts: i64 },
+    Stale {
+        /// The rejected `ts` (Unix ms).
+        ts: i64,
+    },
 }
 
 impl Error {

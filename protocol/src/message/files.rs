@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileMode {
+    /// `"dm"`: to one user, the envelope `to`.
     Dm,
+    /// `"public"`: to every public channel member, one copy per member.
+    /// socp clients send `dm` only.
     Public,
 }
 
@@ -80,12 +83,19 @@ fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D:
 /// `FILE_START {file_id, name, size, sha256, mode}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileStart {
+    /// Names the transfer: its FILE_CHUNKs and FILE_END carry the same id.
     pub file_id: FileId,
+    /// The sender's file name, 1–[`MAX_FILE_NAME`] bytes; the receiver saves
+    /// under a safe base name made from it.
     #[serde(deserialize_with = "file_name")]
     pub name: String,
+    /// The file's length in bytes (before encryption).
     pub size: u64,
+    /// SHA-256 of the whole file, 64 hex digits (lower-cased on input); the
+    /// receiver checks it after reassembly.
     #[serde(deserialize_with = "sha256_hex")]
     pub sha256: String,
+    /// Who receives the file; absent reads as `dm`.
     #[serde(default = "dm_mode")]
     pub mode: FileMode,
 }
@@ -98,11 +108,23 @@ fn dm_mode() -> FileMode {
 /// `content_sig` (over `ciphertext ‖ from ‖ to ‖ ts`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileChunk {
+    /// The transfer this chunk belongs to.
     pub file_id: FileId,
+    /// The chunk's position in the file, counted from 0; the receiver
+    /// reassembles by index.
     pub index: u64,
+    /// At most 446 bytes of the file encrypted with RSA-OAEP-SHA256 to the
+    /// recipient's key, base64url.
     pub ciphertext: Base64Url,
+    /// \[ext\] The sender's public key (base64url DER SubjectPublicKeyInfo),
+    /// sent with `content_sig`; with both present the sender's server refuses
+    /// it (BAD_KEY) unless it is the key the sender identified with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_pub: Option<PublicKey>,
+    /// \[ext\] RSASSA-PSS-SHA256 by the sender over the UTF-8 of
+    /// `ciphertext + from + to + ts`, as for a DM, base64url. When present
+    /// with `sender_pub`, the sender's server and the receiving client verify
+    /// it; a chunk without it is accepted unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_sig: Option<Signature>,
 }
@@ -110,5 +132,6 @@ pub struct FileChunk {
 /// `FILE_END {file_id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEnd {
+    /// The transfer that is complete.
     pub file_id: FileId,
 }

@@ -206,11 +206,22 @@ pub struct UserHello {
     /// Client software name and version (free text).
     #[serde(default)]
     pub client: String,
+    /// The user's RSA-4096 public key (base64url DER SubjectPublicKeyInfo; PEM
+    /// accepted on input): the key it signs with and that the server
+    /// advertises for it. For a registered id it must be the registered key,
+    /// else AUTH_FAILED (SPEC.md §6.1).
     pub pubkey: PublicKey,
+    /// A separate encryption key; absent means `pubkey` (SPEC.md §11). socp
+    /// servers do not read it and socp clients do not send it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enc_pubkey: Option<PublicKey>,
+    /// Free-form profile data from the user. socp servers ignore it (an
+    /// advert's `meta` is the server's own) and socp clients send none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
+    /// \[ext\] The `nonce` of the LOGIN_CHALLENGE this hello answers: required
+    /// for a registered id, single use, valid for 2 minutes, and covered by
+    /// the hello's `sig` (SPEC.md §6.1, §7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
 }
@@ -219,8 +230,14 @@ pub struct UserHello {
 /// and SERVER_ANNOUNCE.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerAddress {
+    /// Host name or address where the sending server accepts connections
+    /// (socp: `--public-host`, else the host it binds).
     pub host: String,
+    /// The port of that listener.
     pub port: u16,
+    /// The sending server's RSA-4096 public key (base64url DER
+    /// SubjectPublicKeyInfo): receivers pin it to the server id and verify
+    /// the server's frames with it (SPEC.md §5.1, §5.2).
     pub pubkey: PublicKey,
 }
 
@@ -242,18 +259,28 @@ pub struct ServerAnnounce(pub ServerAddress);
 /// One server in a SERVER_WELCOME.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
+    /// The server's id.
     pub server_id: ServerId,
+    /// Where it accepts connections: the joiner links to `host:port`.
     pub host: String,
+    /// Its port.
     pub port: u16,
+    /// Its RSA-4096 public key (base64url DER SubjectPublicKeyInfo), which
+    /// the joiner pins to `server_id`.
     pub pubkey: PublicKey,
 }
 
 /// One online user in a SERVER_WELCOME.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientInfo {
+    /// The user's id.
     pub user_id: UserId,
+    /// The server the user is attached to.
     pub server_id: ServerId,
+    /// The user's RSA-4096 public key (base64url DER SubjectPublicKeyInfo).
     pub pubkey: PublicKey,
+    /// The user's advert `meta`, if any (socp writes `{name}` for its own
+    /// users that have a name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
 }
@@ -261,9 +288,17 @@ pub struct ClientInfo {
 /// `SERVER_WELCOME {assigned_id, servers, clients}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerWelcome {
+    /// The id the joiner is to use: the id it asked with (its `from`) unless
+    /// that is the introducer's own or a known server's with another key,
+    /// then a fresh UUID v4. Required here: a welcome without it, or with
+    /// null, does not parse.
     pub assigned_id: ServerId,
+    /// The servers the joiner is to link to: socp lists itself first, then
+    /// the other servers it knows (not the joiner). Absent reads as empty.
     #[serde(default)]
     pub servers: Vec<ServerInfo>,
+    /// Every user online in the mesh as the introducer knows it. Absent
+    /// reads as empty.
     #[serde(default)]
     pub clients: Vec<ClientInfo>,
 }
@@ -283,9 +318,19 @@ pub struct CtrlClose {}
 /// `USER_ADVERTISE {user_id, server_id, pubkey, meta}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserAdvertise {
+    /// The user that is attached.
     pub user_id: UserId,
+    /// The server it is attached to; must equal the envelope `from` (a
+    /// server advertises only its own users, SPEC.md §5.3).
     pub server_id: ServerId,
+    /// The user's RSA-4096 public key (base64url DER SubjectPublicKeyInfo):
+    /// what clients encrypt to and check a delivery's `sender_pub` against.
     pub pubkey: PublicKey,
+    /// Profile data. socp writes `{name, registered: true, home}` for a
+    /// registered user (`home`: the server that registered it; `name` absent
+    /// while it holds none) and `{name}` for an unregistered user with a
+    /// name. Readers take the display name from `name`, `username` or
+    /// `display_name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
     /// [ext] The origin's presence sequence number: grows with every presence
@@ -298,7 +343,10 @@ pub struct UserAdvertise {
 /// `USER_REMOVE {user_id, server_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRemove {
+    /// The user that left.
     pub user_id: UserId,
+    /// The server it was attached to: receivers remove the user only if
+    /// their mapping still points to this server (SPEC.md §5.3).
     pub server_id: ServerId,
     /// [ext] The origin's presence sequence number (see [`UserAdvertise::seq`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,8 +356,17 @@ pub struct UserRemove {
 /// `MSG_DIRECT {ciphertext, sender_pub, content_sig}` (SPEC.md §6.3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MsgDirect {
+    /// The text (at most 446 bytes of UTF-8) encrypted with RSA-OAEP-SHA256
+    /// to the recipient's key, base64url; longer text is sent as several
+    /// frames. The server never decrypts it.
     pub ciphertext: Base64Url,
+    /// The sender's public key (base64url DER SubjectPublicKeyInfo): its
+    /// server refuses it (BAD_KEY) unless it is the key the sender identified
+    /// with, and the recipient's client unless it is the advertised key.
     pub sender_pub: PublicKey,
+    /// RSASSA-PSS-SHA256 by the sender over the UTF-8 of
+    /// `ciphertext + from + to + ts` (the base64url text, envelope ids, `ts`
+    /// in decimal), base64url (SPEC.md §6.3).
     pub content_sig: Signature,
 }
 
@@ -321,11 +378,21 @@ fn public_group() -> String {
 /// (SPEC.md §6.4): one frame per member, `to` = that member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MsgPublicChannel {
+    /// The text (at most 446 bytes of UTF-8) encrypted with RSA-OAEP-SHA256
+    /// to this member's key, base64url.
     pub ciphertext: Base64Url,
+    /// The sender's public key (base64url DER SubjectPublicKeyInfo), checked
+    /// as for a DM.
     pub sender_pub: PublicKey,
+    /// RSASSA-PSS-SHA256 by the sender over the UTF-8 of
+    /// `ciphertext + from + ts` (no `to`), base64url (SPEC.md §6.4).
     pub content_sig: Signature,
+    /// The channel: `"public"`, which is also what an absent field reads
+    /// as. socp servers do not check it.
     #[serde(default = "public_group")]
     pub group_id: String,
+    /// The channel version the sender knew, if it says. socp clients leave
+    /// it out and socp servers do not read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_version: Option<u64>,
 }
@@ -333,21 +400,32 @@ pub struct MsgPublicChannel {
 /// `PUBLIC_CHANNEL_ADD {add, if_version}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublicChannelAdd {
+    /// The members added in this version.
     pub add: Vec<UserId>,
+    /// The channel version before this change; the PUBLIC_CHANNEL_UPDATED
+    /// sent with it carries the new one.
     pub if_version: u64,
 }
 
 /// One member's wrapped group key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Wrap {
+    /// The member this wrap is for.
     pub member_id: UserId,
+    /// The channel's random 256-bit group key encrypted with RSA-OAEP-SHA256
+    /// to the member's key, base64url. In socp the group key encrypts
+    /// nothing (SPEC.md §6.4).
     pub wrapped_key: Base64Url,
 }
 
 /// `PUBLIC_CHANNEL_UPDATED {version, wraps}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublicChannelUpdated {
+    /// The new channel version: it grows on every membership change, and
+    /// receiving servers raise their own to at least this.
     pub version: u64,
+    /// One wrap per member added in this version (empty when members only
+    /// left). Absent reads as empty.
     #[serde(default)]
     pub wraps: Vec<Wrap>,
 }
@@ -355,15 +433,24 @@ pub struct PublicChannelUpdated {
 /// One share of a PUBLIC_CHANNEL_KEY_SHARE.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyShare {
+    /// The member this share is for; servers route a copy of the frame to it.
     pub member: UserId,
+    /// The channel key encrypted to that member's key, base64url (opaque to
+    /// socp).
     pub wrapped_public_channel_key: Base64Url,
 }
 
 /// `PUBLIC_CHANNEL_KEY_SHARE {shares, creator_pub, content_sig}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublicChannelKeyShare {
+    /// One share per member.
     pub shares: Vec<KeyShare>,
+    /// The public key of the user who made the shares (base64url DER
+    /// SubjectPublicKeyInfo).
     pub creator_pub: PublicKey,
+    /// RSASSA-PSS-SHA256 by the creator over the canonical JSON of `shares`
+    /// followed by `creator_pub` in its wire form, base64url. socp servers
+    /// route the frame without checking it.
     pub content_sig: Signature,
 }
 
@@ -371,10 +458,15 @@ pub struct PublicChannelKeyShare {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeliverContent {
+    /// `kind: "dm"` (or no `kind`): the fields of a MSG_DIRECT.
     Dm(MsgDirect),
+    /// `kind: "public"`: the fields of a MSG_PUBLIC_CHANNEL.
     Public(MsgPublicChannel),
+    /// `kind: "file_start"`: the fields of a FILE_START.
     FileStart(FileStart),
+    /// `kind: "file_chunk"`: the fields of a FILE_CHUNK.
     FileChunk(FileChunk),
+    /// `kind: "file_end"`: the fields of a FILE_END.
     FileEnd(FileEnd),
 }
 
@@ -436,6 +528,8 @@ pub struct ServerDeliver {
     /// The sender's envelope `ts` (what content signatures cover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orig_ts: Option<i64>,
+    /// The content: its `kind` and that kind's fields, flattened into the
+    /// payload.
     #[serde(flatten)]
     pub content: DeliverContent,
 }
@@ -443,9 +537,15 @@ pub struct ServerDeliver {
 /// `USER_DELIVER {sender, orig_ts, kind, ...}` (SPEC.md §6.3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserDeliver {
+    /// The sending user's id (the `from` of its original frame).
     pub sender: UserId,
+    /// The sender's envelope `ts` (Unix ms), which its content signature
+    /// covers. socp servers always set it; when it is absent the receiver
+    /// uses the envelope `ts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orig_ts: Option<i64>,
+    /// The content: its `kind` and that kind's fields, flattened into the
+    /// payload.
     #[serde(flatten)]
     pub content: DeliverContent,
 }
@@ -457,7 +557,9 @@ pub struct ListRequest {}
 /// One online user in a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListedUser {
+    /// The user's id.
     pub user_id: UserId,
+    /// The server it is attached to.
     pub server_id: ServerId,
     /// Display name: the username if registered, else the id.
     #[serde(default)]
@@ -467,19 +569,25 @@ pub struct ListedUser {
 /// `LIST_RESPONSE {users}`, sorted by name, then id.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListResponse {
+    /// Every user attached to the answering server or to a server it has a
+    /// live link to.
     pub users: Vec<ListedUser>,
 }
 
 /// `COMMAND {cmd}` (the first seed's `/list`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Command {
+    /// The command: socp servers answer `list` (any case) and reply
+    /// UNKNOWN_TYPE to anything else.
     pub cmd: String,
 }
 
 /// `COMMAND_RESPONSE {cmd, users}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandResponse {
+    /// The request's `cmd`, as it was sent.
     pub cmd: String,
+    /// For `list`: the same rows as LIST_RESPONSE. Absent reads as empty.
     #[serde(default)]
     pub users: Vec<ListedUser>,
 }
@@ -487,13 +595,18 @@ pub struct CommandResponse {
 /// `ACK {msg_ref}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ack {
+    /// What is acknowledged: socp servers send `"USER_HELLO"` once a hello is
+    /// accepted, and socp clients wait for it.
     pub msg_ref: String,
 }
 
 /// `ERROR {code, detail}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorPayload {
+    /// The error code (SPEC.md §6.6); a code not known here is kept as it
+    /// arrived.
     pub code: ErrorCode,
+    /// Free text for people. Absent reads as empty.
     #[serde(default)]
     pub detail: String,
 }
