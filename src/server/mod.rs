@@ -150,10 +150,7 @@ impl RunningServer {
         if let Ok(frames) = self.router.send(Shutdown).await {
             let signed = futures_util::future::join_all(frames.iter().map(|f| f.text()));
             let left = deadline.saturating_duration_since(actix_web::rt::time::Instant::now());
-            if actix_web::rt::time::timeout(left, signed)
-                .await
-                .is_err()
-            {
+            if actix_web::rt::time::timeout(left, signed).await.is_err() {
                 log::warn!("shutdown: goodbye frames still being signed; stopping anyway");
             }
         }
