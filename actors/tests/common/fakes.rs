@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
+use socp_actors::crypto::FrameText;
 use socp_actors::error::Refusal;
 use socp_actors::ports::{RouterPort, StorePort};
 use socp_actors::router::{
@@ -43,6 +44,10 @@ pub enum Call {
     LinkFrame {
         link: ServerId,
         msg_type: String,
+        /// The frame's `from`.
+        from: String,
+        /// The frame as it arrived.
+        raw: FrameText,
     },
     Join(ServerId),
     Joined(ServerId),
@@ -96,14 +101,26 @@ impl Router {
 
     /// Every call so far, once the router handled what was sent before.
     pub async fn calls(&self) -> Vec<Call> {
+        let flush = ServerId::parse("flush").expect("an id");
         self.addr
-            .send(ServerKey(ServerId::parse("flush").expect("an id")))
+            .send(ServerKey(flush.clone()))
             .await
             .expect("fake router alive");
         let mut calls = lock(&self.calls).clone();
-        // The flush itself.
-        calls.pop();
+        // The flush itself (not necessarily the last call: others may have
+        // been handled since).
+        if let Some(at) = calls
+            .iter()
+            .rposition(|c| *c == Call::ServerKey(flush.clone()))
+        {
+            calls.remove(at);
+        }
         calls
+    }
+
+    /// The calls so far, without waiting for anything in flight.
+    pub fn calls_now(&self) -> Vec<Call> {
+        lock(&self.calls).clone()
     }
 }
 
@@ -191,6 +208,8 @@ impl Handler<LinkFrame> for FakeRouter {
         self.log(Call::LinkFrame {
             link: m.link,
             msg_type: m.msg.msg_type().as_str().to_owned(),
+            from: m.env.from().to_owned(),
+            raw: m.raw,
         });
     }
 }
@@ -234,25 +253,55 @@ impl Handler<SyncedRecord> for FakeRouter {
     }
 }
 
-/// A store over a map of registered users.
+/// What a fake keeps and a test reads.
+type Shelf<T> = Arc<Mutex<Vec<T>>>;
+
+/// A store over a map of registered users, and a scripted directory.
 pub struct FakeStore {
     users: Arc<Mutex<Vec<UserRecord>>>,
+    directory: Shelf<(UserId, String)>,
+    pages: Shelf<(Option<UserId>, usize)>,
 }
 
 /// A started fake store.
 pub struct Store {
     pub addr: Addr<FakeStore>,
     pub users: Arc<Mutex<Vec<UserRecord>>>,
+    /// The directory record frames pages are served from: `(user id, frame
+    /// text)`, kept in user id order.
+    pub directory: Shelf<(UserId, String)>,
+    /// The page queries asked so far, as `(after, limit)`.
+    pub pages: Shelf<(Option<UserId>, usize)>,
 }
 
 impl Store {
     pub fn start(users: Vec<UserRecord>) -> Self {
         let users = Arc::new(Mutex::new(users));
+        let directory = Arc::new(Mutex::new(Vec::new()));
+        let pages = Arc::new(Mutex::new(Vec::new()));
         let addr = FakeStore {
             users: users.clone(),
+            directory: directory.clone(),
+            pages: pages.clone(),
         }
         .start();
-        Store { addr, users }
+        Store {
+            addr,
+            users,
+            directory,
+            pages,
+        }
+    }
+
+    /// Serve directory pages from these record frames (any order).
+    pub fn set_directory(&self, mut records: Vec<(UserId, String)>) {
+        records.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        *lock(&self.directory) = records;
+    }
+
+    /// The page queries asked so far, as `(after, limit)`.
+    pub fn page_queries(&self) -> Vec<(Option<UserId>, usize)> {
+        lock(&self.pages).clone()
     }
 
     pub fn port(&self) -> StorePort {
@@ -311,8 +360,14 @@ impl Handler<Rename> for FakeStore {
 
 impl Handler<DirectoryPageQuery> for FakeStore {
     type Result = Result<Vec<String>, socp_db::Error>;
-    fn handle(&mut self, _: DirectoryPageQuery, _: &mut Context<Self>) -> Self::Result {
-        Ok(Vec::new())
+    fn handle(&mut self, m: DirectoryPageQuery, _: &mut Context<Self>) -> Self::Result {
+        lock(&self.pages).push((m.after.clone(), m.limit));
+        Ok(lock(&self.directory)
+            .iter()
+            .filter(|(id, _)| m.after.as_ref().is_none_or(|a| id.as_str() > a.as_str()))
+            .take(m.limit)
+            .map(|(_, text)| text.clone())
+            .collect())
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fakes;
+pub mod loopback;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
