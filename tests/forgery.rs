@@ -117,8 +117,11 @@ async fn forged_user_advertise_is_refused() {
             "alice was told about forged user {u}"
         );
     }
-    // (a), (b) and (d) are answered INVALID_SIG; (c) is dropped silently.
-    for _ in 0..3 {
+    // (a) and (b), the link's own frames, are answered INVALID_SIG; (c) is
+    // dropped silently; (d) claims another origin, so from the link's point
+    // of view it is relayed: it cannot be held against the link (which may
+    // be honest and relaying a server it trusts), and is dropped and counted.
+    for _ in 0..2 {
         fake.peer
             .expect(WAIT, "INVALID_SIG", error_code("INVALID_SIG"))
             .await;
@@ -128,7 +131,16 @@ async fn forged_user_advertise_is_refused() {
             .count(Duration::from_millis(300), error_code("INVALID_SIG"))
             .await,
         0,
-        "exactly three INVALID_SIG errors"
+        "exactly two INVALID_SIG errors"
+    );
+    let metrics = http_get(a.addr, "/metrics").await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "socp_relayed_unverifiable_total{type=\"USER_ADVERTISE\"}"
+        ),
+        1,
+        "{metrics}"
     );
     assert!(fake.peer.closed.is_none(), "the link survives bad frames");
 }

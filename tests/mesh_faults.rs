@@ -599,24 +599,6 @@ async fn chat(addr: SocketAddr, keys: (usize, usize), text: &str) -> (User, User
     (alice, bob)
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut resp = awc::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .send()
-        .await
-        .expect("HTTP request");
-    let body = resp.body().await.expect("HTTP body");
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// The value of a counter line `name` in Prometheus text, 0 if absent.
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[actix_rt::test]
 async fn a_thousand_connections_that_never_identify_are_closed_and_users_are_served() {
     raise_fd_limit(4096);

@@ -13,6 +13,7 @@
 //! - [`metrics`]: counters of every rejection, for `/metrics`.
 
 pub mod crypto;
+pub mod episode;
 pub mod error;
 pub mod heartbeat;
 pub mod introducer;
@@ -64,6 +65,8 @@ pub struct Settings {
     pub ts_window_ms: i64,
     /// Most directory records kept per other server (SPEC.md §6.1 [ext]).
     pub directory_cap: usize,
+    /// What linked servers may make this server hold or do.
+    pub budgets: routing::Budgets,
     /// TLS for the links this server opens to other servers and introducers:
     /// `None` dials `ws://`, `Some` dials `wss://` and verifies the other side
     /// against these roots. Server addresses (SPEC's SERVER_ANNOUNCE, server
@@ -86,6 +89,7 @@ impl Default for Settings {
             hello_window_ms: 2 * 60 * 1000,
             ts_window_ms: socp_protocol::envelope::TS_WINDOW_MS,
             directory_cap: 10_000,
+            budgets: routing::Budgets::default(),
             tls: None,
         }
     }

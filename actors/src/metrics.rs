@@ -15,6 +15,9 @@ pub mod family {
     pub const CLOSES: &str = "socp_connections_closed_total";
     /// Frames received, by kind of peer (`user`, `server`).
     pub const FRAMES_IN: &str = "socp_frames_received_total";
+    /// Frames relayed by a linked server that could not be verified (their
+    /// origin is unknown here, or the signature fails), dropped, by type.
+    pub const RELAYED_UNVERIFIABLE: &str = "socp_relayed_unverifiable_total";
 }
 
 /// Shared counters (cheap: one short lock per event).
@@ -46,6 +49,7 @@ impl Metrics {
         let label_name = |family: &str| match family {
             family::CLOSES => "code",
             family::FRAMES_IN => "from",
+            family::RELAYED_UNVERIFIABLE => "type",
             _ => "code",
         };
         if let Ok(c) = self.counters.lock() {

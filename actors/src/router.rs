@@ -476,7 +476,7 @@ impl Handler<Joined> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Joined, _: &mut Self::Context) {
-        let (to_link, actions) = self.state.apply_welcome(&msg.0);
+        let (to_link, actions) = self.state.apply_welcome(&msg.0, now_ms());
         self.run(actions);
         for peer in to_link {
             self.ports.dialer.do_send(Dial(peer));
@@ -488,7 +488,9 @@ impl Handler<SendHeartbeats> for Router {
     type Result = ();
 
     fn handle(&mut self, _: SendHeartbeats, _: &mut Self::Context) {
-        let actions = self.state.heartbeat(now_ms());
+        let now = now_ms();
+        self.state.forget_unreachable(now);
+        let actions = self.state.heartbeat(now);
         self.run(actions);
         self.rounds += 1;
         if self.rounds % 4 == 1 {
@@ -522,6 +524,16 @@ impl Handler<Reconnect> for Router {
         if self.stopping || self.state.is_linked(&msg.0) {
             return;
         }
+        // A server only announced to us got its one dial, which failed: it
+        // is forgotten, not retried (it links to us itself if it is real).
+        if self.state.forget_unearned(&msg.0) {
+            log::info!(
+                "server {} was announced but cannot be reached: forgotten",
+                msg.0
+            );
+            self.ports.liveness.do_send(LinkEvent::Gone(msg.0));
+            return;
+        }
         if let Some(peer) = self
             .state
             .peers()
@@ -537,8 +549,8 @@ impl Handler<Remember> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Remember, _: &mut Self::Context) {
-        match self.state.learn_server(msg.0.clone()) {
-            Ok(_) => {
+        match self.state.remember_server(msg.0.clone()) {
+            Ok(()) => {
                 if !self.state.is_linked(&msg.0.server_id) {
                     self.ports.dialer.do_send(Dial(msg.0));
                 }

@@ -5,6 +5,8 @@
 //! Waiting: for an expected effect, with a generous deadline that only turns
 //! a hang into a failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

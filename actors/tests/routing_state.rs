@@ -45,6 +45,7 @@ fn config(me: &str) -> RouterConfig {
         public_version: START_VERSION,
         presence_seq: 1,
         directory_cap: 10_000,
+        budgets: Default::default(),
     }
 }
 
@@ -455,7 +456,7 @@ fn an_id_held_at_an_unlinked_server_is_not_in_use() {
             meta: None,
         }],
     };
-    st.apply_welcome(&welcome);
+    st.apply_welcome(&welcome, NOW);
     assert_eq!(
         location(&st, "ghost"),
         None,
@@ -906,7 +907,7 @@ fn content_for_an_unreachable_user_is_answered_user_not_found() {
             meta: None,
         }],
     };
-    st.apply_welcome(&welcome);
+    st.apply_welcome(&welcome, NOW);
     assert!(st.is_online(&uid("dora")));
     let a = from_user(
         &mut st,
@@ -1069,21 +1070,24 @@ fn an_advertise_cannot_take_over_a_live_user() {
 fn an_advertise_for_a_user_whose_server_is_unreachable_is_accepted() {
     let (mut st, _) = mesh();
     // dora is listed at srv-d, which we know but are not linked to.
-    st.apply_welcome(&ServerWelcome {
-        assigned_id: sid("srv-a"),
-        servers: vec![ServerInfo {
-            server_id: sid("srv-d"),
-            host: "10.0.0.3".into(),
-            port: 9003,
-            pubkey: pk(3),
-        }],
-        clients: vec![ClientInfo {
-            user_id: uid("dora"),
-            server_id: sid("srv-d"),
-            pubkey: pk(15),
-            meta: None,
-        }],
-    });
+    st.apply_welcome(
+        &ServerWelcome {
+            assigned_id: sid("srv-a"),
+            servers: vec![ServerInfo {
+                server_id: sid("srv-d"),
+                host: "10.0.0.3".into(),
+                port: 9003,
+                pubkey: pk(3),
+            }],
+            clients: vec![ClientInfo {
+                user_id: uid("dora"),
+                server_id: sid("srv-d"),
+                pubkey: pk(15),
+                meta: None,
+            }],
+        },
+        NOW,
+    );
     let moved = advert_from("srv-c", "dora", 15);
     let a = feed(&mut st, "srv-c", &moved);
     assert_eq!(receivers_of(&a, "USER_ADVERTISE"), ["alice", "link-b"]);
@@ -1299,7 +1303,10 @@ fn server_announce_is_learnt_forwarded_and_linked() {
     assert_eq!(raw_to(&a, "link-c"), std::slice::from_ref(&announce.raw));
     assert_eq!(receivers_of(&a, "SERVER_ANNOUNCE"), ["link-c"]);
     assert_eq!(connects(&a), [peer("srv-d", 3)]);
-    assert_eq!(stores(&a), [StoreOp::KnownServer(peer("srv-d", 3))]);
+    assert!(
+        stores(&a).is_empty(),
+        "stored only once a link to it comes up"
+    );
     assert_eq!(st.server_key(&sid("srv-d")), Some(&pk(3)));
     assert!(feed(&mut st, "srv-b", &announce).is_empty(), "replay");
 
@@ -1457,15 +1464,8 @@ fn link_down_drops_the_servers_users_only_for_the_current_link() {
 fn learn_server_pins_each_id_to_one_key() {
     let mut st = router("srv-a");
     let b = peer("srv-b", 1);
-    assert_eq!(
-        stores(
-            &st.learn_server(b.clone())
-                .expect("new")
-                .into_iter()
-                .collect::<Vec<_>>()
-        ),
-        [StoreOp::KnownServer(b.clone())]
-    );
+    // Learning writes nothing: a server is stored once a link to it is up.
+    assert!(st.learn_server(b.clone()).expect("new").is_none());
     assert!(st.learn_server(b.clone()).expect("same").is_none());
     let refused = st.learn_server(peer("srv-b", 2));
     assert_eq!(refused.expect_err("refused").code, ErrorCode::NameInUse);
@@ -1477,13 +1477,34 @@ fn learn_server_pins_each_id_to_one_key() {
         port: 9999,
         ..b
     };
-    let a: Vec<Action<H>> = st
-        .learn_server(moved.clone())
-        .expect("moved")
-        .into_iter()
-        .collect();
-    assert_eq!(stores(&a), [StoreOp::KnownServer(moved.clone())]);
-    assert_eq!(st.peers(), [moved]);
+    assert!(st.learn_server(moved.clone()).expect("moved").is_none());
+    assert_eq!(st.peers(), std::slice::from_ref(&moved));
+    // The link stores it, at the address it has then; once.
+    let up = st
+        .link_up(
+            moved.clone(),
+            Conn {
+                id: 7,
+                tx: "link-b",
+            },
+            true,
+            NOW,
+        )
+        .expect("up");
+    assert_eq!(stores(&up), [StoreOp::KnownServer(moved.clone())]);
+    let (_, _) = st.link_down(&sid("srv-b"), 7, NOW);
+    let again = st
+        .link_up(
+            moved.clone(),
+            Conn {
+                id: 8,
+                tx: "link-b",
+            },
+            true,
+            NOW,
+        )
+        .expect("up");
+    assert!(stores(&again).is_empty(), "stored already");
 }
 
 // ----- joining --------------------------------------------------------------
@@ -1575,7 +1596,7 @@ fn apply_welcome_learns_the_mesh_and_returns_the_servers_to_link() {
             client("ghost", "srv-n", 13, None),
         ],
     };
-    let (to_link, a) = st.apply_welcome(&welcome);
+    let (to_link, a) = st.apply_welcome(&welcome, NOW);
     let mut ids: Vec<&ServerId> = to_link.iter().map(|p| &p.server_id).collect();
     ids.sort();
     assert_eq!(
@@ -1583,17 +1604,9 @@ fn apply_welcome_learns_the_mesh_and_returns_the_servers_to_link() {
         [&sid("srv-a"), &sid("srv-b")],
         "srv-c is linked already"
     );
-    let mut known: Vec<StoreOp> = stores(&a);
-    known.sort_by_key(|op| match op {
-        StoreOp::KnownServer(p) => p.server_id.clone(),
-        _ => sid("zzz"),
-    });
-    assert_eq!(
-        known,
-        [
-            StoreOp::KnownServer(peer("srv-a", 0)),
-            StoreOp::KnownServer(peer("srv-b", 1)),
-        ]
+    assert!(
+        stores(&a).is_empty(),
+        "servers are stored once a link to them comes up"
     );
     assert_eq!(st.server_key(&sid("srv-c")), Some(&pk(2)));
     // Users at servers not linked yet are known but not listed (unreachable).

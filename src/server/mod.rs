@@ -353,6 +353,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             public_version,
             presence_seq,
             directory_cap: settings.directory_cap,
+            budgets: settings.budgets.clone(),
         },
         Arc::new(PoolSigner(pool.clone())),
     );

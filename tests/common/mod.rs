@@ -620,3 +620,23 @@ pub fn advertise(user: &UserId, server: &ServerId, key: usize) -> Message {
         seq: None,
     })
 }
+
+/// A GET of `path` on the server at `addr`: the body as text.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut resp = awc::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .expect("HTTP request");
+    let body = resp.body().await.expect("HTTP body");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of a counter line `name` (labels included) in Prometheus text,
+/// 0 if absent.
+pub fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}

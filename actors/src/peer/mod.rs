@@ -48,6 +48,8 @@ pub struct PeerLink {
     strikes: u32,
     /// When liveness was last reported (reports are throttled).
     reported: Option<Instant>,
+    /// Relayed frames dropped as unverifiable: logged once per episode.
+    unverifiable: crate::episode::Episode,
 }
 
 impl PeerLink {
@@ -61,6 +63,7 @@ impl PeerLink {
             inbox: InQueue::default(),
             strikes: 0,
             reported: None,
+            unverifiable: Default::default(),
         }
     }
 
@@ -321,10 +324,18 @@ impl PeerLink {
                     .ok()
                     .flatten()
             };
-            let key = trust::verifying_key(&from, from_link, &link_key, pinned, &msg)?;
+            let relayed = |detail: String| {
+                if from_link {
+                    Failed::Link(detail)
+                } else {
+                    Failed::Relayed(msg.msg_type().as_str(), detail)
+                }
+            };
+            let key =
+                trust::verifying_key(&from, from_link, &link_key, pinned, &msg).map_err(relayed)?;
             match pool.verify(env, key).await {
                 Some((env, true)) => Ok((env, msg)),
-                _ => Err("signature does not verify".to_owned()),
+                _ => Err(relayed("signature does not verify".to_owned())),
             }
         };
         InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| match checked {
@@ -341,9 +352,39 @@ impl PeerLink {
                     }),
                 }
             }
-            Err(detail) => act.strike(ctx, ErrorCode::InvalidSig, detail),
+            Err(Failed::Link(detail)) => act.strike(ctx, ErrorCode::InvalidSig, detail),
+            Err(Failed::Relayed(kind, detail)) => act.unverifiable(kind, &detail),
         });
     }
+
+    /// A frame the link relayed from another server that cannot be verified
+    /// here (its origin is unknown to us, or its signature fails): the link
+    /// may be honest and its origin one we cannot see, so the frame is
+    /// dropped and counted, and the link is not struck.
+    fn unverifiable(&mut self, kind: &'static str, detail: &str) {
+        self.shared
+            .metrics
+            .inc(crate::metrics::family::RELAYED_UNVERIFIABLE, kind);
+        if let Some(repeats) = self.unverifiable.hit(Instant::now()) {
+            let who = self
+                .peer
+                .as_ref()
+                .map_or_else(String::new, |p| p.server_id.to_string());
+            log::warn!(
+                "link {} ({who}): dropping relayed frames that cannot be verified here, \
+                 first {kind}: {detail} ({repeats} more in the last episode)",
+                self.conn_id
+            );
+        }
+    }
+}
+
+/// Why a frame on a link did not verify.
+enum Failed {
+    /// The link's own frame: the link is at fault (struck).
+    Link(String),
+    /// A frame relayed from another server (its type, and why).
+    Relayed(&'static str, String),
 }
 
 impl Actor for PeerLink {

@@ -25,6 +25,14 @@ pub mod refused {
     pub const ADVERT_CLAIMS_REGISTERED: &str = "advert_claims_registered";
     /// A presence frame whose sequence number is not newer (a replay).
     pub const PRESENCE_REPLAY: &str = "presence_replay";
+    /// An advert past the users one server may have (`max_users_per_server`).
+    pub const USERS_OVER_CAP: &str = "users_over_cap";
+    /// A server past the servers this one will know (`max_servers`).
+    pub const SERVERS_OVER_CAP: &str = "servers_over_cap";
+    /// A server announced past what one link may teach (`max_announced_per_link`).
+    pub const ANNOUNCES_OVER_CAP: &str = "announces_over_cap";
+    /// An announced server not dialled: over the dial rate.
+    pub const DIAL_RATE: &str = "dial_rate";
 }
 
 /// The directory record of a user registered on server `me` (`None` for a

@@ -45,7 +45,7 @@ impl<H: Clone> RouterState<H> {
             Message::UserAdvertise(adv) => self.remote_advert(adv, &from, now, &mut out),
             Message::UserRemove(rm) => self.remote_remove(rm, &from, &mut out),
             Message::ServerAnnounce(ServerAnnounce(addr)) => {
-                self.server_announce(addr, &from, &mut out)
+                self.server_announce(addr, &from, now, &mut out)
             }
             Message::ServerGoodbye(_) => log::info!("server {origin} said goodbye"),
             Message::ServerDeliver(d) => self.server_deliver(d, env.ts(), &from, now, &mut out),

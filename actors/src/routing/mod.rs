@@ -169,6 +169,42 @@ pub struct RouterConfig {
     pub presence_seq: u64,
     /// Most directory records kept per home server.
     pub directory_cap: usize,
+    /// What linked servers may make this server hold or do.
+    pub budgets: Budgets,
+}
+
+/// What one linked server may make this server hold or do (SPEC.md §5 [ext]).
+/// Past a budget the frame is refused (counted by reason in `/status` and
+/// `/metrics`), never kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    /// Users one server may have here (its own users, advertised).
+    pub max_users_per_server: usize,
+    /// Servers this server will know in all.
+    pub max_servers: usize,
+    /// Servers not yet linked that one link's announcements may teach.
+    pub max_announced_per_link: usize,
+    /// Dials per second to servers only announced to us (each is dialled
+    /// once; a link it opens to us vouches for it).
+    pub dial_rate: f64,
+    /// Dials to announced servers at once.
+    pub dial_burst: f64,
+    /// How long users of a server we have no link to are kept (ms): the
+    /// link may be on its way; past this they are forgotten.
+    pub unlinked_grace_ms: i64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            max_users_per_server: 5_000,
+            max_servers: 256,
+            max_announced_per_link: 16,
+            dial_rate: 0.5,
+            dial_burst: 8.0,
+            unlinked_grace_ms: 60_000,
+        }
+    }
 }
 
 /// A frame received from a server link, verified.
@@ -212,12 +248,17 @@ pub struct RouterState<H> {
     presence_seen: PresenceSeq,
     /// Frames refused, by reason (`/metrics`).
     refusals: BTreeMap<&'static str, u64>,
+    /// Remote users per server (budgeted).
+    remote_per_server: HashMap<ServerId, usize>,
+    /// Dial tokens left, and when they were counted (ms).
+    dial_tokens: (f64, i64),
 }
 
 impl<H: Clone> RouterState<H> {
     /// A router with no users and no servers.
     pub fn new(config: RouterConfig, signer: Arc<dyn Signer>) -> Self {
         let (config_seq, seen_capacity) = (config.presence_seq, config.seen_capacity);
+        let dial_burst = config.budgets.dial_burst;
         RouterState {
             seen: SeenCache::new(config.seen_capacity),
             public_version: config.public_version,
@@ -234,6 +275,8 @@ impl<H: Clone> RouterState<H> {
             next_seq: Cell::new(config_seq),
             presence_seen: PresenceSeq::new(seen_capacity),
             refusals: BTreeMap::new(),
+            remote_per_server: HashMap::new(),
+            dial_tokens: (dial_burst, 0),
         }
     }
 

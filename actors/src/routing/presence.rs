@@ -32,6 +32,9 @@ pub(super) struct RemoteUser {
     /// The origin server's USER_ADVERTISE as received (forwarded unchanged to
     /// our users), or our own re-signed one when we learnt the user otherwise.
     pub(super) advert: Option<SignedFrame>,
+    /// When we learnt it (ms): a user of a server we have no link to is
+    /// forgotten once it has waited `Budgets::unlinked_grace_ms` for that link.
+    pub(super) learnt: i64,
 }
 
 /// One row of a listing.
@@ -100,7 +103,7 @@ impl<H: Clone> RouterState<H> {
             }
             // Learnt from a welcome or gossip, at a server we have no link
             // to: not reachable, so not in use (as for USER_ADVERTISE).
-            self.remote.remove(&user_id);
+            self.remove_remote(&user_id);
         }
         let mut out = Vec::new();
         // The roster first, so the client has every pubkey.
@@ -108,7 +111,13 @@ impl<H: Clone> RouterState<H> {
             out.push(Action::Send(conn.tx.clone(), user.advert.clone()));
         }
         let mut missing = Vec::new();
-        for (id, user) in &self.remote {
+        // Only users of servers we have a link to: the others cannot be
+        // reached (and a server that is not linked cannot flood new users).
+        for (id, user) in self
+            .remote
+            .iter()
+            .filter(|(_, u)| self.is_linked(&u.server_id))
+        {
             match &user.advert {
                 Some(advert) => out.push(Action::Send(conn.tx.clone(), advert.clone())),
                 None => missing.push(id.clone()),
@@ -398,12 +407,21 @@ impl<H: Clone> RouterState<H> {
                 return;
             }
         }
+        if !self.room_for_user_of(&adv.server_id, &adv.user_id) {
+            log::debug!(
+                "{} advertises more users than {} may have: {} refused",
+                from.origin,
+                adv.server_id,
+                adv.user_id
+            );
+            return;
+        }
         // Local users hear of new users and of changes, not of every repeat
         // (a server re-advertises its users on each new link).
         let changed = self.remote.get(&adv.user_id).is_none_or(|u| {
             u.server_id != adv.server_id || u.pubkey != adv.pubkey || u.meta != adv.meta
         });
-        self.remote.insert(
+        self.insert_remote(
             adv.user_id.clone(),
             RemoteUser {
                 server_id: adv.server_id.clone(),
@@ -411,6 +429,7 @@ impl<H: Clone> RouterState<H> {
                 name: meta_name(adv.meta.as_ref()),
                 meta: adv.meta.clone(),
                 advert: Some(from.frame.clone()),
+                learnt: now,
             },
         );
         self.relay_onward(from, out);
@@ -448,7 +467,7 @@ impl<H: Clone> RouterState<H> {
         }
         match self.remote.get(&rm.user_id) {
             Some(u) if u.server_id == rm.server_id => {
-                self.remote.remove(&rm.user_id);
+                self.remove_remote(&rm.user_id);
                 self.relay_onward(from, out);
                 self.to_all_users(&from.frame, None, out);
             }
@@ -457,6 +476,68 @@ impl<H: Clone> RouterState<H> {
                 rm.user_id,
                 from.origin
             ),
+        }
+    }
+
+    /// Add or replace a remote user, keeping the count per server.
+    pub(super) fn insert_remote(&mut self, id: UserId, user: RemoteUser) {
+        let server = user.server_id.clone();
+        if let Some(old) = self.remote.insert(id, user) {
+            self.uncount_remote(&old.server_id);
+        }
+        *self.remote_per_server.entry(server).or_default() += 1;
+    }
+
+    /// Remove a remote user, keeping the count per server.
+    pub(super) fn remove_remote(&mut self, id: &UserId) -> Option<RemoteUser> {
+        let old = self.remote.remove(id)?;
+        self.uncount_remote(&old.server_id);
+        Some(old)
+    }
+
+    fn uncount_remote(&mut self, server: &ServerId) {
+        if let Some(n) = self.remote_per_server.get_mut(server) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.remote_per_server.remove(server);
+            }
+        }
+    }
+
+    /// Whether `server` may have `user` as one more user (a user it already
+    /// has always may): at most `max_users_per_server` (counted when refused).
+    pub(super) fn room_for_user_of(&mut self, server: &ServerId, user: &UserId) -> bool {
+        if self
+            .remote
+            .get(user)
+            .is_some_and(|u| &u.server_id == server)
+        {
+            return true;
+        }
+        let held = self.remote_per_server.get(server).copied().unwrap_or(0);
+        if held >= self.config.budgets.max_users_per_server {
+            self.refuse(super::refused::USERS_OVER_CAP);
+            return false;
+        }
+        true
+    }
+
+    /// Forget users of servers we have had no link to for
+    /// `Budgets::unlinked_grace_ms` (ghosts of a server that left, or that
+    /// only another server could reach). Run every heartbeat.
+    pub fn forget_unreachable(&mut self, now: i64) {
+        let grace = self.config.budgets.unlinked_grace_ms;
+        let gone: Vec<UserId> = self
+            .remote
+            .iter()
+            .filter(|(_, u)| !self.is_linked(&u.server_id) && now.saturating_sub(u.learnt) > grace)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !gone.is_empty() {
+            log::info!("forgetting {} users of servers not linked", gone.len());
+        }
+        for id in gone {
+            self.remove_remote(&id);
         }
     }
 }

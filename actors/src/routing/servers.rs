@@ -15,6 +15,14 @@ pub(super) struct ServerEntry<H> {
     pub(super) peer: Peer,
     /// The live link, if any.
     pub(super) link: Option<Link<H>>,
+    /// Vouched for: linked at least once, remembered from the database, or
+    /// listed in our own join's welcome. A server only announced to us is not,
+    /// until a link to it comes up: it is dialled once, never remembered.
+    pub(super) earned: bool,
+    /// Kept in the database at this address (written when a link comes up).
+    pub(super) persisted: Option<(String, u16)>,
+    /// The link whose announcement taught us this server, while not earned.
+    pub(super) via: Option<ServerId>,
 }
 
 pub(super) struct Link<H> {
@@ -45,9 +53,18 @@ impl<H: Clone> RouterState<H> {
         self.servers.values().map(|s| s.peer.clone()).collect()
     }
 
-    /// Remember a server (from a WELCOME, ANNOUNCE or the database) without
-    /// linking. A different key for a known id is refused: ids are pinned.
+    /// Remember a server vouched for (our welcome, the database, a link that
+    /// came up) without linking. A different key for a known id is refused:
+    /// ids are pinned. Nothing is written: a server is stored once a link to
+    /// it comes up.
     pub fn learn_server(&mut self, peer: Peer) -> Result<Option<Action<H>>, Refusal> {
+        self.learn(peer, None).map(|_| None)
+    }
+
+    /// Learn `peer`; `via` is the link whose announcement names it (`None`:
+    /// vouched for). Budgets: at most `max_servers` servers, and at most
+    /// `max_announced_per_link` unvouched servers taught by one link.
+    fn learn(&mut self, peer: Peer, via: Option<&ServerId>) -> Result<(), Refusal> {
         if peer.server_id == self.config.me {
             return Err(Refusal::new(
                 ErrorCode::NameInUse,
@@ -60,23 +77,84 @@ impl<H: Clone> RouterState<H> {
                 format!("server id {} is pinned to another key", peer.server_id),
             )),
             Some(e) => {
-                if e.peer.host != peer.host || e.peer.port != peer.port {
-                    e.peer = peer.clone();
-                    return Ok(Some(Action::Store(StoreOp::KnownServer(peer))));
+                e.peer.host = peer.host;
+                e.peer.port = peer.port;
+                if via.is_none() {
+                    e.earned = true;
+                    e.via = None;
                 }
-                Ok(None)
+                Ok(())
             }
             None => {
+                if self.servers.len() >= self.config.budgets.max_servers {
+                    self.refuse(refused::SERVERS_OVER_CAP);
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "this server knows as many servers as it will",
+                    ));
+                }
+                if let Some(link) = via {
+                    let taught = self
+                        .servers
+                        .values()
+                        .filter(|e| e.via.as_ref() == Some(link))
+                        .count();
+                    if taught >= self.config.budgets.max_announced_per_link {
+                        self.refuse(refused::ANNOUNCES_OVER_CAP);
+                        return Err(Refusal::new(
+                            ErrorCode::BadRequest,
+                            format!("{link} announced as many servers as it may"),
+                        ));
+                    }
+                }
                 self.servers.insert(
                     peer.server_id.clone(),
                     ServerEntry {
-                        peer: peer.clone(),
+                        peer,
                         link: None,
+                        earned: via.is_none(),
+                        persisted: None,
+                        via: via.cloned(),
                     },
                 );
-                Ok(Some(Action::Store(StoreOp::KnownServer(peer))))
+                Ok(())
             }
         }
+    }
+
+    /// A server remembered from the database: vouched for, and stored already.
+    pub fn remember_server(&mut self, peer: Peer) -> Result<(), Refusal> {
+        let addr = (peer.host.clone(), peer.port);
+        let id = peer.server_id.clone();
+        self.learn(peer, None)?;
+        if let Some(e) = self.servers.get_mut(&id) {
+            e.persisted = Some(addr);
+        }
+        Ok(())
+    }
+
+    /// Whether `id` is a server vouched for (see [`learn_server`](Self::learn_server)).
+    pub fn is_earned(&self, id: &ServerId) -> bool {
+        self.servers.get(id).is_some_and(|e| e.earned)
+    }
+
+    /// Forget a server that was only announced and could not be reached, and
+    /// the users it was said to host. Vouched-for servers are kept.
+    pub fn forget_unearned(&mut self, id: &ServerId) -> bool {
+        if self.is_earned(id) || self.is_linked(id) {
+            return false;
+        }
+        self.servers.remove(id);
+        let gone: Vec<UserId> = self
+            .remote
+            .iter()
+            .filter(|(_, u)| &u.server_id == id)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in gone {
+            self.remove_remote(&u);
+        }
+        true
     }
 
     /// A link to `peer` is up (after its first frame verified, or our hello
@@ -94,9 +172,7 @@ impl<H: Clone> RouterState<H> {
         now: i64,
     ) -> Result<Vec<Action<H>>, Refusal> {
         let mut out = Vec::new();
-        if let Some(a) = self.learn_server(peer.clone())? {
-            out.push(a);
-        }
+        self.learn(peer.clone(), None)?;
         let opened_by = if opened_by_me {
             self.config.me.clone()
         } else {
@@ -129,6 +205,13 @@ impl<H: Clone> RouterState<H> {
             opened_by,
             since,
         });
+        // Stored once a link came up: only servers that answered are
+        // remembered and dialled after a restart.
+        let addr = (entry.peer.host.clone(), entry.peer.port);
+        if entry.persisted.as_ref() != Some(&addr) {
+            entry.persisted = Some(addr);
+            out.push(Action::Store(StoreOp::KnownServer(entry.peer.clone())));
+        }
         for (user_id, user) in &self.local {
             let advert = self.local_advert(
                 user_id,
@@ -166,7 +249,7 @@ impl<H: Clone> RouterState<H> {
             .map(|(id, _)| id.clone())
             .collect();
         for user_id in gone {
-            self.remote.remove(&user_id);
+            self.remove_remote(&user_id);
             let frame = self.sign(
                 To::All,
                 now,
@@ -245,7 +328,11 @@ impl<H: Clone> RouterState<H> {
 
     /// Apply our SERVER_WELCOME (we joined): learn every server and user, and
     /// return the servers to link to.
-    pub fn apply_welcome(&mut self, welcome: &ServerWelcome) -> (Vec<Peer>, Vec<Action<H>>) {
+    pub fn apply_welcome(
+        &mut self,
+        welcome: &ServerWelcome,
+        now: i64,
+    ) -> (Vec<Peer>, Vec<Action<H>>) {
         let mut out = Vec::new();
         let mut to_link = Vec::new();
         for s in &welcome.servers {
@@ -269,7 +356,10 @@ impl<H: Clone> RouterState<H> {
             if self.local.contains_key(&c.user_id) || c.server_id == self.config.me {
                 continue;
             }
-            self.remote.insert(
+            if !self.room_for_user_of(&c.server_id, &c.user_id) {
+                continue;
+            }
+            self.insert_remote(
                 c.user_id.clone(),
                 RemoteUser {
                     server_id: c.server_id.clone(),
@@ -277,6 +367,7 @@ impl<H: Clone> RouterState<H> {
                     name: meta_name(c.meta.as_ref()),
                     meta: c.meta.clone(),
                     advert: None,
+                    learnt: now,
                 },
             );
         }
@@ -302,6 +393,22 @@ impl<H: Clone> RouterState<H> {
         let mut out = Vec::new();
         self.to_all_servers(&frame, &[], &mut out);
         out
+    }
+
+    /// Take a token for dialling an unvouched server (`dial_rate` per
+    /// second, up to `dial_burst`); false when none is left.
+    fn take_dial(&mut self, now: i64) -> bool {
+        let b = &self.config.budgets;
+        let (tokens, last) = self.dial_tokens;
+        let elapsed = (now.saturating_sub(last)).max(0) as f64 / 1000.0;
+        let tokens = (tokens + elapsed * b.dial_rate).min(b.dial_burst);
+        if tokens >= 1.0 {
+            self.dial_tokens = (tokens - 1.0, now);
+            true
+        } else {
+            self.dial_tokens = (tokens, now);
+            false
+        }
     }
 
     /// HEARTBEAT to every linked server (one signature for all).
@@ -355,6 +462,7 @@ impl<H: Clone> RouterState<H> {
         &mut self,
         addr: ServerAddress,
         from: &Relayed<'_>,
+        now: i64,
         out: &mut Vec<Action<H>>,
     ) {
         let peer = Peer {
@@ -363,16 +471,21 @@ impl<H: Clone> RouterState<H> {
             port: addr.port,
             pubkey: addr.pubkey,
         };
-        match self.learn_server(peer.clone()) {
-            Ok(a) => out.extend(a),
-            Err(r) => {
-                log::warn!("SERVER_ANNOUNCE from {}: {}", from.origin, r.detail);
-                return;
-            }
+        // A server announcing itself over its own link is vouched for by
+        // that link; one announced through another server is not, yet.
+        let via = (from.link != from.origin).then_some(from.link);
+        if let Err(r) = self.learn(peer.clone(), via) {
+            log::warn!("SERVER_ANNOUNCE from {}: {}", from.origin, r.detail);
+            return;
         }
         self.relay_onward(from, out);
         if !self.is_linked(from.origin) {
-            out.push(Action::Connect(peer));
+            if self.is_earned(from.origin) || self.take_dial(now) {
+                out.push(Action::Connect(peer));
+            } else {
+                self.refuse(refused::DIAL_RATE);
+                log::debug!("not dialling {} now: over the dial rate", from.origin);
+            }
         }
     }
 }
