@@ -483,7 +483,9 @@ impl<H: Clone> RouterState<H> {
             if self.is_earned(from.origin) || self.take_dial(now) {
                 out.push(Action::Connect(peer));
             } else {
+                // Not dialled, so not kept: a real server links to us itself.
                 self.refuse(refused::DIAL_RATE);
+                self.forget_unearned(from.origin);
                 log::debug!("not dialling {} now: over the dial rate", from.origin);
             }
         }
