@@ -1,5 +1,6 @@
-//! The client's commands: `/register`, `/login`, `/list`, `/tell`, `/all`,
-//! `/file`, `/help`, `/quit`.
+//! The client's commands: `/register`, `/login`, `/rename`, `/list`,
+//! `/tell`, `/all`, `/file`, `/whois`, `/verify`, `/accept`, `/help`,
+//! `/quit`.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,26 @@ pub enum Command {
     /// `/login <username|uuid>`.
     Login {
         /// The account's username or user id.
+        who: String,
+    },
+    /// `/rename <username>`.
+    Rename {
+        /// The new username.
+        username: String,
+    },
+    /// `/whois <user>`.
+    Whois {
+        /// A registered user's name, or a user id.
+        who: String,
+    },
+    /// `/verify <user>`.
+    Verify {
+        /// A registered user's name, or a user id.
+        who: String,
+    },
+    /// `/accept <user>`.
+    Accept {
+        /// A registered user's name, or a user id.
         who: String,
     },
     /// `/list`.
@@ -54,10 +75,16 @@ pub const HELP: &str = "\
 commands:
   /register [username]        create an account (RSA-4096 key protected by a password)
   /login <username|uuid>      log in to an account (from any machine)
-  /list                       who is online across the mesh
-  /tell <user> <message>      end-to-end encrypted direct message (user: name or uuid)
+  /rename <username>          pick a new username for your account
+  /list                       who is online across the mesh; guests are marked (guest)
+  /tell <user> <message>      end-to-end encrypted direct message
   /all <message>              end-to-end encrypted message to everyone (public channel)
   /file <user> <path>         send a file, end-to-end encrypted
+  /whois <user>               id, name, home server, key fingerprint, verified or not
+  /verify <user>              mark the key verified, once you compared its fingerprint
+                              with that person out of band (in person, by phone)
+  /accept <user>              trust a user's new key after a key change warning
+  <user> is a registered user's name, or a user id; a guest only by its id
   /help                       this help
   /quit                       leave (also Ctrl-D)";
 
@@ -94,6 +121,27 @@ pub fn parse(line: &str) -> Result<Command, Usage> {
                 return usage("/login <username|uuid>");
             }
             Ok(Command::Login { who: who.to_owned() })
+        }
+        "/rename" => {
+            let (username, extra) = word(rest);
+            if username.is_empty() || !extra.is_empty() {
+                return usage("/rename <username>");
+            }
+            Ok(Command::Rename {
+                username: username.to_owned(),
+            })
+        }
+        "/whois" | "/verify" | "/accept" => {
+            let (who, extra) = word(rest);
+            if who.is_empty() || !extra.is_empty() {
+                return usage(&format!("{name} <user>"));
+            }
+            let who = who.to_owned();
+            Ok(match name {
+                "/whois" => Command::Whois { who },
+                "/verify" => Command::Verify { who },
+                _ => Command::Accept { who },
+            })
         }
         "/list" if rest.is_empty() => Ok(Command::List),
         "/list" => usage("/list"),
@@ -156,6 +204,24 @@ mod tests {
         );
         assert_eq!(parse("/list").unwrap(), Command::List);
         assert_eq!(
+            parse("/rename bobby").unwrap(),
+            Command::Rename {
+                username: "bobby".into()
+            }
+        );
+        assert_eq!(
+            parse("/whois bob").unwrap(),
+            Command::Whois { who: "bob".into() }
+        );
+        assert_eq!(
+            parse("/verify bob").unwrap(),
+            Command::Verify { who: "bob".into() }
+        );
+        assert_eq!(
+            parse("/accept bob").unwrap(),
+            Command::Accept { who: "bob".into() }
+        );
+        assert_eq!(
             parse("/tell bob  hello there  ").unwrap(),
             Command::Tell {
                 to: "bob".into(),
@@ -198,6 +264,11 @@ mod tests {
             "/file bob",
             "/list x",
             "/register a b",
+            "/rename",
+            "/rename a b",
+            "/whois",
+            "/verify a b",
+            "/accept",
         ] {
             assert!(parse(bad).unwrap_err().0.starts_with("usage:"), "{bad}");
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
-use socp_protocol::message::{UserHello, UserRegister};
+use socp_protocol::message::{UserHello, UserRegister, UserRename};
 use socp_protocol::{now_ms, Envelope, Message, PrivateKey, To, UserId, Username};
 
 use super::connection::{answer, expect, send, Sink};
@@ -142,10 +142,7 @@ pub(crate) async fn register(
         .map_err(|e| fail("FILE", format!("saving the key: {e}")))?;
     let mut accounts = read_accounts(shared);
     accounts.insert(username.key(), user_id.to_string());
-    let _ = write_private(
-        &accounts_path(shared),
-        &serde_json::to_string_pretty(&accounts).unwrap_or_default(),
-    );
+    save_accounts(shared, &out, &accounts);
     out.event(
         "registered",
         format!("registered {username}: your id is {user_id}; log in with /login {username}"),
@@ -211,7 +208,12 @@ pub(crate) async fn login(
             }
         }
     };
-    let _ = write_private(&key_path(shared, &challenge.user_id), &store);
+    if let Err(e) = write_private(&key_path(shared, &challenge.user_id), &store) {
+        out.error(
+            "FILE",
+            format!("cannot keep a copy of the account's encrypted key: {e}"),
+        );
+    }
     let new_me = Me {
         id: challenge.user_id.clone(),
         key: Arc::new(key),
@@ -250,6 +252,73 @@ pub(crate) async fn login(
         json!({ "user_id": new_me.id }),
     );
     Ok(())
+}
+
+/// `/rename`: ask our home server for a new username (USER_RENAME [ext]),
+/// for a registered user logged in; REGISTER_OK says it is ours.
+pub(crate) async fn rename(shared: &Shared, tx: &Sink, username: &str) -> Result<(), Failure> {
+    let (out, me) = {
+        let c = shared.borrow();
+        (c.out.clone(), c.me.clone())
+    };
+    let username = Username::parse(username).map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+    let env = Envelope::new(
+        &me.id,
+        To::Id("server".into()),
+        now_ms(),
+        &UserRename {
+            username: username.clone(),
+        },
+    );
+    let key = me.key.clone();
+    let env = blocking(move || env.signed(&key))
+        .await?
+        .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    let rx = expect(shared, |e| matches!(e.msg_type(), "REGISTER_OK" | "ERROR"));
+    send(tx, &env)?;
+    let ok = match answer(rx, "/rename").await?.message() {
+        Ok(Message::RegisterOk(ok)) => ok,
+        _ => return Err(fail("BAD_REQUEST", "malformed answer to /rename")),
+    };
+    if ok.user_id != me.id {
+        return Err(fail(
+            "BAD_REQUEST",
+            format!("the server renamed {} instead of you", ok.user_id),
+        ));
+    }
+    {
+        let mut c = shared.borrow_mut();
+        c.me.name = Some(ok.username.as_str().to_owned());
+    }
+    // The accounts file names this account by its new name only.
+    let mut accounts = read_accounts(shared);
+    let id = me.id.to_string();
+    accounts.retain(|_, v| *v != id);
+    accounts.insert(ok.username.key(), id);
+    save_accounts(shared, &out, &accounts);
+    out.event(
+        "renamed",
+        format!(
+            "you are now {} (user id {})",
+            ok.username.as_str(),
+            ok.user_id
+        ),
+        json!({ "user_id": ok.user_id, "username": ok.username.as_str() }),
+    );
+    Ok(())
+}
+
+/// Write the accounts file; a failure is reported.
+fn save_accounts(shared: &Shared, out: &Output, accounts: &HashMap<String, String>) {
+    let written = serde_json::to_string_pretty(accounts)
+        .map_err(std::io::Error::other)
+        .and_then(|text| write_private(&accounts_path(shared), &text));
+    if let Err(e) = written {
+        out.error(
+            "FILE",
+            format!("cannot save {}: {e}", accounts_path(shared).display()),
+        );
+    }
 }
 
 /// The password given in the configuration, or else asked for.

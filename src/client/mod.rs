@@ -4,6 +4,7 @@
 //! - [`state`]: who is online with which key, files being received;
 //! - [`output`]: text or JSON lines, printed above the line being typed;
 //! - [`input`]: the input thread (line editing, history, passwords);
+//! - [`pins`]: keys pinned on first use, changes, verification;
 //! - `connection`: dialling the server, the WebSocket, reading and writing
 //!   frames, requests waiting for their answers;
 //! - `identity`: keys, ephemeral, registered and logged-in identities, the
@@ -12,6 +13,7 @@
 //!   rate;
 //! - `receiving`: every frame from the server: presence, deliveries checked
 //!   and opened, files reassembled;
+//! - `trust`: `/whois`, `/verify`, `/accept`, and saving the pinned keys;
 //! - this module: the run and its command loop.
 //!
 //! Every RSA operation runs on a blocking thread, never on the event loop that
@@ -20,12 +22,14 @@
 pub mod command;
 pub mod input;
 pub mod output;
+pub mod pins;
 pub mod state;
 
 mod connection;
 mod identity;
 mod receiving;
 mod sending;
+mod trust;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -42,6 +46,7 @@ use connection::{Sink, Waiter};
 use identity::Me;
 use input::{Input, InputEvent};
 use output::Output;
+use pins::Pins;
 use state::{IncomingFile, Roster};
 
 /// Settings of a client run.
@@ -80,6 +85,12 @@ struct Client {
     /// The account a `/login` is switching to, until the server accepts it.
     joining: Option<UserId>,
     roster: Roster,
+    /// Keys pinned per user id.
+    pins: Pins,
+    /// Whether a write of the pinned keys is scheduled.
+    pins_flush: bool,
+    /// The last failure to write them, reported once until it changes.
+    pins_error: Option<String>,
     files: HashMap<(UserId, String), IncomingFile>,
     waiters: Vec<Waiter>,
     out: Output,
@@ -107,10 +118,17 @@ pub async fn run(config: ClientConfig) -> i32 {
         key: Arc::new(key),
         name: None,
     };
+    let (pins, problem) = Pins::load(&config.home);
+    if let Some(problem) = problem {
+        out.error("FILE", problem);
+    }
     let shared: Shared = Rc::new(RefCell::new(Client {
         me: me.clone(),
         joining: None,
         roster: Roster::default(),
+        pins,
+        pins_flush: false,
+        pins_error: None,
         files: HashMap::new(),
         waiters: Vec::new(),
         out: out.clone(),
@@ -134,6 +152,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         ),
         Err(e) => {
             out.error(&e.0, e.1);
+            trust::save_pins(&shared);
             return 1;
         }
     }
@@ -172,6 +191,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         }
     };
     conn.close().await;
+    trust::save_pins(&shared);
     code
 }
 
@@ -198,6 +218,10 @@ async fn run_line(shared: &Shared, tx: &Sink, input: &mut Input, line: &str) -> 
         Command::File { to, path } => sending::send_file(shared, tx, &to, path).await,
         Command::Register { username } => identity::register(shared, tx, input, username).await,
         Command::Login { who } => identity::login(shared, tx, input, &who).await,
+        Command::Rename { username } => identity::rename(shared, tx, &username).await,
+        Command::Whois { who } => trust::whois(shared, &who),
+        Command::Verify { who } => trust::verify(shared, &who),
+        Command::Accept { who } => trust::accept(shared, &who),
     };
     if let Err((code, detail)) = result {
         out.error(&code, detail);

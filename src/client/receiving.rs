@@ -11,11 +11,12 @@ use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
 use socp_protocol::message::{DeliverContent, UserAdvertise, UserDeliver, UserRemove};
 use socp_protocol::{Base64Url, Envelope, Message, PrivateKey};
 
-use super::blocking;
 use super::connection::MAX_FRAME_BYTES;
 use super::output::{bar, Output};
+use super::pins::Trust;
 use super::state::{self, Contact, IncomingFile};
 use super::Shared;
+use super::{blocking, trust};
 
 /// One frame from the server.
 pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
@@ -61,29 +62,8 @@ pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
             meta,
             ..
         }) => {
-            let name = meta.as_ref().and_then(|m| {
-                ["name", "username", "display_name"]
-                    .iter()
-                    .find_map(|k| m.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
-            });
-            let is_me = {
-                let c = shared.borrow();
-                c.me.id == user_id || c.joining.as_ref() == Some(&user_id)
-            };
-            let new = shared.borrow_mut().roster.upsert(Contact {
-                user_id: user_id.clone(),
-                server_id: server_id.clone(),
-                pubkey,
-                name: name.clone(),
-            });
-            if new && !is_me {
-                let shown = shared.borrow().roster.display(&user_id);
-                out.event(
-                    "presence",
-                    format!("* {shown} is online"),
-                    json!({ "user_id": user_id, "server_id": server_id, "name": name, "online": true }),
-                );
-            }
+            let contact = Contact::from_advert(user_id, server_id, pubkey, meta.as_ref());
+            advertised(shared, &out, contact);
         }
         Message::UserRemove(UserRemove {
             user_id, server_id, ..
@@ -118,6 +98,53 @@ pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
     }
 }
 
+/// A user advertised: in the roster, its key pinned (or a change warned
+/// about), and its arrival or new name shown.
+fn advertised(shared: &Shared, out: &Output, contact: Contact) {
+    let is_me = {
+        let c = shared.borrow();
+        c.me.id == contact.user_id || c.joining.as_ref() == Some(&contact.user_id)
+    };
+    let before = shared.borrow().roster.get(&contact.user_id).cloned();
+    let was = before.as_ref().map(|b| shared.borrow().roster.show(b));
+    shared.borrow_mut().roster.upsert(contact.clone());
+    if is_me {
+        // Our own name, as the network now gives it (a rename, a name lost).
+        let mut c = shared.borrow_mut();
+        if c.me.id == contact.user_id && contact.registered {
+            c.me.name = contact.name.clone();
+        }
+        return;
+    }
+    trust::observe(shared, &contact);
+    let (shown, key_status) = {
+        let c = shared.borrow();
+        (
+            c.roster.show(&contact),
+            c.pins.trust(&contact.user_id, &contact.pubkey).word(),
+        )
+    };
+    let fields = json!({
+        "user_id": contact.user_id,
+        "server_id": contact.server_id,
+        "name": contact.name,
+        "registered": contact.registered,
+        "home": contact.home,
+        "shown": shown,
+        "key_status": key_status,
+        "online": true,
+    });
+    match (before, was) {
+        (None, _) => out.event("presence", format!("* {shown} is online"), fields),
+        (Some(b), Some(was)) if b.name != contact.name || b.registered != contact.registered => {
+            let mut fields = fields;
+            fields["was"] = json!(was);
+            out.event("presence", format!("* {was} is now {shown}"), fields);
+        }
+        _ => {}
+    }
+}
+
 /// A delivery: verify that `sender_pub` is the key the network advertised for
 /// the sender and that the content signature verifies, then decrypt.
 async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
@@ -133,6 +160,13 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
     let ts = d.orig_ts.unwrap_or(env.ts());
     let sender = d.sender.clone();
     let shown = shared.borrow().roster.display(&sender);
+    // Refusals name the claimed sender in full: an impersonation shows.
+    let claimed = if shown.contains(sender.as_str()) {
+        shown.clone()
+    } else {
+        format!("{shown} [{sender}]")
+    };
+    let mark = unverified_mark(shared, &sender);
     let Some(contact) = contact else {
         out.warning(format!(
             "a message claiming to be from {sender}, who is not advertised online, was refused"
@@ -141,7 +175,7 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
     };
     let forged = |what: &str| {
         format!(
-            "FORGED {what} claiming to be from {shown}: {}; not shown",
+            "FORGED {what} claiming to be from {claimed}: {}; not shown",
             "the sender key does not match the key the network advertised"
         )
     };
@@ -169,6 +203,8 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                 verify,
                 what,
                 &shown,
+                &claimed,
+                &mark,
                 ts,
             )
             .await;
@@ -189,6 +225,8 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                 verify,
                 what,
                 &shown,
+                &claimed,
+                &mark,
                 ts,
             )
             .await;
@@ -201,11 +239,11 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                     shared.borrow_mut().files.insert(key.clone(), file);
                     out.event(
                         "file_progress",
-                        format!("receiving {} ({size} bytes) from {shown}", state::safe_name(&name)),
-                        json!({ "file_id": key.1, "direction": "receive", "from": sender, "name": name, "size": size, "done": 0 }),
+                        format!("receiving {} ({size} bytes) from {shown}{}", state::safe_name(&name), mark.text),
+                        json!({ "file_id": key.1, "direction": "receive", "from": sender, "shown": shown, "unverified": mark.unverified, "name": name, "size": size, "done": 0 }),
                     );
                 }
-                Err(why) => out.warning(format!("file {name} from {shown} refused: {}", why.0)),
+                Err(why) => out.warning(format!("file {name} from {claimed} refused: {}", why.0)),
             }
         }
         DeliverContent::FileChunk(chunk) => {
@@ -264,7 +302,7 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                 }
                 Err(why) => {
                     shared.borrow_mut().files.remove(&file_key);
-                    out.warning(format!("file from {shown} discarded: {why}"));
+                    out.warning(format!("file from {claimed} discarded: {why}"));
                 }
             }
         }
@@ -281,14 +319,50 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                 Ok(data) => match state::save_new(&download_dir, &name, &data) {
                     Ok(path) => out.event(
                         "file_received",
-                        format!("received {} from {shown}: saved {}", state::safe_name(&name), path.display()),
-                        json!({ "from": sender, "name": name, "path": path, "size": data.len(), "sha256": sha256_hex(&data) }),
+                        format!("received {} from {shown}{}: saved {}", state::safe_name(&name), mark.text, path.display()),
+                        json!({ "from": sender, "shown": shown, "registered": contact.registered, "unverified": mark.unverified, "key_status": mark.status, "name": name, "path": path, "size": data.len(), "sha256": sha256_hex(&data) }),
                     ),
                     Err(e) => out.error("FILE", format!("cannot save {name}: {e}")),
                 },
-                Err(why) => out.warning(format!("file {name} from {shown} discarded: {}", why.0)),
+                Err(why) => out.warning(format!("file {name} from {claimed} discarded: {}", why.0)),
             }
         }
+    }
+}
+
+/// How far a sender's key is trusted, as shown beside its messages.
+struct Mark {
+    /// The advertised key is not the pinned one (not yet accepted).
+    unverified: bool,
+    /// `key_status` for scripts (see [`Trust::word`]).
+    status: &'static str,
+    /// Shown after the sender's name: empty, `[verified]` or the warning.
+    text: String,
+}
+
+/// The mark for messages from `sender`, by the trust in its advertised key.
+fn unverified_mark(shared: &Shared, sender: &socp_protocol::UserId) -> Mark {
+    let c = shared.borrow();
+    let Some(contact) = c.roster.get(sender) else {
+        return Mark {
+            unverified: false,
+            status: Trust::Unknown.word(),
+            text: String::new(),
+        };
+    };
+    let t = c.pins.trust(sender, &contact.pubkey);
+    let text = match &t {
+        Trust::Changed(_) => format!(
+            " [UNVERIFIED: key changed; /whois, then /accept {}]",
+            c.roster.handle(contact)
+        ),
+        Trust::Verified(_) => " [verified]".to_owned(),
+        Trust::Pinned | Trust::Unknown => String::new(),
+    };
+    Mark {
+        unverified: matches!(t, Trust::Changed(_)),
+        status: t.word(),
+        text,
     }
 }
 
@@ -309,20 +383,35 @@ async fn show_text(
     verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
     kind: TextKind,
     shown: &str,
+    claimed: &str,
+    mark: &Mark,
     ts: i64,
 ) {
     let (event, what, line) = match kind {
-        TextKind::Dm => ("dm", "a DM", format!("DM from {shown}: ")),
-        TextKind::Public => ("public", "a public message", format!("[public] {shown}: ")),
+        TextKind::Dm => ("dm", "a DM", format!("DM from {shown}{}: ", mark.text)),
+        TextKind::Public => (
+            "public",
+            "a public message",
+            format!("[public] {shown}{}: ", mark.text),
+        ),
     };
     match open_text(contact, sender_pub, key, verify).await {
         Ok(text) => out.event(
             event,
             format!("{line}{text}"),
-            json!({ "from": contact.user_id, "name": contact.name, "text": text, "ts": ts }),
+            json!({
+                "from": contact.user_id,
+                "name": contact.name,
+                "shown": shown,
+                "registered": contact.registered,
+                "unverified": mark.unverified,
+                "key_status": mark.status,
+                "text": text,
+                "ts": ts,
+            }),
         ),
         Err(why) => out.warning(format!(
-            "{what} claiming to be from {shown} was refused: {why}"
+            "{what} claiming to be from {claimed} was refused: {why}"
         )),
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use super::connection::{answer, expect, send, Sink};
 use super::output::bar;
-use super::state::{self, Contact};
-use super::{blocking, fail, Failure, Shared};
+use super::state::Contact;
+use super::{blocking, fail, trust, Failure, Shared};
 
 /// `/list`: who is online, as the server knows it.
 pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
@@ -34,12 +34,29 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
         Ok(Message::ListResponse(l)) => l.users,
         _ => return Err(fail("BAD_REQUEST", "the server's list was malformed")),
     };
-    let names = state::format_listing(&users);
+    let (names, entries) = {
+        let c = shared.borrow();
+        let names: Vec<String> = c.roster.listing(&users).into_iter().map(|e| e.0).collect();
+        let entries: Vec<serde_json::Value> = users
+            .iter()
+            .map(|u| {
+                let known = c.roster.get(&u.user_id);
+                json!({
+                    "user_id": u.user_id,
+                    "server_id": u.server_id,
+                    "name": u.name,
+                    "registered": known.map(|k| k.registered),
+                    "shown": known.map(|k| c.roster.show(k)),
+                })
+            })
+            .collect();
+        (names, entries)
+    };
     let out = shared.borrow().out.clone();
     out.event(
         "list",
         format!("Online users: {}", names.join(", ")),
-        json!({ "users": users.iter().map(|u| json!({"user_id": u.user_id, "server_id": u.server_id, "name": u.name})).collect::<Vec<_>>() }),
+        json!({ "users": entries }),
     );
     Ok(())
 }
@@ -48,6 +65,7 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
 /// the recipient and signed.
 pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> Result<(), Failure> {
     let contact = resolve(shared, who)?;
+    trust::check_sendable(shared, &contact)?;
     let (me, rate) = {
         let c = shared.borrow();
         (c.me.clone(), c.config.send_rate)
@@ -84,7 +102,7 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
     out.event(
         "sent",
         format!("DM to {name}: {text}"),
-        json!({ "kind": "dm", "to": contact.user_id, "text": text }),
+        json!({ "kind": "dm", "to": contact.user_id, "shown": name, "text": text }),
     );
     Ok(())
 }
@@ -164,6 +182,8 @@ pub(crate) async fn send_file(
     path: PathBuf,
 ) -> Result<(), Failure> {
     let contact = resolve(shared, who)?;
+    trust::check_sendable(shared, &contact)?;
+    let shown = shared.borrow().roster.show(&contact);
     let (me, rate, out) = {
         let c = shared.borrow();
         (c.me.clone(), c.config.send_rate, c.out.clone())
@@ -206,9 +226,8 @@ pub(crate) async fn send_file(
     out.event(
         "file_progress",
         format!(
-            "sending {name} ({} bytes, {total} chunks) to {}: encrypting on every core...",
+            "sending {name} ({} bytes, {total} chunks) to {shown}: encrypting on every core...",
             data.len(),
-            contact.user_id
         ),
         json!({ "file_id": file_id.as_str(), "direction": "send", "done": 0, "total": total }),
     );
@@ -267,13 +286,14 @@ pub(crate) async fn send_file(
     flow.confirm(shared, tx).await?;
     out.event(
         "file_sent",
-        format!("sent {name} to {}", contact.user_id),
-        json!({ "file_id": file_id.as_str(), "to": contact.user_id, "name": name, "size": data.len() }),
+        format!("sent {name} to {shown}"),
+        json!({ "file_id": file_id.as_str(), "to": contact.user_id, "shown": shown, "name": name, "size": data.len() }),
     );
     Ok(())
 }
 
-/// The contact `who` names (a user id, or a name only one user has).
+/// The contact `who` names (a registered user's name, or a user id; see
+/// [`Roster::resolve`](super::state::Roster::resolve)).
 fn resolve(shared: &Shared, who: &str) -> Result<Contact, Failure> {
     shared
         .borrow()
