@@ -11,6 +11,8 @@
 //!   and a pinned key file that disagrees with the network warned about at
 //!   start.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
 mod client_common;
 mod common;
 

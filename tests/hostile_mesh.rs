@@ -58,13 +58,11 @@ async fn fake_linked_to(s: &RunningServer, key: usize) -> FakeServer {
 }
 
 fn users_at(status: &serde_json::Value, server: &ServerId) -> usize {
-    status["remote_users"]
-        .as_array()
-        .map_or(0, |l| {
-            l.iter()
-                .filter(|u| u["server_id"] == server.as_str())
-                .count()
-        })
+    status["remote_users"].as_array().map_or(0, |l| {
+        l.iter()
+            .filter(|u| u["server_id"] == server.as_str())
+            .count()
+    })
 }
 
 fn refusals(status: &serde_json::Value, reason: &str) -> u64 {
@@ -84,8 +82,14 @@ async fn dms_delivered(a: &RunningServer, b: &RunningServer, n: usize) -> usize 
         bob.peer.send(&to_alice).await;
     }
     let mut got = 0;
-    got += bob.peer.count(Duration::from_secs(5), is("USER_DELIVER")).await;
-    got += alice.peer.count(Duration::from_secs(5), is("USER_DELIVER")).await;
+    got += bob
+        .peer
+        .count(Duration::from_secs(5), is("USER_DELIVER"))
+        .await;
+    got += alice
+        .peer
+        .count(Duration::from_secs(5), is("USER_DELIVER"))
+        .await;
     got
 }
 
@@ -112,7 +116,10 @@ async fn frames_relayed_from_a_server_b_cannot_verify_never_close_the_honest_lin
     })
     .await;
     for s in [&a, &b] {
-        assert_eq!(links_up(&s.status().await), if s.addr == a.addr { 2 } else { 1 });
+        assert_eq!(
+            links_up(&s.status().await),
+            if s.addr == a.addr { 2 } else { 1 }
+        );
     }
     assert_eq!(dms_delivered(&a, &b, 10).await, 20, "every DM arrives");
     assert_eq!(
@@ -165,8 +172,11 @@ async fn a_server_advertising_too_many_users_is_bounded_and_its_users_leave_with
         eventually(WAIT, "its users are gone", || async {
             let status = s.status().await;
             status["remote_users"].as_array().is_some_and(|l| {
-                l.iter()
-                    .all(|u| u["user_id"].as_str().is_some_and(|u| !u.starts_with("bomb-")))
+                l.iter().all(|u| {
+                    u["user_id"]
+                        .as_str()
+                        .is_some_and(|u| !u.starts_with("bomb-"))
+                })
             })
         })
         .await;
@@ -224,10 +234,14 @@ async fn announced_servers_are_dialled_at_most_once_each_and_bounded_per_link() 
     }
     // Past the budgets (servers one link may teach, the dial rate) the rest
     // are refused, not kept.
-    eventually(WAIT, "a refused the announcements past the budget", || async {
-        let status = a.status().await;
-        refusals(&status, "announces_over_cap") + refusals(&status, "dial_rate") >= 8
-    })
+    eventually(
+        WAIT,
+        "a refused the announcements past the budget",
+        || async {
+            let status = a.status().await;
+            refusals(&status, "announces_over_cap") + refusals(&status, "dial_rate") >= 8
+        },
+    )
     .await;
     // Long enough for several rounds of reconnect backoff (1 s, 2 s, ...).
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -236,7 +250,10 @@ async fn announced_servers_are_dialled_at_most_once_each_and_bounded_per_link() 
         .map(|(_, c)| c.load(Ordering::SeqCst))
         .collect();
     // A and B (which hears the announcements through A) dial each at most once.
-    assert!(dials.iter().all(|d| *d <= 2), "dials per made-up server: {dials:?}");
+    assert!(
+        dials.iter().all(|d| *d <= 2),
+        "dials per made-up server: {dials:?}"
+    );
     assert!(
         dials.iter().sum::<usize>() <= 2 * per_link,
         "dials in all: {dials:?}"
