@@ -344,7 +344,10 @@ async fn a_name_registered_on_two_servers_at_once_goes_to_one_user_everywhere() 
         })
         .await;
     }
-    // A's user picks a new name, and it is known mesh-wide.
+    // A's user picks a new name, and it is known mesh-wide: a user at B hears
+    // the new name at once (a new advert), without the user logging in again.
+    let mut watcher = User::join(b.addr, 49).await;
+    assert!(watcher.sees_user(&late, WAIT).await);
     let rename = Envelope::from_message(
         &late,
         server_to(),
@@ -359,7 +362,59 @@ async fn a_name_registered_on_two_servers_at_once_goes_to_one_user_everywhere() 
         .expect(WAIT, "REGISTER_OK", is("REGISTER_OK"))
         .await;
     assert_eq!(ok.payload()["username"], "hana2");
+    let late_id = late.to_string();
+    watcher
+        .peer
+        .expect(WAIT, "the advert with the new name", move |e| {
+            e.msg_type() == "USER_ADVERTISE"
+                && e.payload()["user_id"] == late_id.as_str()
+                && e.payload()["meta"]["name"] == "hana2"
+        })
+        .await;
     known_as_registered(&b, "hana2").await;
+}
+
+/// A linked server advertises a made-up user as registered under a
+/// registered user's name (or any made-up user as registered): the
+/// directory is the authority on who is registered and by which name.
+#[actix_rt::test]
+async fn an_advert_claiming_a_registration_the_directory_does_not_hold_is_refused() {
+    let (a, _b) = mesh_with(patient_settings()).await;
+    let ivy = UserId::random();
+    let _r = register(a.addr, 53, &ivy, "ivy").await;
+    let mut fake = FakeServer::link(a.addr, 54, &a.server_id).await;
+    let mut carol = User::join(a.addr, 55).await;
+    let impostor = UserId::random();
+    let nobody = UserId::random();
+    for (user, name) in [(&impostor, "ivy"), (&nobody, "nobody")] {
+        let advert = Message::UserAdvertise(socp_protocol::message::UserAdvertise {
+            user_id: user.clone(),
+            server_id: fake.id.clone(),
+            pubkey: fixtures::key(56).public_key().clone(),
+            meta: Some(serde_json::json!({"name": name, "registered": true, "home": fake.id})),
+            seq: None,
+        });
+        fake.peer.send(&fake.signed(To::All, &advert)).await;
+    }
+    // A guest of that server, as other implementations advertise them, is taken.
+    let guest = UserId::random();
+    fake.peer
+        .send(&fake.signed(To::All, &advertise(&guest, &fake.id, 57)))
+        .await;
+    assert!(carol.sees_user(&guest, WAIT).await);
+    let status = a.status().await;
+    assert!(
+        refusals(&status, "advert_claims_registered") >= 2,
+        "{status}"
+    );
+    for u in [&impostor, &nobody] {
+        assert!(!knows(&status, u), "{u} was taken: {status}");
+        assert!(!carol
+            .peer
+            .inbox
+            .iter()
+            .any(|e| e.msg_type() == "USER_ADVERTISE" && e.payload()["user_id"] == u.as_str()));
+    }
 }
 
 /// The directory converges: a server that joins later learns every

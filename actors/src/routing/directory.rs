@@ -114,6 +114,11 @@ impl Directory {
         d
     }
 
+    /// Whether `id` holds the name `name`.
+    pub(super) fn holds(&self, id: &UserId, name: &socp_protocol::Username) -> bool {
+        self.names.get(&name.key()) == Some(id)
+    }
+
     /// The server that registered `id`, if it is registered elsewhere
     /// (`None` for a user registered here, or not registered).
     pub(super) fn home_of(&self, id: &UserId) -> Option<ServerId> {
@@ -130,13 +135,28 @@ impl Directory {
                 .any(|id| id.as_str().eq_ignore_ascii_case(who))
     }
 
-    /// Whether an advert for `id` with `key` contradicts the directory: a
-    /// registered id with another key, or an unregistered id that is a
-    /// registered user's name.
-    pub(super) fn contradicts(&self, id: &UserId, key: &PublicKey) -> bool {
-        match self.users.get(id) {
-            Some(e) => e.key != digest(key),
-            None => self.names.contains_key(&id.as_str().to_ascii_lowercase()),
+    /// Whether an advert contradicts the directory: a registered id with
+    /// another key, or claiming (`meta.registered`) a name the user does not
+    /// hold; an unregistered id that is a registered user's name, or that
+    /// claims to be registered. (Adverts from other implementations, without
+    /// `registered`, are held to the id and key only.)
+    pub(super) fn contradicts(&self, adv: &UserAdvertise) -> bool {
+        let meta = adv.meta.as_ref();
+        let claims_registered = meta
+            .and_then(|m| m.get("registered"))
+            .and_then(|r| r.as_bool())
+            == Some(true);
+        match self.users.get(&adv.user_id) {
+            Some(e) => {
+                let claimed = super::presence::meta_name(meta).map(|n| n.to_lowercase());
+                e.key != digest(&adv.pubkey) || (claims_registered && claimed != e.name)
+            }
+            None => {
+                claims_registered
+                    || self
+                        .names
+                        .contains_key(&adv.user_id.as_str().to_ascii_lowercase())
+            }
         }
     }
 
@@ -223,7 +243,17 @@ impl<H: Clone> RouterState<H> {
             self.name_lost(displaced, now, &mut out);
         }
         let frame = self.sign(To::All, now, Message::DirectoryRecord(record.clone()));
+        // The record goes first: over each link, it reaches a server before
+        // the advert that carries the new name.
         self.to_all_servers(&frame, &[], &mut out);
+        let held = self.directory.holds(&record.user_id, &record.username);
+        if let Some(user) = self.local.get_mut(&record.user_id).filter(|u| u.registered) {
+            let name = held.then(|| record.username.to_string());
+            if user.name != name {
+                user.name = name;
+                self.readvertise(&record.user_id, now, &mut out);
+            }
+        }
         out.push(Action::Store(StoreOp::OwnRecord {
             user_id: record.user_id,
             version: record.version,
@@ -267,6 +297,23 @@ impl<H: Clone> RouterState<H> {
             }
             Applied::Stored { displaced } => {
                 self.name_lost(displaced, now, out);
+                // A user of that server attached here under its registered key
+                // takes the record's name (a rename at its home server).
+                let held = self
+                    .directory
+                    .holds(&record.user_id, &record.username)
+                    .then(|| record.username.to_string());
+                let renamed = self.local.get_mut(&record.user_id).is_some_and(|u| {
+                    let same_key = digest(&u.pubkey) == digest(&record.pubkey);
+                    let changed = u.registered && same_key && u.name != held;
+                    if changed {
+                        u.name = held.clone();
+                    }
+                    changed
+                });
+                if renamed {
+                    self.readvertise(&record.user_id, now, out);
+                }
                 if let Some(user) = self.local.get_mut(&record.user_id) {
                     // A user of another server attached here under an id that
                     // is now registered: the directory is authoritative.
@@ -315,11 +362,27 @@ impl<H: Clone> RouterState<H> {
         );
         let error = self.error_frame(To::from(&id), now, ErrorCode::NameInUse, &detail);
         out.push(Action::Send(tx, error));
+        self.readvertise(&id, now, out);
+    }
+
+    /// A local user's name changed: a new advert (new sequence number) to
+    /// every server and user, kept for later rosters.
+    fn readvertise(&mut self, id: &UserId, now: i64, out: &mut Vec<Action<H>>) {
+        let Some(user) = self.local.get(id) else {
+            return;
+        };
+        let advert =
+            self.local_advert(id, &user.pubkey, user.name.as_deref(), user.registered, now);
+        if let Some(user) = self.local.get_mut(id) {
+            user.advert = advert.clone();
+        }
+        self.to_all_servers(&advert, &[], out);
+        self.to_all_users(&advert, None, out);
     }
 
     /// Whether an advert contradicts the directory (counted when it does).
     pub(super) fn advert_contradicts_directory(&mut self, adv: &UserAdvertise) -> bool {
-        if self.directory.contradicts(&adv.user_id, &adv.pubkey) {
+        if self.directory.contradicts(adv) {
             self.refuse(refused::ADVERT_CLAIMS_REGISTERED);
             return true;
         }
