@@ -115,6 +115,13 @@ async fn frames_relayed_from_a_server_b_cannot_verify_never_close_the_honest_lin
         ) >= n as u64
     })
     .await;
+    // B never closed its link to A (it used to, "1008 bad frames", after 50
+    // frames it could not verify), and neither side lost its link.
+    let closed = counter(
+        &http_get(b.addr, "/metrics").await,
+        "socp_connections_closed_total{code=\"1008\"}",
+    );
+    assert_eq!(closed, 0, "b closed a link with 1008");
     for s in [&a, &b] {
         assert_eq!(
             links_up(&s.status().await),
