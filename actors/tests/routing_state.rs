@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use socp_actors::crypto::FrameText;
 use socp_actors::routing::{
-    Action, Conn, Peer, PeerFrame, RouterConfig, RouterState, SeenCache, StoreOp,
-    MAX_JOINS_PER_VERSION,
+    Action, Conn, Peer, PeerFrame, RouterConfig, RouterState, SeenCache, StoreOp, LIST_PART,
+    MAX_JOINS_PER_VERSION, WELCOME_CLIENTS,
 };
 use socp_protocol::envelope::TS_WINDOW_MS;
 use socp_protocol::message::{
@@ -1932,4 +1932,77 @@ fn a_third_server_follows_the_same_rule() {
         &incoming("srv-b", To::All, NOW + 1, &user_remove("bob", "srv-b")),
     );
     assert_eq!(location(&st, "bob"), Some(sid("srv-a")));
+}
+
+// ----- bounds on what the server sends ---------------------------------------
+
+#[test]
+fn a_long_listing_is_sent_in_parts_under_the_frame_limit() {
+    // rita and alice, plus as many users at srv-b as make three parts.
+    let extra = 2 * LIST_PART + 10;
+    let mut st = RouterState::new(
+        RouterConfig {
+            seen_capacity: 10 * LIST_PART,
+            ..config("srv-a")
+        },
+        Arc::new(Plain),
+    );
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    attach(&mut st, "alice", 10, "alice", 10);
+    let rita = advert_from("srv-b", "rita", 12);
+    feed(&mut st, "srv-b", &rita);
+    for i in 0..extra {
+        let advert = incoming(
+            "srv-b",
+            To::All,
+            NOW + i as i64,
+            &advertise(&format!("user-{i:05}"), "srv-b", 12),
+        );
+        feed(&mut st, "srv-b", &advert);
+    }
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&sid("srv-a")),
+        NOW,
+        Message::ListRequest(Default::default()),
+    );
+    let parts = sent_to(&a, "alice");
+    assert_eq!(parts.len(), 3);
+    let mut listed = 0;
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(part.msg_type(), "LIST_RESPONSE");
+        let users = part.payload()["users"].as_array().expect("users").len();
+        assert!(users <= LIST_PART);
+        listed += users;
+        let last = i + 1 == parts.len();
+        assert_eq!(part.payload().get("more").is_none(), last, "part {i}");
+        assert!(part.to_json().len() < 512 * 1024, "part {i} is small");
+    }
+    assert_eq!(listed, extra + 2, "everyone, once");
+}
+
+#[test]
+fn a_welcome_lists_a_bounded_number_of_users() {
+    let (mut st, _) = mesh();
+    for i in 0..(WELCOME_CLIENTS + 50) {
+        let advert = incoming(
+            "srv-b",
+            To::All,
+            NOW + i as i64,
+            &advertise(&format!("user-{i:05}"), "srv-b", 12),
+        );
+        feed(&mut st, "srv-b", &advert);
+    }
+    let welcome = st.welcome(
+        &sid("srv-new"),
+        &ServerAddress {
+            host: "10.0.9.9".into(),
+            port: 9999,
+            pubkey: pk(9),
+        },
+    );
+    assert_eq!(welcome.clients.len(), WELCOME_CLIENTS);
+    let frame = Envelope::new(&sid("srv-a"), To::All, NOW, &welcome).to_json();
+    assert!(frame.len() < 1024 * 1024, "{} bytes", frame.len());
 }

@@ -236,7 +236,14 @@ fn fixtures() -> Vec<(To, Message)> {
         (to_bob.clone(), file_chunk().into()),
         (to_bob.clone(), FileEnd { file_id: file_id() }.into()),
         (to_server.clone(), ListRequest {}.into()),
-        (To::from(&alice()), ListResponse { users: listed() }.into()),
+        (
+            To::from(&alice()),
+            ListResponse {
+                users: listed(),
+                more: false,
+            }
+            .into(),
+        ),
         (to_server.clone(), Command { cmd: "list".into() }.into()),
         (
             To::from(&alice()),

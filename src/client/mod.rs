@@ -93,6 +93,10 @@ struct Client {
     pins_error: Option<String>,
     files: HashMap<(UserId, String), IncomingFile>,
     waiters: Vec<Waiter>,
+    /// Parts of a LIST_RESPONSE received so far (`more`), and the parts of
+    /// the last complete one, for `/list`.
+    list_parts: Vec<socp_protocol::message::ListedUser>,
+    last_list: Vec<socp_protocol::message::ListedUser>,
     out: Output,
     config: ClientConfig,
 }
@@ -131,6 +135,8 @@ pub async fn run(config: ClientConfig) -> i32 {
         pins_error: None,
         files: HashMap::new(),
         waiters: Vec::new(),
+        list_parts: Vec::new(),
+        last_list: Vec::new(),
         out: out.clone(),
         config: config.clone(),
     }));

@@ -34,6 +34,18 @@ pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
             return;
         }
     };
+    // A listing in parts: the parts before the last are kept; the last one
+    // (no `more`) answers the request.
+    if env.msg_type() == "LIST_RESPONSE" {
+        if let Ok(Message::ListResponse(l)) = env.message() {
+            if l.more {
+                shared.borrow_mut().list_parts.extend(l.users);
+                return;
+            }
+        }
+        let mut c = shared.borrow_mut();
+        c.last_list = std::mem::take(&mut c.list_parts);
+    }
     // Requests waiting for this answer.
     {
         let mut c = shared.borrow_mut();

@@ -31,7 +31,11 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
     )?;
     let env = answer(rx, "/list").await?;
     let users = match env.message() {
-        Ok(Message::ListResponse(l)) => l.users,
+        Ok(Message::ListResponse(l)) => {
+            let mut users = std::mem::take(&mut shared.borrow_mut().last_list);
+            users.extend(l.users);
+            users
+        }
         _ => return Err(fail("BAD_REQUEST", "the server's list was malformed")),
     };
     let (names, entries) = {

@@ -10,6 +10,9 @@ use super::*;
 
 use super::inbound::Relayed;
 
+/// Users per LIST_RESPONSE part (~200 bytes each: a part stays under 512 KiB).
+pub const LIST_PART: usize = 2_000;
+
 /// Content on its way to one recipient.
 pub(super) struct Delivery {
     pub(super) recipient: UserId,
@@ -54,14 +57,21 @@ impl<H: Clone> RouterState<H> {
         let reply_to = To::from(user_id);
         match msg {
             Message::ListRequest(_) => {
-                let frame = self.sign(
-                    reply_to,
-                    now,
-                    Message::ListResponse(ListResponse {
-                        users: self.listing(),
-                    }),
-                );
-                out.push(Action::Send(origin, frame));
+                // In parts far under the frame limit; the last has no `more`.
+                let users = self.listing();
+                let parts = users.len().div_ceil(LIST_PART).max(1);
+                let mut users = users.into_iter();
+                for part in 0..parts {
+                    let frame = self.sign(
+                        reply_to.clone(),
+                        now,
+                        Message::ListResponse(ListResponse {
+                            users: users.by_ref().take(LIST_PART).collect(),
+                            more: part + 1 < parts,
+                        }),
+                    );
+                    out.push(Action::Send(origin.clone(), frame));
+                }
             }
             Message::Command(Command { cmd }) => {
                 let frame = if cmd.eq_ignore_ascii_case("list") {
@@ -70,7 +80,9 @@ impl<H: Clone> RouterState<H> {
                         now,
                         Message::CommandResponse(CommandResponse {
                             cmd,
-                            users: self.listing(),
+                            // The first seed's form has no parts: at most
+                            // what fits well inside the frame limit.
+                            users: self.listing().into_iter().take(4 * LIST_PART).collect(),
                         }),
                     )
                 } else {

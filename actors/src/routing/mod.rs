@@ -27,6 +27,7 @@ mod servers;
 mod status;
 
 pub use crate::error::Refusal;
+pub use delivery::LIST_PART;
 use directory::Directory;
 pub use directory::{own_record, refused};
 use membership::Membership;
@@ -35,6 +36,7 @@ use presence::{LocalUser, RemoteUser};
 pub use seen::SeenCache;
 pub use sequence::PresenceSeq;
 use servers::ServerEntry;
+pub use servers::WELCOME_CLIENTS;
 pub use status::{LinkState, RemoteUserStatus, ServerStatus, Status};
 
 /// Identifies one connection (a user session or a server link).

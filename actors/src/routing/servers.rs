@@ -10,6 +10,9 @@ use super::presence::meta_name;
 use super::*;
 use crate::crypto::SignedFrame;
 
+/// Most users a SERVER_WELCOME lists (~850 bytes each, with their key).
+pub const WELCOME_CLIENTS: usize = 500;
+
 /// A server in the mesh.
 pub(super) struct ServerEntry<H> {
     pub(super) peer: Peer,
@@ -313,12 +316,21 @@ impl<H: Clone> RouterState<H> {
                 meta: u.name.as_ref().map(|n| serde_json::json!({ "name": n })),
             })
             .collect();
-        clients.extend(self.remote.iter().map(|(id, u)| ClientInfo {
-            user_id: id.clone(),
-            server_id: u.server_id.clone(),
-            pubkey: u.pubkey.clone(),
-            meta: u.meta.clone(),
-        }));
+        clients.extend(
+            self.remote
+                .iter()
+                .filter(|(_, u)| self.is_linked(&u.server_id))
+                .map(|(id, u)| ClientInfo {
+                    user_id: id.clone(),
+                    server_id: u.server_id.clone(),
+                    pubkey: u.pubkey.clone(),
+                    meta: u.meta.clone(),
+                }),
+        );
+        // A head start only (each server advertises its users again over the
+        // link the joiner opens to it): bounded, so that the welcome stays far
+        // inside the frame limit (~850 bytes an entry).
+        clients.truncate(WELCOME_CLIENTS);
         ServerWelcome {
             assigned_id: assigned,
             servers,

@@ -570,8 +570,13 @@ pub struct ListedUser {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListResponse {
     /// Every user attached to the answering server or to a server it has a
-    /// live link to.
+    /// live link to (or, with `more`, one part of them).
     pub users: Vec<ListedUser>,
+    /// \[ext\] More parts follow: a long listing is sent as several
+    /// LIST_RESPONSE frames, each far under the frame limit; the last has no
+    /// `more`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// `COMMAND {cmd}` (the first seed's `/list`).
