@@ -237,7 +237,7 @@ impl Link {
             w.iter()
                 .filter_map(|m| match m {
                     Wire::Text(t) => Some(t.clone()),
-                    Wire::Close(..) => None,
+                    Wire::Close(..) | Wire::KeepAlive(_) => None,
                 })
                 .collect()
         })
@@ -248,7 +248,7 @@ impl Link {
             w.iter()
                 .filter_map(|m| match m {
                     Wire::Close(code, _) => Some(*code),
-                    Wire::Text(_) => None,
+                    Wire::Text(_) | Wire::KeepAlive(_) => None,
                 })
                 .collect()
         })
