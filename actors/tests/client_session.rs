@@ -113,9 +113,10 @@ impl Session {
             .take()
             .await
             .into_iter()
-            .map(|w| match w {
-                Wire::Text(t) => Wrote::Frame(Envelope::parse(t.as_bytes()).expect("parses")),
-                Wire::Close(code, _) => Wrote::Close(code),
+            .filter_map(|w| match w {
+                Wire::Text(t) => Some(Wrote::Frame(Envelope::parse(t.as_bytes()).expect("parses"))),
+                Wire::Close(code, _) => Some(Wrote::Close(code)),
+                Wire::KeepAlive(_) => None,
             })
             .collect()
     }

@@ -238,7 +238,7 @@ impl Link {
             w.iter()
                 .filter_map(|m| match m {
                     Wire::Text(t) => Some(t.clone()),
-                    Wire::Close(..) => None,
+                    Wire::Close(..) | Wire::KeepAlive(_) => None,
                 })
                 .collect()
         })
@@ -249,7 +249,7 @@ impl Link {
             w.iter()
                 .filter_map(|m| match m {
                     Wire::Close(code, _) => Some(*code),
-                    Wire::Text(_) => None,
+                    Wire::Text(_) | Wire::KeepAlive(_) => None,
                 })
                 .collect()
         })

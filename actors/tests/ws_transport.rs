@@ -213,7 +213,7 @@ async fn an_unmasked_or_non_utf8_frame_closes_the_connection() {
                 Parser::write_message(&mut b, b"hi", OpCode::Text, true, false);
                 b.to_vec()
             },
-            close::POLICY,
+            close::PROTOCOL,
         ),
         (
             client_frame(OpCode::Text, &[0xff, 0xfe]),
@@ -406,6 +406,96 @@ async fn an_outbound_link_answers_the_servers_close_and_tells_its_owner() {
     match read_frame(&mut server, &mut buf, Codec::new()).await {
         Frame::Close(Some(reason)) => assert_eq!(reason.code, CloseCode::Away),
         other => panic!("expected the close answered, got {other:?}"),
+    }
+    until("the owner told", || seen.lock().is_ok_and(|s| s.closed)).await;
+}
+
+/// Whether the server's end of `peer` is gone (dropped: even an empty write
+/// fails). Writes nothing, never reads.
+async fn released(peer: &mut DuplexStream) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_millis(50), peer.write(b"")).await,
+        Ok(Err(_))
+    )
+}
+
+#[actix::test]
+async fn a_closed_connection_whose_peer_never_reads_is_released_after_a_deadline() {
+    // Two ways to close: the owner closes, or the peer breaks the protocol.
+    for owner_closes in [true, false] {
+        // 1 KiB of socket buffer; the peer reads nothing at all.
+        let (seen, mut peer) = connect(1024, &client_frame(OpCode::Text, b"hello"), 1 << 20);
+        until("bound", || seen.lock().is_ok_and(|s| s.transport.is_some())).await;
+        let transport = seen
+            .lock()
+            .ok()
+            .and_then(|s| s.transport.clone())
+            .expect("bound");
+        // 64 KiB for the peer, which never reads them: the writer is stuck.
+        for _ in 0..64 {
+            transport.do_send(Wire::Text(FrameText::from("x".repeat(1024))));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!released(&mut peer).await, "released before the close");
+        if owner_closes {
+            transport.do_send(Wire::Close(close::NORMAL, "bye".into()));
+        } else {
+            peer.write_all(&client_frame(OpCode::Text, &[0xff]))
+                .await
+                .expect("write");
+        }
+        until("the owner told", || seen.lock().is_ok_and(|s| s.closed)).await;
+        // The writer gives up on the close within its deadline (seconds):
+        // the socket is dropped, though the peer still reads nothing.
+        let mut gone = false;
+        for _ in 0..200 {
+            if released(&mut peer).await {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            gone,
+            "the socket is still held 20 s after the close (owner closes: {owner_closes})"
+        );
+    }
+}
+
+#[actix::test]
+async fn keepalive_pings_a_peer_that_answers_and_closes_a_silent_one_with_1001() {
+    let (seen, mut peer) = connect(64 * 1024, &client_frame(OpCode::Text, b"hello"), 1 << 20);
+    until("bound", || seen.lock().is_ok_and(|s| s.transport.is_some())).await;
+    let transport = seen
+        .lock()
+        .ok()
+        .and_then(|s| s.transport.clone())
+        .expect("bound");
+    let mut buf = BytesMut::new();
+    // Heard from within the last minute: a ping.
+    transport.do_send(Wire::KeepAlive(Duration::from_secs(60)));
+    match next_frame(&mut peer, &mut buf).await {
+        Frame::Ping(p) => assert!(p.is_empty()),
+        other => panic!("expected a ping, got {other:?}"),
+    }
+    // A pong counts as hearing from the peer: without it the peer would
+    // have been silent for 350 ms here.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peer.write_all(&client_frame(OpCode::Pong, b""))
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    transport.do_send(Wire::KeepAlive(Duration::from_millis(250)));
+    match next_frame(&mut peer, &mut buf).await {
+        Frame::Ping(_) => {}
+        other => panic!("expected a ping, got {other:?}"),
+    }
+    // Silent for longer than asked: closed with 1001, the owner told.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    transport.do_send(Wire::KeepAlive(Duration::from_millis(250)));
+    match next_frame(&mut peer, &mut buf).await {
+        Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), close::AWAY),
+        other => panic!("expected a close, got {other:?}"),
     }
     until("the owner told", || seen.lock().is_ok_and(|s| s.closed)).await;
 }

@@ -333,6 +333,18 @@ impl ClientSession {
 impl Actor for ClientSession {
     type Context = Context<Self>;
 
+    /// Ping the user every heartbeat interval; its transport closes the
+    /// connection (and the session stops, detaching the user) once the user
+    /// sent nothing at all, not even a pong, for the peer timeout: a client
+    /// that vanished without a close does not stay online mesh-wide.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let settings = &self.shared.settings;
+        let silence = settings.peer_timeout;
+        ctx.run_interval(settings.heartbeat_interval, move |act, _| {
+            act.out.keepalive(silence);
+        });
+    }
+
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(identity) = self.identity.take() {
             self.shared.router.detach.do_send(Detach {

@@ -1,14 +1,99 @@
 //! Reading frames: the frame guard that refuses oversize frames at their header,
 //! fragment reassembly under a cap, and the frame stream both transports read.
 
-use actix_http::ws::{Codec, Frame, ProtocolError};
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Parser, ProtocolError};
 use bytes::{Bytes, BytesMut};
 
-/// Reassembles fragmented messages under a size cap.
+use super::close;
+
+/// Why a connection's frames cannot be read on: the close code to answer
+/// with (RFC 6455 §7.4.1) and a reason.
+#[derive(Debug)]
+pub struct Failure {
+    /// The close code.
+    pub code: u16,
+    /// Why, for the close frame and the logs.
+    pub reason: &'static str,
+}
+
+impl Failure {
+    fn protocol(reason: &'static str) -> Self {
+        Failure {
+            code: close::PROTOCOL,
+            reason,
+        }
+    }
+
+    fn too_big() -> Self {
+        Failure {
+            code: close::TOO_BIG,
+            reason: "message too big",
+        }
+    }
+}
+
+impl From<ProtocolError> for Failure {
+    /// The decoder's errors: a frame over the limit is 1009, anything else
+    /// it refuses (reserved bits or opcodes, bad continuation, masking, a
+    /// control frame over 125 bytes or fragmented) is 1002.
+    fn from(e: ProtocolError) -> Self {
+        log::debug!("WebSocket protocol error: {e}");
+        match e {
+            ProtocolError::Overflow => Failure::too_big(),
+            ProtocolError::UnmaskedFrame | ProtocolError::MaskedFrame => {
+                Failure::protocol("bad masking")
+            }
+            ProtocolError::InvalidOpcode(_) | ProtocolError::BadOpCode => {
+                Failure::protocol("reserved opcode")
+            }
+            ProtocolError::InvalidLength(_) => Failure::protocol("control frame over 125 bytes"),
+            ProtocolError::ContinuationNotStarted
+            | ProtocolError::ContinuationStarted
+            | ProtocolError::ContinuationFragment(_) => Failure::protocol("bad fragmentation"),
+            // The decoder's only I/O error: reserved bits set.
+            ProtocolError::Io(_) => Failure::protocol("protocol error"),
+        }
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 §7.4.1 and the IANA registry;
+/// 1004-1006 and 1015 are never sent, 1016-2999 are reserved, 3000-4999
+/// are for libraries and applications).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The payload of a close frame, checked: empty, or a valid code and a
+/// UTF-8 reason.
+fn close_payload(payload: &[u8]) -> Result<Option<CloseReason>, Failure> {
+    let (code, reason) = match payload {
+        [] => return Ok(None),
+        [_] => return Err(Failure::protocol("a close payload of one byte")),
+        [hi, lo, reason @ ..] => (u16::from_be_bytes([*hi, *lo]), reason),
+    };
+    if !valid_close_code(code) {
+        return Err(Failure::protocol("invalid close code"));
+    }
+    let reason = std::str::from_utf8(reason).map_err(|_| Failure {
+        code: close::INVALID_DATA,
+        reason: "close reason is not UTF-8",
+    })?;
+    Ok(Some(CloseReason {
+        code: CloseCode::from(code),
+        description: (!reason.is_empty()).then(|| reason.to_owned()),
+    }))
+}
+
+/// Reassembles fragmented messages under a size cap, checking text as
+/// UTF-8 fragment by fragment (a message that cannot become UTF-8 is refused
+/// at the fragment that shows it, not buffered to its end).
 #[derive(Default)]
 pub(super) struct Fragments {
     /// The message being reassembled: whether it is text, and its bytes so far.
     partial: Option<(bool, BytesMut)>,
+    /// Bytes of the partial text known to be UTF-8 (a character split
+    /// across fragments may follow).
+    checked: usize,
 }
 
 /// The result of feeding a frame to [`Fragments`].
@@ -17,54 +102,62 @@ pub(super) enum Assembled {
     Text(Bytes),
     Binary,
     TooBig,
+    /// Text that is not UTF-8 (close 1007).
+    NotUtf8,
+    /// A continuation with no message started, or a new message inside one
+    /// (close 1002).
     Protocol,
 }
 
 impl Fragments {
     pub(super) fn feed(&mut self, item: actix_http::ws::Item, cap: usize) -> Assembled {
+        use actix_http::ws::Item;
         match item {
-            actix_http::ws::Item::FirstText(b) | actix_http::ws::Item::FirstBinary(b)
-                if self.partial.is_some() =>
-            {
-                let _ = b;
+            Item::FirstText(_) | Item::FirstBinary(_) if self.partial.is_some() => {
+                self.partial = None;
                 Assembled::Protocol
             }
-            actix_http::ws::Item::FirstText(b) => self.start(true, b, cap),
-            actix_http::ws::Item::FirstBinary(b) => self.start(false, b, cap),
-            actix_http::ws::Item::Continue(b) => match &mut self.partial {
-                None => Assembled::Protocol,
-                Some((_, buf)) if buf.len() + b.len() > cap => {
-                    self.partial = None;
-                    Assembled::TooBig
-                }
-                Some((_, buf)) => {
-                    buf.extend_from_slice(&b);
-                    Assembled::Incomplete
-                }
-            },
-            actix_http::ws::Item::Last(b) => match self.partial.take() {
-                None => Assembled::Protocol,
-                Some((_, buf)) if buf.len() + b.len() > cap => Assembled::TooBig,
-                Some((is_text, mut buf)) => {
-                    buf.extend_from_slice(&b);
-                    if is_text {
-                        Assembled::Text(buf.freeze())
-                    } else {
-                        Assembled::Binary
-                    }
-                }
-            },
+            Item::FirstText(b) => self.append(Some(true), &b, false, cap),
+            Item::FirstBinary(b) => self.append(Some(false), &b, false, cap),
+            Item::Continue(_) | Item::Last(_) if self.partial.is_none() => Assembled::Protocol,
+            Item::Continue(b) => self.append(None, &b, false, cap),
+            Item::Last(b) => self.append(None, &b, true, cap),
         }
     }
 
-    fn start(&mut self, is_text: bool, b: Bytes, cap: usize) -> Assembled {
-        if b.len() > cap {
+    /// Add `b` to the message (a new one of kind `start`, or the one under
+    /// way), the last fragment if `last`.
+    fn append(&mut self, start: Option<bool>, b: &[u8], last: bool, cap: usize) -> Assembled {
+        if let Some(is_text) = start {
+            self.partial = Some((is_text, BytesMut::new()));
+            self.checked = 0;
+        }
+        let Some((is_text, buf)) = &mut self.partial else {
+            return Assembled::Protocol;
+        };
+        if buf.len().saturating_add(b.len()) > cap {
+            self.partial = None;
             return Assembled::TooBig;
         }
-        let mut buf = BytesMut::with_capacity(b.len().min(64 * 1024));
-        buf.extend_from_slice(&b);
-        self.partial = Some((is_text, buf));
-        Assembled::Incomplete
+        buf.extend_from_slice(b);
+        if *is_text {
+            match std::str::from_utf8(&buf[self.checked..]) {
+                Ok(_) => self.checked = buf.len(),
+                // A character cut at the end of a fragment: the rest may follow.
+                Err(e) if e.error_len().is_none() && !last => self.checked += e.valid_up_to(),
+                Err(_) => {
+                    self.partial = None;
+                    return Assembled::NotUtf8;
+                }
+            }
+        }
+        if !last {
+            return Assembled::Incomplete;
+        }
+        match self.partial.take() {
+            Some((true, buf)) => Assembled::Text(buf.freeze()),
+            _ => Assembled::Binary,
+        }
     }
 }
 
@@ -74,26 +167,54 @@ pub(super) struct WsFrames<S> {
     inner: S,
     buf: BytesMut,
     codec: Codec,
+    /// Frames come from a client (masked).
+    server: bool,
+    max_frame: usize,
     done: bool,
 }
 
 impl<S> WsFrames<S> {
     /// Frames a client sent us (masked).
     pub(super) fn new(inner: S, max_frame: usize) -> Self {
-        Self::with_codec(inner, Codec::new().max_size(max_frame))
+        Self::with_codec(inner, Codec::new().max_size(max_frame), true, max_frame)
     }
 
     /// Frames a server sent us, on a connection we opened (unmasked).
     pub(super) fn client(inner: S, max_frame: usize) -> Self {
-        Self::with_codec(inner, Codec::new().max_size(max_frame).client_mode())
+        Self::with_codec(
+            inner,
+            Codec::new().max_size(max_frame).client_mode(),
+            false,
+            max_frame,
+        )
     }
 
-    fn with_codec(inner: S, codec: Codec) -> Self {
+    fn with_codec(inner: S, codec: Codec, server: bool, max_frame: usize) -> Self {
         WsFrames {
             inner,
             buf: BytesMut::new(),
             codec,
+            server,
+            max_frame,
             done: false,
+        }
+    }
+
+    /// Decode the next frame in the buffer. A whole, unfragmented close
+    /// frame is decoded here rather than by the codec: the codec refuses a
+    /// bad close code and a reason that is not UTF-8 with one and the same
+    /// error, and they call for different close codes (1002, 1007).
+    fn decode(&mut self) -> Result<Option<Frame>, Failure> {
+        use actix_codec::Decoder;
+        // FIN, no reserved bits, opcode 8 (close).
+        if self.buf.first() != Some(&0x88) {
+            return Ok(self.codec.decode(&mut self.buf)?);
+        }
+        match Parser::parse(&mut self.buf, self.server, self.max_frame)? {
+            None => Ok(None),
+            Some((_, _, payload)) => Ok(Some(Frame::Close(close_payload(
+                payload.as_deref().unwrap_or_default(),
+            )?))),
         }
     }
 }
@@ -102,19 +223,18 @@ impl<S> futures_util::Stream for WsFrames<S>
 where
     S: futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>> + Unpin,
 {
-    type Item = Result<Frame, ProtocolError>;
+    type Item = Result<Frame, Failure>;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use actix_codec::Decoder;
         use actix_web::error::PayloadError;
         use std::task::Poll;
         let this = &mut *self;
         loop {
             if !this.buf.is_empty() {
-                match this.codec.decode(&mut this.buf) {
+                match this.decode() {
                     Ok(Some(frame)) => {
                         if this.buf.is_empty() {
                             this.buf = BytesMut::new();
@@ -134,13 +254,18 @@ where
             }
             match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
-                Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(PayloadError::Overflow))) => {
+                    // The frame guard: a header announcing too much.
                     this.done = true;
                     this.buf = BytesMut::new();
-                    return Poll::Ready(Some(Err(match e {
-                        PayloadError::Overflow => ProtocolError::Overflow,
-                        e => ProtocolError::Io(std::io::Error::other(e.to_string())),
-                    })));
+                    return Poll::Ready(Some(Err(Failure::too_big())));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // The socket failed: no close frame can reach the peer.
+                    log::debug!("WebSocket read failed: {e}");
+                    this.done = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(None);
                 }
                 Poll::Ready(None) => {
                     this.done = true;

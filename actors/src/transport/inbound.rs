@@ -2,13 +2,13 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_http::ws::{Frame, ProtocolError};
-use bytes::{Bytes, BytesMut};
+use actix_http::ws::Frame;
+use bytes::Bytes;
 
-use super::frames::{short_reason, Fragments, WsFrames};
+use super::frames::{short_reason, Failure, Fragments, WsFrames};
 use super::socket::{Out, Outgoing, ReadChunks, Writer};
 use super::*;
 use crate::crypto::FrameText;
@@ -26,6 +26,9 @@ pub struct WsTransport<A: Acceptor> {
     peer: String,
     out: Rc<RefCell<Outgoing>>,
     max_unread: usize,
+    close_grace: Duration,
+    /// When the peer last sent a frame (of any kind).
+    last_heard: Instant,
 }
 
 impl<A: Acceptor> WsTransport<A> {
@@ -40,7 +43,16 @@ impl<A: Acceptor> WsTransport<A> {
             peer,
             out: Rc::default(),
             max_unread: MAX_UNREAD_BYTES,
+            close_grace: CLOSE_GRACE,
+            last_heard: Instant::now(),
         }
+    }
+
+    /// Drop the socket if the close frame (and what was queued before it)
+    /// is not written within `grace` (default [`CLOSE_GRACE`]).
+    pub fn close_grace(mut self, grace: Duration) -> Self {
+        self.close_grace = grace;
+        self
     }
 
     /// Close the connection once more than `bytes` of frames wait for it
@@ -57,11 +69,7 @@ impl<A: Acceptor> WsTransport<A> {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
     {
         let (rd, wr) = tokio::io::split(io);
-        actix::spawn(Writer {
-            io: wr,
-            out: Rc::clone(&self.out),
-            buf: BytesMut::new(),
-        });
+        actix::spawn(Writer::new(wr, Rc::clone(&self.out), self.close_grace));
         let max = self.max_frame;
         let chunks = ReadChunks {
             io: rd,
@@ -135,8 +143,9 @@ impl<A: Acceptor> Actor for WsTransport<A> {
     }
 }
 
-impl<A: Acceptor> StreamHandler<Result<Frame, ProtocolError>> for WsTransport<A> {
-    fn handle(&mut self, frame: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
+impl<A: Acceptor> StreamHandler<Result<Frame, Failure>> for WsTransport<A> {
+    fn handle(&mut self, frame: Result<Frame, Failure>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
         match receive(&mut self.fragments, self.max_frame, frame) {
             Received::Nothing => {}
             Received::Text(text) => self.text(ctx, text),
@@ -170,6 +179,14 @@ impl<A: Acceptor> Handler<Wire> for WsTransport<A> {
         match msg {
             Wire::Text(text) => self.write(ctx, Out::Text(text)),
             Wire::Close(code, reason) => self.close(ctx, code, &reason),
+            Wire::KeepAlive(silence) if self.last_heard.elapsed() > silence => {
+                log::info!(
+                    "connection from {} silent for over {silence:?}; closing it",
+                    self.peer
+                );
+                self.close(ctx, close::AWAY, "no answer to pings");
+            }
+            Wire::KeepAlive(_) => self.write(ctx, Out::Ping),
         }
     }
 }

@@ -10,8 +10,10 @@
 //! made with awc ([`AwcTransport`]: awc's handshake, then the same guarded
 //! frame reader as inbound connections).
 
+use std::time::Duration;
+
 use actix::prelude::*;
-use actix_http::ws::{CloseReason, Frame, ProtocolError};
+use actix_http::ws::{CloseReason, Frame};
 use bytes::Bytes;
 
 use crate::crypto::FrameText;
@@ -22,22 +24,30 @@ mod outbound;
 mod queue;
 mod socket;
 
-pub use frames::FrameGuard;
 use frames::{Assembled, Fragments};
+pub use frames::{Failure, FrameGuard};
 pub use inbound::WsTransport;
 pub use outbound::AwcTransport;
 pub use queue::{HasOutQueue, InOrder, InQueue, OutQueue};
 pub use socket::MAX_UNREAD_BYTES;
 
-/// WebSocket close codes we use.
+/// How long a closing connection may take to write its close frame (and
+/// whatever was queued before it): past this the socket is dropped, so a
+/// peer that stopped reading cannot hold it open.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// WebSocket close codes we use (RFC 6455 §7.4.1).
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
     /// Going away (shutdown, heartbeat timeout).
     pub const AWAY: u16 = 1001;
+    /// Protocol error: a frame RFC 6455 forbids (reserved bits or opcodes,
+    /// bad fragmentation, a bad control frame or close code).
+    pub const PROTOCOL: u16 = 1002;
     /// Unsupported data (a binary frame before identification).
     pub const UNSUPPORTED: u16 = 1003;
-    /// Invalid payload data (text that is not UTF-8).
+    /// Invalid payload data (text or a close reason that is not UTF-8).
     pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (identification failed or timed out, abuse).
     pub const POLICY: u16 = 1008;
@@ -65,6 +75,9 @@ pub enum Wire {
     Text(FrameText),
     /// Close with a code and reason, then stop.
     Close(u16, String),
+    /// Ping the peer; but if it sent nothing at all (no frame of any kind,
+    /// pong included) for this long, close with 1001 and stop instead.
+    KeepAlive(Duration),
 }
 
 /// Decides what owns an inbound connection, from its first frame.
@@ -101,11 +114,7 @@ enum Received {
 }
 
 /// Classify one decoded frame (both transports share this).
-fn receive(
-    fragments: &mut Fragments,
-    max_frame: usize,
-    frame: Result<Frame, ProtocolError>,
-) -> Received {
+fn receive(fragments: &mut Fragments, max_frame: usize, frame: Result<Frame, Failure>) -> Received {
     let text = |bytes: Bytes| match std::str::from_utf8(&bytes) {
         Ok(text) => Received::Text(FrameText::from(text)),
         Err(_) => Received::Refuse(close::INVALID_DATA, "text is not UTF-8"),
@@ -118,15 +127,12 @@ fn receive(
             Assembled::Text(bytes) => text(bytes),
             Assembled::Binary => Received::Binary,
             Assembled::TooBig => Received::Refuse(close::TOO_BIG, "message too big"),
-            Assembled::Protocol => Received::Refuse(close::POLICY, "bad fragmentation"),
+            Assembled::NotUtf8 => Received::Refuse(close::INVALID_DATA, "text is not UTF-8"),
+            Assembled::Protocol => Received::Refuse(close::PROTOCOL, "bad fragmentation"),
         },
         Ok(Frame::Ping(payload)) => Received::Ping(payload),
         Ok(Frame::Pong(_)) => Received::Nothing,
         Ok(Frame::Close(reason)) => Received::Closed(reason),
-        Err(ProtocolError::Overflow) => Received::Refuse(close::TOO_BIG, "message too big"),
-        Err(e) => {
-            log::debug!("WebSocket protocol error: {e}");
-            Received::Refuse(close::POLICY, "protocol error")
-        }
+        Err(Failure { code, reason }) => Received::Refuse(code, reason),
     }
 }

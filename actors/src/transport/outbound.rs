@@ -1,12 +1,12 @@
 //! [`AwcTransport`]: an outbound link made with awc, read through the same frame guard.
 
-use std::time::Duration;
+use std::time::Instant;
 
 use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
 
 use super::frames::short_reason;
-use super::frames::{Fragments, WsFrames};
+use super::frames::{Failure, Fragments, WsFrames};
 use super::socket::ReadChunks;
 use super::*;
 
@@ -60,10 +60,9 @@ pub struct AwcTransport {
     max_frame: usize,
     /// Our close frame is on its way: nothing more is read or written.
     closing: bool,
+    /// When the server last sent a frame (of any kind).
+    last_heard: Instant,
 }
-
-/// How long a closing outbound link waits for its close frame to be written.
-pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 impl AwcTransport {
     /// Wrap a connected awc socket; frames go to `owner`. awc's own decoder
@@ -94,6 +93,7 @@ impl AwcTransport {
                 fragments: Fragments::default(),
                 max_frame,
                 closing: false,
+                last_heard: Instant::now(),
             }
         })
     }
@@ -127,12 +127,9 @@ impl Actor for AwcTransport {
 
 impl WriteHandler<awc::error::WsProtocolError> for AwcTransport {}
 
-impl StreamHandler<Result<awc::ws::Frame, awc::error::WsProtocolError>> for AwcTransport {
-    fn handle(
-        &mut self,
-        msg: Result<awc::ws::Frame, awc::error::WsProtocolError>,
-        ctx: &mut Self::Context,
-    ) {
+impl StreamHandler<Result<awc::ws::Frame, Failure>> for AwcTransport {
+    fn handle(&mut self, msg: Result<awc::ws::Frame, Failure>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
         if self.closing {
             return;
         }
@@ -182,6 +179,13 @@ impl Handler<Wire> for AwcTransport {
                 }
             }
             Wire::Close(code, reason) => self.close(ctx, code, &reason),
+            Wire::KeepAlive(silence) if self.last_heard.elapsed() > silence => {
+                log::info!("outbound link: silent for over {silence:?}; closing it");
+                self.close(ctx, close::AWAY, "no answer to pings");
+            }
+            Wire::KeepAlive(_) => {
+                let _ = self.sink.write(awc::ws::Message::Ping(bytes::Bytes::new()));
+            }
         }
     }
 }

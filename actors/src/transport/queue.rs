@@ -131,6 +131,15 @@ impl OutQueue {
     pub fn pending(&self) -> usize {
         self.queue.len()
     }
+
+    /// Ping the peer now (ahead of queued frames: a control frame), unless
+    /// it has been silent for `silence`, when its transport closes it with
+    /// 1001 instead. Nothing once a close was released.
+    pub fn keepalive(&self, silence: std::time::Duration) {
+        if !self.closed {
+            self.transport.do_send(Wire::KeepAlive(silence));
+        }
+    }
 }
 
 /// Received frames, handled one at a time in arrival order: a frame whose

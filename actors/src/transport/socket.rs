@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use bytes::{Bytes, BytesMut};
@@ -18,6 +19,7 @@ pub const MAX_UNREAD_BYTES: usize = 64 << 20;
 /// What an inbound connection has still to write, in order.
 pub(super) enum Out {
     Text(FrameText),
+    Ping,
     Pong(Bytes),
     Close(u16, String),
 }
@@ -26,6 +28,7 @@ impl Out {
     fn len(&self) -> usize {
         match self {
             Out::Text(t) => t.len(),
+            Out::Ping => 0,
             Out::Pong(p) => p.len(),
             Out::Close(_, r) => r.len() + 2,
         }
@@ -82,12 +85,20 @@ impl Outgoing {
             waker.wake();
         }
     }
+
+    /// Wake the writer's task on the next push, close or finish.
+    fn register(&mut self, cx: &std::task::Context<'_>) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+    }
 }
 
 /// Encode one queued frame (server side: unmasked).
 pub(super) fn encode(frame: Out, buf: &mut BytesMut) {
     match frame {
         Out::Text(text) => Parser::write_message(buf, text.as_bytes(), OpCode::Text, true, false),
+        Out::Ping => Parser::write_message(buf, [], OpCode::Ping, true, false),
         Out::Pong(payload) => Parser::write_message(buf, payload, OpCode::Pong, true, false),
         Out::Close(code, reason) => Parser::write_close(
             buf,
@@ -106,11 +117,28 @@ pub(super) const WRITE_CHUNK: usize = 8 * 1024;
 /// Writes an inbound connection's queued frames to its socket: a few
 /// kilobytes encoded at a time, only as fast as the socket takes them, and
 /// no buffer kept while there is nothing to write. Ends (shutting the write
-/// side down) once the queue is finished and empty, or the socket fails.
+/// side down) once the queue is finished and empty, or the socket fails, or
+/// `grace` after the queue was finished: a peer that stopped reading cannot
+/// keep the socket (and its descriptor) past its close.
 pub(super) struct Writer<W> {
-    pub(super) io: W,
-    pub(super) out: Rc<RefCell<Outgoing>>,
-    pub(super) buf: BytesMut,
+    io: W,
+    out: Rc<RefCell<Outgoing>>,
+    buf: BytesMut,
+    grace: Duration,
+    /// Armed once the queue is finished.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W> Writer<W> {
+    pub(super) fn new(io: W, out: Rc<RefCell<Outgoing>>, grace: Duration) -> Self {
+        Writer {
+            io,
+            out,
+            buf: BytesMut::new(),
+            grace,
+            deadline: None,
+        }
+    }
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> std::future::Future for Writer<W> {
@@ -123,6 +151,19 @@ impl<W: tokio::io::AsyncWrite + Unpin> std::future::Future for Writer<W> {
         use std::pin::Pin;
         use std::task::Poll;
         let this = self.get_mut();
+        if this.deadline.is_none() && this.out.borrow().finished {
+            this.deadline = Some(Box::pin(tokio::time::sleep(this.grace)));
+        }
+        if let Some(deadline) = &mut this.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                log::debug!(
+                    "closed connection not written within {:?}; dropped",
+                    this.grace
+                );
+                this.out.borrow_mut().abandon();
+                return Poll::Ready(());
+            }
+        }
         loop {
             if this.buf.is_empty() {
                 let mut out = this.out.borrow_mut();
@@ -142,9 +183,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> std::future::Future for Writer<W> {
                         drop(out);
                         return Pin::new(&mut this.io).poll_shutdown(cx).map(|_| ());
                     }
-                    if !out.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        out.waker = Some(cx.waker().clone());
-                    }
+                    out.register(cx);
                     drop(out);
                     // A TLS stream may hold the last bytes until flushed.
                     return match Pin::new(&mut this.io).poll_flush(cx) {
@@ -168,7 +207,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> std::future::Future for Writer<W> {
                     this.out.borrow_mut().abandon();
                     return Poll::Ready(());
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // A close queued meanwhile must arm the deadline.
+                    this.out.borrow_mut().register(cx);
+                    return Poll::Pending;
+                }
             }
         }
     }
