@@ -249,8 +249,16 @@ async fn a_flood_is_rate_limited_and_others_are_still_served() {
         .peer
         .expect(WAIT, "RATE_LIMITED", error_code("RATE_LIMITED"))
         .await;
-    // A flood this deep is cut off.
+    // A flood this deep is cut off, once: one close (and one log line), not
+    // one per frame still arriving.
     assert_eq!(mallory.peer.closed_within(WAIT).await, Some(1008));
+    assert_eq!(
+        counter(
+            &http_get(a.addr, "/metrics").await,
+            "socp_connections_closed_total{code=\"1008\"}"
+        ),
+        1
+    );
 
     let dm = bob.dm(&carol.id, carol.key.public_key(), "still talking");
     bob.peer.send(&dm).await;

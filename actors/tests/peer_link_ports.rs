@@ -262,7 +262,7 @@ impl Link {
             w.iter()
                 .filter_map(|m| match m {
                     Wire::Close(code, _) => Some(*code),
-                    Wire::Text(_) => None,
+                    Wire::Text(_) | Wire::KeepAlive(_) => None,
                 })
                 .collect()
         })

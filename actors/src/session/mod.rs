@@ -58,6 +58,9 @@ pub struct ClientSession {
     limited: bool,
     /// The last LOGIN_CHALLENGE sent: for whom, and its nonce.
     challenge: Option<Challenge>,
+    /// A close is queued: frames still arriving are dropped, and the close
+    /// is made (and logged) once.
+    closing: bool,
 }
 
 impl ClientSession {
@@ -76,6 +79,7 @@ impl ClientSession {
             inbox: InQueue::default(),
             bucket: TokenBucket::new(settings.user_rate, settings.user_burst),
             limited: false,
+            closing: false,
             challenge: None,
         };
         let addr = session.start();
@@ -137,6 +141,9 @@ impl ClientSession {
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        if std::mem::replace(&mut self.closing, true) {
+            return;
+        }
         log::info!("session {}: closing ({code} {reason})", self.conn_id);
         self.shared
             .metrics
@@ -361,7 +368,9 @@ impl InOrder for ClientSession {
     }
 
     fn process(&mut self, ctx: &mut Context<Self>, text: FrameText) {
-        self.handle_frame(ctx, text);
+        if !self.closing {
+            self.handle_frame(ctx, text);
+        }
     }
 }
 
@@ -380,6 +389,7 @@ impl Handler<Inbound> for ClientSession {
             .as_ref()
             .map_or_else(|| "*".to_owned(), |i| i.user_id.to_string());
         match msg {
+            Inbound::Text(_) if self.closing => {}
             Inbound::Text(text) => {
                 self.shared
                     .metrics

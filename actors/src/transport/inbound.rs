@@ -98,11 +98,18 @@ impl<A: Acceptor> WsTransport<A> {
         }
     }
 
+    /// Close on the transport's own account (a protocol error, a peer that
+    /// reads nothing or answers no pings): counted here.
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
-        log::debug!("closing connection from {}: {code} {reason}", self.peer);
         if let Some(m) = self.acceptor.metrics() {
             m.inc(crate::metrics::family::CLOSES, &code.to_string());
         }
+        self.close_quietly(ctx, code, reason);
+    }
+
+    /// Close as the owner asked (it counted the close itself).
+    fn close_quietly(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        log::debug!("closing connection from {}: {code} {reason}", self.peer);
         self.out
             .borrow_mut()
             .push(Out::Close(code, short_reason(reason)));
@@ -178,7 +185,7 @@ impl<A: Acceptor> Handler<Wire> for WsTransport<A> {
     fn handle(&mut self, msg: Wire, ctx: &mut Self::Context) {
         match msg {
             Wire::Text(text) => self.write(ctx, Out::Text(text)),
-            Wire::Close(code, reason) => self.close(ctx, code, &reason),
+            Wire::Close(code, reason) => self.close_quietly(ctx, code, &reason),
             Wire::KeepAlive(silence) if self.last_heard.elapsed() > silence => {
                 log::info!(
                     "connection from {} silent for over {silence:?}; closing it",
