@@ -28,6 +28,9 @@ pub fn server_main() -> i32 {
     return_freed_memory();
     let args = config::ServerArgs::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(limit) = raise_descriptor_limit() {
+        log::info!("open descriptors: up to {limit}");
+    }
     let config = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
@@ -68,6 +71,47 @@ fn ignore_file_size_signal() {
         unsafe {
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         }
+    }
+}
+
+/// Raise this process's soft limit on open descriptors to its hard limit
+/// (commonly 1,024 soft against 524,288 hard): every connection is a
+/// descriptor, and at the soft default 1,500 idle connections would lock real
+/// users out. Returns the limit in force, if it could be read.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct we
+        // pass; a failure leaves the limit as it was, which is reported.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim = raised;
+                } else {
+                    log::warn!(
+                        "cannot raise the descriptor limit from {} to {}",
+                        lim.rlim_cur,
+                        lim.rlim_max
+                    );
+                }
+            }
+        }
+        Some(lim.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 

@@ -651,11 +651,19 @@ struct ServerProcess {
 impl ServerProcess {
     /// Start the real binary on a free port with fixture key `key`.
     fn spawn(key: usize) -> ServerProcess {
+        Self::spawn_with_soft_nofile(key, None)
+    }
+
+    /// [`spawn`](Self::spawn), the process starting with this soft limit on
+    /// open descriptors (the hard limit unchanged), if given.
+    fn spawn_with_soft_nofile(key: usize, soft: Option<u64>) -> ServerProcess {
         use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("key.pem");
         std::fs::write(&key_file, fixtures::key_pem(key)).expect("writes the key");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_socp-server"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_socp-server"));
+        command
             .arg("--bind")
             .arg("ws://127.0.0.1:0")
             .arg("--db")
@@ -674,9 +682,28 @@ impl ServerProcess {
             .env_remove("TIMEOUT_THRESHOLD")
             .env_remove("IDENTIFY_TIMEOUT")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("socp-server starts");
+            .stderr(std::process::Stdio::piped());
+        if let Some(soft) = soft {
+            // SAFETY: runs in the child between fork and exec, and calls only
+            // getrlimit and setrlimit, which are async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("socp-server starts");
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         // Reads the log to its end, so that logging never blocks the server.
@@ -784,4 +811,39 @@ async fn the_server_process_releases_a_thousand_idle_connections() {
         "{} KiB still held after the flood closed",
         rss2.saturating_sub(rss0)
     );
+}
+
+/// The soft limit on open descriptors in force in a process, and its hard limit.
+fn nofile_limits(server: &ServerProcess) -> (String, String) {
+    let limits = std::fs::read_to_string(server.proc_path("limits")).expect("/proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a descriptor limit");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+/// Finding 7: at the common default soft limit of 1,024 descriptors, 1,500
+/// idle connections locked real users out, and the server never raised its
+/// own limit. It now raises the soft limit to the hard limit at start.
+#[actix_rt::test]
+async fn the_server_raises_its_descriptor_limit_to_the_hard_limit() {
+    raise_fd_limit(4096);
+    let server = ServerProcess::spawn_with_soft_nofile(17, Some(1024));
+    let (soft, hard) = nofile_limits(&server);
+    assert_ne!(hard, "1024", "the test needs a hard limit above 1,024");
+    assert_eq!(soft, hard, "soft limit raised to the hard limit");
+    if hard.parse::<u64>().is_ok_and(|h| h >= 2_048) {
+        // More idle connections than the old soft limit, and a user still gets in.
+        let mut idle = Vec::new();
+        for _ in 0..1_100 {
+            match tokio::net::TcpStream::connect(server.addr).await {
+                Ok(s) => idle.push(s),
+                Err(e) => panic!("connection {} refused: {e}", idle.len()),
+            }
+        }
+        let _user = User::join(server.addr, 18).await;
+        drop(idle);
+    }
 }
