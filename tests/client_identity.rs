@@ -79,6 +79,26 @@ async fn advertise(fake: &mut FakeServer, user: &UserId, key: usize, meta: Optio
     fake.peer.send(&advert).await;
 }
 
+/// The fake server registers `user` as `name` with fixture key `key`: its
+/// DIRECTORY_RECORD (version `version`), which makes the user's registration
+/// one the mesh holds (a server refuses an advert claiming a registration it
+/// does not hold).
+async fn publish(fake: &mut FakeServer, user: &UserId, name: &str, key: usize, version: u64) {
+    let record = fake.signed(
+        To::All,
+        &Message::DirectoryRecord(socp_protocol::message::DirectoryRecord {
+            user_id: user.clone(),
+            username: socp_protocol::Username::parse(name).expect("a name"),
+            pubkey: fixtures::key(key).public_key().clone(),
+            home_server: fake.id.clone(),
+            privkey_store: "a key store".into(),
+            registered_at: now_ms() - 1_000,
+            version,
+        }),
+    );
+    fake.peer.send(&record).await;
+}
+
 /// The fake server delivers a genuine DM from its user `sender` (signed with
 /// fixture key `key`, which it also gives as `sender_pub`) to `recipient`
 /// (fixture key `recipient_key`) at `server`.
@@ -392,6 +412,7 @@ async fn a_changed_key_is_unverified_until_accepted_and_verification_is_kept() {
     let mut fake = fake_server(&a, 8).await;
     let dave = UserId::random();
     let dave_meta = json!({ "name": "dave", "registered": true, "home": fake.id.as_str() });
+    publish(&mut fake, &dave, "dave", 20, 1).await;
     advertise(&mut fake, &dave, 20, Some(dave_meta.clone())).await;
 
     let mut alice = Client::start("alice", a.addr, Options::new(12, &home)).await;
@@ -414,7 +435,9 @@ async fn a_changed_key_is_unverified_until_accepted_and_verification_is_kept() {
     let got = alice.expect("dave's DM", dm("before")).await;
     assert_eq!(got["unverified"], false, "{got}");
 
-    // dave's id is advertised again with another key.
+    // dave's home server gives dave another key (a new record version, which
+    // a home server may do), and advertises it.
+    publish(&mut fake, &dave, "dave", 24, 2).await;
     advertise(&mut fake, &dave, 24, Some(dave_meta.clone())).await;
     let changed = alice
         .expect("the key change", is_event("key_changed"))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use socp::server::start;
-use socp_protocol::{now_ms, Envelope, Message, To};
+use socp_protocol::{now_ms, Envelope, Message, To, UserId};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -575,4 +575,96 @@ async fn only_a_websocket_upgrade_at_the_endpoint_is_taken_over() {
     }
     assert!(got.starts_with(b"HTTP/1.1 101"));
     still_served(&mut alice, "after the upgrades").await;
+}
+
+/// Findings 5 and 6: registration spam grows the database for good, and
+/// login requests hand out key stores. Per connection a few registrations;
+/// server-wide a bounded number an hour, and a bounded number of login
+/// challenges a minute — over every connection, each within its frame rate.
+#[actix_rt::test]
+async fn registrations_and_logins_are_bounded_per_connection_and_server_wide() {
+    let settings = socp_actors::Settings {
+        registrations_per_hour: 5,
+        logins_per_minute: 60.0,
+        ..fast_settings()
+    };
+    let a = socp::server::start(config_with(6, None, &[], settings))
+        .await
+        .expect("server starts");
+    let register = |user: &User, name: &str| {
+        register_frame(
+            &user.id,
+            &UserId::random(),
+            name,
+            REG_KEY,
+            REG_KEY,
+            key_store(),
+        )
+    };
+    let answer = |e: &Envelope| e.msg_type() == "REGISTER_OK" || e.msg_type() == "ERROR";
+    // One connection: three accounts, not four.
+    let mut one = User::join(a.addr, 21).await;
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        one.peer.send(&register(&one, &format!("spam{i}"))).await;
+        let got = one.peer.expect(WAIT, "an answer", answer).await;
+        codes.push(got.payload()["code"].as_str().unwrap_or("OK").to_owned());
+    }
+    assert_eq!(codes, ["OK", "OK", "OK", "RATE_LIMITED"]);
+    // Server-wide: five an hour, whatever the number of connections.
+    let mut accepted = 3;
+    for i in 0..3 {
+        let mut other = User::join(a.addr, 22 + i).await;
+        other
+            .peer
+            .send(&register(&other, &format!("more{i}")))
+            .await;
+        let got = other.peer.expect(WAIT, "an answer", answer).await;
+        if got.msg_type() == "REGISTER_OK" {
+            accepted += 1;
+        } else {
+            assert_eq!(got.payload()["code"], "RATE_LIMITED");
+        }
+    }
+    assert_eq!(accepted, 5, "the hour's registrations");
+
+    // Logins: 16 connections, each well within its own rate, ask for
+    // challenges; the server hands out a burst of 6 (a tenth of a minute's),
+    // and answers the rest RATE_LIMITED.
+    let mut challenges = 0;
+    let mut limited = 0;
+    let mut askers = Vec::new();
+    for i in 0..16 {
+        let mut u = User::join(a.addr, 30 + i).await;
+        u.peer.send(&login_frame(&u.id, "spam0")).await;
+        askers.push(u);
+    }
+    for u in &mut askers {
+        let got = u
+            .peer
+            .expect(WAIT, "an answer", |e| {
+                e.msg_type() == "LOGIN_CHALLENGE" || e.msg_type() == "ERROR"
+            })
+            .await;
+        match got.msg_type() {
+            "LOGIN_CHALLENGE" => challenges += 1,
+            _ => {
+                assert_eq!(got.payload()["code"], "RATE_LIMITED");
+                limited += 1;
+            }
+        }
+    }
+    assert!(challenges <= 7, "{challenges} challenges handed out");
+    assert_eq!(challenges + limited, 16);
+    // Other users are served meanwhile.
+    let mut bob = User::join(a.addr, 50).await;
+    let mut carol = User::join(a.addr, 51).await;
+    assert!(bob.sees_user(&carol.id, WAIT).await);
+    let dm = bob.dm(&carol.id, carol.key.public_key(), "still here");
+    bob.peer.send(&dm).await;
+    let got = carol
+        .peer
+        .expect(WAIT, "bob's DM", is("USER_DELIVER"))
+        .await;
+    assert_eq!(carol.open(&got), "still here");
 }

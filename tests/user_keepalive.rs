@@ -20,8 +20,15 @@ fn local(status: &serde_json::Value, user: &UserId) -> bool {
 
 #[actix_rt::test]
 async fn a_user_that_answers_nothing_is_detached_and_one_that_answers_pings_stays() {
-    // fast_settings: a ping every 300 ms, silent for 1.5 s is gone.
-    let a = server(7, &[]).await;
+    // A ping every 300 ms; silent for 1.5 s is gone.
+    let settings = socp_actors::Settings {
+        user_ping_interval: Duration::from_millis(300),
+        user_timeout: Duration::from_millis(1500),
+        ..fast_settings()
+    };
+    let a = socp::server::start(config_with(7, None, &[], settings))
+        .await
+        .expect("server starts");
     // Answers pings whenever its socket is pumped (the harness pongs them).
     let mut alive = User::join(a.addr, 10).await;
     // Identifies, then never reads again: no pong, no frame of any kind.

@@ -59,6 +59,10 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// A server silent this long is dead.
     pub peer_timeout: Duration,
+    /// Users are WebSocket-pinged this often.
+    pub user_ping_interval: Duration,
+    /// A user silent this long (no frame, no pong) is detached.
+    pub user_timeout: Duration,
     /// Signed hellos must be this fresh (ms).
     pub hello_window_ms: i64,
     /// Content frames must be this fresh (ms).
@@ -67,6 +71,12 @@ pub struct Settings {
     pub directory_cap: usize,
     /// What linked servers may make this server hold or do.
     pub budgets: routing::Budgets,
+    /// Registrations one connection may make.
+    pub registrations_per_connection: u32,
+    /// Registrations the server accepts in any hour.
+    pub registrations_per_hour: usize,
+    /// Login challenges the server hands out a minute, over every connection.
+    pub logins_per_minute: f64,
     /// TLS for the links this server opens to other servers and introducers:
     /// `None` dials `ws://`, `Some` dials `wss://` and verifies the other side
     /// against these roots. Server addresses (SPEC's SERVER_ANNOUNCE, server
@@ -86,10 +96,15 @@ impl Default for Settings {
             introducer_only: false,
             heartbeat_interval: Duration::from_secs(15),
             peer_timeout: Duration::from_secs(45),
+            user_ping_interval: Duration::from_secs(15),
+            user_timeout: Duration::from_secs(45),
             hello_window_ms: 2 * 60 * 1000,
             ts_window_ms: socp_protocol::envelope::TS_WINDOW_MS,
             directory_cap: 10_000,
             budgets: routing::Budgets::default(),
+            registrations_per_connection: 3,
+            registrations_per_hour: 100,
+            logins_per_minute: 600.0,
             tls: None,
         }
     }
@@ -114,6 +129,8 @@ pub struct Shared {
     pub settings: Arc<Settings>,
     /// Counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Server-wide limits on registrations and logins.
+    pub admission: Arc<session::Admission>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -135,6 +152,10 @@ impl Shared {
             liveness,
             me,
             advertised,
+            admission: Arc::new(session::Admission::new(
+                settings.registrations_per_hour,
+                settings.logins_per_minute,
+            )),
             settings: Arc::new(settings),
             metrics: Arc::default(),
             conn_ids: Arc::new(AtomicU64::new(1)),

@@ -165,13 +165,18 @@ impl BenchUser {
             .map_err(|e| format!("connect: {e}"))?;
         let (mut sink, mut stream) = framed.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        // The server pings its users and closes one that does not answer.
+        let (pong_tx, mut pongs) = mpsc::unbounded_channel::<bytes::Bytes>();
         actix_web::rt::spawn(async move {
-            while let Some(text) = rx.recv().await {
-                if sink
-                    .send(awc::ws::Message::Text(text.into()))
-                    .await
-                    .is_err()
-                {
+            loop {
+                let message = tokio::select! {
+                    text = rx.recv() => match text {
+                        Some(text) => awc::ws::Message::Text(text.into()),
+                        None => break,
+                    },
+                    Some(p) = pongs.recv() => awc::ws::Message::Pong(p),
+                };
+                if sink.send(message).await.is_err() {
                     break;
                 }
             }
@@ -183,8 +188,13 @@ impl BenchUser {
         actix_web::rt::spawn(async move {
             let mut ack = Some(ack_tx);
             while let Some(Ok(frame)) = stream.next().await {
-                let awc::ws::Frame::Text(bytes) = frame else {
-                    continue;
+                let bytes = match frame {
+                    awc::ws::Frame::Text(bytes) => bytes,
+                    awc::ws::Frame::Ping(p) => {
+                        let _ = pong_tx.send(p);
+                        continue;
+                    }
+                    _ => continue,
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Once attached, only deliveries matter: presence news (every

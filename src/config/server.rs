@@ -61,6 +61,24 @@ pub struct ServerArgs {
     /// Accept only registered users (no ephemeral identities).
     #[arg(long)]
     pub require_registration: bool,
+    /// Registrations the server accepts in any hour, over every connection.
+    #[arg(long, default_value_t = 100)]
+    pub registrations_per_hour: usize,
+    /// Registrations one connection may make.
+    #[arg(long, default_value_t = 3)]
+    pub registrations_per_connection: u32,
+    /// Login challenges the server hands out a minute, over every connection.
+    #[arg(long, default_value_t = 600.0)]
+    pub logins_per_minute: f64,
+    /// Users one linked server may have here (its adverts past this are refused).
+    #[arg(long, default_value_t = 5_000)]
+    pub max_users_per_server: usize,
+    /// Servers this server will know in all.
+    #[arg(long, default_value_t = 256)]
+    pub max_servers: usize,
+    /// Directory records (registered users) kept per other server.
+    #[arg(long, default_value_t = 10_000)]
+    pub directory_cap: usize,
     /// On first start, use this unencrypted PEM key instead of generating one.
     #[arg(long)]
     pub first_key: Option<PathBuf>,
@@ -130,9 +148,20 @@ impl ServerArgs {
         let settings = Settings {
             heartbeat_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
             peer_timeout: seconds("--timeout", self.timeout)?,
+            user_ping_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
+            user_timeout: seconds("--timeout", self.timeout)?,
             identify_timeout: seconds("--identify-timeout", self.identify_timeout)?,
             require_registration: self.require_registration,
             introducer_only: self.introducer_only,
+            registrations_per_hour: self.registrations_per_hour,
+            registrations_per_connection: self.registrations_per_connection,
+            logins_per_minute: self.logins_per_minute,
+            directory_cap: self.directory_cap,
+            budgets: socp_actors::routing::Budgets {
+                max_users_per_server: self.max_users_per_server,
+                max_servers: self.max_servers,
+                ..Default::default()
+            },
             ..Settings::default()
         };
         let first_key_pem = match &self.first_key {

@@ -157,6 +157,25 @@ impl ClientSession {
             self.bad_input(ctx, &from, refusal.code, refusal.detail);
             return;
         }
+        if self.registrations >= self.shared.settings.registrations_per_connection {
+            self.bad_input(
+                ctx,
+                &from,
+                ErrorCode::RateLimited,
+                "this connection has registered as many accounts as it may",
+            );
+            return;
+        }
+        if !self.shared.admission.register(Instant::now()) {
+            self.error(
+                ctx,
+                &from,
+                ErrorCode::RateLimited,
+                "this server takes no more registrations this hour; try again later",
+            );
+            return;
+        }
+        self.registrations += 1;
         let shared = self.shared.clone();
         let fut = async move {
             if !matches!(
@@ -192,7 +211,11 @@ impl ClientSession {
                 log::info!("registered user {} ({})", ok.user_id, ok.username);
                 act.reply(ctx, &from, Message::RegisterOk(ok));
             }
-            Err(refusal) => act.error(ctx, &from, refusal.code, refusal.detail),
+            Err(refusal) => {
+                act.shared.admission.unregister();
+                act.registrations = act.registrations.saturating_sub(1);
+                act.error(ctx, &from, refusal.code, refusal.detail)
+            }
         });
     }
 
@@ -257,8 +280,18 @@ impl ClientSession {
             );
             return;
         }
-        // Login requests hand out key stores: they cost like bad frames.
+        // Login requests hand out key stores: they cost like bad frames, and
+        // the server hands out a bounded number a minute over every connection.
         self.bucket.take_at(BAD_FRAME_COST, Instant::now());
+        if !self.shared.admission.login(Instant::now()) {
+            self.error(
+                ctx,
+                from,
+                ErrorCode::RateLimited,
+                "the server is answering many logins; try again in a moment",
+            );
+            return;
+        }
         let from = from.to_owned();
         let lookup = self.shared.store.find_user.send(FindUser(req.who.clone()));
         InQueue::wait_for(ctx, self, lookup, move |act, ctx, found| match found {

@@ -19,10 +19,12 @@ use crate::routing::ConnId;
 use crate::transport::{close, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire};
 use crate::Shared;
 
+mod admission;
 mod auth;
 mod bucket;
 mod identify;
 
+pub use admission::Admission;
 pub use bucket::TokenBucket;
 use identify::Challenge;
 
@@ -61,6 +63,8 @@ pub struct ClientSession {
     /// A close is queued: frames still arriving are dropped, and the close
     /// is made (and logged) once.
     closing: bool,
+    /// Registrations this connection made.
+    registrations: u32,
 }
 
 impl ClientSession {
@@ -80,6 +84,7 @@ impl ClientSession {
             bucket: TokenBucket::new(settings.user_rate, settings.user_burst),
             limited: false,
             closing: false,
+            registrations: 0,
             challenge: None,
         };
         let addr = session.start();
@@ -340,14 +345,14 @@ impl ClientSession {
 impl Actor for ClientSession {
     type Context = Context<Self>;
 
-    /// Ping the user every heartbeat interval; its transport closes the
+    /// Ping the user every `user_ping_interval`; its transport closes the
     /// connection (and the session stops, detaching the user) once the user
-    /// sent nothing at all, not even a pong, for the peer timeout: a client
+    /// sent nothing at all, not even a pong, for `user_timeout`: a client
     /// that vanished without a close does not stay online mesh-wide.
     fn started(&mut self, ctx: &mut Self::Context) {
         let settings = &self.shared.settings;
-        let silence = settings.peer_timeout;
-        ctx.run_interval(settings.heartbeat_interval, move |act, _| {
+        let silence = settings.user_timeout;
+        ctx.run_interval(settings.user_ping_interval, move |act, _| {
             act.out.keepalive(silence);
         });
     }
