@@ -421,7 +421,13 @@ async fn an_advert_claiming_a_registration_the_directory_does_not_hold_is_refuse
 /// registered user (more than one page), and keeps them across a restart.
 #[actix_rt::test]
 async fn a_server_that_joins_later_and_restarts_knows_every_registered_user() {
-    let (a, b) = mesh().await;
+    // One registrar makes all 40 accounts.
+    let (a, b) = mesh_with(socp_actors::Settings {
+        registrations_per_connection: 100,
+        registrations_per_hour: 1_000,
+        ..fast_settings()
+    })
+    .await;
     let mut registrar = User::join(a.addr, 50).await;
     let names: Vec<String> = (0..40).map(|i| format!("user{i:02}")).collect();
     for name in &names {

@@ -64,7 +64,9 @@ impl Admission {
 
     /// Take a login slot at `now`; false when over the rate.
     pub fn login(&self, now: Instant) -> bool {
-        self.logins.lock().is_ok_and(|mut b| b.take_at(1.0, now))
+        self.logins
+            .lock()
+            .is_ok_and(|mut b| b.try_take_at(1.0, now))
     }
 }
 

@@ -32,6 +32,21 @@ impl TokenBucket {
         self.tokens >= 0.0
     }
 
+    /// Take `n` tokens at `now` only if there are that many: a refusal costs
+    /// nothing (for limits shared by many senders, where one sender's excess
+    /// must not become everyone's debt).
+    pub fn try_take_at(&mut self, n: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Whether the debt is so deep the sender is flooding (a full burst owed).
     pub fn flooding(&self) -> bool {
         self.tokens < -self.burst
