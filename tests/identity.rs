@@ -479,3 +479,74 @@ fn local_users(status: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Two real servers accept the same name while they cannot see each other:
+/// A registers "juno" first and stops; B, retrying to join A, registers
+/// "Juno" and logs its user in. When A comes back, B joins it, the
+/// directories meet, and both apply one rule: A's user (registered earlier)
+/// keeps the name, B's user is told — and stays connected, with its account
+/// and key, to pick a new name.
+#[actix_rt::test]
+async fn two_servers_that_registered_one_name_apart_agree_once_linked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a_db = dir.path().join("a.db");
+    let a_addr = free_addr();
+    let a_config = || socp::server::ServerConfig {
+        bind: a_addr,
+        ..config_with(2, Some(a_db.clone()), &[], patient_settings())
+    };
+    let a = socp::server::start(a_config()).await.expect("a starts");
+    let first = UserId::random();
+    let _r = register(a.addr, 60, &first, "juno").await;
+    a.shutdown().await;
+
+    // B, with A down: standalone, retrying to join A.
+    let b = socp::server::start(config_with(3, None, &[a_addr], patient_settings()))
+        .await
+        .expect("b starts");
+    assert_eq!(links_up(&b.status().await), 0);
+    let second = UserId::random();
+    let _r2 = register(b.addr, 61, &second, "Juno").await;
+    let (mut session, _) = login(b.addr, 62, "juno").await;
+
+    // A is back: B's retry joins it.
+    let a = socp::server::start(a_config()).await.expect("a restarts");
+    for s in [&a, &b] {
+        eventually(Duration::from_secs(90), "linked", || async {
+            links_up(&s.status().await) == 1
+        })
+        .await;
+    }
+    let told = session
+        .peer
+        .expect(
+            Duration::from_secs(30),
+            "NAME_IN_USE",
+            error_code("NAME_IN_USE"),
+        )
+        .await;
+    assert!(told.payload()["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("/rename")));
+    assert!(session.peer.closed.is_none(), "still connected");
+    for s in [&a, &b] {
+        eventually(WAIT, "juno is the earlier user everywhere", || async {
+            let mut probe = User::join(s.addr, 63).await;
+            probe.peer.send(&login_frame(&probe.id, "JUNO")).await;
+            let ch = probe
+                .peer
+                .expect(WAIT, "LOGIN_CHALLENGE", is("LOGIN_CHALLENGE"))
+                .await;
+            ch.payload()["user_id"] == first.as_str()
+        })
+        .await;
+    }
+    // B's user keeps its account: it leaves, and logs in by id on A.
+    drop(session);
+    eventually(WAIT, "b's user left", || async {
+        !local_users(&b.status().await).contains(&second.to_string())
+            && !knows(&a.status().await, &second)
+    })
+    .await;
+    let (_again, _) = login(a.addr, 64, second.as_str()).await;
+}
