@@ -179,9 +179,9 @@ pub(crate) async fn answer(
             let code = env.payload()["code"].as_str().unwrap_or("ERROR").to_owned();
             let detail = env.payload()["detail"].as_str().unwrap_or("").to_owned();
             let words = ErrorCode::parse(&code).describe().to_owned();
-            Err((
+            Err(Failure {
                 code,
-                format!(
+                detail: format!(
                     "{what}: {words}{}",
                     if detail.is_empty() {
                         String::new()
@@ -189,7 +189,7 @@ pub(crate) async fn answer(
                         format!(" ({detail})")
                     }
                 ),
-            ))
+            })
         }
         Ok(Ok(env)) => Ok(env),
         Ok(Err(_)) => Err(fail("CLOSED", format!("{what}: connection closed"))),

@@ -104,7 +104,14 @@ struct Client {
 type Shared = Rc<RefCell<Client>>;
 
 /// A failed command: a code (a SPEC error code or a client one) and words.
-type Failure = (String, String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub(crate) struct Failure {
+    /// A SPEC error code (`USER_NOT_FOUND`, ...) or a client one (`USAGE`, `FILE`, ...).
+    pub(crate) code: String,
+    /// What happened, for the person at the keyboard.
+    pub(crate) detail: String,
+}
 
 /// Run the client until `/quit` or end of input; the process exit code.
 pub async fn run(config: ClientConfig) -> i32 {
@@ -157,7 +164,7 @@ pub async fn run(config: ClientConfig) -> i32 {
             json!({ "user_id": me.id, "server": conn.url }),
         ),
         Err(e) => {
-            out.error(&e.0, e.1);
+            out.error(&e.code, e.detail);
             trust::save_pins(&shared);
             return 1;
         }
@@ -229,14 +236,17 @@ async fn run_line(shared: &Shared, tx: &Sink, input: &mut Input, line: &str) -> 
         Command::Verify { who } => trust::verify(shared, &who),
         Command::Accept { who } => trust::accept(shared, &who),
     };
-    if let Err((code, detail)) = result {
+    if let Err(Failure { code, detail }) = result {
         out.error(&code, detail);
     }
     false
 }
 
 fn fail(code: &str, detail: impl Into<String>) -> Failure {
-    (code.to_owned(), detail.into())
+    Failure {
+        code: code.to_owned(),
+        detail: detail.into(),
+    }
 }
 
 /// Run `f` on a blocking thread (RSA, files), off the event loop.

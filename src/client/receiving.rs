@@ -449,6 +449,6 @@ async fn open_text(
         String::from_utf8(plain).map_err(|_| "it is not text")
     })
     .await
-    .map_err(|e| e.1)?;
+    .map_err(|e| e.detail)?;
     opened.map_err(str::to_owned)
 }
