@@ -138,7 +138,7 @@ type Job = Box<dyn FnOnce(&PrivateKey) + Send>;
 /// sending user), served round-robin, so one user pushing a large file holds
 /// every other user back by at most one job per turn, not by the whole file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
+pub(crate) enum Lane {
     /// Protocol control: served before any user content.
     Control,
     /// User content of one flow.
@@ -401,7 +401,11 @@ impl CryptoPool {
     /// Run `f` on a crypto thread in `lane`. Jobs queue without bound and the
     /// caller never parks: thousands of parked senders woken together would
     /// starve the event loop they run on (measured: a 1 MiB file's chunks).
-    pub fn run_in<R, F>(&self, lane: Lane, f: F) -> impl Future<Output = Option<R>> + Send + 'static
+    pub(crate) fn run_in<R, F>(
+        &self,
+        lane: Lane,
+        f: F,
+    ) -> impl Future<Output = Option<R>> + Send + 'static
     where
         R: Send + 'static,
         F: FnOnce(&PrivateKey) -> R + Send + 'static,

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 /// The quiet spell that ends an episode.
-pub const QUIET: Duration = Duration::from_secs(60);
+pub(crate) const QUIET: Duration = Duration::from_secs(60);
 
 /// One kind of event's episodes.
 #[derive(Debug, Default)]
-pub struct Episode {
+pub(crate) struct Episode {
     /// When the event last happened.
     last: Option<Instant>,
     /// Repeats since the line that opened this episode.
@@ -21,7 +21,7 @@ impl Episode {
     /// The event happened at `now`. `Some(n)`: log it, a new episode has
     /// begun, and the last one had `n` repeats that were not logged. `None`:
     /// a repeat within the episode, counted only.
-    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
         let new = self
             .last
             .is_none_or(|t| now.saturating_duration_since(t) >= QUIET);

@@ -130,7 +130,7 @@ pub struct Shared {
     /// Counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
     /// Server-wide limits on registrations and logins.
-    pub admission: Arc<session::Admission>,
+    pub(crate) admission: Arc<session::Admission>,
     conn_ids: Arc<AtomicU64>,
 }
 

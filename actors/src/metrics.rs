@@ -8,13 +8,13 @@ use std::sync::Mutex;
 /// Counter families, each with one label.
 pub mod family {
     /// ERROR frames sent to users, by code.
-    pub const USER_ERRORS: &str = "socp_user_errors_total";
+    pub(crate) const USER_ERRORS: &str = "socp_user_errors_total";
     /// ERROR frames sent to servers, by code.
-    pub const SERVER_ERRORS: &str = "socp_server_errors_total";
+    pub(crate) const SERVER_ERRORS: &str = "socp_server_errors_total";
     /// Connections the server closed, by WebSocket close code.
-    pub const CLOSES: &str = "socp_connections_closed_total";
+    pub(crate) const CLOSES: &str = "socp_connections_closed_total";
     /// Frames received, by kind of peer (`user`, `server`).
-    pub const FRAMES_IN: &str = "socp_frames_received_total";
+    pub(crate) const FRAMES_IN: &str = "socp_frames_received_total";
     /// Frames relayed by a linked server that could not be verified (their
     /// origin is unknown here, or the signature fails), dropped, by type.
     pub const RELAYED_UNVERIFIABLE: &str = "socp_relayed_unverifiable_total";
@@ -28,7 +28,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Add one to `family{label}`.
-    pub fn inc(&self, family: &'static str, label: &str) {
+    pub(crate) fn inc(&self, family: &'static str, label: &str) {
         if let Ok(mut c) = self.counters.lock() {
             *c.entry((family, label.to_owned())).or_default() += 1;
         }

@@ -79,7 +79,7 @@ impl PeerLink {
     }
 
     /// A link we open to `peer` over a connected awc socket.
-    pub fn start_outbound(
+    pub(crate) fn start_outbound(
         shared: Shared,
         framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
         peer: Peer,

@@ -16,23 +16,23 @@ use super::{Action, RouterState, StoreOp};
 /// Refusal counters of the directory and of presence, by reason (`/metrics`).
 pub mod refused {
     /// A record from a server for a user id registered with another home server.
-    pub const ID_CONFLICT: &str = "directory_id_conflict";
+    pub(crate) const ID_CONFLICT: &str = "directory_id_conflict";
     /// A record over its home server's budget.
-    pub const OVER_CAP: &str = "directory_over_cap";
+    pub(crate) const OVER_CAP: &str = "directory_over_cap";
     /// A record whose `home_server` is not the server that signed it.
-    pub const NOT_HOME: &str = "directory_not_home";
+    pub(crate) const NOT_HOME: &str = "directory_not_home";
     /// An advert for a registered id with another key, or for a registered name.
-    pub const ADVERT_CLAIMS_REGISTERED: &str = "advert_claims_registered";
+    pub(crate) const ADVERT_CLAIMS_REGISTERED: &str = "advert_claims_registered";
     /// A presence frame whose sequence number is not newer (a replay).
-    pub const PRESENCE_REPLAY: &str = "presence_replay";
+    pub(crate) const PRESENCE_REPLAY: &str = "presence_replay";
     /// An advert past the users one server may have (`max_users_per_server`).
-    pub const USERS_OVER_CAP: &str = "users_over_cap";
+    pub(crate) const USERS_OVER_CAP: &str = "users_over_cap";
     /// A server past the servers this one will know (`max_servers`).
-    pub const SERVERS_OVER_CAP: &str = "servers_over_cap";
+    pub(crate) const SERVERS_OVER_CAP: &str = "servers_over_cap";
     /// A server announced past what one link may teach (`max_announced_per_link`).
-    pub const ANNOUNCES_OVER_CAP: &str = "announces_over_cap";
+    pub(crate) const ANNOUNCES_OVER_CAP: &str = "announces_over_cap";
     /// An announced server not dialled: over the dial rate.
-    pub const DIAL_RATE: &str = "dial_rate";
+    pub(crate) const DIAL_RATE: &str = "dial_rate";
 }
 
 /// The directory record of a user registered on server `me` (`None` for a
@@ -237,7 +237,7 @@ impl Directory {
 impl<H: Clone> RouterState<H> {
     /// A user registered here (or renamed, or registered before records
     /// existed): publish its record, signed by us, to every server, and keep it.
-    pub fn publish_record(&mut self, record: DirectoryRecord, now: i64) -> Vec<Action<H>> {
+    pub(crate) fn publish_record(&mut self, record: DirectoryRecord, now: i64) -> Vec<Action<H>> {
         let mut out = Vec::new();
         if let Applied::Stored { displaced } = self.directory.apply(&record, None, usize::MAX) {
             self.name_lost(displaced, now, &mut out);
@@ -387,11 +387,6 @@ impl<H: Clone> RouterState<H> {
             return true;
         }
         false
-    }
-
-    /// Whether `who` is a registered user's id or name anywhere in the mesh.
-    pub fn is_claimed(&self, who: &str) -> bool {
-        self.directory.claims(who)
     }
 
     /// Count a refusal.

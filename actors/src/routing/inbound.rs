@@ -67,7 +67,7 @@ impl<H: Clone> RouterState<H> {
     /// A DIRECTORY_RECORD taken from a DIRECTORY_PAGE of server `link`,
     /// verified with its home server's key: kept if new, never passed on (the
     /// page's sender serves it to whoever asks).
-    pub fn synced_record(&mut self, frame: PeerFrame<'_>, now: i64) -> Vec<Action<H>> {
+    pub(crate) fn synced_record(&mut self, frame: PeerFrame<'_>, now: i64) -> Vec<Action<H>> {
         let mut out = Vec::new();
         let Message::DirectoryRecord(record) = frame.msg else {
             return out;

@@ -32,7 +32,7 @@ impl<H: Clone> RouterState<H> {
     /// The last announced PUBLIC_CHANNEL_UPDATED while it is still being
     /// signed: the shell lets changes queue behind it, so that a burst of joins
     /// makes a few versions rather than one per user.
-    pub fn membership_signing(&self) -> Option<SignedFrame> {
+    pub(crate) fn membership_signing(&self) -> Option<SignedFrame> {
         self.announced
             .as_ref()
             .filter(|f| matches!(f.state(), crate::crypto::Signing::Running))

@@ -34,13 +34,13 @@ use membership::Membership;
 pub use membership::MAX_JOINS_PER_VERSION;
 use presence::{LocalUser, RemoteUser};
 pub use seen::SeenCache;
-pub use sequence::PresenceSeq;
+pub(crate) use sequence::PresenceSeq;
 use servers::ServerEntry;
 pub use servers::WELCOME_CLIENTS;
 pub use status::{LinkState, RemoteUserStatus, ServerStatus, Status};
 
 /// Identifies one connection (a user session or a server link).
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// A session or link: its connection id and the handle to reach it.
 #[derive(Debug, Clone)]
@@ -302,11 +302,6 @@ impl<H: Clone> RouterState<H> {
     /// Our server id.
     pub fn me(&self) -> &ServerId {
         &self.config.me
-    }
-
-    /// Change our id (the introducer assigned another).
-    pub fn set_me(&mut self, id: ServerId) {
-        self.config.me = id;
     }
 
     fn sign(&self, to: To, ts: i64, msg: Message) -> SignedFrame {

@@ -525,7 +525,7 @@ impl<H: Clone> RouterState<H> {
     /// Forget users of servers we have had no link to for
     /// `Budgets::unlinked_grace_ms` (ghosts of a server that left, or that
     /// only another server could reach). Run every heartbeat.
-    pub fn forget_unreachable(&mut self, now: i64) {
+    pub(crate) fn forget_unreachable(&mut self, now: i64) {
         let grace = self.config.budgets.unlinked_grace_ms;
         let gone: Vec<UserId> = self
             .remote

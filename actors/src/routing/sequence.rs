@@ -16,7 +16,7 @@ use socp_protocol::{ServerId, UserId};
 /// numbers grow over all its users, so a floor never drops a frame it makes
 /// later.
 #[derive(Debug)]
-pub struct PresenceSeq {
+pub(crate) struct PresenceSeq {
     last: HashMap<(ServerId, UserId), u64>,
     floor: HashMap<ServerId, u64>,
     capacity: usize,
@@ -67,13 +67,9 @@ impl PresenceSeq {
     }
 
     /// Entries held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.last.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
     }
 }
 

@@ -126,7 +126,7 @@ impl<H: Clone> RouterState<H> {
     }
 
     /// A server remembered from the database: vouched for, and stored already.
-    pub fn remember_server(&mut self, peer: Peer) -> Result<(), Refusal> {
+    pub(crate) fn remember_server(&mut self, peer: Peer) -> Result<(), Refusal> {
         let addr = (peer.host.clone(), peer.port);
         let id = peer.server_id.clone();
         self.learn(peer, None)?;
@@ -137,13 +137,13 @@ impl<H: Clone> RouterState<H> {
     }
 
     /// Whether `id` is a server vouched for (see [`learn_server`](Self::learn_server)).
-    pub fn is_earned(&self, id: &ServerId) -> bool {
+    pub(crate) fn is_earned(&self, id: &ServerId) -> bool {
         self.servers.get(id).is_some_and(|e| e.earned)
     }
 
     /// Forget a server that was only announced and could not be reached, and
     /// the users it was said to host. Vouched-for servers are kept.
-    pub fn forget_unearned(&mut self, id: &ServerId) -> bool {
+    pub(crate) fn forget_unearned(&mut self, id: &ServerId) -> bool {
         if self.is_earned(id) || self.is_linked(id) {
             return false;
         }
@@ -387,7 +387,7 @@ impl<H: Clone> RouterState<H> {
     }
 
     /// Our SERVER_ANNOUNCE (one signature serves every link: same payload).
-    pub fn announce_frame(&self, now: i64) -> SignedFrame {
+    pub(crate) fn announce_frame(&self, now: i64) -> SignedFrame {
         self.sign(
             To::All,
             now,

@@ -69,7 +69,7 @@ impl<H: Clone> RouterState<H> {
     }
 
     /// One log line: our id, every known server and its link, user counts.
-    pub fn known_servers_line(&self) -> String {
+    pub(crate) fn known_servers_line(&self) -> String {
         let mut servers: Vec<String> = self
             .servers
             .values()

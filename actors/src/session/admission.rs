@@ -11,7 +11,7 @@ use super::TokenBucket;
 
 /// The server-wide admission limits, shared by every session.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// When recent registrations were accepted (the last hour's).
     registrations: Mutex<VecDeque<Instant>>,
     per_hour: usize,
@@ -56,7 +56,7 @@ impl Admission {
     }
 
     /// Give a registration slot back (the registration failed).
-    pub fn unregister(&self) {
+    pub(crate) fn unregister(&self) {
         if let Ok(mut recent) = self.registrations.lock() {
             recent.pop_back();
         }

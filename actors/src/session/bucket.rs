@@ -4,7 +4,7 @@ use std::time::Instant;
 
 /// A token bucket: `rate` tokens/s up to `burst`.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -24,7 +24,7 @@ impl TokenBucket {
 
     /// Take `n` tokens at `now`; the balance may go negative (debt), and the
     /// result says whether the frame was within the limit.
-    pub fn take_at(&mut self, n: f64, now: Instant) -> bool {
+    pub(crate) fn take_at(&mut self, n: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -35,7 +35,7 @@ impl TokenBucket {
     /// Take `n` tokens at `now` only if there are that many: a refusal costs
     /// nothing (for limits shared by many senders, where one sender's excess
     /// must not become everyone's debt).
-    pub fn try_take_at(&mut self, n: f64, now: Instant) -> bool {
+    pub(crate) fn try_take_at(&mut self, n: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -48,7 +48,7 @@ impl TokenBucket {
     }
 
     /// Whether the debt is so deep the sender is flooding (a full burst owed).
-    pub fn flooding(&self) -> bool {
+    pub(crate) fn flooding(&self) -> bool {
         self.tokens < -self.burst
     }
 }

@@ -24,8 +24,8 @@ mod auth;
 mod bucket;
 mod identify;
 
-pub use admission::Admission;
-pub use bucket::TokenBucket;
+pub(crate) use admission::Admission;
+pub(crate) use bucket::TokenBucket;
 use identify::Challenge;
 
 /// A content-signature check to run on the crypto pool.

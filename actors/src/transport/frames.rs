@@ -291,7 +291,7 @@ pub(super) fn short_reason(reason: &str) -> String {
 /// decoder checks a frame's length only once the whole frame has arrived, so
 /// a peer announcing gigabytes and sending them slowly would be buffered to
 /// the end; with this guard it is refused at its header (close 1009).
-pub struct FrameGuard<S> {
+pub(crate) struct FrameGuard<S> {
     inner: S,
     max: u64,
     /// Header bytes of the frame being read (at most 14).

@@ -48,13 +48,6 @@ impl<A: Acceptor> WsTransport<A> {
         }
     }
 
-    /// Drop the socket if the close frame (and what was queued before it)
-    /// is not written within `grace` (default [`CLOSE_GRACE`]).
-    pub fn close_grace(mut self, grace: Duration) -> Self {
-        self.close_grace = grace;
-        self
-    }
-
     /// Close the connection once more than `bytes` of frames wait for it
     /// (default [`MAX_UNREAD_BYTES`]).
     pub fn max_unread(mut self, bytes: usize) -> Self {

@@ -24,17 +24,19 @@ mod outbound;
 mod queue;
 mod socket;
 
+pub use frames::Failure;
+pub(crate) use frames::FrameGuard;
 use frames::{Assembled, Fragments};
-pub use frames::{Failure, FrameGuard};
 pub use inbound::WsTransport;
 pub use outbound::AwcTransport;
-pub use queue::{HasOutQueue, InOrder, InQueue, OutQueue};
-pub use socket::MAX_UNREAD_BYTES;
+pub use queue::{HasOutQueue, OutQueue};
+pub(crate) use queue::{InOrder, InQueue};
+pub(crate) use socket::MAX_UNREAD_BYTES;
 
 /// How long a closing connection may take to write its close frame (and
 /// whatever was queued before it): past this the socket is dropped, so a
 /// peer that stopped reading cannot hold it open.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// WebSocket close codes we use (RFC 6455 §7.4.1).
 pub mod close {
@@ -46,7 +48,7 @@ pub mod close {
     /// bad fragmentation, a bad control frame or close code).
     pub const PROTOCOL: u16 = 1002;
     /// Unsupported data (a binary frame before identification).
-    pub const UNSUPPORTED: u16 = 1003;
+    pub(crate) const UNSUPPORTED: u16 = 1003;
     /// Invalid payload data (text or a close reason that is not UTF-8).
     pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (identification failed or timed out, abuse).

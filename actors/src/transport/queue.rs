@@ -135,7 +135,7 @@ impl OutQueue {
     /// Ping the peer now (ahead of queued frames: a control frame), unless
     /// it has been silent for `silence`, when its transport closes it with
     /// 1001 instead. Nothing once a close was released.
-    pub fn keepalive(&self, silence: std::time::Duration) {
+    pub(crate) fn keepalive(&self, silence: std::time::Duration) {
         if !self.closed {
             self.transport.do_send(Wire::KeepAlive(silence));
         }
@@ -145,14 +145,14 @@ impl OutQueue {
 /// Received frames, handled one at a time in arrival order: a frame whose
 /// checks run off the loop (crypto pool, database) holds the next ones back.
 #[derive(Default)]
-pub struct InQueue {
+pub(crate) struct InQueue {
     backlog: VecDeque<FrameText>,
     /// A frame's checks are running off the loop.
     busy: bool,
 }
 
 /// An actor that handles its frames through an [`InQueue`].
-pub trait InOrder: Actor<Context = Context<Self>> {
+pub(crate) trait InOrder: Actor<Context = Context<Self>> {
     /// The queue.
     fn in_queue(&mut self) -> &mut InQueue;
     /// Handle one frame (may call [`InQueue::wait_for`]).
@@ -163,11 +163,6 @@ impl InQueue {
     /// Frames waiting.
     pub fn len(&self) -> usize {
         self.backlog.len()
-    }
-
-    /// Whether no frame waits.
-    pub fn is_empty(&self) -> bool {
-        self.backlog.is_empty()
     }
 
     /// Queue a frame and handle what can be handled now.
@@ -186,7 +181,7 @@ impl InQueue {
     }
 
     /// Run `fut` off the loop; later frames wait until `then` has run.
-    pub fn wait_for<A, F, T>(ctx: &mut Context<A>, act: &mut A, fut: F, then: T)
+    pub(crate) fn wait_for<A, F, T>(ctx: &mut Context<A>, act: &mut A, fut: F, then: T)
     where
         A: InOrder,
         F: std::future::Future + 'static,

@@ -14,7 +14,7 @@ use crate::crypto::FrameText;
 /// Bytes of frames a connection may leave unread before it is closed as
 /// too slow (a reader that never reads must not grow the server without
 /// bound).
-pub const MAX_UNREAD_BYTES: usize = 64 << 20;
+pub(crate) const MAX_UNREAD_BYTES: usize = 64 << 20;
 
 /// What an inbound connection has still to write, in order.
 pub(super) enum Out {
