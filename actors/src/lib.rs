@@ -71,6 +71,10 @@ pub struct Settings {
     pub directory_cap: usize,
     /// What linked servers may make this server hold or do.
     pub budgets: routing::Budgets,
+    /// Frames per second one linked server may send (twice that in a burst).
+    pub link_frames_per_second: f64,
+    /// Bytes per second one linked server may send (twice that in a burst).
+    pub link_bytes_per_second: f64,
     /// Registrations one connection may make.
     pub registrations_per_connection: u32,
     /// Registrations the server accepts in any hour.
@@ -102,6 +106,8 @@ impl Default for Settings {
             ts_window_ms: socp_protocol::envelope::TS_WINDOW_MS,
             directory_cap: 10_000,
             budgets: routing::Budgets::default(),
+            link_frames_per_second: 2_000.0,
+            link_bytes_per_second: 16.0 * 1024.0 * 1024.0,
             registrations_per_connection: 3,
             registrations_per_hour: 100,
             logins_per_minute: 600.0,

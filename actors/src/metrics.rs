@@ -18,6 +18,8 @@ pub mod family {
     /// Frames relayed by a linked server that could not be verified (their
     /// origin is unknown here, or the signature fails), dropped, by type.
     pub const RELAYED_UNVERIFIABLE: &str = "socp_relayed_unverifiable_total";
+    /// Frames a linked server sent over its frame or byte budget, dropped.
+    pub const LINK_OVER_BUDGET: &str = "socp_link_over_budget_total";
 }
 
 /// Shared counters (cheap: one short lock per event).
@@ -50,6 +52,7 @@ impl Metrics {
             family::CLOSES => "code",
             family::FRAMES_IN => "from",
             family::RELAYED_UNVERIFIABLE => "type",
+            family::LINK_OVER_BUDGET => "kind",
             _ => "code",
         };
         if let Ok(c) = self.counters.lock() {

@@ -116,14 +116,20 @@ struct Node {
 
 impl Node {
     fn start(script: Script) -> Node {
+        Self::start_with(
+            script,
+            Settings {
+                // Identification is not what these tests time.
+                identify_timeout: Duration::from_secs(600),
+                ..Settings::default()
+            },
+        )
+    }
+
+    fn start_with(script: Script, settings: Settings) -> Node {
         let router = Router::start(script);
         let store = Store::start(Vec::new());
         let activity = Rec::start();
-        let settings = Settings {
-            // Identification is not what these tests time.
-            identify_timeout: Duration::from_secs(600),
-            ..Settings::default()
-        };
         let shared = Shared::new(
             router.port(),
             CryptoPool::start(fixtures::key(0), 2),
@@ -720,4 +726,45 @@ async fn a_directory_page_hands_over_the_records_that_verify_and_asks_for_the_ne
     // Bad records are dropped, not answered: the page itself was good.
     assert!(link.errors().is_empty(), "{:?}", link.errors());
     assert!(link.closes().is_empty());
+}
+
+#[actix::test]
+async fn a_link_over_its_frame_budget_has_the_excess_dropped_and_counted_not_queued() {
+    // One frame a second, two at once: a server flooding its link.
+    let node = Node::start_with(
+        Script::default(),
+        Settings {
+            identify_timeout: Duration::from_secs(600),
+            link_frames_per_second: 1.0,
+            ..Settings::default()
+        },
+    );
+    let link = node.link_to_b().await;
+    let sent: Vec<FrameText> = (0..30)
+        .map(|i| {
+            signed(
+                "srv-b",
+                1,
+                To::All,
+                &advertise(&format!("flood-{i}"), "srv-b"),
+            )
+        })
+        .collect();
+    for raw in &sent {
+        link.feed(raw);
+    }
+    let dropped = || {
+        node.shared
+            .metrics
+            .get(socp_actors::metrics::family::LINK_OVER_BUDGET, "frames")
+    };
+    // Every frame is either handed over or dropped and counted.
+    until("every frame accounted for", || {
+        (node.frames().len() as u64 + dropped() == 30).then_some(())
+    })
+    .await;
+    let handed = node.frames().len() as u64;
+    assert!(handed <= 5, "{handed} frames handed over");
+    link.drain().await;
+    assert!(link.closes().is_empty(), "the link is not closed for it");
 }

@@ -76,6 +76,12 @@ pub struct ServerArgs {
     /// Servers this server will know in all.
     #[arg(long, default_value_t = 256)]
     pub max_servers: usize,
+    /// Frames per second one linked server may send (twice that in a burst).
+    #[arg(long, default_value_t = 2_000.0)]
+    pub link_frames_per_second: f64,
+    /// Bytes per second one linked server may send (twice that in a burst).
+    #[arg(long, default_value_t = 16.0 * 1024.0 * 1024.0)]
+    pub link_bytes_per_second: f64,
     /// Directory records (registered users) kept per other server.
     #[arg(long, default_value_t = 10_000)]
     pub directory_cap: usize,
@@ -157,6 +163,8 @@ impl ServerArgs {
             registrations_per_connection: self.registrations_per_connection,
             logins_per_minute: self.logins_per_minute,
             directory_cap: self.directory_cap,
+            link_frames_per_second: self.link_frames_per_second,
+            link_bytes_per_second: self.link_bytes_per_second,
             budgets: socp_actors::routing::Budgets {
                 max_users_per_server: self.max_users_per_server,
                 max_servers: self.max_servers,

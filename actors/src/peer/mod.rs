@@ -50,10 +50,20 @@ pub struct PeerLink {
     reported: Option<Instant>,
     /// Relayed frames dropped as unverifiable: logged once per episode.
     unverifiable: crate::episode::Episode,
+    /// Frames and bytes per second this link may send (budgets per linked
+    /// server); past them frames are dropped and counted, not queued.
+    frame_budget: crate::session::TokenBucket,
+    byte_budget: crate::session::TokenBucket,
+    /// Frames dropped over the budgets: logged once per episode.
+    over_budget: crate::episode::Episode,
 }
 
 impl PeerLink {
     fn new(shared: Shared, transport: Recipient<Wire>, peer: Option<Peer>, outbound: bool) -> Self {
+        let (frames, bytes) = (
+            shared.settings.link_frames_per_second,
+            shared.settings.link_bytes_per_second,
+        );
         PeerLink {
             conn_id: shared.next_conn_id(),
             shared,
@@ -64,6 +74,9 @@ impl PeerLink {
             strikes: 0,
             reported: None,
             unverifiable: Default::default(),
+            frame_budget: crate::session::TokenBucket::new(frames, 2.0 * frames),
+            byte_budget: crate::session::TokenBucket::new(bytes, 2.0 * bytes),
+            over_budget: Default::default(),
         }
     }
 
@@ -478,6 +491,22 @@ impl Handler<Inbound> for PeerLink {
                     .inc(crate::metrics::family::FRAMES_IN, "server");
                 if self.inbox.len() >= MAX_LINK_BACKLOG {
                     self.close(ctx, close::POLICY, "too many frames waiting");
+                    return;
+                }
+                let now = Instant::now();
+                let within = self.frame_budget.try_take_at(1.0, now)
+                    && self.byte_budget.try_take_at(text.len() as f64, now);
+                if !within {
+                    self.shared
+                        .metrics
+                        .inc(crate::metrics::family::LINK_OVER_BUDGET, "frames");
+                    if let Some(repeats) = self.over_budget.hit(now) {
+                        log::warn!(
+                            "link {}: over its frame or byte budget, dropping frames \
+                             ({repeats} more in the last episode)",
+                            self.conn_id
+                        );
+                    }
                     return;
                 }
                 // The socket is the identified server's: a frame arriving
