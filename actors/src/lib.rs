@@ -119,12 +119,13 @@ impl Default for Settings {
 /// What every session and link needs: the router, the pools, our id.
 #[derive(Clone)]
 pub struct Shared {
-    /// The router's ports.
-    pub router: RouterPort,
+    /// The router's ports (shared: a `Shared` is cloned per connection and
+    /// per request, and a port set is a dozen boxed recipients).
+    pub router: Arc<RouterPort>,
     /// RSA off the event loops.
     pub pool: CryptoPool,
-    /// The store's ports.
-    pub store: StorePort,
+    /// The store's ports (shared, as the router's).
+    pub store: Arc<StorePort>,
     /// Where sessions and links report that a peer is alive (the heartbeat).
     pub liveness: Recipient<Activity>,
     /// Our server id.
@@ -152,9 +153,9 @@ impl Shared {
         settings: Settings,
     ) -> Self {
         Shared {
-            router,
+            router: Arc::new(router),
             pool,
-            store,
+            store: Arc::new(store),
             liveness,
             me,
             advertised,
