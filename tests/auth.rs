@@ -77,17 +77,6 @@ fn advert_of(id: &UserId) -> impl Fn(&Envelope) -> bool {
     move |e: &Envelope| e.msg_type() == "USER_ADVERTISE" && e.payload()["user_id"] == id.as_str()
 }
 
-fn local_users(status: &serde_json::Value) -> Vec<String> {
-    status["local_users"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|u| u.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[actix_rt::test]
 async fn frames_sent_right_after_the_hello_are_handled_after_it() {
     let a = server(0, &[]).await;

@@ -469,17 +469,6 @@ async fn a_server_that_joins_later_and_restarts_knows_every_registered_user() {
     let (_s, _) = login(c.addr, 52, "user31").await;
 }
 
-fn local_users(status: &serde_json::Value) -> Vec<String> {
-    status["local_users"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|u| u.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Two real servers accept the same name while they cannot see each other:
 /// A registers "juno" first and stops; B, retrying to join A, registers
 /// "Juno" and logs its user in. When A comes back, B joins it, the

@@ -640,3 +640,15 @@ pub fn counter(metrics: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// The users attached to a server, from its `/status` snapshot.
+pub fn local_users(status: &Value) -> Vec<String> {
+    status["local_users"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -66,6 +66,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(super) struct Directory {
     users: HashMap<UserId, Entry>,
+    /// Registered ids in lower case: ids and names are compared in any case,
+    /// and this keeps those checks a lookup on the router's loop, not a scan.
+    ids_lower: std::collections::HashSet<String>,
     /// Name key → the user holding it.
     names: HashMap<String, UserId>,
     /// Records held per home server (budgeted).
@@ -100,6 +103,7 @@ impl Directory {
             if let Some(key) = &name {
                 d.names.insert(key.clone(), u.user_id.clone());
             }
+            d.ids_lower.insert(u.user_id.as_str().to_ascii_lowercase());
             d.users.insert(
                 u.user_id.clone(),
                 Entry {
@@ -128,11 +132,7 @@ impl Directory {
     /// Whether `who` is, in any case, a registered user's id or held name.
     pub(super) fn claims(&self, who: &str) -> bool {
         let key = who.to_ascii_lowercase();
-        self.names.contains_key(&key)
-            || self
-                .users
-                .keys()
-                .any(|id| id.as_str().eq_ignore_ascii_case(who))
+        self.names.contains_key(&key) || self.ids_lower.contains(&key)
     }
 
     /// Whether an advert contradicts the directory: a registered id with
@@ -191,10 +191,8 @@ impl Directory {
         }
         let key = record.username.key();
         let mut displaced = None;
-        let name_is_an_id = self
-            .users
-            .keys()
-            .any(|u| u != id && u.as_str().eq_ignore_ascii_case(&key));
+        let name_is_an_id =
+            self.ids_lower.contains(&key) && id.as_str().to_ascii_lowercase() != key;
         let holds = if name_is_an_id {
             false
         } else {
@@ -220,6 +218,7 @@ impl Directory {
         if holds {
             self.names.insert(key.clone(), id.clone());
         }
+        self.ids_lower.insert(id.as_str().to_ascii_lowercase());
         self.users.insert(
             id.clone(),
             Entry {
