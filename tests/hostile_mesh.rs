@@ -278,3 +278,77 @@ async fn announced_servers_are_dialled_at_most_once_each_and_bounded_per_link() 
         let _ = id;
     }
 }
+
+/// `--federation closed`: A and B list each other (ids and pinned keys) and
+/// link without an introducer; a stranger cannot link or join, a listed id
+/// with another key cannot link, and the honest pair still carries DMs.
+#[actix_rt::test]
+async fn a_closed_federation_admits_only_its_allowlist() {
+    use socp_actors::routing::Allowlist;
+    let (a_id, b_id) = (ServerId::random(), ServerId::random());
+    let key = |n: usize| fixtures::key(n).public_key().to_wire().to_owned();
+    let closed = |list: String| Settings {
+        allowlist: Some(Arc::new(Allowlist::parse(&list).expect("allowlist"))),
+        ..patient_settings()
+    };
+    // B admits A (no address: A dials B); A admits B at its address.
+    let b = socp::server::start(socp::server::ServerConfig {
+        server_id: Some(b_id.clone()),
+        ..config_with(3, None, &[], closed(format!("{a_id} {}", key(2))))
+    })
+    .await
+    .expect("b starts");
+    let a = socp::server::start(socp::server::ServerConfig {
+        server_id: Some(a_id.clone()),
+        ..config_with(
+            2,
+            None,
+            &[],
+            closed(format!("{b_id} {} {}", key(3), b.addr)),
+        )
+    })
+    .await
+    .expect("a starts");
+    for s in [&a, &b] {
+        eventually(WAIT, "a and b linked", || async {
+            links_up(&s.status().await) == 1
+        })
+        .await;
+    }
+
+    // A stranger, and B's id with another key: closed before any welcome.
+    let mut stranger = FakeServer::link(a.addr, 7, &a_id).await;
+    assert_eq!(stranger.peer.closed_within(WAIT).await, Some(1008));
+    assert!(!stranger
+        .peer
+        .inbox
+        .iter()
+        .any(|e| e.msg_type() == "SERVER_WELCOME"));
+    let mut impostor = FakeServer::link_as(a.addr, 8, b_id.clone(), &a_id).await;
+    assert_eq!(impostor.peer.closed_within(WAIT).await, Some(1008));
+    let mut joiner = FakeServer::connect_as(b.addr, 9, ServerId::random()).await;
+    let join = joiner.signed(
+        To::parse(&b.addr.to_string()).expect("host:port"),
+        &Message::ServerHelloJoin(socp_protocol::message::ServerHelloJoin(ServerAddress {
+            host: "127.0.0.1".into(),
+            port: 9,
+            pubkey: fixtures::key(9).public_key().clone(),
+        })),
+    );
+    joiner.peer.send(&join).await;
+    assert_eq!(joiner.peer.closed_within(WAIT).await, Some(1008));
+    assert!(!joiner
+        .peer
+        .inbox
+        .iter()
+        .any(|e| e.msg_type() == "SERVER_WELCOME"));
+
+    // A knows B and nobody else: the strangers were never learnt.
+    let status = a.status().await;
+    assert_eq!(
+        status["servers"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    assert_eq!(dms_delivered(&a, &b, 5).await, 10, "every DM arrives");
+}

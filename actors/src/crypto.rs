@@ -11,19 +11,27 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use socp_protocol::crypto::sha256;
 use socp_protocol::{Envelope, PrivateKey, PublicKey, Signature};
+
+use crate::budget::Charge;
 
 /// Frame text ready to write; shared between destinations.
 pub type FrameText = Arc<str>;
 
 /// A frame that is, or will be, signed: resolves to its JSON text, or `None`
 /// if signing failed (the frame is then dropped and logged).
+///
+/// It may hold the [`Charge`] of the frame it was made from: the sender's
+/// bytes stay counted until every destination has written or dropped it.
 #[derive(Clone)]
-pub struct SignedFrame(Shared<BoxFuture<'static, Option<FrameText>>>);
+pub struct SignedFrame {
+    text: Shared<BoxFuture<'static, Option<FrameText>>>,
+    charge: Option<Charge>,
+}
 
 impl SignedFrame {
     /// A frame whose text is already final (a relayed frame, unchanged).
@@ -33,32 +41,42 @@ impl SignedFrame {
         // This one is ready, so one poll completes it: writers then see the
         // text at once instead of waiting a round trip of the event loop.
         let _ready_now = shared.clone().now_or_never();
-        SignedFrame(shared)
+        SignedFrame::of(shared)
+    }
+
+    fn of(text: Shared<BoxFuture<'static, Option<FrameText>>>) -> Self {
+        SignedFrame { text, charge: None }
+    }
+
+    /// The same frame, holding `charge` until it is written or dropped.
+    pub fn charged(mut self, charge: &Charge) -> Self {
+        self.charge = Some(charge.clone());
+        self
     }
 
     /// A frame made by `fut` (`None`: it could not be made).
     pub fn from_future(fut: BoxFuture<'static, Option<FrameText>>) -> Self {
-        SignedFrame(fut.shared())
+        SignedFrame::of(fut.shared())
     }
 
     /// A frame that could not be made (dropped by writers, and logged).
     pub fn failed() -> Self {
-        SignedFrame(futures_util::future::ready(None).boxed().shared())
+        SignedFrame::of(futures_util::future::ready(None).boxed().shared())
     }
 
     /// Wait for the text.
     pub fn text(&self) -> impl Future<Output = Option<FrameText>> + Send + 'static {
-        self.0.clone()
+        self.text.clone()
     }
 
     /// The text, if signing has finished.
     pub fn peek(&self) -> Option<FrameText> {
-        self.0.peek().cloned().flatten()
+        self.text.peek().cloned().flatten()
     }
 
     /// Where signing is.
     pub fn state(&self) -> Signing {
-        match self.0.peek() {
+        match self.text.peek() {
             None => Signing::Running,
             Some(None) => Signing::Failed,
             Some(Some(text)) => Signing::Done(text.clone()),
@@ -128,50 +146,94 @@ impl SigCache {
 }
 
 /// A job for a crypto thread.
-type Job = Box<dyn FnOnce(&PrivateKey) + Send>;
+pub(crate) struct Job {
+    run: Box<dyn FnOnce(&PrivateKey) + Send>,
+    /// Alive while someone waits for the result (`None`: always wanted). A
+    /// job nobody waits for any more (its frame was dropped: the recipient
+    /// left) is skipped, at no cost to its flow's turn.
+    wanted: Option<Weak<()>>,
+}
+
+impl Job {
+    fn wanted(&self) -> bool {
+        self.wanted.as_ref().is_none_or(|w| w.strong_count() > 0)
+    }
+}
 
 /// Which queue a crypto job waits in.
 ///
-/// Control work (hellos, heartbeats, presence, logins, errors) goes first, so
-/// a link stays alive and a mesh keeps forming however much user content is
-/// queued. User content (deliveries, files) waits in one queue per flow (a
-/// sending user), served round-robin, so one user pushing a large file holds
-/// every other user back by at most one job per turn, not by the whole file.
+/// The server's own liveness and link set-up (heartbeats, hellos, welcomes,
+/// announces, goodbyes: a few per link) go first, so links stay alive and a
+/// mesh keeps forming however much else is queued. Everything else waits in
+/// one queue per origin (the user or server on whose behalf the work is
+/// done), served round-robin: one origin with a large file, a login flood,
+/// a mass of presence changes or a burst of joins holds any other origin
+/// back by at most one job per turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
-    /// Protocol control: served before any user content.
-    Control,
-    /// User content of one flow.
-    Bulk(u64),
+    /// This server's own liveness and link frames: served before the rest.
+    System,
+    /// Work on behalf of one origin.
+    Flow(u64),
 }
 
+/// Message types this server signs ahead of everything else: its own
+/// liveness and link set-up. Never used for verifying what others send.
+const SYSTEM: [&str; 6] = [
+    "HEARTBEAT",
+    "SERVER_HELLO_JOIN",
+    "SERVER_HELLO_LINK",
+    "SERVER_WELCOME",
+    "SERVER_ANNOUNCE",
+    "SERVER_GOODBYE",
+];
+
+/// Message types carrying users' content, queued by their sender.
+const CONTENT: [&str; 7] = [
+    "SERVER_DELIVER",
+    "USER_DELIVER",
+    "MSG_DIRECT",
+    "MSG_PUBLIC_CHANNEL",
+    "FILE_START",
+    "FILE_CHUNK",
+    "FILE_END",
+];
+
 impl Lane {
-    /// The bulk lane of the flow named `who` (a user or server id).
+    /// The lane of the origin named `who` (a user or server id).
     pub fn flow(who: &str) -> Lane {
         let h = sha256(who.as_bytes());
         let mut first = [0u8; 8];
         first.copy_from_slice(&h[..8]);
-        Lane::Bulk(u64::from_le_bytes(first))
+        Lane::Flow(u64::from_le_bytes(first))
     }
 
-    /// The lane an envelope's signing or verification belongs in: user
-    /// content by its sender, everything else control.
+    /// The lane for checking `env`: its origin's. Content goes by its
+    /// sender; presence news by the server whose users it is about (so a
+    /// server's mass of removals is one origin, not thousands); a reply by
+    /// the user or server it answers; anything else by who sent it.
     pub fn of(env: &Envelope) -> Lane {
-        const CONTENT: [&str; 7] = [
-            "SERVER_DELIVER",
-            "USER_DELIVER",
-            "MSG_DIRECT",
-            "MSG_PUBLIC_CHANNEL",
-            "FILE_START",
-            "FILE_CHUNK",
-            "FILE_END",
-        ];
-        if !CONTENT.contains(&env.msg_type()) {
-            return Lane::Control;
+        let payload = env.payload();
+        let field = |name: &str| payload.get(name).and_then(|v| v.as_str());
+        if CONTENT.contains(&env.msg_type()) {
+            return Lane::flow(field("sender").unwrap_or(env.from()));
         }
-        match env.payload().get("sender").and_then(|s| s.as_str()) {
-            Some(sender) => Lane::flow(sender),
-            None => Lane::flow(env.from()),
+        if let Some(server) = field("server_id") {
+            return Lane::flow(server);
+        }
+        match env.to() {
+            socp_protocol::To::Id(id) => Lane::flow(id),
+            _ => Lane::flow(env.from()),
+        }
+    }
+
+    /// The lane for signing `env`: [`Lane::System`] for this server's own
+    /// liveness and link frames, otherwise as [`Lane::of`].
+    pub fn signing(env: &Envelope) -> Lane {
+        if SYSTEM.contains(&env.msg_type()) {
+            Lane::System
+        } else {
+            Lane::of(env)
         }
     }
 }
@@ -179,7 +241,7 @@ impl Lane {
 /// The jobs waiting, by lane.
 #[derive(Default)]
 struct Queues {
-    control: VecDeque<Job>,
+    system: VecDeque<Job>,
     flows: HashMap<u64, VecDeque<Job>>,
     /// Flows with jobs, in turn order.
     turns: VecDeque<u64>,
@@ -190,8 +252,8 @@ struct Queues {
 impl Queues {
     fn push(&mut self, lane: Lane, job: Job) {
         match lane {
-            Lane::Control => self.control.push_back(job),
-            Lane::Bulk(flow) => {
+            Lane::System => self.system.push_back(job),
+            Lane::Flow(flow) => {
                 let queue = self.flows.entry(flow).or_default();
                 if queue.is_empty() {
                     self.turns.push_back(flow);
@@ -202,24 +264,38 @@ impl Queues {
         self.waiting += 1;
     }
 
-    /// Control first; then the flow whose turn it is (which goes to the back).
+    /// System first; then the first wanted job of the flow whose turn it
+    /// is (which goes to the back). Jobs nobody waits for are dropped on the
+    /// way.
     fn pop(&mut self) -> Option<Job> {
-        if let Some(job) = self.control.pop_front() {
+        while let Some(job) = self.system.pop_front() {
             self.waiting -= 1;
-            return Some(job);
+            if job.wanted() {
+                return Some(job);
+            }
         }
-        let flow = self.turns.pop_front()?;
-        let queue = self.flows.get_mut(&flow)?;
-        let job = queue.pop_front();
-        if queue.is_empty() {
-            self.flows.remove(&flow);
-        } else {
-            self.turns.push_back(flow);
+        loop {
+            let flow = self.turns.pop_front()?;
+            let Some(queue) = self.flows.get_mut(&flow) else {
+                continue;
+            };
+            let mut found = None;
+            while let Some(job) = queue.pop_front() {
+                self.waiting -= 1;
+                if job.wanted() {
+                    found = Some(job);
+                    break;
+                }
+            }
+            if queue.is_empty() {
+                self.flows.remove(&flow);
+            } else {
+                self.turns.push_back(flow);
+            }
+            if found.is_some() {
+                return found;
+            }
         }
-        if job.is_some() {
-            self.waiting -= 1;
-        }
-        job
     }
 }
 
@@ -260,9 +336,30 @@ fn worker(inner: Arc<Inner>, key: Arc<PrivateKey>) {
                 queues = inner.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let run = std::panic::AssertUnwindSafe(|| job(&key));
+        let run = std::panic::AssertUnwindSafe(|| (job.run)(&key));
         if std::panic::catch_unwind(run).is_err() {
             log::error!("a crypto job panicked; the pool goes on");
+        }
+    }
+}
+
+/// The origin this server's own broadcasts built on the pool are queued as.
+const OWN: &str = "this server";
+
+/// A signing job's outcome, logged if it failed.
+fn signature(
+    result: Option<Result<Signature, socp_protocol::Error>>,
+    what: &str,
+) -> Option<Signature> {
+    match result {
+        Some(Ok(sig)) => Some(sig),
+        Some(Err(e)) => {
+            log::error!("signing {what} failed: {e}");
+            None
+        }
+        None => {
+            log::error!("crypto pool unavailable; {what} dropped");
+            None
         }
     }
 }
@@ -313,35 +410,36 @@ impl CryptoPool {
     }
 
     /// Sign `env` on the pool (or from the cache) and serialise it.
+    ///
+    /// Users' content is signed without the cache (every payload differs),
+    /// and its job is skipped if the frame is dropped before its turn.
     pub fn sign(&self, mut env: Envelope) -> SignedFrame {
-        let lane = Lane::of(&env);
+        let lane = Lane::signing(&env);
         let bytes = env.signing_bytes();
+        let what = env.summary();
+        if CONTENT.contains(&env.msg_type()) {
+            let request = self.run_in(lane, move |key| key.sign(&bytes));
+            return SignedFrame::from_future(
+                async move {
+                    env.set_sig(signature(request.await, &what)?);
+                    Some(Arc::from(env.to_json()))
+                }
+                .boxed(),
+            );
+        }
         let hash = sha256(&bytes);
         let slot = {
             let Ok(mut cache) = self.cache.lock() else {
-                log::error!("signature cache poisoned; {} dropped", env.summary());
+                log::error!("signature cache poisoned; {what} dropped");
                 return SignedFrame::failed();
             };
             match cache.get(&hash) {
                 Some(slot) => slot,
                 None => {
-                    let what = env.summary();
                     let request = self.run_in(lane, move |key| key.sign(&bytes));
-                    let slot: SigSlot = async move {
-                        match request.await {
-                            Some(Ok(sig)) => Some(sig),
-                            Some(Err(e)) => {
-                                log::error!("signing {what} failed: {e}");
-                                None
-                            }
-                            None => {
-                                log::error!("crypto pool unavailable; {what} dropped");
-                                None
-                            }
-                        }
-                    }
-                    .boxed()
-                    .shared();
+                    let slot: SigSlot = async move { signature(request.await, &what) }
+                        .boxed()
+                        .shared();
                     cache.put(hash, slot.clone());
                     slot
                 }
@@ -351,56 +449,67 @@ impl CryptoPool {
             env.set_sig(sig.clone());
             return SignedFrame::ready(Arc::from(env.to_json()));
         }
-        SignedFrame(
+        SignedFrame::from_future(
             async move {
                 env.set_sig(slot.await?);
                 Some(Arc::from(env.to_json()))
             }
-            .boxed()
-            .shared(),
+            .boxed(),
         )
     }
 
     /// Build an envelope on a crypto thread (it may need RSA itself, like an
-    /// OAEP key wrap), sign it there, and serialise it.
+    /// OAEP key wrap), sign it there, and serialise it. It is this server's
+    /// own broadcast: it takes its turn with [`CryptoPool::run`]'s work.
     pub fn sign_built(&self, build: Box<dyn FnOnce() -> Option<Envelope> + Send>) -> SignedFrame {
         let built = self.run(move |key| {
             let mut env = build()?;
             env.sign(key).ok()?;
             Some(env.to_json())
         });
-        SignedFrame(
-            async move { built.await.flatten().map(Arc::from) }
-                .boxed()
-                .shared(),
-        )
+        SignedFrame::from_future(async move { built.await.flatten().map(Arc::from) }.boxed())
     }
 
-    /// Verify `env`'s transport signature with `key` on the pool.
+    /// Verify `env`'s transport signature with `key` on the pool, in its
+    /// origin's lane ([`Lane::of`]).
     pub fn verify(
         &self,
         env: Envelope,
         key: PublicKey,
     ) -> impl Future<Output = Option<(Envelope, bool)>> + Send + 'static {
-        self.run_in(Lane::of(&env), move |_| {
+        self.verify_in(Lane::of(&env), env, key)
+    }
+
+    /// Verify `env` in `lane`: a linked server's frames in the link's own,
+    /// whatever senders they name (the link is the origin of that work).
+    pub(crate) fn verify_in(
+        &self,
+        lane: Lane,
+        env: Envelope,
+        key: PublicKey,
+    ) -> impl Future<Output = Option<(Envelope, bool)>> + Send + 'static {
+        self.run_in(lane, move |_| {
             let ok = env.verify(&key).is_ok();
             (env, ok)
         })
     }
 
-    /// Run `f` on a crypto thread, in the control lane, and return its
-    /// result (`None` if the pool is gone).
+    /// Run `f` on a crypto thread, in this server's own lane (taking turns
+    /// with every origin's), and return its result (`None` if the pool is
+    /// gone).
     pub fn run<R, F>(&self, f: F) -> impl Future<Output = Option<R>> + Send + 'static
     where
         R: Send + 'static,
         F: FnOnce(&PrivateKey) -> R + Send + 'static,
     {
-        self.run_in(Lane::Control, f)
+        self.run_in(Lane::flow(OWN), f)
     }
 
-    /// Run `f` on a crypto thread in `lane`. Jobs queue without bound and the
-    /// caller never parks: thousands of parked senders woken together would
-    /// starve the event loop they run on (measured: a 1 MiB file's chunks).
+    /// Run `f` on a crypto thread in `lane`. The caller never parks
+    /// (thousands of parked senders woken together would starve the event
+    /// loop they run on: measured, a 1 MiB file's chunks); what may wait here
+    /// is bounded by the memory budgets of the frames that cause it. If the
+    /// returned future is dropped before its turn, `f` is skipped.
     pub(crate) fn run_in<R, F>(
         &self,
         lane: Lane,
@@ -411,10 +520,14 @@ impl CryptoPool {
         F: FnOnce(&PrivateKey) -> R + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |key| {
-            // The receiver may be gone if the caller stopped; nothing to do then.
-            let _ = tx.send(f(key));
-        });
+        let wanted = Arc::new(());
+        let job = Job {
+            run: Box::new(move |key| {
+                // The receiver may be gone if the caller stopped; nothing to do then.
+                let _ = tx.send(f(key));
+            }),
+            wanted: Some(Arc::downgrade(&wanted)),
+        };
         {
             let mut queues = self.inner.lock();
             if !queues.closed {
@@ -422,7 +535,10 @@ impl CryptoPool {
             }
         }
         self.inner.ready.notify_one();
-        async move { rx.await.ok() }
+        async move {
+            let _wanted = wanted;
+            rx.await.ok()
+        }
     }
 }
 
@@ -507,18 +623,21 @@ mod tests {
         log: &Arc<Mutex<Vec<String>>>,
     ) -> Vec<String> {
         while let Some(job) = queues.pop() {
-            job(key);
+            (job.run)(key);
         }
         std::mem::take(&mut *log.lock().unwrap())
     }
 
     fn labelled(log: &Arc<Mutex<Vec<String>>>, label: &str) -> Job {
         let (log, label) = (log.clone(), label.to_owned());
-        Box::new(move |_| log.lock().unwrap().push(label))
+        Job {
+            run: Box::new(move |_| log.lock().unwrap().push(label)),
+            wanted: None,
+        }
     }
 
     #[test]
-    fn control_goes_first_and_flows_take_turns() {
+    fn system_goes_first_and_flows_take_turns() {
         let key = fixtures::key(5);
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut q = Queues::default();
@@ -527,7 +646,7 @@ mod tests {
             q.push(file, labelled(&log, &format!("chunk{i}")));
         }
         q.push(dm, labelled(&log, "dm"));
-        q.push(Lane::Control, labelled(&log, "heartbeat"));
+        q.push(Lane::System, labelled(&log, "heartbeat"));
         assert_eq!(q.waiting, 6);
         assert_eq!(
             drain_order(&mut q, &key, &log),
@@ -537,21 +656,84 @@ mod tests {
         assert!(q.flows.is_empty() && q.turns.is_empty());
     }
 
+    fn parsed(json: &str) -> Envelope {
+        Envelope::parse(json.as_bytes()).expect("parses")
+    }
+
     #[test]
-    fn lanes_follow_the_envelope() {
+    fn lanes_follow_the_origin() {
         let me = ServerId::random();
         let hb = Envelope::new(&me, To::All, 1, &Heartbeat {});
-        assert_eq!(Lane::of(&hb), Lane::Control);
-        let deliver = Envelope::parse(
-            br#"{"type":"SERVER_DELIVER","from":"s","to":"t","ts":1,"payload":{"sender":"alice"}}"#,
-        )
-        .expect("parses");
-        assert_eq!(Lane::of(&deliver), Lane::flow("alice"));
+        assert_eq!(Lane::signing(&hb), Lane::System);
+        assert_ne!(
+            Lane::of(&hb),
+            Lane::System,
+            "checking a heartbeat is not urgent"
+        );
+        let deliver = parsed(
+            r#"{"type":"SERVER_DELIVER","from":"s","to":"t","ts":1,"payload":{"sender":"alice"}}"#,
+        );
+        assert_eq!(Lane::signing(&deliver), Lane::flow("alice"));
         assert_ne!(Lane::flow("alice"), Lane::flow("bob"));
+        // Presence news goes by the server whose users it is about.
+        let remove = |user: &str| {
+            parsed(&format!(
+                r#"{{"type":"USER_REMOVE","from":"a","to":"*","ts":1,"payload":{{"user_id":"{user}","server_id":"gone"}}}}"#
+            ))
+        };
+        assert_eq!(Lane::signing(&remove("u1")), Lane::flow("gone"));
+        assert_eq!(Lane::signing(&remove("u2")), Lane::flow("gone"));
+        // A reply goes by whom it answers.
+        let error = parsed(r#"{"type":"ERROR","from":"a","to":"mallory","ts":1,"payload":{}}"#);
+        assert_eq!(Lane::signing(&error), Lane::flow("mallory"));
+    }
+
+    /// Work one origin causes (here a thousand replies to a login flood)
+    /// holds another origin's DM back by one job, not by the whole flood.
+    /// Before origins took turns, every non-content job went first.
+    #[test]
+    fn a_flood_of_one_origin_delays_another_by_one_job() {
+        let key = fixtures::key(5);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut q = Queues::default();
+        for i in 0..1000 {
+            let challenge = parsed(&format!(
+                r#"{{"type":"LOGIN_CHALLENGE","from":"a","to":"mallory","ts":{i},"payload":{{}}}}"#
+            ));
+            q.push(Lane::signing(&challenge), labelled(&log, "flood"));
+        }
+        let dm = parsed(
+            r#"{"type":"USER_DELIVER","from":"a","to":"carol","ts":1,"payload":{"sender":"bob"}}"#,
+        );
+        q.push(Lane::signing(&dm), labelled(&log, "dm"));
+        let order = drain_order(&mut q, &key, &log);
+        assert_eq!(order.len(), 1001);
+        assert_eq!(order.iter().position(|l| l == "dm"), Some(1));
     }
 
     #[actix::test]
-    async fn a_control_job_passes_a_queue_of_content() {
+    async fn a_job_nobody_waits_for_is_skipped() {
+        let pool = CryptoPool::start(fixtures::key(6), 1);
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let held = pool.run(move |_| {
+            let _ = wait.recv();
+        });
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (a, b) = (ran.clone(), ran.clone());
+        let dropped = pool.run_in(Lane::flow("gone"), move |_| {
+            a.lock().unwrap().push("dropped")
+        });
+        let kept = pool.run_in(Lane::flow("gone"), move |_| b.lock().unwrap().push("kept"));
+        drop(dropped);
+        release.send(()).unwrap();
+        held.await.unwrap();
+        kept.await.unwrap();
+        assert_eq!(*ran.lock().unwrap(), ["kept"]);
+        assert_eq!(pool.waiting(), 0);
+    }
+
+    #[actix::test]
+    async fn a_system_job_passes_a_queue_of_content() {
         let pool = CryptoPool::start(fixtures::key(6), 1);
         // Hold the only thread until the queue is built.
         let (release, wait) = std::sync::mpsc::channel::<()>();
@@ -567,17 +749,19 @@ mod tests {
             }));
         }
         let o = order.clone();
-        let control = pool.run(move |_| o.lock().unwrap().push("heartbeat".to_owned()));
+        let system = pool.run_in(Lane::System, move |_| {
+            o.lock().unwrap().push("heartbeat".to_owned())
+        });
         assert!(pool.waiting() >= 51);
         release.send(()).unwrap();
         held.await.unwrap();
-        control.await.unwrap();
+        system.await.unwrap();
         futures_util::future::join_all(content).await;
         let order = order.lock().unwrap();
         assert_eq!(order.len(), 51);
         assert_eq!(
             order[0], "heartbeat",
-            "control ran before any queued content"
+            "system work ran before any queued content"
         );
         assert_eq!(pool.waiting(), 0);
     }

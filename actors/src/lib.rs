@@ -8,10 +8,12 @@
 //! - [`introducer`]: joining a mesh through an introducer;
 //! - [`heartbeat`]: liveness, dead-peer detection, reconnect with backoff;
 //! - [`crypto`]: CryptoPool, all RSA off the event loops;
+//! - [`budget`]: memory budgets for the frames a connection makes the server hold;
 //! - [`store`]: Store, all SQLite off the event loops;
 //! - [`transport`]: WebSocket transports and the ordered outbound queue;
 //! - [`metrics`]: counters of every rejection, for `/metrics`.
 
+pub mod budget;
 pub mod crypto;
 pub mod episode;
 pub mod error;
@@ -81,6 +83,20 @@ pub struct Settings {
     pub registrations_per_hour: usize,
     /// Login challenges the server hands out a minute, over every connection.
     pub logins_per_minute: f64,
+    /// Bytes of a user's frames the server may hold at once (waiting to be
+    /// checked, signed or written to their recipients); past it, RATE_LIMITED.
+    pub conn_memory_budget: usize,
+    /// The same for a linked server (it carries many users' traffic); past
+    /// it, its frames are dropped and counted.
+    pub link_memory_budget: usize,
+    /// The same summed over every connection.
+    pub server_memory_budget: usize,
+    /// A closed federation's allowlist: only its servers may link, join or
+    /// be learnt (`None`: an open mesh, SPEC.md §5.1).
+    pub allowlist: Option<Arc<routing::Allowlist>>,
+    /// Bytes a second a user may send (frames count against `user_rate` as
+    /// well), in bursts of up to two seconds' worth.
+    pub user_bytes_per_second: f64,
     /// TLS for the links this server opens to other servers and introducers:
     /// `None` dials `ws://`, `Some` dials `wss://` and verifies the other side
     /// against these roots. Server addresses (SPEC's SERVER_ANNOUNCE, server
@@ -111,6 +127,11 @@ impl Default for Settings {
             registrations_per_connection: 3,
             registrations_per_hour: 100,
             logins_per_minute: 600.0,
+            conn_memory_budget: 8 << 20,
+            link_memory_budget: 64 << 20,
+            server_memory_budget: 512 << 20,
+            user_bytes_per_second: 2.0 * 1024.0 * 1024.0,
+            allowlist: None,
             tls: None,
         }
     }
@@ -138,6 +159,8 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// Server-wide limits on registrations and logins.
     pub(crate) admission: Arc<session::Admission>,
+    /// The server-wide memory budget every connection's is charged with.
+    pub memory: Arc<budget::Budget>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -163,6 +186,7 @@ impl Shared {
                 settings.registrations_per_hour,
                 settings.logins_per_minute,
             )),
+            memory: budget::Budget::new(settings.server_memory_budget),
             settings: Arc::new(settings),
             metrics: Arc::default(),
             conn_ids: Arc::new(AtomicU64::new(1)),

@@ -20,6 +20,9 @@ pub mod family {
     pub const RELAYED_UNVERIFIABLE: &str = "socp_relayed_unverifiable_total";
     /// Frames a linked server sent over its frame or byte budget, dropped.
     pub const LINK_OVER_BUDGET: &str = "socp_link_over_budget_total";
+    /// Frames refused because the memory the server holds for their sender
+    /// (`connection`) or for everyone (`server`) was at its budget.
+    pub const MEMORY_REFUSED: &str = "socp_memory_budget_refused_total";
 }
 
 /// Shared counters (cheap: one short lock per event).
@@ -53,6 +56,7 @@ impl Metrics {
             family::FRAMES_IN => "from",
             family::RELAYED_UNVERIFIABLE => "type",
             family::LINK_OVER_BUDGET => "kind",
+            family::MEMORY_REFUSED => "budget",
             _ => "code",
         };
         if let Ok(c) = self.counters.lock() {

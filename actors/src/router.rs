@@ -6,6 +6,7 @@ use actix::prelude::*;
 use socp_protocol::message::{DirectoryRecord, ServerAddress, ServerWelcome};
 use socp_protocol::{now_ms, Envelope, Message, PublicKey, ServerId, UserId};
 
+use crate::budget::Charge;
 use crate::crypto::{FrameText, SignedFrame};
 use crate::routing::{
     Action, Conn, ConnId, Peer, PeerFrame, Refusal, RouterState, Status, StoreOp,
@@ -63,6 +64,9 @@ pub struct UserFrame {
     pub env: Envelope,
     /// Its parsed payload.
     pub msg: Message,
+    /// The memory it is charged to (the sender's budget): the frames made
+    /// from it hold it until they are written or dropped.
+    pub charge: Option<Charge>,
 }
 
 /// Whether a user id is attached anywhere in the mesh.
@@ -125,6 +129,8 @@ pub struct LinkFrame {
     pub msg: Message,
     /// The frame text as received, for forwarding unchanged.
     pub raw: FrameText,
+    /// The memory it is charged to (the link's budget), as for [`UserFrame`].
+    pub charge: Option<Charge>,
 }
 
 /// A server asks to join through us.
@@ -335,7 +341,7 @@ impl Handler<UserFrame> for Router {
         let actions = self
             .state
             .from_user(&msg.user_id, &msg.env, msg.msg, now_ms());
-        self.run(actions);
+        self.run(charged(actions, msg.charge.as_ref()));
     }
 }
 
@@ -454,8 +460,24 @@ impl Handler<LinkFrame> for Router {
             self.state
                 .from_server_user_frame(&msg.link, &msg.env, msg.msg, now)
         };
-        self.run(actions);
+        self.run(charged(actions, msg.charge.as_ref()));
     }
+}
+
+/// The frames to send made from a charged frame hold its charge until each
+/// is written or dropped (the sender's memory budget counts them).
+fn charged(actions: Vec<Action<Handle>>, charge: Option<&Charge>) -> Vec<Action<Handle>> {
+    let Some(charge) = charge else {
+        return actions;
+    };
+    actions
+        .into_iter()
+        .map(|action| match action {
+            Action::Send(to, frame) => Action::Send(to, frame.charged(charge)),
+            Action::SendNow(to, frame) => Action::SendNow(to, frame.charged(charge)),
+            other => other,
+        })
+        .collect()
 }
 
 impl Handler<JoinRequest> for Router {

@@ -91,6 +91,7 @@ impl Node {
                 presence_seq: 1,
                 directory_cap: 10_000,
                 budgets: Default::default(),
+                allowlist: None,
             },
             std::sync::Arc::new(Plain),
         );

@@ -53,6 +53,7 @@ impl Fixture {
                 presence_seq: 1,
                 directory_cap: 10_000,
                 budgets: Default::default(),
+                allowlist: None,
             },
             signer,
         );
@@ -124,6 +125,7 @@ impl Fixture {
                 msg: env.message().expect("typed"),
                 env,
                 raw: raw.clone(),
+                charge: None,
             })
             .await
             .expect("router alive");
@@ -137,6 +139,7 @@ impl Fixture {
                 user_id: uid(from),
                 env,
                 msg,
+                charge: None,
             })
             .await
             .expect("router alive");
@@ -335,6 +338,7 @@ async fn link_frames_reach_local_users_once() {
             msg: env.message().expect("typed"),
             env,
             raw: raw.clone(),
+            charge: None,
         })
         .await
         .expect("router alive");
@@ -788,4 +792,44 @@ async fn a_burst_larger_than_one_version_is_announced_in_several() {
         .filter_map(|e| field(e, "version").as_u64())
         .collect();
     assert_eq!(versions, [1, 2]);
+}
+
+/// A user's frame comes with its memory charge; the frames the router makes
+/// from it hold the charge until the recipient's session has them written
+/// (here: until the recorder standing in for it lets them go), so the
+/// sender's budget counts what it made the server hold.
+#[actix::test]
+async fn frames_made_from_a_charged_frame_hold_its_charge_until_written() {
+    use socp_actors::budget::{Account, Budget};
+    let f = Fixture::start();
+    let _alice = f.attach("alice", 1, 1).await;
+    let bob = f.attach("bob", 2, 2).await;
+    outbound(&bob).await;
+    let server = Budget::new(1 << 20);
+    let account = Account::new(1 << 20, server.clone());
+    let msg = Message::MsgDirect(dm());
+    let env = Envelope::from_message(&uid("alice"), To::from(&uid("bob")), now_ms(), &msg);
+    f.router
+        .send(UserFrame {
+            user_id: uid("alice"),
+            env,
+            msg,
+            charge: Some(account.charge(5000).expect("room")),
+        })
+        .await
+        .expect("router alive");
+    let queued = bob.take().await;
+    assert_eq!(queued.len(), 1, "one USER_DELIVER for bob");
+    assert_eq!(
+        (account.used(), server.used()),
+        (5000, 5000),
+        "held while the frame waits to be written"
+    );
+    let delivered = resolved(queued).await;
+    assert_eq!(types(&delivered), ["USER_DELIVER"]);
+    assert_eq!(
+        (account.used(), server.used()),
+        (0, 0),
+        "given back once written"
+    );
 }

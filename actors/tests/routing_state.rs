@@ -46,6 +46,7 @@ fn config(me: &str) -> RouterConfig {
         presence_seq: 1,
         directory_cap: 10_000,
         budgets: Default::default(),
+        allowlist: None,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use socp_actors::introducer::Bootstrap;
+use socp_actors::routing::Allowlist;
 use socp_actors::Settings;
 use socp_protocol::{PublicKey, ServerId};
 
@@ -82,6 +83,25 @@ pub struct ServerArgs {
     /// Bytes per second one linked server may send (twice that in a burst).
     #[arg(long, default_value_t = 16.0 * 1024.0 * 1024.0)]
     pub link_bytes_per_second: f64,
+    /// MiB of a user's frames the server holds at once (waiting to be signed
+    /// or written); past it the user is told RATE_LIMITED.
+    #[arg(long, default_value_t = 8)]
+    pub user_memory_mib: usize,
+    /// MiB of a linked server's frames the server holds at once; past it its
+    /// frames are dropped and counted.
+    #[arg(long, default_value_t = 64)]
+    pub link_memory_mib: usize,
+    /// MiB of frames the server holds for every connection together.
+    #[arg(long, default_value_t = 512)]
+    pub server_memory_mib: usize,
+    /// `open` (any server may join, SPEC.md §5.1) or `closed`: only the
+    /// servers of --allowlist, each with its pinned key, may link or join.
+    #[arg(long, value_enum, default_value_t = Federation::Open)]
+    pub federation: Federation,
+    /// The allowlist of a closed federation: one server a line,
+    /// `SERVER_ID PUBKEY [HOST:PORT]` (those with an address are dialled at start).
+    #[arg(long)]
+    pub allowlist: Option<PathBuf>,
     /// Directory records (registered users) kept per other server.
     #[arg(long, default_value_t = 10_000)]
     pub directory_cap: usize,
@@ -151,7 +171,35 @@ impl ServerArgs {
             },
             None => bootstrap.extend(bootstrap_from_env()?),
         }
+        let allowlist = match (self.federation, &self.allowlist) {
+            (Federation::Open, None) => None,
+            (Federation::Open, Some(_)) => {
+                return Err(ConfigError(
+                    "--allowlist is for a closed mesh: add --federation closed".into(),
+                ))
+            }
+            (Federation::Closed, None) => {
+                return Err(ConfigError(
+                    "--federation closed needs --allowlist FILE (the servers it admits)".into(),
+                ))
+            }
+            (Federation::Closed, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+                let list = Allowlist::parse(&text)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+                Some(std::sync::Arc::new(list))
+            }
+        };
+        let mib = |flag: &str, v: usize| match v.checked_mul(1 << 20) {
+            Some(bytes) if v > 0 => Ok(bytes),
+            _ => Err(ConfigError(format!("{flag} must be a positive number of MiB"))),
+        };
         let settings = Settings {
+            allowlist,
+            conn_memory_budget: mib("--user-memory-mib", self.user_memory_mib)?,
+            link_memory_budget: mib("--link-memory-mib", self.link_memory_mib)?,
+            server_memory_budget: mib("--server-memory-mib", self.server_memory_mib)?,
             heartbeat_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
             peer_timeout: seconds("--timeout", self.timeout)?,
             user_ping_interval: seconds("--heartbeat-interval", self.heartbeat_interval)?,
@@ -210,6 +258,15 @@ impl ServerArgs {
             (None, None) => Ok(None),
         }
     }
+}
+
+/// Who may join the mesh (`--federation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Federation {
+    /// Any server may join (SPEC.md §5.1).
+    Open,
+    /// Only the servers of `--allowlist`.
+    Closed,
 }
 
 /// Read the introducers file of the first seed.
@@ -356,5 +413,33 @@ mod tests {
         )
         .unwrap();
         assert!(read_introducers(&path).is_err());
+    }
+
+    #[test]
+    fn a_closed_federation_needs_its_allowlist_and_only_then() {
+        let closed = ServerArgs::parse_from(["socp-server", "--federation", "closed"]);
+        let err = closed.to_config().unwrap_err().to_string();
+        assert!(err.contains("--allowlist"), "{err}");
+        let stray = ServerArgs::parse_from(["socp-server", "--allowlist", "list.txt"]);
+        let err = stray.to_config().unwrap_err().to_string();
+        assert!(err.contains("--federation closed"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowlist");
+        let id = ServerId::random();
+        let key = socp_protocol::fixtures::key(1)
+            .public_key()
+            .to_wire()
+            .to_owned();
+        std::fs::write(&path, format!("{id} {key} 127.0.0.1:9001\n")).unwrap();
+        let args = ServerArgs::parse_from([
+            "socp-server",
+            "--federation",
+            "closed",
+            "--allowlist",
+            path.to_str().unwrap(),
+        ]);
+        let list = args.to_config().unwrap().settings.allowlist.unwrap();
+        assert_eq!(list.peers()[0].server_id, id);
     }
 }

@@ -187,6 +187,11 @@ pub(crate) async fn metrics(
             count(linked),
         ),
         (
+            "socp_memory_held_bytes",
+            "bytes of frames held for their senders (memory budgets)",
+            count(shared.memory.used()),
+        ),
+        (
             "process_resident_memory_bytes",
             "resident memory of this process",
             resident_bytes(),

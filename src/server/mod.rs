@@ -354,6 +354,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             presence_seq,
             directory_cap: settings.directory_cap,
             budgets: settings.budgets.clone(),
+            allowlist: settings.allowlist.clone(),
         },
         Arc::new(PoolSigner(pool.clone())),
     );
@@ -436,6 +437,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             pubkey: k.pubkey,
         };
         router.do_send(socp_actors::router::Remember(peer));
+    }
+    // A closed mesh's servers with an address: linked from the start.
+    for peer in settings.allowlist.iter().flat_map(|l| l.peers()) {
+        if peer.server_id != me {
+            router.do_send(socp_actors::router::Remember(peer));
+        }
     }
     match welcome {
         Some(w) => router.do_send(Joined(w)),

@@ -106,12 +106,14 @@ impl PeerLink {
                     checked.refused += 1;
                     continue;
                 };
-                match pool.verify(env, key).await {
+                let lane = crate::crypto::Lane::flow(link.as_str());
+                match pool.verify_in(lane, env, key).await {
                     Some((env, true)) => checked.records.push(LinkFrame {
                         link: link.clone(),
                         env,
                         msg,
                         raw: FrameText::from(text),
+                        charge: None,
                     }),
                     _ => checked.refused += 1,
                 }

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use socp_protocol::message::{ErrorPayload, ServerAddress, ServerHelloJoin, ServerHelloLink};
 use socp_protocol::{now_ms, Envelope, ErrorCode, Message, To};
 
+use crate::budget::{Account, Charge};
 use crate::crypto::FrameText;
 use crate::heartbeat::Activity;
 use crate::router::{JoinRequest, LinkDown, LinkFrame, LinkUp, Outbound, ServerKey};
@@ -56,6 +57,10 @@ pub struct PeerLink {
     byte_budget: crate::session::TokenBucket,
     /// Frames dropped over the budgets: logged once per episode.
     over_budget: crate::episode::Episode,
+    /// This link's memory budget (within the server's).
+    account: Account,
+    /// The charge of the frame being handled, passed on to the router with it.
+    holding: Option<Charge>,
 }
 
 impl PeerLink {
@@ -66,7 +71,7 @@ impl PeerLink {
         );
         PeerLink {
             conn_id: shared.next_conn_id(),
-            shared,
+            shared: shared.clone(),
             out: OutQueue::new(transport),
             peer,
             outbound,
@@ -77,6 +82,8 @@ impl PeerLink {
             frame_budget: crate::session::TokenBucket::new(frames, 2.0 * frames),
             byte_budget: crate::session::TokenBucket::new(bytes, 2.0 * bytes),
             over_budget: Default::default(),
+            account: Account::new(shared.settings.link_memory_budget, shared.memory.clone()),
+            holding: None,
         }
     }
 
@@ -205,6 +212,14 @@ impl PeerLink {
             self.close(ctx, close::POLICY, "that is our own server id");
             return;
         }
+        if let Some(list) = &self.shared.settings.allowlist {
+            // Refused before any RSA: a closed mesh spends nothing on strangers.
+            if let Err(why) = list.admits(&server_id, &address.pubkey) {
+                log::debug!("link {}: {why}", self.conn_id);
+                self.close(ctx, close::POLICY, "not on this mesh's allowlist");
+                return;
+            }
+        }
         let pool = self.shared.pool.clone();
         let server_key = self.shared.router.server_key.clone();
         let key = address.pubkey.clone();
@@ -284,6 +299,7 @@ impl PeerLink {
                         env,
                         msg,
                         raw,
+                        charge: act.holding.take(),
                     });
                 }
             }
@@ -325,6 +341,7 @@ impl PeerLink {
             );
         }
         let pool = self.shared.pool.clone();
+        let lane = crate::crypto::Lane::flow(peer.server_id.as_str());
         let server_key = self.shared.router.server_key.clone();
         let link_key = peer.pubkey.clone();
         let fut = async move {
@@ -346,7 +363,7 @@ impl PeerLink {
             };
             let key =
                 trust::verifying_key(&from, from_link, &link_key, pinned, &msg).map_err(relayed)?;
-            match pool.verify(env, key).await {
+            match pool.verify_in(lane, env, key).await {
                 Some((env, true)) => Ok((env, msg)),
                 _ => Err(relayed("signature does not verify".to_owned())),
             }
@@ -362,6 +379,7 @@ impl PeerLink {
                         env,
                         msg,
                         raw,
+                        charge: act.holding.take(),
                     }),
                 }
             }
@@ -469,7 +487,8 @@ impl InOrder for PeerLink {
         &mut self.inbox
     }
 
-    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText) {
+    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText, charge: Option<Charge>) {
+        self.holding = charge;
         self.handle_frame(ctx, text);
     }
 }
@@ -509,11 +528,28 @@ impl Handler<Inbound> for PeerLink {
                     }
                     return;
                 }
+                let charge = match self.account.charge(text.len()) {
+                    Ok(charge) => charge,
+                    Err(over) => {
+                        self.shared
+                            .metrics
+                            .inc(crate::metrics::family::MEMORY_REFUSED, over.as_str());
+                        if let Some(repeats) = self.over_budget.hit(now) {
+                            log::warn!(
+                                "link {}: what it sent still waits (memory budget of the \
+                                 {} full), dropping frames ({repeats} more in the last episode)",
+                                self.conn_id,
+                                over.as_str()
+                            );
+                        }
+                        return;
+                    }
+                };
                 // The socket is the identified server's: a frame arriving
                 // proves it alive, even while earlier frames wait to be
                 // verified (a long backlog must not look like silence).
                 self.report_alive();
-                InQueue::push(ctx, self, text);
+                InQueue::push(ctx, self, text, Some(charge));
             }
             Inbound::Binary => self.strike(
                 ctx,

@@ -33,6 +33,8 @@ pub mod refused {
     pub(crate) const ANNOUNCES_OVER_CAP: &str = "announces_over_cap";
     /// An announced server not dialled: over the dial rate.
     pub(crate) const DIAL_RATE: &str = "dial_rate";
+    /// A server not on a closed federation's allowlist (or with another key).
+    pub(crate) const NOT_ALLOWED: &str = "server_not_allowed";
 }
 
 /// The directory record of a user registered on server `me` (`None` for a

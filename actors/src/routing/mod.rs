@@ -16,6 +16,7 @@ use socp_protocol::{Envelope, ErrorCode, Message, PublicKey, ServerId, To, UserI
 
 use crate::crypto::{FrameText, SignedFrame};
 
+mod allowlist;
 mod delivery;
 mod directory;
 mod inbound;
@@ -27,6 +28,7 @@ mod servers;
 mod status;
 
 pub use crate::error::Refusal;
+pub use allowlist::Allowlist;
 pub use delivery::LIST_PART;
 use directory::Directory;
 pub use directory::{own_record, refused};
@@ -173,6 +175,8 @@ pub struct RouterConfig {
     pub directory_cap: usize,
     /// What linked servers may make this server hold or do.
     pub budgets: Budgets,
+    /// A closed federation's servers (`None`: the mesh is open).
+    pub allowlist: Option<Arc<Allowlist>>,
 }
 
 /// What one linked server may make this server hold or do (SPEC.md §5 [ext]).

@@ -74,6 +74,12 @@ impl<H: Clone> RouterState<H> {
                 "that is our own server id",
             ));
         }
+        if let Some(list) = &self.config.allowlist {
+            if let Err(why) = list.admits(&peer.server_id, &peer.pubkey) {
+                self.refuse(refused::NOT_ALLOWED);
+                return Err(Refusal::new(ErrorCode::AuthFailed, why));
+            }
+        }
         match self.servers.get_mut(&peer.server_id) {
             Some(e) if e.peer.pubkey != peer.pubkey => Err(Refusal::new(
                 ErrorCode::NameInUse,
@@ -366,6 +372,10 @@ impl<H: Clone> RouterState<H> {
         }
         for c in &welcome.clients {
             if self.local.contains_key(&c.user_id) || c.server_id == self.config.me {
+                continue;
+            }
+            if !self.servers.contains_key(&c.server_id) && self.config.allowlist.is_some() {
+                // A closed mesh hears of no user of a server it did not admit.
                 continue;
             }
             if !self.room_for_user_of(&c.server_id, &c.user_id) {

@@ -13,6 +13,7 @@ use socp_protocol::content;
 use socp_protocol::message::ErrorPayload;
 use socp_protocol::{now_ms, Envelope, ErrorCode, Message, PublicKey, To, UserId};
 
+use crate::budget::{Account, Charge};
 use crate::crypto::FrameText;
 use crate::router::{Detach, Outbound, UserFrame};
 use crate::routing::ConnId;
@@ -65,6 +66,12 @@ pub struct ClientSession {
     closing: bool,
     /// Registrations this connection made.
     registrations: u32,
+    /// Bytes a second the user may send.
+    bytes: TokenBucket,
+    /// This connection's memory budget (within the server's).
+    account: Account,
+    /// The charge of the frame being handled, passed on to the router with it.
+    holding: Option<Charge>,
 }
 
 impl ClientSession {
@@ -76,8 +83,8 @@ impl ClientSession {
     ) -> Addr<ClientSession> {
         let settings = shared.settings.clone();
         let session = ClientSession {
+            shared: shared.clone(),
             conn_id: shared.next_conn_id(),
-            shared,
             out: OutQueue::new(transport),
             identity: None,
             inbox: InQueue::default(),
@@ -86,6 +93,12 @@ impl ClientSession {
             closing: false,
             registrations: 0,
             challenge: None,
+            bytes: TokenBucket::new(
+                settings.user_bytes_per_second,
+                2.0 * settings.user_bytes_per_second,
+            ),
+            account: Account::new(settings.conn_memory_budget, shared.memory.clone()),
+            holding: None,
         };
         let addr = session.start();
         addr.do_send(Inbound::Text(first));
@@ -236,7 +249,7 @@ impl ClientSession {
             Message::CtrlClose(_) => self.close(ctx, close::NORMAL, "bye"),
             Message::Ack(_) | Message::Heartbeat(_) => {}
             Message::ListRequest(_) | Message::Command(_) | Message::PublicChannelKeyShare(_) => {
-                self.to_router(me.user_id, env, msg)
+                self.route(me.user_id, env, msg)
             }
             Message::MsgDirect(_)
             | Message::MsgPublicChannel(_)
@@ -265,11 +278,13 @@ impl ClientSession {
         }
     }
 
-    fn to_router(&self, user_id: UserId, env: Envelope, msg: Message) {
-        self.shared
-            .router
-            .user_frame
-            .do_send(UserFrame { user_id, env, msg });
+    fn route(&mut self, user_id: UserId, env: Envelope, msg: Message) {
+        self.shared.router.user_frame.do_send(UserFrame {
+            user_id,
+            env,
+            msg,
+            charge: self.holding.take(),
+        });
     }
 
     /// A content frame: `sender_pub` must be the session's key and the content
@@ -312,7 +327,7 @@ impl ClientSession {
             _ => None,
         };
         let Some((sender_pub, verify)) = check else {
-            self.to_router(me.user_id, env, msg);
+            self.route(me.user_id, env, msg);
             return;
         };
         if sender_pub != me.pubkey {
@@ -329,7 +344,7 @@ impl ClientSession {
         let fut = self.shared.pool.run_in(lane, move |_| verify(&key));
         InQueue::wait_for(ctx, self, fut, move |act, ctx, ok| {
             if ok == Some(true) {
-                act.to_router(me.user_id, env, msg);
+                act.route(me.user_id, env, msg);
             } else {
                 act.bad_input(
                     ctx,
@@ -372,7 +387,8 @@ impl InOrder for ClientSession {
         &mut self.inbox
     }
 
-    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText) {
+    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText, charge: Option<Charge>) {
+        self.holding = charge;
         if !self.closing {
             self.handle_frame(ctx, text);
         }
@@ -399,7 +415,9 @@ impl Handler<Inbound> for ClientSession {
                 self.shared
                     .metrics
                     .inc(crate::metrics::family::FRAMES_IN, "user");
-                if !self.bucket.take_at(1.0, Instant::now()) {
+                let now = Instant::now();
+                if !self.bucket.take_at(1.0, now) || !self.bytes.try_take_at(text.len() as f64, now)
+                {
                     if self.bucket.flooding() {
                         self.close(ctx, close::POLICY, "flooding");
                     } else if !self.limited {
@@ -428,8 +446,30 @@ impl Handler<Inbound> for ClientSession {
                     }
                     return;
                 }
+                let charge = match self.account.charge(text.len()) {
+                    Ok(charge) => charge,
+                    Err(over) => {
+                        // Within the rates but faster than the server can
+                        // sign and forward: what it holds for this user (or
+                        // for everyone) is at its budget.
+                        self.shared
+                            .metrics
+                            .inc(crate::metrics::family::MEMORY_REFUSED, over.as_str());
+                        if !self.limited {
+                            self.limited = true;
+                            self.error(
+                                ctx,
+                                &to,
+                                ErrorCode::RateLimited,
+                                "server busy: frames waiting for your earlier ones are \
+                                 dropped until those are delivered",
+                            );
+                        }
+                        return;
+                    }
+                };
                 self.limited = false;
-                InQueue::push(ctx, self, text);
+                InQueue::push(ctx, self, text, Some(charge));
             }
             Inbound::Binary => self.bad_input(
                 ctx,

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use actix::prelude::*;
 
 use super::*;
+use crate::budget::Charge;
 use crate::crypto::{FrameText, SignedFrame, Signing};
 use crate::router::Outbound;
 
@@ -146,7 +147,9 @@ impl OutQueue {
 /// checks run off the loop (crypto pool, database) holds the next ones back.
 #[derive(Default)]
 pub(crate) struct InQueue {
-    backlog: VecDeque<FrameText>,
+    /// Each frame with the memory charged for it (given back once it and
+    /// everything made from it are written or dropped).
+    backlog: VecDeque<(FrameText, Option<Charge>)>,
     /// A frame's checks are running off the loop.
     busy: bool,
 }
@@ -155,8 +158,9 @@ pub(crate) struct InQueue {
 pub(crate) trait InOrder: Actor<Context = Context<Self>> {
     /// The queue.
     fn in_queue(&mut self) -> &mut InQueue;
-    /// Handle one frame (may call [`InQueue::wait_for`]).
-    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText);
+    /// Handle one frame (may call [`InQueue::wait_for`]); `charge` is what
+    /// it is charged to, to pass on to what is made from it.
+    fn process(&mut self, ctx: &mut Context<Self>, text: FrameText, charge: Option<Charge>);
 }
 
 impl InQueue {
@@ -166,17 +170,22 @@ impl InQueue {
     }
 
     /// Queue a frame and handle what can be handled now.
-    pub fn push<A: InOrder>(ctx: &mut Context<A>, act: &mut A, text: FrameText) {
-        act.in_queue().backlog.push_back(text);
+    pub fn push<A: InOrder>(
+        ctx: &mut Context<A>,
+        act: &mut A,
+        text: FrameText,
+        charge: Option<Charge>,
+    ) {
+        act.in_queue().backlog.push_back((text, charge));
         Self::drain(ctx, act);
     }
 
     fn drain<A: InOrder>(ctx: &mut Context<A>, act: &mut A) {
         while !act.in_queue().busy {
-            let Some(text) = act.in_queue().backlog.pop_front() else {
+            let Some((text, charge)) = act.in_queue().backlog.pop_front() else {
                 return;
             };
-            act.process(ctx, text);
+            act.process(ctx, text, charge);
         }
     }
 
