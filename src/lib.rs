@@ -28,16 +28,22 @@ pub fn server_main() -> i32 {
     return_freed_memory();
     let args = config::ServerArgs::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Some(limit) = raise_descriptor_limit() {
-        log::info!("open descriptors: up to {limit}");
-    }
-    let config = match args.to_config() {
+    let limit = raise_descriptor_limit();
+    let mut config = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("socp-server: {e}");
             return 2;
         }
     };
+    if let Some(limit) = limit {
+        let high_water = socp_actors::transport::Connections::high_water_for(limit);
+        log::info!(
+            "open descriptors: up to {limit}; unidentified connections are shed past \
+             {high_water} connections"
+        );
+        config.settings.max_connections = Some(high_water);
+    }
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let server = match server::start(config).await {

@@ -657,6 +657,18 @@ impl ServerProcess {
     /// [`spawn`](Self::spawn), the process starting with this soft limit on
     /// open descriptors (the hard limit unchanged), if given.
     fn spawn_with_soft_nofile(key: usize, soft: Option<u64>) -> ServerProcess {
+        Self::spawn_with_nofile(key, soft, None, 5)
+    }
+
+    /// [`spawn`](Self::spawn), the process starting with these soft and hard
+    /// limits on open descriptors (each lowered only), if given, and an
+    /// identification deadline of `identify` seconds.
+    fn spawn_with_nofile(
+        key: usize,
+        soft: Option<u64>,
+        hard: Option<u64>,
+        identify: u32,
+    ) -> ServerProcess {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -671,7 +683,7 @@ impl ServerProcess {
             .arg("--first-key")
             .arg(&key_file)
             .arg("--identify-timeout")
-            .arg("5")
+            .arg(identify.to_string())
             .env("RUST_LOG", "warn,socp::server=info")
             .env_remove("INTRODUCERS_JSON")
             .env_remove("BOOTSTRAP_HOST_1")
@@ -683,7 +695,7 @@ impl ServerProcess {
             .env_remove("IDENTIFY_TIMEOUT")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        if let Some(soft) = soft {
+        if soft.is_some() || hard.is_some() {
             // SAFETY: runs in the child between fork and exec, and calls only
             // getrlimit and setrlimit, which are async-signal-safe.
             unsafe {
@@ -695,7 +707,10 @@ impl ServerProcess {
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if let Some(hard) = hard {
+                        lim.rlim_max = hard.min(lim.rlim_max);
+                    }
+                    lim.rlim_cur = soft.unwrap_or(lim.rlim_cur).min(lim.rlim_max);
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -846,4 +861,53 @@ async fn the_server_raises_its_descriptor_limit_to_the_hard_limit() {
         let _user = User::join(server.addr, 18).await;
         drop(idle);
     }
+}
+
+/// Finding 7, descriptors short: a server allowed 256 descriptors in all
+/// (soft and hard: it cannot raise them) meets 300 connections that upgrade
+/// and never identify. Before, the server stopped accepting once its
+/// descriptors ran out and a user could not get in until the idle ones timed
+/// out; now the oldest unidentified connections are shed (1013) to make room,
+/// and the user is served.
+#[actix_rt::test]
+async fn when_descriptors_run_short_unidentified_connections_make_room_for_users() {
+    raise_fd_limit(4096);
+    // Idle connections are held for 60 s unless shed.
+    let server = ServerProcess::spawn_with_nofile(19, Some(256), Some(256), 60);
+    // awc's connector allows 100 connections at once by default; 0 lifts that.
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(0))
+        .timeout(Duration::from_secs(3))
+        .finish();
+    let url = format!("ws://{}/ws", server.addr);
+    let mut idle = Vec::new();
+    let mut failed = 0;
+    while idle.len() + failed < 300 && failed < 5 {
+        match Peer::connect_with(&client, &url).await {
+            Ok(p) => idle.push(p),
+            Err(_) => failed += 1,
+        }
+    }
+    // While they are held, a user gets in.
+    let mut alice = User::join_with(&client, &url, 18).await;
+    assert_eq!(
+        failed,
+        0,
+        "{} idle connections made, then refused",
+        idle.len()
+    );
+    let dm = alice.dm(&alice.id, alice.key.public_key(), "room for me");
+    alice.peer.send(&dm).await;
+    let got = alice.peer.expect(WAIT, "own DM", is("USER_DELIVER")).await;
+    assert_eq!(alice.open(&got), "room for me");
+    let mut shed = 0;
+    for p in &mut idle {
+        if p.closed_within(Duration::from_millis(20)).await == Some(1013) {
+            shed += 1;
+        }
+    }
+    assert!(shed >= 50, "only {shed} idle connections were shed");
+    let metrics = http_get(server.addr, "/metrics").await;
+    let counted = counter(&metrics, "socp_connections_closed_total{code=\"1013\"}");
+    assert!(counted >= 50, "{counted} sheds counted");
 }

@@ -94,6 +94,10 @@ pub struct Settings {
     /// A closed federation's allowlist: only its servers may link, join or
     /// be learnt (`None`: an open mesh, SPEC.md §5.1).
     pub allowlist: Option<Arc<routing::Allowlist>>,
+    /// Open WebSocket connections past which the oldest unidentified ones
+    /// are shed (closed 1013) to make room (`None`: never; `socp-server`
+    /// sets it from its descriptor limit).
+    pub max_connections: Option<usize>,
     /// Bytes a second a user may send (frames count against `user_rate` as
     /// well), in bursts of up to two seconds' worth.
     pub user_bytes_per_second: f64,
@@ -132,6 +136,7 @@ impl Default for Settings {
             server_memory_budget: 512 << 20,
             user_bytes_per_second: 2.0 * 1024.0 * 1024.0,
             allowlist: None,
+            max_connections: None,
             tls: None,
         }
     }
@@ -161,6 +166,8 @@ pub struct Shared {
     pub(crate) admission: Arc<session::Admission>,
     /// The server-wide memory budget every connection's is charged with.
     pub memory: Arc<budget::Budget>,
+    /// Open connections, and the unidentified ones that can be shed.
+    pub connections: Arc<transport::Connections>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -187,6 +194,9 @@ impl Shared {
                 settings.logins_per_minute,
             )),
             memory: budget::Budget::new(settings.server_memory_budget),
+            connections: transport::Connections::new(
+                settings.max_connections.unwrap_or(usize::MAX),
+            ),
             settings: Arc::new(settings),
             metrics: Arc::default(),
             conn_ids: Arc::new(AtomicU64::new(1)),

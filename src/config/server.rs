@@ -193,7 +193,9 @@ impl ServerArgs {
         };
         let mib = |flag: &str, v: usize| match v.checked_mul(1 << 20) {
             Some(bytes) if v > 0 => Ok(bytes),
-            _ => Err(ConfigError(format!("{flag} must be a positive number of MiB"))),
+            _ => Err(ConfigError(format!(
+                "{flag} must be a positive number of MiB"
+            ))),
         };
         let settings = Settings {
             allowlist,

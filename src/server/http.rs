@@ -122,6 +122,10 @@ impl Acceptor for ServerAcceptor {
     fn metrics(&self) -> Option<&socp_actors::metrics::Metrics> {
         Some(&self.shared.metrics)
     }
+
+    fn connections(&self) -> Option<&std::sync::Arc<socp_actors::transport::Connections>> {
+        Some(&self.shared.connections)
+    }
 }
 
 /// `/`: what this endpoint is.
@@ -185,6 +189,11 @@ pub(crate) async fn metrics(
             "socp_linked_servers",
             "servers with a live link",
             count(linked),
+        ),
+        (
+            "socp_open_connections",
+            "WebSocket connections open",
+            count(shared.connections.open()),
         ),
         (
             "socp_memory_held_bytes",

@@ -29,6 +29,9 @@ pub struct WsTransport<A: Acceptor> {
     close_grace: Duration,
     /// When the peer last sent a frame (of any kind).
     last_heard: Instant,
+    /// This connection among the server's (shed while unidentified if
+    /// descriptors run short).
+    ticket: Option<Ticket>,
 }
 
 impl<A: Acceptor> WsTransport<A> {
@@ -45,6 +48,7 @@ impl<A: Acceptor> WsTransport<A> {
             max_unread: MAX_UNREAD_BYTES,
             close_grace: CLOSE_GRACE,
             last_heard: Instant::now(),
+            ticket: None,
         }
     }
 
@@ -113,7 +117,12 @@ impl<A: Acceptor> WsTransport<A> {
         match &self.owner {
             Some(owner) => owner.do_send(Inbound::Text(text)),
             None => match self.acceptor.accept(text, ctx.address().recipient()) {
-                Ok(owner) => self.owner = Some(owner),
+                Ok(owner) => {
+                    self.owner = Some(owner);
+                    if let Some(ticket) = &self.ticket {
+                        ticket.identified();
+                    }
+                }
                 Err((code, reason)) => {
                     log::info!("refused connection from {}: {reason}", self.peer);
                     self.close(ctx, code, &reason);
@@ -127,6 +136,9 @@ impl<A: Acceptor> Actor for WsTransport<A> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(conns) = self.acceptor.connections() {
+            self.ticket = Some(conns.opened(ctx.address().recipient()));
+        }
         ctx.run_later(self.identify_within, |act, ctx| {
             if act.owner.is_none() {
                 log::info!("connection from {} did not identify in time", act.peer);
@@ -169,6 +181,18 @@ impl<A: Acceptor> StreamHandler<Result<Frame, Failure>> for WsTransport<A> {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+impl<A: Acceptor> Handler<Shed> for WsTransport<A> {
+    type Result = ();
+
+    /// Descriptors run short: an unidentified connection makes room.
+    fn handle(&mut self, _: Shed, ctx: &mut Self::Context) {
+        if self.owner.is_none() {
+            log::debug!("shedding unidentified connection from {}", self.peer);
+            self.close(ctx, SHED_CODE, "server busy, try again later");
+        }
     }
 }
 

@@ -22,6 +22,7 @@ mod frames;
 mod inbound;
 mod outbound;
 mod queue;
+mod shedding;
 mod socket;
 
 pub use frames::Failure;
@@ -31,6 +32,7 @@ pub use inbound::WsTransport;
 pub use outbound::AwcTransport;
 pub use queue::{HasOutQueue, OutQueue};
 pub(crate) use queue::{InOrder, InQueue};
+pub use shedding::{Connections, Shed, Ticket, SHED_CODE};
 pub(crate) use socket::MAX_UNREAD_BYTES;
 
 /// How long a closing connection may take to write its close frame (and
@@ -95,6 +97,12 @@ pub trait Acceptor: Unpin + 'static {
 
     /// Where closes are counted.
     fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        None
+    }
+
+    /// The server's open connections, from which unidentified ones are shed
+    /// when descriptors run short (`None`: nothing is shed).
+    fn connections(&self) -> Option<&std::sync::Arc<Connections>> {
         None
     }
 }
