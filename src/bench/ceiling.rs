@@ -1,16 +1,20 @@
 //! Part 1, the crypto ceiling: PSS sign/verify and OAEP encrypt/decrypt per
-//! second on one core and on all, with the server's own code; and the speed
-//! sampled beside each later part ([`Beside`]).
+//! second on one core and on all, with the server's own code, for every
+//! crypto backend built in (side by side); and the speed of the backend in
+//! use sampled beside each later part ([`Beside`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use socp_protocol::crypto::Backend;
 use socp_protocol::{fixtures, PrivateKey};
 
 /// Operations per second.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Crypto {
+    /// The backend measured (`aws-lc-rs`, `rsa`).
+    pub backend: String,
     /// Cores the machine offers.
     pub cores: usize,
     /// PSS-SHA256 signatures per second on one core.
@@ -33,23 +37,24 @@ pub struct Crypto {
     pub sign_ms: f64,
 }
 
-/// The crypto ceiling of this machine, with the server's own code.
-pub(crate) fn crypto(secs: f64) -> Crypto {
+/// The crypto ceiling of this machine on backend `b`, with the server's own code.
+pub(crate) fn crypto(b: Backend, secs: f64) -> Crypto {
     let ops = Ops::get();
     let cores = cores();
     // Public-key operations are ~15x faster: half the time still counts
     // hundreds of them.
     let fast = secs / 2.0;
     let mut c = Crypto {
+        backend: b.name().to_owned(),
         cores,
-        sign_per_s_1: rate(1, secs, || ops.sign()),
-        verify_per_s_1: rate(1, fast, || ops.verify()),
-        encrypt_per_s_1: rate(1, fast, || ops.encrypt()),
-        decrypt_per_s_1: rate(1, secs, || ops.decrypt()),
-        sign_per_s_all: rate(cores, secs, || ops.sign()),
-        verify_per_s_all: rate(cores, fast, || ops.verify()),
-        encrypt_per_s_all: rate(cores, fast, || ops.encrypt()),
-        decrypt_per_s_all: rate(cores, secs, || ops.decrypt()),
+        sign_per_s_1: rate(1, secs, || ops.sign(b)),
+        verify_per_s_1: rate(1, fast, || ops.verify(b)),
+        encrypt_per_s_1: rate(1, fast, || ops.encrypt(b)),
+        decrypt_per_s_1: rate(1, secs, || ops.decrypt(b)),
+        sign_per_s_all: rate(cores, secs, || ops.sign(b)),
+        verify_per_s_all: rate(cores, fast, || ops.verify(b)),
+        encrypt_per_s_all: rate(cores, fast, || ops.encrypt(b)),
+        decrypt_per_s_all: rate(cores, secs, || ops.decrypt(b)),
         sign_ms: 0.0,
     };
     c.sign_ms = 1000.0 / c.sign_per_s_1.max(f64::MIN_POSITIVE);
@@ -76,20 +81,22 @@ pub struct Beside {
 
 impl Beside {
     /// Sample signatures/s on all cores, and on one core and decryptions/s on
-    /// all cores if asked (0 if not), `secs` each, off the event loop.
+    /// all cores if asked (0 if not), `secs` each, off the event loop, on
+    /// the backend in use (the servers', started from this build).
     pub(crate) async fn sample(secs: f64, one_core: bool, decrypt: bool) -> Beside {
         actix_web::rt::task::spawn_blocking(move || {
             let ops = Ops::get();
+            let backend = Backend::current();
             let mut b = Beside {
-                sign_per_s_all: rate(cores(), secs, || ops.sign()),
+                sign_per_s_all: rate(cores(), secs, || ops.sign(backend)),
                 ..Beside::default()
             };
             if one_core {
-                b.sign_per_s_1 = rate(1, secs, || ops.sign());
+                b.sign_per_s_1 = rate(1, secs, || ops.sign(backend));
                 b.sign_ms = 1000.0 / b.sign_per_s_1.max(f64::MIN_POSITIVE);
             }
             if decrypt {
-                b.decrypt_per_s_all = rate(cores(), secs, || ops.decrypt());
+                b.decrypt_per_s_all = rate(cores(), secs, || ops.decrypt(backend));
             }
             b
         })
@@ -172,20 +179,20 @@ impl Ops {
         })
     }
 
-    fn sign(&self) {
-        let _ = self.key.sign(&self.msg);
+    fn sign(&self, b: Backend) {
+        let _ = self.key.sign_on(b, &self.msg);
     }
 
-    fn verify(&self) {
-        let _ = self.public.verify(&self.msg, &self.sig);
+    fn verify(&self, b: Backend) {
+        let _ = self.public.verify_on(b, &self.msg, &self.sig);
     }
 
-    fn encrypt(&self) {
-        let _ = self.public.encrypt(&self.plain);
+    fn encrypt(&self, b: Backend) {
+        let _ = self.public.encrypt_on(b, &self.plain);
     }
 
-    fn decrypt(&self) {
-        let _ = self.key.decrypt(&self.ct);
+    fn decrypt(&self, b: Backend) {
+        let _ = self.key.decrypt_on(b, &self.ct);
     }
 }
 

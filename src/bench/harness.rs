@@ -127,12 +127,15 @@ fn server_config(key: usize, bootstrap: &[SocketAddr]) -> ServerConfig {
     }
 }
 
-/// Servers for the bench: fast heartbeats, and the per-user frame limit
-/// raised so that servers, not the limiter, set the pace.
+/// Servers for the bench: fast heartbeats, and the per-user frame, byte and
+/// memory limits raised so that servers, not the limiters, set the pace (the
+/// file part hands the server a whole file's chunks at once).
 fn bench_settings() -> Settings {
     Settings {
         user_rate: 100_000.0,
         user_burst: 100_000.0,
+        user_bytes_per_second: 1e12,
+        conn_memory_budget: 1 << 30,
         max_backlog: 100_000,
         heartbeat_interval: Duration::from_secs(2),
         peer_timeout: Duration::from_secs(10),

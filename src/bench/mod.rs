@@ -99,8 +99,14 @@ impl Default for BenchConfig {
 pub struct Report {
     /// Cores, OS, architecture and build profile.
     pub machine: Value,
-    /// Part 1: the crypto ceiling.
+    /// Part 1: the crypto ceiling of the backend in use (the servers').
     pub crypto: Crypto,
+    /// Part 1 for every backend built in, the fastest first (side by side;
+    /// the one in use is among them).
+    pub crypto_backends: Vec<Crypto>,
+    /// Signatures/s on all cores of the backend in use ÷ of the fastest:
+    /// every ratio below, times this, is against the fastest backend.
+    pub in_use_vs_fastest: f64,
     /// Part 2: DM relay (`None`: not run, or failed).
     pub dm_relay: Option<DmRelay>,
     /// Part 3: public channel fan-out.
@@ -131,9 +137,31 @@ pub async fn run(cfg: BenchConfig) -> Report {
     };
     let secs = cfg.crypto_secs;
     let t = Instant::now();
-    report.crypto = actix_web::rt::task::spawn_blocking(move || ceiling::crypto(secs))
-        .await
+    report.crypto_backends = actix_web::rt::task::spawn_blocking(move || {
+        socp_protocol::crypto::Backend::all()
+            .iter()
+            .map(|b| ceiling::crypto(*b, secs))
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let in_use = socp_protocol::crypto::Backend::current().name();
+    report.crypto = report
+        .crypto_backends
+        .iter()
+        .find(|c| c.backend == in_use)
+        .cloned()
         .unwrap_or_default();
+    let fastest = report
+        .crypto_backends
+        .iter()
+        .map(|c| c.sign_per_s_all)
+        .fold(0.0, f64::max);
+    report.in_use_vs_fastest = if fastest > 0.0 {
+        report.crypto.sign_per_s_all / fastest
+    } else {
+        0.0
+    };
     report
         .part_seconds
         .push(("crypto".into(), t.elapsed().as_secs_f64()));

@@ -7,24 +7,43 @@ pub(crate) fn table(r: &Report) -> String {
     let mut s = String::new();
     let c = &r.crypto;
     s += &format!("machine: {}\n\n", r.machine);
-    s += "crypto ceiling (same code as the server)      1 core     all cores\n";
     s += &format!(
-        "  PSS-SHA256 sign/s                      {:>10.1}  {:>12.1}\n",
-        c.sign_per_s_1, c.sign_per_s_all
+        "crypto ceiling (same code as the server; in use: {}){}\n",
+        c.backend,
+        r.crypto_backends
+            .iter()
+            .map(|b| format!("  {:>11} 1 core  all cores", b.backend))
+            .collect::<String>()
     );
-    s += &format!(
-        "  PSS-SHA256 verify/s                    {:>10.1}  {:>12.1}\n",
-        c.verify_per_s_1, c.verify_per_s_all
-    );
-    s += &format!(
-        "  OAEP-SHA256 encrypt/s                  {:>10.1}  {:>12.1}\n",
-        c.encrypt_per_s_1, c.encrypt_per_s_all
-    );
-    s += &format!(
-        "  OAEP-SHA256 decrypt/s                  {:>10.1}  {:>12.1}\n",
-        c.decrypt_per_s_1, c.decrypt_per_s_all
-    );
-    s += &format!("  one signature: {:.2} ms\n\n", c.sign_ms);
+    type Pick = fn(&super::Crypto) -> (f64, f64);
+    let rows: [(&str, Pick); 4] = [
+        ("PSS-SHA256 sign/s", |c| (c.sign_per_s_1, c.sign_per_s_all)),
+        ("PSS-SHA256 verify/s", |c| {
+            (c.verify_per_s_1, c.verify_per_s_all)
+        }),
+        ("OAEP-SHA256 encrypt/s", |c| {
+            (c.encrypt_per_s_1, c.encrypt_per_s_all)
+        }),
+        ("OAEP-SHA256 decrypt/s", |c| {
+            (c.decrypt_per_s_1, c.decrypt_per_s_all)
+        }),
+    ];
+    for (name, pick) in rows {
+        s += &format!("  {name:<49}");
+        for b in &r.crypto_backends {
+            let (one, all) = pick(b);
+            s += &format!("  {one:>18.1}  {all:>9.1}");
+        }
+        s += "\n";
+    }
+    s += &format!("  one signature ({}): {:.2} ms\n", c.backend, c.sign_ms);
+    if r.crypto_backends.len() > 1 {
+        s += &format!(
+            "  ratios below are against {} (in use); times {:.2} they are against the fastest backend\n",
+            c.backend, r.in_use_vs_fastest
+        );
+    }
+    s += "\n";
     if let Some(d) = &r.dm_relay {
         s += &format!(
             "DM relay, 2 servers, {} pairs, {:.1} s\n",
