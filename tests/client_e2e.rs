@@ -13,6 +13,10 @@
 
 mod client_common;
 mod common;
+/// A scripted WebSocket server (the actors crate's test helper).
+#[path = "../actors/tests/common/loopback.rs"]
+#[allow(dead_code)]
+mod loopback;
 
 use std::path::Path;
 use std::time::Duration;
@@ -834,5 +838,93 @@ async fn a_fast_sender_is_not_cut_off_by_a_server_that_falls_behind() {
         let label = c.label.clone();
         let (status, _) = c.quit().await;
         assert!(status.success(), "{label}: {status}");
+    }
+}
+
+/// Each chunk is encrypted, signed and stamped just before it is sent: a
+/// file that takes longer to send than the server's `ts` window arrives
+/// whole. (Every chunk used to be signed up front, so the chunks sent after
+/// the window had passed were refused as stale and files over ~13 MB
+/// failed; here the window is 3 s and the file takes ~6 s to send.)
+#[actix_rt::test]
+async fn a_file_that_takes_longer_than_the_ts_window_arrives_whole() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let settings = Settings {
+        ts_window_ms: 3_000,
+        ..fast_settings()
+    };
+    let a = start(config_with(4, None, &[], settings))
+        .await
+        .expect("a starts");
+    let mut alice =
+        Client::start("alice", a.addr, Options::new(17, &tmp.path().join("alice"))).await;
+    let mut bob = Client::start(
+        "bob",
+        a.addr,
+        Options {
+            rate: Some(20.0),
+            ..Options::new(18, &tmp.path().join("bob"))
+        },
+    )
+    .await;
+    bob.sees_online(&alice.id).await;
+    // 120 chunks at 18 a second (a tenth under the rate), after a burst of 100.
+    let data = bytes(MAX_OAEP_PLAINTEXT * 220, 5);
+    let path = tmp.path().join("slow.bin");
+    std::fs::write(&path, &data).expect("writes the file");
+    bob.send(&format!("/file {} {}", alice.id, path.display()));
+    bob.expect_within(Duration::from_secs(120), "file_sent", is_event("file_sent"))
+        .await;
+    no_errors(&bob);
+    let received = alice
+        .expect_within(
+            Duration::from_secs(120),
+            "file_received",
+            is_event("file_received"),
+        )
+        .await;
+    assert!(
+        std::fs::read(received["path"].as_str().expect("a path")).expect("saved") == data,
+        "the file arrived byte-identical"
+    );
+    no_errors(&alice);
+}
+
+/// Servers of other implementations answer a hello differently: an ACK whose
+/// `msg_ref` is not `USER_HELLO`, or nothing at all (SPEC.md makes the ACK
+/// optional). The client is connected either way; it used to wait 30 s for
+/// `ACK{msg_ref: "USER_HELLO"}` and give up.
+#[actix_rt::test]
+async fn the_client_connects_to_servers_that_acknowledge_hellos_otherwise_or_not_at_all() {
+    for answer in [Some("USER_HELLO_OK"), None] {
+        let (listener, port) = loopback::listen().await;
+        let hellos = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = hellos.clone();
+        loopback::accept_all(listener, move |sock| {
+            let seen = seen.clone();
+            async move {
+                let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                    return;
+                };
+                let Some(hello) = conn.next_text().await else {
+                    return;
+                };
+                seen.lock().unwrap().push(hello);
+                if let Some(msg_ref) = answer {
+                    let ack = json!({"type": "ACK", "from": "other-server", "to": "*",
+                        "ts": socp_protocol::now_ms(), "payload": {"msg_ref": msg_ref}});
+                    conn.send_text(&ack.to_string()).await;
+                }
+                while conn.next_text().await.is_some() {}
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let client = Client::start("alice", addr, Options::new(12, dir.path())).await;
+        let hello: Value = serde_json::from_str(&hellos.lock().unwrap()[0]).unwrap();
+        assert_eq!(hello["type"], "USER_HELLO");
+        assert_eq!(hello["payload"]["enc_pubkey"], hello["payload"]["pubkey"]);
+        assert_eq!(client.id, hello["from"].as_str().unwrap());
+        drop(client);
     }
 }

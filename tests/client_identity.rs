@@ -337,11 +337,14 @@ async fn guests_are_marked_and_never_reached_by_a_registered_users_name() {
     assert!(problems(&bob).is_empty(), "{:#?}", bob.log);
     let (status, _) = bob.quit().await;
     assert!(status.success(), "bob: {status}");
-    alice
+    let left = alice
         .expect("bob leaving", |e| {
             e["event"] == "presence" && e["user_id"] == bob_id.as_str() && e["online"] == false
         })
         .await;
+    // Events read after bob left: the rename's advert, read before, also
+    // shows bob online as robert.
+    let left_at = left["_read_at_ms"].as_u64().unwrap_or(0);
     let mut bob = Client::start(
         "bob (as robert)",
         a.addr,
@@ -361,6 +364,7 @@ async fn guests_are_marked_and_never_reached_by_a_registered_users_name() {
                 && e["user_id"] == id.as_str()
                 && e["online"] == true
                 && e["shown"] == "robert"
+                && e["_read_at_ms"].as_u64().unwrap_or(0) > left_at
         })
         .await;
     alice.send("/tell bob are you there");

@@ -259,3 +259,30 @@ async fn a_server_that_links_is_told_every_local_user() {
             .expect("signed by a");
     }
 }
+
+/// Some implementations keep a link alive with WebSocket pings alone and
+/// never send HEARTBEAT: while a linked server answers or sends pings it is
+/// not declared dead. (Before, only text frames counted: such a server was
+/// declared dead after the peer timeout, its users lost for good.)
+#[actix_rt::test]
+async fn a_linked_server_that_only_pings_stays_linked() {
+    // Peer timeout 1.5 s; the fake server pings every 300 ms for 6 s.
+    let a = server(4, &[]).await;
+    let mut fake = FakeServer::link(a.addr, 9, &a.server_id).await;
+    let id = fake.id.clone();
+    eventually(WAIT, "linked", || async {
+        link_state(&a.status().await, &id).as_deref() == Some("up")
+    })
+    .await;
+    for _ in 0..20 {
+        fake.peer.send_ping().await;
+        fake.peer.pump(Duration::from_millis(300)).await;
+        fake.peer.inbox.clear();
+    }
+    assert_eq!(
+        link_state(&a.status().await, &id).as_deref(),
+        Some("up"),
+        "declared dead while it pinged"
+    );
+    assert!(fake.peer.closed.is_none(), "closed: {:?}", fake.peer.closed);
+}

@@ -100,3 +100,34 @@ async fn a_pinned_introducer_key_must_sign_the_welcome() {
         true
     ));
 }
+
+/// The standard lets SERVER_HELLO_JOIN go unsigned (other implementations
+/// send it so): a socp introducer answers it with a signed SERVER_WELCOME,
+/// as it answers a signed one. It used to refuse it with INVALID_SIG.
+#[actix_rt::test]
+async fn an_unsigned_join_request_is_welcomed() {
+    use socp_protocol::message::{ServerAddress, ServerHelloJoin};
+    use socp_protocol::{now_ms, Envelope, Message, ServerId, To};
+    let intro = server(0, &[]).await;
+    let mut joiner = FakeServer::connect_as(intro.addr, 5, ServerId::random()).await;
+    let hello = Envelope::from_message(
+        &joiner.id,
+        To::parse(&intro.addr.to_string()).expect("host:port"),
+        now_ms(),
+        &Message::ServerHelloJoin(ServerHelloJoin(ServerAddress {
+            host: "127.0.0.1".into(),
+            port: 9,
+            pubkey: fixtures::key(5).public_key().clone(),
+        })),
+    );
+    assert!(hello.sig().is_none());
+    joiner.peer.send(&hello).await;
+    let welcome = joiner
+        .peer
+        .expect(WAIT, "SERVER_WELCOME", is("SERVER_WELCOME"))
+        .await;
+    welcome
+        .verify(fixtures::key(0).public_key())
+        .expect("signed by the introducer");
+    assert_eq!(welcome.payload()["assigned_id"], joiner.id.as_str());
+}

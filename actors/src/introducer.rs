@@ -77,6 +77,14 @@ pub async fn join_once(
         loop {
             match framed.next().await {
                 Some(Ok(awc::ws::Frame::Text(bytes))) => {
+                    // A close frame, not a dropped socket (1006): the
+                    // introducer may keep the join connection as our link
+                    // otherwise. Our links are the ones we dial next.
+                    let bye = awc::ws::Message::Close(Some(awc::ws::CloseReason {
+                        code: awc::ws::CloseCode::Normal,
+                        description: Some("joined; linking separately".into()),
+                    }));
+                    let _ = framed.send(bye).await;
                     let _ = framed.close().await;
                     return Ok(bytes);
                 }
@@ -103,28 +111,100 @@ pub async fn join_once(
         },
     )
     .map_err(|e| format!("bad answer from {url}: {e}"))?;
-    let welcome = match env.message() {
-        Ok(Message::ServerWelcome(w)) => w,
+    match env.message() {
+        Ok(Message::ServerWelcome(_)) => {}
         Ok(Message::Error(e)) => {
             return Err(format!("{url} refused the join: {} {}", e.code, e.detail))
         }
+        // A welcome the typed form refuses (no `assigned_id`, say) is read
+        // leniently below.
+        Err(_) if env.msg_type() == "SERVER_WELCOME" => {}
         Ok(other) => return Err(format!("{url} answered {}", other.msg_type().as_str())),
         Err(e) => return Err(format!("bad answer from {url}: {e}")),
-    };
-    // The key that must have signed it: pinned, or the one the welcome lists
-    // for its sender (trust on first use).
-    let key = match &entry.pubkey {
-        Some(k) => k.clone(),
-        None => welcome
-            .servers
-            .iter()
-            .find(|s| s.server_id.as_str() == env.from())
-            .map(|s| s.pubkey.clone())
-            .ok_or_else(|| format!("{url}: the welcome does not list its sender"))?,
-    };
-    match pool.verify(env, key).await {
-        Some((_, true)) => Ok(welcome),
-        _ => Err(format!("{url}: SERVER_WELCOME signature does not verify")),
+    }
+    let welcome: LenientWelcome = serde_json::from_value(env.payload().clone())
+        .map_err(|e| format!("bad SERVER_WELCOME from {url}: {e}"))?;
+    let introducer = env.from_server();
+    // The key that must have signed it: pinned; else the one it gives as
+    // `server_pub`, or lists for its sender (trust on first use).
+    let listed = welcome
+        .servers
+        .iter()
+        .find(|s| s.server_id == introducer)
+        .map(|s| s.pubkey.clone());
+    let key = entry
+        .pubkey
+        .clone()
+        .or_else(|| welcome.server_pub.clone())
+        .or(listed.clone());
+    match (&key, env.sig().is_some()) {
+        (Some(key), true) => match pool.verify(env, key.clone()).await {
+            Some((_, true)) => {}
+            _ => return Err(format!("{url}: SERVER_WELCOME signature does not verify")),
+        },
+        (_, false) if entry.pubkey.is_some() => {
+            return Err(format!(
+                "{url}: unsigned SERVER_WELCOME from a pinned introducer"
+            ))
+        }
+        // Not pinned, and unsigned or with no key to check it by: trust on
+        // first use, as for an unpinned key, said in the log.
+        _ => log::warn!(
+            "{url}: SERVER_WELCOME taken on trust (not pinned, {})",
+            if key.is_some() {
+                "unsigned"
+            } else {
+                "no key to check it with"
+            }
+        ),
+    }
+    Ok(welcome.into_welcome(me, introducer, entry, key, listed.is_some()))
+}
+
+/// SERVER_WELCOME as introducers send it: `assigned_id` null or absent
+/// (keep the id asked with), no `servers` list, the introducer's key as
+/// `server_pub`, the introducer not among `servers`.
+#[derive(serde::Deserialize)]
+struct LenientWelcome {
+    #[serde(default)]
+    assigned_id: Option<ServerId>,
+    #[serde(default)]
+    servers: Vec<socp_protocol::message::ServerInfo>,
+    #[serde(default)]
+    clients: Vec<socp_protocol::message::ClientInfo>,
+    #[serde(default)]
+    server_pub: Option<PublicKey>,
+}
+
+impl LenientWelcome {
+    /// The welcome to apply: the id it assigns (ours if none), and the
+    /// introducer among the servers to link to when it did not list itself
+    /// but its key is known (it is reached where we reached it).
+    fn into_welcome(
+        self,
+        me: &ServerId,
+        introducer: ServerId,
+        entry: &Bootstrap,
+        key: Option<PublicKey>,
+        listed: bool,
+    ) -> ServerWelcome {
+        let mut servers = self.servers;
+        if let (false, Some(pubkey)) = (listed, key) {
+            servers.insert(
+                0,
+                socp_protocol::message::ServerInfo {
+                    server_id: introducer,
+                    host: entry.host.clone(),
+                    port: entry.port,
+                    pubkey,
+                },
+            );
+        }
+        ServerWelcome {
+            assigned_id: self.assigned_id.unwrap_or_else(|| me.clone()),
+            servers,
+            clients: self.clients,
+        }
     }
 }
 

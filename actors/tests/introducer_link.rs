@@ -45,6 +45,19 @@ struct Answer {
     assigns: &'static str,
     /// The fixture key it signs its welcome with.
     signs_with: usize,
+    /// The welcome's shape.
+    style: Style,
+}
+
+/// Welcome shapes seen from other implementations.
+#[derive(Clone, Copy, PartialEq)]
+enum Style {
+    /// socp's: `assigned_id`, `servers` listing the introducer, `clients`.
+    Socp,
+    /// `{server_id, server_pub, assigned_id: null}`, no `servers`.
+    KeyInServerPub,
+    /// Unsigned, `servers` without the introducer.
+    UnsignedUnlisted,
 }
 
 /// A scripted introducer: every connection's SERVER_HELLO_JOIN is recorded
@@ -53,15 +66,20 @@ struct Introducer {
     port: u16,
     accepted: Arc<AtomicUsize>,
     hellos: Arc<Mutex<Vec<String>>>,
+    /// How each join connection ended: the joiner's close code, if it sent one.
+    ends: Arc<Mutex<Vec<Option<u16>>>>,
 }
 
 impl Introducer {
     async fn start(answer: Answer) -> Introducer {
         let (listener, port) = listen().await;
         let hellos: Arc<Mutex<Vec<String>>> = Arc::default();
+        let ends: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
         let log = hellos.clone();
+        let ended = ends.clone();
         let accepted = accept_all(listener, move |sock| {
             let log = log.clone();
+            let ended = ended.clone();
             async move {
                 let Some(mut conn) = WsConn::upgrade(sock).await else {
                     return;
@@ -89,18 +107,44 @@ impl Introducer {
                     To::from(&requester),
                     now_ms(),
                     &welcome,
-                )
-                .signed(private(answer.signs_with))
-                .expect("signs");
-                conn.send_text(&env.to_json()).await;
+                );
+                let text = match answer.style {
+                    Style::Socp => env
+                        .signed(private(answer.signs_with))
+                        .expect("signs")
+                        .to_json(),
+                    Style::KeyInServerPub => {
+                        let payload = serde_json::json!({
+                            "server_id": INTRODUCER,
+                            "server_pub": pk(1).to_wire(),
+                            "assigned_id": null,
+                        });
+                        let sig = private(answer.signs_with)
+                            .sign(&socp_protocol::canonical::canonical_bytes(&payload))
+                            .expect("signs");
+                        serde_json::json!({"type": "SERVER_WELCOME", "from": INTRODUCER,
+                            "to": requester.as_str(), "ts": now_ms(), "payload": payload,
+                            "sig": sig.as_str()})
+                        .to_string()
+                    }
+                    Style::UnsignedUnlisted => serde_json::json!({
+                        "type": "SERVER_WELCOME", "from": INTRODUCER,
+                        "to": requester.as_str(), "ts": now_ms(),
+                        "payload": {"assigned_id": answer.assigns, "servers": [], "clients": []},
+                        "sig": ""})
+                    .to_string(),
+                };
+                conn.send_text(&text).await;
                 // Until the joining side closes.
                 while conn.next_text().await.is_some() {}
+                lock(&ended).push(conn.close_code);
             }
         });
         Introducer {
             port,
             accepted,
             hellos,
+            ends,
         }
     }
 
@@ -152,6 +196,7 @@ async fn a_welcome_assigning_our_id_reaches_the_router() {
         let introducer = Introducer::start(Answer {
             assigns: "srv-a",
             signs_with: 1,
+            style: Style::Socp,
         })
         .await;
         let joined = Rec::start();
@@ -180,6 +225,14 @@ async fn a_welcome_assigning_our_id_reaches_the_router() {
         assert_eq!(hello.payload()["pubkey"], pk(0).to_wire());
         assert_eq!(hello.payload()["port"], 9000);
         assert_eq!(introducer.accepted(), 1);
+        // The join connection ends with a close frame (it was dropped, 1006,
+        // and other introducers kept it as our link, dead).
+        let ends = until("the join connection ended", || {
+            let e = lock(&introducer.ends).clone();
+            (!e.is_empty()).then_some(e)
+        })
+        .await;
+        assert_eq!(ends, [Some(1000)]);
     }
 }
 
@@ -188,6 +241,7 @@ async fn a_welcome_assigning_another_id_joins_nothing() {
     let introducer = Introducer::start(Answer {
         assigns: "srv-z",
         signs_with: 1,
+        style: Style::Socp,
     })
     .await;
     let joined = Rec::start();
@@ -204,6 +258,7 @@ async fn a_welcome_not_signed_by_the_pinned_key_is_refused_and_the_join_retried(
     let introducer = Introducer::start(Answer {
         assigns: "srv-a",
         signs_with: 2,
+        style: Style::Socp,
     })
     .await;
     let joined = Rec::start();
@@ -237,5 +292,66 @@ async fn with_no_introducer_answering_it_keeps_retrying() {
     })
     .await;
     assert!(joined.take().await.is_empty());
+    assert!(link.connected(), "still trying");
+}
+
+/// Welcomes as other implementations write them: the introducer's key in
+/// `server_pub`, `assigned_id` null and no `servers` list; or unsigned and
+/// not listing the introducer. Not pinned: taken on first use (it was
+/// refused: "the welcome does not list its sender"); the introducer is
+/// linked to where we reached it when its key is known.
+#[actix::test]
+async fn welcomes_in_other_shapes_are_taken_when_the_introducer_is_not_pinned() {
+    for style in [Style::KeyInServerPub, Style::UnsignedUnlisted] {
+        let introducer = Introducer::start(Answer {
+            assigns: "srv-a",
+            signs_with: 1,
+            style,
+        })
+        .await;
+        let joined = Rec::start();
+        let link = join(vec![introducer.bootstrap(false)], &joined);
+        until("joined", || joined.with(|j| !j.is_empty()).then_some(())).await;
+        stopped(&link).await;
+        let got = joined.take().await;
+        let [Joined(welcome)] = got.as_slice() else {
+            panic!("one welcome, got {}", got.len());
+        };
+        assert_eq!(
+            welcome.assigned_id,
+            sid("srv-a"),
+            "ours, as none was assigned"
+        );
+        let listed: Vec<_> = welcome
+            .servers
+            .iter()
+            .map(|s| (s.server_id.clone(), s.port, s.pubkey.clone()))
+            .collect();
+        match style {
+            Style::KeyInServerPub => {
+                assert_eq!(listed, [(sid(INTRODUCER), introducer.port, pk(1))]);
+            }
+            _ => assert!(listed.is_empty(), "no key to link to it with"),
+        }
+    }
+}
+
+/// A pinned introducer's welcome must be signed with the pinned key, in any
+/// shape: an unsigned one is refused and the join retried.
+#[actix::test]
+async fn an_unsigned_welcome_from_a_pinned_introducer_is_refused() {
+    let introducer = Introducer::start(Answer {
+        assigns: "srv-a",
+        signs_with: 1,
+        style: Style::UnsignedUnlisted,
+    })
+    .await;
+    let joined = Rec::start();
+    let link = join(vec![introducer.bootstrap(true)], &joined);
+    until("a second join", || {
+        (introducer.hellos().len() >= 2).then_some(())
+    })
+    .await;
+    assert!(joined.take().await.is_empty(), "nothing joined");
     assert!(link.connected(), "still trying");
 }

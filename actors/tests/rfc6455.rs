@@ -54,6 +54,7 @@ impl Handler<Inbound> for Owner {
         match msg {
             Inbound::Text(t) => seen.texts.push(t.to_string()),
             Inbound::Binary => seen.binaries += 1,
+            Inbound::Alive => {}
             Inbound::Closed => seen.closed = true,
         }
     }

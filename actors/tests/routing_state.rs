@@ -832,7 +832,9 @@ fn content_for_a_local_user_is_delivered_as_user_deliver() {
     let d = &sent_to(&a, "bob")[0];
     assert_eq!(d.msg_type(), "USER_DELIVER");
     assert_eq!((d.from(), d.to()), ("srv-a", &To::from(&uid("bob"))));
-    assert_eq!(d.ts(), NOW);
+    // The sender's `ts` in the envelope too: other implementations check
+    // the content signature against the envelope's.
+    assert_eq!(d.ts(), sent_at);
     assert_eq!(field(d, "kind"), "dm");
     assert_eq!(field(d, "sender"), "alice");
     assert_eq!(field(d, "orig_ts"), sent_at, "what the content sig covers");
@@ -873,6 +875,7 @@ fn content_for_a_remote_user_goes_to_its_servers_link() {
     assert_eq!(field(d, "user_id"), "rita");
     assert_eq!(field(d, "sender"), "alice");
     assert_eq!(field(d, "orig_ts"), sent_at);
+    assert_eq!(d.ts(), sent_at, "the sender's ts in the envelope too");
     assert_eq!(field(d, "kind"), "dm");
     assert_eq!(field(d, "ciphertext"), dm().ciphertext.as_str());
 }
@@ -947,6 +950,20 @@ fn user_requests_other_than_content_are_answered_to_the_user() {
         To::from(&sid("srv-a")),
         NOW,
         Message::Command(Command { cmd: "LIST".into() }),
+    );
+    let r = &sent_to(&a, "alice")[0];
+    assert_eq!(r.msg_type(), "COMMAND_RESPONSE");
+    assert_eq!(field(r, "users").as_array().map(Vec::len), Some(2));
+
+    // Another implementation's client writes `{"command": "/list"}`.
+    let other: Command =
+        serde_json::from_value(serde_json::json!({"command": "/list"})).expect("parses");
+    let a = from_user(
+        &mut st,
+        "alice",
+        To::from(&sid("srv-a")),
+        NOW,
+        Message::Command(other),
     );
     let r = &sent_to(&a, "alice")[0];
     assert_eq!(r.msg_type(), "COMMAND_RESPONSE");

@@ -42,7 +42,7 @@ impl Handler<Inbound> for Owner {
             match msg {
                 Inbound::Text(t) => seen.texts.push(t.to_string()),
                 Inbound::Closed => seen.closed = true,
-                Inbound::Binary => {}
+                Inbound::Binary | Inbound::Alive => {}
             }
         }
     }

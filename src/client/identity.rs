@@ -59,7 +59,8 @@ pub(crate) async fn hello(
     let payload = UserHello {
         client: format!("socp-client/{}", env!("CARGO_PKG_VERSION")),
         pubkey: me.key.public_key().clone(),
-        enc_pubkey: None,
+        // One key signs and encrypts: the standard says to repeat it.
+        enc_pubkey: Some(me.key.public_key().clone()),
         meta: None,
         nonce,
     };
@@ -68,12 +69,25 @@ pub(crate) async fn hello(
     let env = blocking(move || env.signed(&key))
         .await?
         .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    // SPEC.md makes the acknowledgement optional, and servers answer a hello
+    // in several ways: ACK with any `msg_ref`, a welcome frame, the roster's
+    // first USER_ADVERTISE, or nothing at all. An ERROR is a refusal; any of
+    // the others, or silence for HELLO_SILENCE, is taken as accepted.
     let rx = expect(shared, |e| {
-        e.msg_type() == "ERROR" || (e.msg_type() == "ACK" && e.payload()["msg_ref"] == "USER_HELLO")
+        matches!(e.msg_type(), "ERROR" | "ACK" | "USER_ADVERTISE")
+            || e.msg_type().ends_with("WELCOME")
     });
     send(tx, &env)?;
-    answer(rx, "identification").await.map(drop)
+    match tokio::time::timeout(HELLO_SILENCE, answer(rx, "identification")).await {
+        Ok(answered) => answered.map(drop),
+        Err(_) => Ok(()),
+    }
 }
+
+/// How long a server that does not acknowledge hellos may stay silent before
+/// the hello is taken as accepted (a refusal still arrives as an ERROR, and
+/// is shown, if it comes later).
+const HELLO_SILENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `/register`: a new account with a new (or given) key, stored on the
 /// server encrypted under the password, and kept in the home directory.

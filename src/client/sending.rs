@@ -15,6 +15,7 @@ use socp_protocol::{now_ms, Base64Url, Envelope, Message, To};
 use tokio::sync::oneshot;
 
 use super::connection::{answer, expect, send, Sink};
+use super::identity::Me;
 use super::output::bar;
 use super::state::Contact;
 use super::{blocking, fail, trust, Failure, Shared};
@@ -221,56 +222,49 @@ pub(crate) async fn send_file(
             mode: FileMode::Dm,
         },
     );
-    let chunks: Vec<(u64, Vec<u8>)> = data
-        .chunks(MAX_OAEP_PLAINTEXT)
-        .enumerate()
-        .map(|(i, c)| (i as u64, c.to_vec()))
-        .collect();
-    let total = chunks.len();
+    let total = data.len().div_ceil(MAX_OAEP_PLAINTEXT);
     out.event(
         "file_progress",
         format!(
-            "sending {name} ({} bytes, {total} chunks) to {shown}: encrypting on every core...",
+            "sending {name} ({} bytes, {total} chunks) to {shown}...",
             data.len(),
         ),
         json!({ "file_id": file_id.as_str(), "direction": "send", "done": 0, "total": total }),
     );
-    let (me2, to2, fid) = (me.clone(), contact.clone(), file_id.clone());
-    let frames = parallel(
-        chunks,
-        move |(index, plain): (u64, Vec<u8>)| -> Result<Envelope, socp_protocol::Error> {
-            let ts = now_ms();
-            let ct = Base64Url::from_bytes(&to2.pubkey.encrypt(&plain)?);
-            let sig = content::sign_dm(&me2.key, &ct, me2.id.as_str(), to2.user_id.as_str(), ts)?;
-            Ok(Envelope::new(
-                &me2.id,
-                To::from(&to2.user_id),
-                ts,
-                &FileChunk {
-                    file_id: fid.clone(),
-                    index,
-                    ciphertext: ct,
-                    sender_pub: Some(me2.key.public_key().clone()),
-                    content_sig: Some(sig),
-                },
-            ))
-        },
-    )
-    .await?;
     let mut flow = Flow::new(rate, true);
     flow.send(shared, tx, &start).await?;
-    let mut shown = 0;
-    for (i, env) in frames.into_iter().enumerate() {
-        let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
-        flow.send(shared, tx, &env).await?;
-        let pct = (i + 1) * 100 / total.max(1);
-        if pct >= shown + 10 {
-            shown = pct - pct % 10;
-            out.event(
-                "file_progress",
-                format!("sending {name}: {}", bar(pct)),
-                json!({ "file_id": file_id.as_str(), "direction": "send", "done": i + 1, "total": total }),
-            );
+    // Each chunk is encrypted, signed and stamped just before it is sent,
+    // about a second's worth at a time on every core: its `ts` is fresh
+    // however long the file takes (signed up front, the chunks of a large
+    // file reached the server after the ±10 min window and were refused).
+    let batch = (rate as usize).clamp(1, FLOW_WINDOW);
+    let mut done = 0;
+    let mut reported = 0;
+    for window in data.chunks(MAX_OAEP_PLAINTEXT * batch) {
+        let first = done as u64;
+        let chunks: Vec<(u64, Vec<u8>)> = window
+            .chunks(MAX_OAEP_PLAINTEXT)
+            .enumerate()
+            .map(|(i, c)| (first + i as u64, c.to_vec()))
+            .collect();
+        let (me2, to2, fid) = (me.clone(), contact.clone(), file_id.clone());
+        let frames = parallel(chunks, move |(index, plain): (u64, Vec<u8>)| {
+            chunk_frame(&me2, &to2, &fid, index, &plain)
+        })
+        .await?;
+        for env in frames {
+            let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+            flow.send(shared, tx, &env).await?;
+            done += 1;
+            let pct = done * 100 / total.max(1);
+            if pct >= reported + 10 {
+                reported = pct - pct % 10;
+                out.event(
+                    "file_progress",
+                    format!("sending {name}: {}", bar(pct)),
+                    json!({ "file_id": file_id.as_str(), "direction": "send", "done": done, "total": total }),
+                );
+            }
         }
     }
     flow.send(
@@ -294,6 +288,31 @@ pub(crate) async fn send_file(
         json!({ "file_id": file_id.as_str(), "to": contact.user_id, "shown": shown, "name": name, "size": data.len() }),
     );
     Ok(())
+}
+
+/// One FILE_CHUNK: `plain` encrypted to `to`, signed by `me`, stamped now.
+fn chunk_frame(
+    me: &Me,
+    to: &Contact,
+    file_id: &FileId,
+    index: u64,
+    plain: &[u8],
+) -> Result<Envelope, socp_protocol::Error> {
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&to.pubkey.encrypt(plain)?);
+    let sig = content::sign_dm(&me.key, &ct, me.id.as_str(), to.user_id.as_str(), ts)?;
+    Ok(Envelope::new(
+        &me.id,
+        To::from(&to.user_id),
+        ts,
+        &FileChunk {
+            file_id: file_id.clone(),
+            index,
+            ciphertext: ct,
+            sender_pub: Some(me.key.public_key().clone()),
+            content_sig: Some(sig),
+        },
+    ))
 }
 
 /// The contact `who` names (a registered user's name, or a user id; see

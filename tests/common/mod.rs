@@ -180,6 +180,14 @@ impl Peer {
         let _ = self.framed.flush().await;
     }
 
+    /// Send a WebSocket ping.
+    pub async fn send_ping(&mut self) {
+        let _ = self
+            .framed
+            .send(awc::ws::Message::Ping(bytes::Bytes::from_static(b"alive")))
+            .await;
+    }
+
     /// Send a binary frame.
     pub async fn send_binary(&mut self, bytes: &[u8]) {
         let _ = self

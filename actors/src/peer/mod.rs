@@ -223,6 +223,10 @@ impl PeerLink {
         let pool = self.shared.pool.clone();
         let server_key = self.shared.router.server_key.clone();
         let key = address.pubkey.clone();
+        // The standard lets a join request go unsigned (a self-signature
+        // proves only that the joiner holds the key it claims, which the
+        // links it then opens prove anyway): an unsigned join is answered.
+        let unsigned_join = env.sig().is_none() && matches!(msg, Message::ServerHelloJoin(_));
         let fut = async move {
             let pinned = server_key
                 .send(ServerKey(server_id.clone()))
@@ -231,6 +235,9 @@ impl PeerLink {
                 .flatten();
             if pinned.as_ref().is_some_and(|p| *p != key) {
                 return Err(format!("server id {server_id} is pinned to another key"));
+            }
+            if unsigned_join {
+                return Ok(env);
             }
             match pool.verify(env, key).await {
                 Some((env, true)) => Ok(env),
@@ -556,6 +563,9 @@ impl Handler<Inbound> for PeerLink {
                 ErrorCode::BadRequest,
                 "binary frames are not part of the protocol".into(),
             ),
+            // Pings count as liveness: implementations that never send
+            // HEARTBEAT are not declared dead while they answer.
+            Inbound::Alive => self.report_alive(),
             Inbound::Closed => ctx.stop(),
         }
     }

@@ -74,7 +74,7 @@ impl<H: Clone> RouterState<H> {
                 }
             }
             Message::Command(Command { cmd }) => {
-                let frame = if cmd.eq_ignore_ascii_case("list") {
+                let frame = if cmd.trim_start_matches('/').eq_ignore_ascii_case("list") {
                     self.sign(
                         reply_to,
                         now,
@@ -166,10 +166,14 @@ impl<H: Clone> RouterState<H> {
             orig_ts,
             content,
         } = delivery;
+        // The envelope `ts` is the sender's, as well as `orig_ts`: other
+        // implementations check the content signature against the envelope
+        // `ts` (SPEC.md §8 leaves which one open). It was checked to be
+        // within the window where the sender is attached.
         if let Some(user) = self.local.get(&recipient) {
             let frame = self.sign(
                 To::from(&recipient),
-                now,
+                orig_ts,
                 Message::UserDeliver(UserDeliver {
                     sender,
                     orig_ts: Some(orig_ts),
@@ -192,7 +196,7 @@ impl<H: Clone> RouterState<H> {
             Some((server_id, tx)) if origin.link() != Some(&server_id) => {
                 let frame = self.sign(
                     To::from(&server_id),
-                    now,
+                    orig_ts,
                     Message::ServerDeliver(ServerDeliver {
                         user_id: recipient,
                         sender,

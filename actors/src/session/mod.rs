@@ -477,6 +477,7 @@ impl Handler<Inbound> for ClientSession {
                 ErrorCode::BadRequest,
                 "binary frames are not part of the protocol",
             ),
+            Inbound::Alive => {}
             Inbound::Closed => ctx.stop(),
         }
     }

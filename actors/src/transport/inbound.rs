@@ -165,7 +165,17 @@ impl<A: Acceptor> StreamHandler<Result<Frame, Failure>> for WsTransport<A> {
                 Some(owner) => owner.do_send(Inbound::Binary),
                 None => self.close(ctx, close::UNSUPPORTED, "binary frames are not accepted"),
             },
-            Received::Ping(payload) => self.write(ctx, Out::Pong(payload)),
+            Received::Ping(payload) => {
+                self.write(ctx, Out::Pong(payload));
+                if let Some(owner) = &self.owner {
+                    owner.do_send(Inbound::Alive);
+                }
+            }
+            Received::Pong => {
+                if let Some(owner) = &self.owner {
+                    owner.do_send(Inbound::Alive);
+                }
+            }
             Received::Closed(reason) => {
                 let (code, text) = reason.map_or((close::NORMAL, String::new()), |r| {
                     (u16::from(r.code), r.description.unwrap_or_default())

@@ -67,6 +67,9 @@ pub enum Inbound {
     Text(FrameText),
     /// A binary message (not part of the protocol).
     Binary,
+    /// A WebSocket ping or pong: the peer is alive (some implementations
+    /// keep their links alive with pings alone, never a HEARTBEAT).
+    Alive,
     /// The socket closed or failed; the owner should stop.
     Closed,
 }
@@ -117,6 +120,8 @@ enum Received {
     Binary,
     /// A ping to answer.
     Ping(Bytes),
+    /// A pong.
+    Pong,
     /// The peer closed the socket.
     Closed(Option<CloseReason>),
     /// Close with this code and reason.
@@ -141,7 +146,7 @@ fn receive(fragments: &mut Fragments, max_frame: usize, frame: Result<Frame, Fai
             Assembled::Protocol => Received::Refuse(close::PROTOCOL, "bad fragmentation"),
         },
         Ok(Frame::Ping(payload)) => Received::Ping(payload),
-        Ok(Frame::Pong(_)) => Received::Nothing,
+        Ok(Frame::Pong(_)) => Received::Pong,
         Ok(Frame::Close(reason)) => Received::Closed(reason),
         Err(Failure { code, reason }) => Received::Refuse(code, reason),
     }

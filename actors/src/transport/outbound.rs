@@ -139,7 +139,9 @@ impl StreamHandler<Result<awc::ws::Frame, Failure>> for AwcTransport {
             Received::Binary => self.owner.do_send(Inbound::Binary),
             Received::Ping(payload) => {
                 let _ = self.sink.write(awc::ws::Message::Pong(payload));
+                self.owner.do_send(Inbound::Alive);
             }
+            Received::Pong => self.owner.do_send(Inbound::Alive),
             Received::Closed(reason) => {
                 log::info!("outbound link: the server closed it ({reason:?})");
                 // Answer with a close frame (RFC 6455 §5.5.1), as inbound

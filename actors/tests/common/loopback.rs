@@ -52,6 +52,9 @@ pub struct WsConn {
     sock: TcpStream,
     buf: BytesMut,
     codec: Codec,
+    /// The code of the close frame the client sent (1005 without a code);
+    /// `None` while none arrived (or the socket just ended).
+    pub close_code: Option<u16>,
 }
 
 impl WsConn {
@@ -87,6 +90,7 @@ impl WsConn {
             sock,
             buf: BytesMut::from(&request[end..]),
             codec: Codec::new().max_size(4 << 20),
+            close_code: None,
         })
     }
 
@@ -96,7 +100,11 @@ impl WsConn {
         loop {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(Frame::Text(t))) => return Some(String::from_utf8_lossy(&t).into_owned()),
-                Ok(Some(Frame::Close(_))) | Err(_) => return None,
+                Ok(Some(Frame::Close(reason))) => {
+                    self.close_code = Some(reason.map_or(1005, |r| u16::from(r.code)));
+                    return None;
+                }
+                Err(_) => return None,
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
             }

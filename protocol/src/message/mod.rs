@@ -582,8 +582,10 @@ pub struct ListResponse {
 /// `COMMAND {cmd}` (the first seed's `/list`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Command {
-    /// The command: socp servers answer `list` (any case) and reply
-    /// UNKNOWN_TYPE to anything else.
+    /// The command: socp servers answer `list` or `/list` (any case) and
+    /// reply UNKNOWN_TYPE to anything else. Read from `cmd`, or from
+    /// `command` as another implementation's client sends it.
+    #[serde(alias = "command")]
     pub cmd: String,
 }
 
