@@ -569,3 +569,86 @@ fn pin_key(file: &Path, user: &UserId, key: usize) {
     entry["verified_at"] = Value::Null;
     std::fs::write(file, pins.to_string()).expect("writes the pins");
 }
+
+/// Alice's server goes away and comes back on the same address with its
+/// database (bob's server stays up): alice's client says it lost the
+/// connection, keeps what she types meanwhile, retries, logs in to her
+/// account again without asking for the password, sends what was queued,
+/// and says when it is back. Clients used to exit (status 1) when the
+/// connection closed.
+#[actix_rt::test]
+async fn a_client_reconnects_logs_in_again_and_sends_what_was_typed_meanwhile() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let b = start(config_with(6, None, &[], patient()))
+        .await
+        .expect("b starts");
+    let db = tmp.path().join("a.db");
+    let addr = common::free_addr();
+    let server_a = || socp::server::ServerConfig {
+        bind: addr,
+        ..config_with(5, Some(db.clone()), &[b.addr], patient())
+    };
+    let a = start(server_a()).await.expect("a starts");
+    let mut alice = Client::start(
+        "alice",
+        a.addr,
+        Options {
+            register_key: Some(25),
+            password: Some("alice's password".into()),
+            ..Options::new(10, &tmp.path().join("alice"))
+        },
+    )
+    .await;
+    alice.send("/register alice");
+    let registered = alice.expect("registered", is_event("registered")).await;
+    let alice_id = registered["user_id"].as_str().expect("an id").to_owned();
+    // Registering logs in: no /login, no second password.
+    let login = alice.expect("login", is_event("login")).await;
+    assert_eq!(login["user_id"], alice_id.as_str());
+    alice.id = alice_id.clone();
+
+    // The name is checked before anything else: a taken name is refused at
+    // once, before a key is made (it used to be made first, for seconds).
+    let mut late = Client::start(
+        "late",
+        b.addr,
+        Options {
+            password: Some("late's password".into()),
+            ..Options::new(12, &tmp.path().join("late"))
+        },
+    )
+    .await;
+    late.send("/register alice");
+    let refused = late.expect("an error", is_event("error")).await;
+    assert_eq!(refused["code"], "NAME_IN_USE", "{refused}");
+    assert!(
+        late.logged(|e| e["event"] == "info"
+            && e["text"].as_str().is_some_and(|t| t.contains("generating")))
+            .is_empty(),
+        "no key was made: {:#?}",
+        late.log
+    );
+    assert!(late.logged(is_event("registered")).is_empty());
+    let mut bob = Client::start("bob", b.addr, Options::new(11, &tmp.path().join("bob"))).await;
+    alice.sees_online(&bob.id).await;
+
+    a.shutdown().await;
+    alice.expect("disconnected", is_event("disconnected")).await;
+    alice.send(&format!("/tell {} typed while my server was down", bob.id));
+    // A joins through B again before it serves: it knows bob when alice is back.
+    let _a = start(server_a()).await.expect("a starts again");
+    let back = alice.expect("reconnected", is_event("reconnected")).await;
+    assert_eq!(back["user_id"], alice_id.as_str(), "her account again");
+    let got = bob
+        .expect("the queued DM", dm("typed while my server was down"))
+        .await;
+    assert_eq!(got["from"], alice_id.as_str());
+    // She is her account again: bob reaches her by name.
+    bob.send("/tell alice welcome back");
+    alice.expect("bob's DM", dm("welcome back")).await;
+    assert!(
+        alice.logged(is_event("error")).is_empty(),
+        "{:#?}",
+        alice.log
+    );
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// One parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `/register [username]`.
+    /// `/register <username>` (without one: a usage error, said by the command).
     Register {
         /// The account's name (asked for when missing).
         username: Option<String>,
@@ -73,7 +73,7 @@ pub struct Usage(pub String);
 /// What `/help` prints.
 pub const HELP: &str = "\
 commands:
-  /register [username]        create an account (RSA-4096 key protected by a password)
+  /register <username>        create an account and log in (RSA-4096 key protected by a password)
   /login <username|uuid>      log in to an account (from any machine)
   /rename <username>          pick a new username for your account
   /list                       who is online across the mesh; guests are marked (guest)
@@ -109,7 +109,7 @@ pub fn parse(line: &str) -> Result<Command, Usage> {
         "/register" => {
             let (username, extra) = word(rest);
             if !extra.is_empty() {
-                return usage("/register [username]");
+                return usage("/register <username>");
             }
             Ok(Command::Register {
                 username: (!username.is_empty()).then(|| username.to_owned()),
@@ -120,7 +120,9 @@ pub fn parse(line: &str) -> Result<Command, Usage> {
             if who.is_empty() || !extra.is_empty() {
                 return usage("/login <username|uuid>");
             }
-            Ok(Command::Login { who: who.to_owned() })
+            Ok(Command::Login {
+                who: who.to_owned(),
+            })
         }
         "/rename" => {
             let (username, extra) = word(rest);
@@ -175,10 +177,13 @@ pub fn parse(line: &str) -> Result<Command, Usage> {
         }
         "/help" | "/?" => Ok(Command::Help),
         "/quit" | "/exit" => Ok(Command::Quit),
-        other if other.starts_with('/') => Err(Usage(format!("unknown command {other}\n{HELP}"))),
-        _ => Err(Usage(format!(
-            "commands start with /; to send text use /tell <user> <message> or /all <message>\n{HELP}"
-        ))),
+        // One short line, not the whole help.
+        other if other.starts_with('/') => {
+            Err(Usage(format!("unknown command {other} (/help lists them)")))
+        }
+        _ => Err(Usage(
+            "not sent: use /tell <user> <message> or /all <message> (/help lists commands)".into(),
+        )),
     }
 }
 
@@ -276,9 +281,9 @@ mod tests {
             .unwrap_err()
             .0
             .contains("unknown command"));
-        assert!(parse("hello")
-            .unwrap_err()
-            .0
-            .contains("commands start with /"));
+        let plain = parse("hello").unwrap_err().0;
+        assert!(plain.starts_with("not sent: use /tell"), "{plain}");
+        assert!(!plain.contains('\n'), "one short line: {plain}");
+        assert!(!parse("/frobnicate").unwrap_err().0.contains('\n'));
     }
 }

@@ -106,15 +106,19 @@ pub(crate) async fn register(
             c.config.password.is_some(),
         )
     };
-    let username = match username {
-        Some(u) => u,
-        None => input
-            .password("username: ")
-            .await
-            .ok_or_else(|| fail("USAGE", "usage: /register <username>"))?,
-    };
+    // The name on the command line (a prompt for it would be a password
+    // prompt: nothing echoed).
+    let username = username.ok_or_else(|| fail("USAGE", "usage: /register <username>"))?;
     let username =
         Username::parse(username.trim()).map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+    // Is the name free? Asked before the password and the key (seconds to
+    // make): a login challenge for it means it is someone's.
+    if name_taken(shared, tx, &me, username.as_str()).await? {
+        return Err(fail(
+            "NAME_IN_USE",
+            format!("{username} is taken; pick another name (nothing was registered)"),
+        ));
+    }
     let pass = password(shared, input, "password: ").await?;
     if !scripted {
         let again = password(shared, input, "password again: ").await?;
@@ -159,24 +163,33 @@ pub(crate) async fn register(
     save_accounts(shared, &out, &accounts);
     out.event(
         "registered",
-        format!("registered {username}: your id is {user_id}; log in with /login {username}"),
+        format!("registered {username}: your id is {user_id}"),
         json!({ "user_id": user_id, "username": username.as_str() }),
     );
-    Ok(())
+    // And logged in, with the key in hand: no password asked again.
+    let challenge = challenge_for(shared, tx, &me, user_id.as_str(), "logging in").await?;
+    become_account(shared, tx, &challenge, key, username.as_str()).await
 }
 
-/// `/login`: answer the server's challenge with the account's key, opened
-/// with the password, and become that account on this connection.
-pub(crate) async fn login(
+/// Whether `name` is a registered account's (the server hands out a login
+/// challenge for it). A refusal for another reason (the server's login rate)
+/// is not an answer: the registration itself then says.
+async fn name_taken(shared: &Shared, tx: &Sink, me: &Me, name: &str) -> Result<bool, Failure> {
+    match challenge_for(shared, tx, me, name, "checking the name").await {
+        Ok(_) => Ok(true),
+        Err(f) if f.code == "USER_NOT_FOUND" || f.code == "RATE_LIMITED" => Ok(false),
+        Err(f) => Err(f),
+    }
+}
+
+/// A LOGIN_CHALLENGE for `who`.
+async fn challenge_for(
     shared: &Shared,
     tx: &Sink,
-    input: &mut Input,
+    me: &Me,
     who: &str,
-) -> Result<(), Failure> {
-    let (out, me, scripted) = {
-        let c = shared.borrow();
-        (c.out.clone(), c.me.clone(), c.config.password.is_some())
-    };
+    what: &str,
+) -> Result<socp_protocol::message::LoginChallenge, Failure> {
     let rx = expect(shared, |e| {
         matches!(e.msg_type(), "LOGIN_CHALLENGE" | "ERROR")
     });
@@ -191,10 +204,33 @@ pub(crate) async fn login(
             },
         ),
     )?;
-    let challenge = match answer(rx, "/login").await?.message() {
-        Ok(Message::LoginChallenge(c)) => c,
-        _ => return Err(fail("BAD_REQUEST", "malformed login challenge")),
+    match answer(rx, what).await?.message() {
+        Ok(Message::LoginChallenge(c)) => Ok(c),
+        _ => Err(fail("BAD_REQUEST", "malformed login challenge")),
+    }
+}
+
+/// `/login`: answer the server's challenge with the account's key, opened
+/// with the password, and become that account on this connection.
+pub(crate) async fn login(
+    shared: &Shared,
+    tx: &Sink,
+    input: &mut Input,
+    who: &str,
+) -> Result<(), Failure> {
+    let (out, me, scripted) = {
+        let c = shared.borrow();
+        (c.out.clone(), c.me.clone(), c.config.password.is_some())
     };
+    let challenge = challenge_for(shared, tx, &me, who, "/login").await?;
+    if shared.borrow().logged_in && challenge.user_id == me.id {
+        out.event(
+            "login",
+            format!("you are logged in as {who} already"),
+            json!({ "user_id": me.id }),
+        );
+        return Ok(());
+    }
     // Our own copy of the key file if we have one, else the server's.
     let local = std::fs::read_to_string(key_path(shared, &challenge.user_id)).ok();
     let store = local.unwrap_or_else(|| challenge.privkey_store.clone());
@@ -228,13 +264,29 @@ pub(crate) async fn login(
             format!("cannot keep a copy of the account's encrypted key: {e}"),
         );
     }
+    become_account(shared, tx, &challenge, Arc::new(key), who).await
+}
+
+/// Answer `challenge` with the account's `key` and become that account on
+/// this connection (`who` is how the user named it).
+async fn become_account(
+    shared: &Shared,
+    tx: &Sink,
+    challenge: &socp_protocol::message::LoginChallenge,
+    key: Arc<PrivateKey>,
+    who: &str,
+) -> Result<(), Failure> {
+    let (out, me) = {
+        let c = shared.borrow();
+        (c.out.clone(), c.me.clone())
+    };
     let new_me = Me {
         id: challenge.user_id.clone(),
-        key: Arc::new(key),
+        key,
         name: (!who.eq_ignore_ascii_case(challenge.user_id.as_str())).then(|| who.to_owned()),
     };
     shared.borrow_mut().joining = Some(new_me.id.clone());
-    let accepted = hello(shared, tx, &new_me, Some(challenge.nonce)).await;
+    let accepted = hello(shared, tx, &new_me, Some(challenge.nonce.clone())).await;
     shared.borrow_mut().joining = None;
     accepted?;
     let name = shared
@@ -250,6 +302,7 @@ pub(crate) async fn login(
     {
         let mut c = shared.borrow_mut();
         c.me = new_me.clone();
+        c.logged_in = true;
         // The server detached our earlier identity; nobody tells this
         // connection, so forget it here (else `/all` would still send to it).
         if me.id != new_me.id {
@@ -266,6 +319,36 @@ pub(crate) async fn login(
         json!({ "user_id": new_me.id }),
     );
     Ok(())
+}
+
+/// Identify again on a new connection, as who we are now: a hello for an
+/// ephemeral identity; for a logged-in account, a login challenge answered
+/// with the key we hold (no password: the key is already open).
+pub(crate) async fn reattach(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
+    let (me, session, logged_in) = {
+        let c = shared.borrow();
+        (c.me.clone(), c.session.clone(), c.logged_in)
+    };
+    if !logged_in {
+        return hello(shared, tx, &me, None).await;
+    }
+    // A connection's first frame is a hello: as the session's ephemeral
+    // identity, then the login switches it to the account.
+    hello(shared, tx, &session, None).await?;
+    let challenge = challenge_for(shared, tx, &session, me.id.as_str(), "logging in again").await?;
+    if challenge.user_id != me.id {
+        return Err(fail(
+            "AUTH_FAILED",
+            format!(
+                "the server answered for {} instead of {}",
+                challenge.user_id, me.id
+            ),
+        ));
+    }
+    shared.borrow_mut().joining = Some(me.id.clone());
+    let accepted = hello(shared, tx, &me, Some(challenge.nonce)).await;
+    shared.borrow_mut().joining = None;
+    accepted
 }
 
 /// `/rename`: ask our home server for a new username (USER_RENAME [ext]),

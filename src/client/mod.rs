@@ -84,6 +84,12 @@ struct Client {
     me: Me,
     /// The account a `/login` is switching to, until the server accepts it.
     joining: Option<UserId>,
+    /// `me` is a registered account we logged in to (identifying again after
+    /// a reconnect needs a login challenge, answered with the key we hold).
+    logged_in: bool,
+    /// The ephemeral identity the client started as: a new connection
+    /// identifies as it before logging in again.
+    session: Me,
     roster: Roster,
     /// Keys pinned per user id.
     pins: Pins,
@@ -136,6 +142,8 @@ pub async fn run(config: ClientConfig) -> i32 {
     let shared: Shared = Rc::new(RefCell::new(Client {
         me: me.clone(),
         joining: None,
+        logged_in: false,
+        session: me.clone(),
         roster: Roster::default(),
         pins,
         pins_flush: false,
@@ -147,7 +155,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         out: out.clone(),
         config: config.clone(),
     }));
-    let mut conn = match connection::open(&config, &shared).await {
+    let conn = match connection::open(&config, &shared).await {
         Ok(conn) => conn,
         Err(e) => {
             out.error("CONNECT", e);
@@ -181,31 +189,167 @@ pub async fn run(config: ClientConfig) -> i32 {
             }
         }
     });
+    let mut link = Some(conn);
+    let mut retry = Backoff::default();
+    // Lines that need the server, typed while the connection is down.
+    let mut queued: Vec<String> = Vec::new();
     let code = loop {
-        let event = tokio::select! {
-            reason = &mut conn.closed => {
-                out.error("CLOSED", reason.unwrap_or_else(|_| "connection closed".into()));
-                break 1;
-            }
-            event = input.events.recv() => event,
-            // Ctrl-C outside the line editor (scripts): leave cleanly, code 1000.
-            _ = interrupted.recv() => break 0,
+        let step = match link.as_mut() {
+            Some(conn) => tokio::select! {
+                reason = &mut conn.closed => Step::Lost(
+                    reason.unwrap_or_else(|_| "connection closed".into()),
+                ),
+                event = input.events.recv() => Step::Input(event),
+                // Ctrl-C outside the line editor (scripts): leave cleanly, code 1000.
+                _ = interrupted.recv() => Step::Interrupted,
+            },
+            None => tokio::select! {
+                _ = tokio::time::sleep(retry.delay()) => Step::Retry,
+                event = input.events.recv() => Step::Input(event),
+                _ = interrupted.recv() => Step::Interrupted,
+            },
         };
-        match event {
-            Some(InputEvent::Line(line)) => {
-                let quit = run_line(&shared, &tx, &mut input, &line).await;
-                if quit {
-                    break 0;
+        match step {
+            Step::Interrupted => break 0,
+            Step::Lost(reason) => {
+                let url = link.take().map(|c| c.url).unwrap_or_default();
+                out.event(
+                    "disconnected",
+                    format!(
+                        "connection to {url} lost ({reason}); reconnecting (what you type \
+                         meanwhile is sent once back)"
+                    ),
+                    json!({ "reason": reason, "server": url }),
+                );
+                retry = Backoff::default();
+            }
+            Step::Retry => match reconnect(&config, &shared).await {
+                Ok(conn) => {
+                    out.event(
+                        "reconnected",
+                        format!(
+                            "back: connected to {} as {}",
+                            conn.url,
+                            shared.borrow().me.id
+                        ),
+                        json!({ "user_id": shared.borrow().me.id, "server": conn.url }),
+                    );
+                    let tx = conn.tx.clone();
+                    link = Some(conn);
+                    retry = Backoff::default();
+                    for line in std::mem::take(&mut queued) {
+                        if run_line(&shared, &tx, &mut input, &line).await {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Said once per reason, not once per attempt.
+                    if retry.reason.as_deref() != Some(e.as_str()) {
+                        out.info(format!("still not connected: {e}"));
+                        retry.reason = Some(e);
+                    }
+                    retry.failed();
+                }
+            },
+            Step::Input(Some(InputEvent::Line(line))) => {
+                match &link {
+                    Some(conn) => {
+                        let tx = conn.tx.clone();
+                        if run_line(&shared, &tx, &mut input, &line).await {
+                            break 0;
+                        }
+                    }
+                    None if needs_server(&line) => {
+                        out.info(format!("not connected: \"{line}\" is sent once back"));
+                        queued.push(line);
+                    }
+                    None => {
+                        // Local commands (help, keys, quit) work offline.
+                        let (offline, _) = mpsc::unbounded_channel();
+                        if run_line(&shared, &offline, &mut input, &line).await {
+                            break 0;
+                        }
+                    }
                 }
                 input.ready();
             }
-            Some(InputEvent::Password(_)) => input.ready(),
-            Some(InputEvent::Eof) | None => break 0,
+            Step::Input(Some(InputEvent::Password(_))) => input.ready(),
+            Step::Input(Some(InputEvent::Eof) | None) => break 0,
         }
     };
-    conn.close().await;
+    if let Some(conn) = link {
+        conn.close().await;
+    }
     trust::save_pins(&shared);
     code
+}
+
+/// What woke the command loop.
+enum Step {
+    /// The connection ended, and why.
+    Lost(String),
+    /// Time to try the server again.
+    Retry,
+    /// A line, a password, or the end of input.
+    Input(Option<InputEvent>),
+    /// Ctrl-C.
+    Interrupted,
+}
+
+/// Waits between reconnection attempts: 1 s, doubling to 30 s.
+struct Backoff {
+    next: std::time::Duration,
+    /// Why the last attempt failed (said once).
+    reason: Option<String>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: std::time::Duration::from_secs(1),
+            reason: None,
+        }
+    }
+}
+
+impl Backoff {
+    fn delay(&self) -> std::time::Duration {
+        self.next
+    }
+
+    fn failed(&mut self) {
+        self.next = (self.next * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Dial the server again and identify as who we are now.
+async fn reconnect(
+    config: &ClientConfig,
+    shared: &Shared,
+) -> Result<connection::Connection, String> {
+    let conn = connection::open(config, shared).await?;
+    match identity::reattach(shared, &conn.tx).await {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            conn.close().await;
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Whether a command line needs the server (else it runs offline too).
+fn needs_server(line: &str) -> bool {
+    matches!(
+        command::parse(line),
+        Ok(Command::List
+            | Command::Tell { .. }
+            | Command::All { .. }
+            | Command::File { .. }
+            | Command::Register { .. }
+            | Command::Login { .. }
+            | Command::Rename { .. })
+    )
 }
 
 /// Handle one command line; true to quit.

@@ -12,7 +12,7 @@ use crate::url::{parse_ws_url, url_scheme, Scheme};
 /// `socp-client`: the SOCP v1.3 terminal client.
 ///
 /// `socp-client --server ws://127.0.0.1:8765` (`wss://` for TLS), or the positional form
-/// `socp-client alice 127.0.0.1 8080` (user id, host, port).
+/// `socp-client alice 127.0.0.1 8765` (user id, host, port).
 #[derive(Debug, Parser)]
 #[command(name = "socp-client", version, about)]
 pub struct ClientArgs {
@@ -32,7 +32,8 @@ pub struct ClientArgs {
     /// Directory for keys and settings (default: ~/.config/socp).
     #[arg(long, env = "SOCP_HOME")]
     pub home: Option<PathBuf>,
-    /// Where received files are saved (default: HOME/downloads).
+    /// Where received files are saved (default: the `downloads` directory in
+    /// the --home directory, ~/.config/socp/downloads unless --home is given).
     #[arg(long)]
     pub download_dir: Option<PathBuf>,
     /// Print one JSON object per event.
