@@ -229,19 +229,23 @@ async fn register_restart_login_list_dm_all_and_a_file_across_two_servers() {
         .await;
     bob.expect("alice's DM", dm_from(&alice.id, hello_bob))
         .await;
-    // Longer than one RSA block: several frames, each delivered.
-    let long = "x".repeat(MAX_OAEP_PLAINTEXT + 50);
+    // 5,000 characters: twelve frames (RSA carries 446 bytes), shown as one
+    // message (they used to be twelve DMs).
+    let long: String = (0..5000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     bob.send(&format!("/tell alice {long}"));
     bob.expect("sent", is_event("sent")).await;
     alice
-        .expect(
-            "bob's first piece",
-            dm_from(&bob.id, &"x".repeat(MAX_OAEP_PLAINTEXT)),
-        )
+        .expect("bob's long DM, whole", dm_from(&bob.id, &long))
         .await;
-    alice
-        .expect("bob's second piece", dm_from(&bob.id, &"x".repeat(50)))
-        .await;
+    assert_eq!(
+        alice
+            .logged(|e| e["event"] == "dm" && e["from"] == bob.id.as_str())
+            .len(),
+        1,
+        "one message, not its parts"
+    );
 
     // /all reaches everyone else, on both servers, from a session and from
     // a logged-in account.

@@ -27,6 +27,7 @@ pub mod state;
 
 mod connection;
 mod identity;
+mod parts;
 mod receiving;
 mod sending;
 mod trust;
@@ -98,6 +99,8 @@ struct Client {
     /// The last failure to write them, reported once until it changes.
     pins_error: Option<String>,
     files: HashMap<(UserId, String), IncomingFile>,
+    /// Parts of long messages waiting for the rest ([ext]).
+    parts: parts::Parts,
     waiters: Vec<Waiter>,
     /// Parts of a LIST_RESPONSE received so far (`more`), and the parts of
     /// the last complete one, for `/list`.
@@ -149,6 +152,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         pins_flush: false,
         pins_error: None,
         files: HashMap::new(),
+        parts: parts::Parts::default(),
         waiters: Vec::new(),
         list_parts: Vec::new(),
         last_list: Vec::new(),

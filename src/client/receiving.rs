@@ -208,7 +208,7 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
             };
             let (sender_pub, what) = (m.sender_pub, TextKind::Dm);
             show_text(
-                &out,
+                shared,
                 &contact,
                 &sender_pub,
                 me.key.clone(),
@@ -230,7 +230,7 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
             };
             let (sender_pub, what) = (m.sender_pub, TextKind::Public);
             show_text(
-                &out,
+                shared,
                 &contact,
                 &sender_pub,
                 me.key.clone(),
@@ -388,7 +388,7 @@ enum TextKind {
 /// Check, open and show a text delivery, or warn why it was refused.
 #[allow(clippy::too_many_arguments)]
 async fn show_text(
-    out: &Output,
+    shared: &Shared,
     contact: &Contact,
     sender_pub: &socp_protocol::PublicKey,
     key: Arc<PrivateKey>,
@@ -407,8 +407,31 @@ async fn show_text(
             format!("[public] {shown}{}: ", mark.text),
         ),
     };
-    match open_text(contact, sender_pub, key, verify).await {
-        Ok(text) => out.event(
+    let out = shared.borrow().out.clone();
+    let opened = open_text(contact, sender_pub, key, verify).await;
+    // A part of a long message waits for the rest ([ext]).
+    let now = std::time::Instant::now();
+    let public = matches!(kind, TextKind::Public);
+    let (opened, late) = {
+        let mut c = shared.borrow_mut();
+        let late = c.parts.expired(now);
+        let opened = match opened {
+            Ok(text) => match c.parts.take(&contact.user_id, public, text, now) {
+                super::parts::Taken::Whole(text) => Ok(Some(text)),
+                super::parts::Taken::Waiting => Ok(None),
+            },
+            Err(why) => Err(why),
+        };
+        (opened, late)
+    };
+    for (from, _, text, got, count) in late {
+        out.warning(format!(
+            "only {got} of {count} parts of a message from {from} arrived: {text}"
+        ));
+    }
+    match opened {
+        Ok(None) => {}
+        Ok(Some(text)) => out.event(
             event,
             format!("{line}{text}"),
             json!({

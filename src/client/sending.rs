@@ -75,10 +75,8 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
         let c = shared.borrow();
         (c.me.clone(), c.config.send_rate)
     };
-    let pieces: Vec<String> = content::split_for_rsa(text)
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    // A long message in numbered parts ([ext]): shown whole by socp clients.
+    let pieces = super::parts::split(text);
     let mut flow = Flow::new(rate, true);
     for piece in pieces {
         let (me2, to) = (me.clone(), contact.clone());
@@ -124,10 +122,7 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
             .collect();
         (c.me.clone(), members, c.config.send_rate)
     };
-    let pieces: Vec<String> = content::split_for_rsa(text)
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let pieces = super::parts::split(text);
     let mut jobs = Vec::new();
     for piece in &pieces {
         for m in &members {
