@@ -932,3 +932,58 @@ async fn the_client_connects_to_servers_that_acknowledge_hellos_otherwise_or_not
         drop(client);
     }
 }
+
+/// Conversations are kept in the home directory (owner-only) and shown with
+/// their dates by `/history`, also after the client restarts.
+#[actix_rt::test]
+async fn history_is_kept_and_shown_after_a_restart() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(4, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let alice_home = tmp.path().join("alice");
+    let mut alice = Client::start("alice", a.addr, Options::new(17, &alice_home)).await;
+    let mut bob = Client::start("bob", a.addr, Options::new(18, &tmp.path().join("bob"))).await;
+    alice.sees_online(&bob.id).await;
+    alice.send(&format!("/tell {} first from alice", bob.id));
+    bob.expect("alice's DM", dm_from(&alice.id, "first from alice"))
+        .await;
+    bob.send(&format!("/tell {} then bob", alice.id));
+    alice.expect("bob's DM", dm_from(&bob.id, "then bob")).await;
+    alice.send("/all to everyone");
+    alice
+        .expect("sent", event_where("sent", "text", "to everyone"))
+        .await;
+    let (status, _) = alice.quit().await;
+    assert!(status.success(), "{status}");
+
+    // A new session in the same home directory.
+    let mut alice = Client::start("alice again", a.addr, Options::new(17, &alice_home)).await;
+    alice.send(&format!("/history {} 10", bob.id));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(alice.expect("history", is_event("history")).await);
+    }
+    let lines: Vec<(&str, &str)> = got
+        .iter()
+        .map(|e| (e["dir"].as_str().unwrap(), e["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(lines, [("out", "first from alice"), ("in", "then bob")]);
+    assert!(got.iter().all(|e| e["with"] == bob.id.as_str()));
+    alice.send("/history public");
+    let public = alice.expect("public history", is_event("history")).await;
+    assert_eq!(
+        (public["dir"].as_str(), public["text"].as_str()),
+        (Some("out"), Some("to everyone"))
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file = alice_home.join(format!("history/dm-{}.jsonl", bob.id));
+        let mode = std::fs::metadata(&file)
+            .expect("history file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by the user only");
+    }
+}

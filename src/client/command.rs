@@ -1,6 +1,6 @@
 //! The client's commands: `/register`, `/login`, `/rename`, `/list`,
-//! `/tell`, `/all`, `/file`, `/whois`, `/verify`, `/accept`, `/help`,
-//! `/quit`.
+//! `/tell`, `/all`, `/file`, `/history`, `/whois`, `/verify`, `/accept`,
+//! `/help`, `/quit`.
 
 use std::path::PathBuf;
 
@@ -39,6 +39,13 @@ pub enum Command {
     },
     /// `/list`.
     List,
+    /// `/history [user] [n]`.
+    History {
+        /// A name, a user id, or `public`; `None`: every conversation.
+        who: Option<String>,
+        /// How many messages (default 20).
+        n: usize,
+    },
     /// `/tell <user> <message>`.
     Tell {
         /// The recipient: a name or a user id.
@@ -77,6 +84,7 @@ commands:
   /login <username|uuid>      log in to an account (from any machine)
   /rename <username>          pick a new username for your account
   /list                       who is online across the mesh; guests are marked (guest)
+  /history [user] [n]         the last n (20) messages with user, or `public`, or all
   /tell <user> <message>      end-to-end encrypted direct message
   /all <message>              end-to-end encrypted message to everyone (public channel)
   /file <user> <path>         send a file, end-to-end encrypted
@@ -174,6 +182,31 @@ pub fn parse(line: &str) -> Result<Command, Usage> {
                 to: to.to_owned(),
                 path: PathBuf::from(path),
             })
+        }
+        "/history" => {
+            let (first, rest2) = word(rest);
+            let (second, extra) = word(rest2);
+            if !extra.is_empty() {
+                return usage("/history [user] [n]");
+            }
+            let number = |w: &str| w.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n));
+            match (first, second) {
+                ("", _) => Ok(Command::History { who: None, n: 20 }),
+                (w, "") => match number(w) {
+                    Some(n) => Ok(Command::History { who: None, n }),
+                    None => Ok(Command::History {
+                        who: Some(w.to_owned()),
+                        n: 20,
+                    }),
+                },
+                (w, k) => match number(k) {
+                    Some(n) => Ok(Command::History {
+                        who: Some(w.to_owned()),
+                        n,
+                    }),
+                    None => usage("/history [user] [n]"),
+                },
+            }
         }
         "/help" | "/?" => Ok(Command::Help),
         "/quit" | "/exit" => Ok(Command::Quit),

@@ -447,6 +447,12 @@ fn accounts_path(shared: &Shared) -> PathBuf {
 }
 
 /// username (lower-case) → user id, from earlier registrations on this machine.
+/// The user id of the account named `name` in the accounts file, if any.
+pub(crate) fn account_id(shared: &Shared, name: &str) -> Option<String> {
+    let key = Username::parse(name).ok()?.key();
+    read_accounts(shared).get(&key).cloned()
+}
+
 fn read_accounts(shared: &Shared) -> HashMap<String, String> {
     std::fs::read_to_string(accounts_path(shared))
         .ok()

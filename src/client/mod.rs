@@ -26,6 +26,7 @@ pub mod pins;
 pub mod state;
 
 mod connection;
+mod history;
 mod identity;
 mod parts;
 mod receiving;
@@ -101,6 +102,10 @@ struct Client {
     files: HashMap<(UserId, String), IncomingFile>,
     /// Parts of long messages waiting for the rest ([ext]).
     parts: parts::Parts,
+    /// Conversations kept on disk.
+    history: history::History,
+    /// The last failure to write them, reported once until it changes.
+    history_error: Option<String>,
     waiters: Vec<Waiter>,
     /// Parts of a LIST_RESPONSE received so far (`more`), and the parts of
     /// the last complete one, for `/list`.
@@ -153,6 +158,8 @@ pub async fn run(config: ClientConfig) -> i32 {
         pins_error: None,
         files: HashMap::new(),
         parts: parts::Parts::default(),
+        history: history::History::new(&config.home),
+        history_error: None,
         waiters: Vec::new(),
         list_parts: Vec::new(),
         last_list: Vec::new(),
@@ -383,11 +390,68 @@ async fn run_line(shared: &Shared, tx: &Sink, input: &mut Input, line: &str) -> 
         Command::Whois { who } => trust::whois(shared, &who),
         Command::Verify { who } => trust::verify(shared, &who),
         Command::Accept { who } => trust::accept(shared, &who),
+        Command::History { who, n } => show_history(shared, who.as_deref(), n),
     };
     if let Err(Failure { code, detail }) = result {
         out.error(&code, detail);
     }
     false
+}
+
+/// Keep a message in its conversation's history; a failure to write is
+/// reported once until it changes.
+fn remember(shared: &Shared, with: &str, entry: history::Entry) {
+    let result = shared.borrow().history.append(with, &entry);
+    let mut c = shared.borrow_mut();
+    match result {
+        Ok(()) => c.history_error = None,
+        Err(e) => {
+            let e = format!("cannot write the history: {e}");
+            if c.history_error.as_deref() != Some(e.as_str()) {
+                c.out.error("FILE", e.clone());
+                c.history_error = Some(e);
+            }
+        }
+    }
+}
+
+/// `/history [user] [n]`: the last `n` messages with `user` (a name, a user
+/// id, or `public`), or of every conversation.
+fn show_history(shared: &Shared, who: Option<&str>, n: usize) -> Result<(), Failure> {
+    let with = match who {
+        None => None,
+        Some(w) if w == history::PUBLIC => Some(w.to_owned()),
+        Some(w) => Some(match shared.borrow().roster.resolve(w) {
+            Ok(contact) => contact.user_id.to_string(),
+            // Offline now: a name from the accounts file, else an id as typed.
+            Err(_) => identity::account_id(shared, w).unwrap_or_else(|| w.to_owned()),
+        }),
+    };
+    let (out, history) = {
+        let c = shared.borrow();
+        (c.out.clone(), c.history.clone())
+    };
+    let entries = history
+        .last(with.as_deref(), n)
+        .map_err(|e| fail("FILE", format!("cannot read the history: {e}")))?;
+    if entries.is_empty() {
+        out.info("no messages kept yet");
+    }
+    for (with, e) in entries {
+        let at = history::Local::at(e.ts);
+        let line = match (e.dir.as_str(), e.kind.as_str()) {
+            ("out", "public") => format!("[public] you: {}", e.text),
+            ("out", _) => format!("you to {}: {}", e.shown, e.text),
+            (_, "public") => format!("[public] {}: {}", e.shown, e.text),
+            _ => format!("{} from {}: {}", e.kind.to_uppercase(), e.shown, e.text),
+        };
+        out.event(
+            "history",
+            format!("[{} {}] {line}", at.date(), at.hm()),
+            json!({ "with": with, "ts": e.ts, "dir": e.dir, "from": e.from, "shown": e.shown, "kind": e.kind, "text": e.text }),
+        );
+    }
+    Ok(())
 }
 
 fn fail(code: &str, detail: impl Into<String>) -> Failure {

@@ -15,6 +15,9 @@ pub type ExternalPrinter = Box<dyn rustyline::ExternalPrinter + Send>;
 pub struct Output {
     json: bool,
     printer: Arc<Mutex<Option<ExternalPrinter>>>,
+    /// The date of the last line printed (text lines carry the time; a line
+    /// with the date goes before the first of each day).
+    last_date: Arc<Mutex<Option<String>>>,
 }
 
 impl Output {
@@ -23,6 +26,7 @@ impl Output {
         Output {
             json,
             printer: Arc::default(),
+            last_date: Arc::default(),
         }
     }
 
@@ -61,7 +65,17 @@ impl Output {
             obj.insert("event".into(), Value::String(kind.to_owned()));
             self.line(Value::Object(obj).to_string());
         } else {
-            self.line(text.into());
+            let now = super::history::Local::at(socp_protocol::now_ms());
+            let date = now.date();
+            let new_day = self
+                .last_date
+                .lock()
+                .map(|mut last| last.replace(date.clone()).as_deref() != Some(date.as_str()))
+                .unwrap_or(false);
+            if new_day {
+                self.line(format!("-- {date} --"));
+            }
+            self.line(format!("{} {}", now.hm(), text.into()));
         }
     }
 

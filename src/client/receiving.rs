@@ -429,6 +429,24 @@ async fn show_text(
             "only {got} of {count} parts of a message from {from} arrived: {text}"
         ));
     }
+    if let Ok(Some(text)) = &opened {
+        let with = match kind {
+            TextKind::Dm => contact.user_id.to_string(),
+            TextKind::Public => super::history::PUBLIC.to_owned(),
+        };
+        super::remember(
+            shared,
+            &with,
+            super::history::Entry {
+                ts,
+                dir: "in".into(),
+                from: contact.user_id.to_string(),
+                shown: shown.to_owned(),
+                kind: event.to_owned(),
+                text: text.clone(),
+            },
+        );
+    }
     match opened {
         Ok(None) => {}
         Ok(Some(text)) => out.event(

@@ -102,6 +102,18 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
     flow.settle().await?;
     let out = shared.borrow().out.clone();
     let name = shared.borrow().roster.display(&contact.user_id);
+    super::remember(
+        shared,
+        contact.user_id.as_str(),
+        super::history::Entry {
+            ts: now_ms(),
+            dir: "out".into(),
+            from: me.id.to_string(),
+            shown: name.clone(),
+            kind: "dm".into(),
+            text: text.to_owned(),
+        },
+    );
     out.event(
         "sent",
         format!("DM to {name}: {text}"),
@@ -159,6 +171,18 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
     }
     flow.settle().await?;
     let out = shared.borrow().out.clone();
+    super::remember(
+        shared,
+        super::history::PUBLIC,
+        super::history::Entry {
+            ts: now_ms(),
+            dir: "out".into(),
+            from: me.id.to_string(),
+            shown: "public".into(),
+            kind: "public".into(),
+            text: text.to_owned(),
+        },
+    );
     out.event(
         "sent",
         format!(
