@@ -420,7 +420,14 @@ impl Forgery<'_> {
         [
             self.deliver(sender, ts, DeliverContent::FileStart(start)),
             self.deliver(sender, ts, DeliverContent::FileChunk(chunk)),
-            self.deliver(sender, ts, DeliverContent::FileEnd(FileEnd { file_id })),
+            self.deliver(
+                sender,
+                ts,
+                DeliverContent::FileEnd(FileEnd {
+                    file_id,
+                    status: None,
+                }),
+            ),
         ]
     }
 
@@ -703,7 +710,10 @@ async fn send_file(
         &from.id,
         To::from(to),
         now_ms(),
-        &Message::FileEnd(FileEnd { file_id }),
+        &Message::FileEnd(FileEnd {
+            file_id,
+            status: None,
+        }),
     );
     from.peer.send(&end).await;
 }
@@ -986,4 +996,59 @@ async fn history_is_kept_and_shown_after_a_restart() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "readable by the user only");
     }
+}
+
+/// A file is sent in the background: the sender chats meanwhile, sees it in
+/// `/transfers`, and can cancel it; the receiver is told and keeps nothing.
+/// (The command loop used to wait for the whole file.)
+#[actix_rt::test]
+async fn a_file_goes_in_the_background_and_can_be_cancelled() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(4, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut alice =
+        Client::start("alice", a.addr, Options::new(17, &tmp.path().join("alice"))).await;
+    let mut bob = Client::start(
+        "bob",
+        a.addr,
+        Options {
+            rate: Some(20.0),
+            ..Options::new(18, &tmp.path().join("bob"))
+        },
+    )
+    .await;
+    bob.sees_online(&alice.id).await;
+    // 300 chunks at 16 a second, after a first burst: well over ten seconds.
+    let data = bytes(MAX_OAEP_PLAINTEXT * 300, 3);
+    let path = tmp.path().join("big.bin");
+    std::fs::write(&path, &data).expect("writes the file");
+    bob.send(&format!("/file {} {}", alice.id, path.display()));
+    bob.expect("started", is_event("file_progress")).await;
+    bob.send(&format!("/tell {} chatting meanwhile", alice.id));
+    alice
+        .expect("bob's DM", dm_from(&bob.id, "chatting meanwhile"))
+        .await;
+    bob.send("/transfers");
+    let listed = bob.expect("the transfer", is_event("transfer")).await;
+    assert_eq!(
+        (listed["n"].as_u64(), listed["total"].as_u64()),
+        (Some(1), Some(300))
+    );
+    assert!(listed["done"].as_u64() < Some(300), "{listed}");
+    bob.send("/cancel 1");
+    let cancelled = bob.expect("cancelled", is_event("file_cancelled")).await;
+    assert_eq!(cancelled["name"], "big.bin");
+    let told = alice.expect("told", is_event("file_cancelled")).await;
+    assert_eq!(told["from"], bob.id.as_str());
+    assert!(alice.logged(is_event("file_received")).is_empty());
+    assert!(files_under(&tmp.path().join("alice"))
+        .iter()
+        .all(|p| !p.ends_with("big.bin")));
+    bob.send("/transfers");
+    bob.expect(
+        "none left",
+        event_where("info", "text", "no files being sent"),
+    )
+    .await;
 }

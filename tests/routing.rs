@@ -176,6 +176,7 @@ async fn a_files_chunks_arrive_in_order_across_servers() {
         now_ms(),
         &Message::FileEnd(FileEnd {
             file_id: file_id.clone(),
+            status: None,
         }),
     ));
     let sender_id = sender.id.clone();

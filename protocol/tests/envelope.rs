@@ -116,7 +116,10 @@ fn all_contents() -> Vec<DeliverContent> {
         DeliverContent::Public(msg_public()),
         DeliverContent::FileStart(file_start()),
         DeliverContent::FileChunk(file_chunk()),
-        DeliverContent::FileEnd(FileEnd { file_id: file_id() }),
+        DeliverContent::FileEnd(FileEnd {
+            file_id: file_id(),
+            status: None,
+        }),
     ]
 }
 
@@ -234,7 +237,14 @@ fn fixtures() -> Vec<(To, Message)> {
         ),
         (to_bob.clone(), file_start().into()),
         (to_bob.clone(), file_chunk().into()),
-        (to_bob.clone(), FileEnd { file_id: file_id() }.into()),
+        (
+            to_bob.clone(),
+            FileEnd {
+                file_id: file_id(),
+                status: None,
+            }
+            .into(),
+        ),
         (to_server.clone(), ListRequest {}.into()),
         (
             To::from(&alice()),

@@ -97,7 +97,10 @@ pub(crate) async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTrans
         &sender.id,
         To::from(&receiver.id),
         now_ms(),
-        &FileEnd { file_id },
+        &FileEnd {
+            file_id,
+            status: None,
+        },
     )
     .to_json();
     let n = chunks.len();

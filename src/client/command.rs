@@ -39,6 +39,13 @@ pub enum Command {
     },
     /// `/list`.
     List,
+    /// `/transfers`.
+    Transfers,
+    /// `/cancel <n|file id>`.
+    Cancel {
+        /// The number `/transfers` shows, or the start of a file id.
+        which: String,
+    },
     /// `/history [user] [n]`.
     History {
         /// A name, a user id, or `public`; `None`: every conversation.
@@ -85,6 +92,8 @@ commands:
   /rename <username>          pick a new username for your account
   /list                       who is online across the mesh; guests are marked (guest)
   /history [user] [n]         the last n (20) messages with user, or `public`, or all
+  /transfers                  files being sent, with their progress
+  /cancel <n>                 stop sending the nth file /transfers lists
   /tell <user> <message>      end-to-end encrypted direct message
   /all <message>              end-to-end encrypted message to everyone (public channel)
   /file <user> <path>         send a file, end-to-end encrypted
@@ -207,6 +216,17 @@ pub fn parse(line: &str) -> Result<Command, Usage> {
                     None => usage("/history [user] [n]"),
                 },
             }
+        }
+        "/transfers" if rest.trim().is_empty() => Ok(Command::Transfers),
+        "/transfers" => usage("/transfers"),
+        "/cancel" => {
+            let (which, extra) = word(rest);
+            if which.is_empty() || !extra.is_empty() {
+                return usage("/cancel <n>");
+            }
+            Ok(Command::Cancel {
+                which: which.to_owned(),
+            })
         }
         "/help" | "/?" => Ok(Command::Help),
         "/quit" | "/exit" => Ok(Command::Quit),

@@ -104,6 +104,8 @@ struct Client {
     parts: parts::Parts,
     /// Conversations kept on disk.
     history: history::History,
+    /// Files being sent in the background.
+    transfers: Vec<sending::Transfer>,
     /// The last failure to write them, reported once until it changes.
     history_error: Option<String>,
     waiters: Vec<Waiter>,
@@ -159,6 +161,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         files: HashMap::new(),
         parts: parts::Parts::default(),
         history: history::History::new(&config.home),
+        transfers: Vec::new(),
         history_error: None,
         waiters: Vec::new(),
         list_parts: Vec::new(),
@@ -391,6 +394,8 @@ async fn run_line(shared: &Shared, tx: &Sink, input: &mut Input, line: &str) -> 
         Command::Verify { who } => trust::verify(shared, &who),
         Command::Accept { who } => trust::accept(shared, &who),
         Command::History { who, n } => show_history(shared, who.as_deref(), n),
+        Command::Transfers => sending::transfers(shared),
+        Command::Cancel { which } => sending::cancel_transfer(shared, &which),
     };
     if let Err(Failure { code, detail }) = result {
         out.error(&code, detail);

@@ -327,6 +327,17 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                 return;
             };
             let name = file.start.name.clone();
+            if end.status.as_deref() == Some(super::sending::FILE_CANCELLED) {
+                out.event(
+                    "file_cancelled",
+                    format!(
+                        "{shown} cancelled sending {}; what arrived is dropped",
+                        state::safe_name(&name)
+                    ),
+                    json!({ "from": sender, "shown": shown, "name": name, "direction": "receive" }),
+                );
+                return;
+            }
             match file.finish() {
                 Ok(data) => match state::save_new(&download_dir, &name, &data) {
                     Ok(path) => out.event(

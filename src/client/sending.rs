@@ -197,8 +197,26 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
 /// Largest file `/file` sends.
 const MAX_SEND_FILE: u64 = 64 * 1024 * 1024;
 
-/// `/file`: FILE_START, the file in chunks RSA-OAEP can carry (each
-/// encrypted and signed on every core), FILE_END.
+/// A file being sent in the background (`/transfers`, `/cancel`).
+#[derive(Debug, Clone)]
+pub(crate) struct Transfer {
+    /// Its id.
+    pub file_id: FileId,
+    /// The file's name.
+    pub name: String,
+    /// Whom to, as shown.
+    pub to: String,
+    /// Chunks sent, of `total`.
+    pub done: usize,
+    /// Chunks in all.
+    pub total: usize,
+    /// `/cancel` asked to stop it.
+    pub cancelled: bool,
+}
+
+/// `/file`: checked here (recipient, file), then sent in the background:
+/// FILE_START, the file in chunks RSA-OAEP can carry, FILE_END. Chatting and
+/// other commands go on meanwhile; `/transfers` shows it, `/cancel` stops it.
 pub(crate) async fn send_file(
     shared: &Shared,
     tx: &Sink,
@@ -207,11 +225,6 @@ pub(crate) async fn send_file(
 ) -> Result<(), Failure> {
     let contact = resolve(shared, who)?;
     trust::check_sendable(shared, &contact)?;
-    let shown = shared.borrow().roster.show(&contact);
-    let (me, rate, out) = {
-        let c = shared.borrow();
-        (c.me.clone(), c.config.send_rate, c.out.clone())
-    };
     let meta =
         std::fs::metadata(&path).map_err(|e| fail("FILE", format!("{}: {e}", path.display())))?;
     if !meta.is_file() || meta.len() > MAX_SEND_FILE {
@@ -223,19 +236,59 @@ pub(crate) async fn send_file(
             ),
         ));
     }
-    let data =
-        std::fs::read(&path).map_err(|e| fail("FILE", format!("{}: {e}", path.display())))?;
+    let read = path.clone();
+    let data = blocking(move || std::fs::read(&read))
+        .await?
+        .map_err(|e| fail("FILE", format!("{}: {e}", path.display())))?;
     let name = path
         .file_name()
         .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
     let file_id = FileId::random();
+    let shown = shared.borrow().roster.show(&contact);
+    shared.borrow_mut().transfers.push(Transfer {
+        file_id: file_id.clone(),
+        name: name.clone(),
+        to: shown.clone(),
+        done: 0,
+        total: data.len().div_ceil(MAX_OAEP_PLAINTEXT),
+        cancelled: false,
+    });
+    let (shared2, tx2) = (shared.clone(), tx.clone());
+    actix_web::rt::spawn(async move {
+        let result = transfer(&shared2, &tx2, &contact, &file_id, &name, data).await;
+        let out = shared2.borrow().out.clone();
+        shared2
+            .borrow_mut()
+            .transfers
+            .retain(|t| t.file_id != file_id);
+        if let Err(Failure { code, detail }) = result {
+            out.error(&code, format!("sending {name} to {shown} failed: {detail}"));
+        }
+    });
+    Ok(())
+}
+
+/// Send one file (see [`send_file`]).
+async fn transfer(
+    shared: &Shared,
+    tx: &Sink,
+    contact: &Contact,
+    file_id: &FileId,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<(), Failure> {
+    let (me, rate, out) = {
+        let c = shared.borrow();
+        (c.me.clone(), c.config.send_rate, c.out.clone())
+    };
+    let shown = shared.borrow().roster.show(contact);
     let start = Envelope::new(
         &me.id,
         To::from(&contact.user_id),
         now_ms(),
         &FileStart {
             file_id: file_id.clone(),
-            name: name.clone(),
+            name: name.to_owned(),
             size: data.len() as u64,
             sha256: sha256_hex(&data),
             mode: FileMode::Dm,
@@ -245,21 +298,27 @@ pub(crate) async fn send_file(
     out.event(
         "file_progress",
         format!(
-            "sending {name} ({} bytes, {total} chunks) to {shown}...",
+            "sending {name} ({} bytes, {total} chunks) to {shown} in the background (/transfers)",
             data.len(),
         ),
-        json!({ "file_id": file_id.as_str(), "direction": "send", "done": 0, "total": total }),
+        json!({ "file_id": file_id.as_str(), "name": name, "direction": "send", "done": 0, "total": total }),
     );
-    let mut flow = Flow::new(rate, true);
+    // Four fifths of the rate: the rest is left for chatting meanwhile. Not
+    // strict: an ERROR about something else (a DM to someone offline) must
+    // not stop the file.
+    let mut flow = Flow::new(rate * 0.8, false);
     flow.send(shared, tx, &start).await?;
     // Each chunk is encrypted, signed and stamped just before it is sent,
     // about a second's worth at a time on every core: its `ts` is fresh
     // however long the file takes (signed up front, the chunks of a large
     // file reached the server after the ±10 min window and were refused).
-    let batch = (rate as usize).clamp(1, FLOW_WINDOW);
+    let batch = ((rate * 0.8) as usize).clamp(1, FLOW_WINDOW);
     let mut done = 0;
     let mut reported = 0;
     for window in data.chunks(MAX_OAEP_PLAINTEXT * batch) {
+        if cancelled(shared, file_id) {
+            return cancel(shared, tx, &mut flow, contact, file_id, name, done, total).await;
+        }
         let first = done as u64;
         let chunks: Vec<(u64, Vec<u8>)> = window
             .chunks(MAX_OAEP_PLAINTEXT)
@@ -272,16 +331,27 @@ pub(crate) async fn send_file(
         })
         .await?;
         for env in frames {
+            if cancelled(shared, file_id) {
+                return cancel(shared, tx, &mut flow, contact, file_id, name, done, total).await;
+            }
             let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
             flow.send(shared, tx, &env).await?;
             done += 1;
+            if let Some(t) = shared
+                .borrow_mut()
+                .transfers
+                .iter_mut()
+                .find(|t| t.file_id == *file_id)
+            {
+                t.done = done;
+            }
             let pct = done * 100 / total.max(1);
             if pct >= reported + 10 {
                 reported = pct - pct % 10;
                 out.event(
                     "file_progress",
-                    format!("sending {name}: {}", bar(pct)),
-                    json!({ "file_id": file_id.as_str(), "direction": "send", "done": done, "total": total }),
+                    format!("sending {name} to {shown}: {}", bar(pct)),
+                    json!({ "file_id": file_id.as_str(), "name": name, "direction": "send", "done": done, "total": total }),
                 );
             }
         }
@@ -295,6 +365,7 @@ pub(crate) async fn send_file(
             now_ms(),
             &FileEnd {
                 file_id: file_id.clone(),
+                status: None,
             },
         ),
     )
@@ -307,6 +378,96 @@ pub(crate) async fn send_file(
         json!({ "file_id": file_id.as_str(), "to": contact.user_id, "shown": shown, "name": name, "size": data.len() }),
     );
     Ok(())
+}
+
+fn cancelled(shared: &Shared, file_id: &FileId) -> bool {
+    shared
+        .borrow()
+        .transfers
+        .iter()
+        .any(|t| t.file_id == *file_id && t.cancelled)
+}
+
+/// Stop a transfer: FILE_END saying so [ext], so the receiver drops it.
+#[allow(clippy::too_many_arguments)]
+async fn cancel(
+    shared: &Shared,
+    tx: &Sink,
+    flow: &mut Flow,
+    contact: &Contact,
+    file_id: &FileId,
+    name: &str,
+    done: usize,
+    total: usize,
+) -> Result<(), Failure> {
+    let me = shared.borrow().me.clone();
+    flow.send(
+        shared,
+        tx,
+        &Envelope::new(
+            &me.id,
+            To::from(&contact.user_id),
+            now_ms(),
+            &FileEnd {
+                file_id: file_id.clone(),
+                status: Some(FILE_CANCELLED.to_owned()),
+            },
+        ),
+    )
+    .await?;
+    let out = shared.borrow().out.clone();
+    out.event(
+        "file_cancelled",
+        format!("cancelled {name} after {done} of {total} chunks"),
+        json!({ "file_id": file_id.as_str(), "name": name, "direction": "send", "done": done, "total": total }),
+    );
+    Ok(())
+}
+
+/// `FILE_END.status` of a transfer the sender stopped [ext].
+pub(crate) const FILE_CANCELLED: &str = "cancelled";
+
+/// `/transfers`: the files being sent, with their progress.
+pub(crate) fn transfers(shared: &Shared) -> Result<(), Failure> {
+    let (out, list) = {
+        let c = shared.borrow();
+        (c.out.clone(), c.transfers.clone())
+    };
+    if list.is_empty() {
+        out.info("no files being sent");
+    }
+    for (i, t) in list.iter().enumerate() {
+        let pct = t.done * 100 / t.total.max(1);
+        out.event(
+            "transfer",
+            format!("{}. {} to {}: {} ({} of {} chunks)", i + 1, t.name, t.to, bar(pct), t.done, t.total),
+            json!({ "n": i + 1, "file_id": t.file_id.as_str(), "name": t.name, "to": t.to, "done": t.done, "total": t.total }),
+        );
+    }
+    Ok(())
+}
+
+/// `/cancel <n>`: stop the `n`th transfer `/transfers` lists (or the one
+/// whose file id starts with `which`).
+pub(crate) fn cancel_transfer(shared: &Shared, which: &str) -> Result<(), Failure> {
+    let mut c = shared.borrow_mut();
+    let index = match which.parse::<usize>() {
+        Ok(n) if (1..=c.transfers.len()).contains(&n) => Some(n - 1),
+        _ => c
+            .transfers
+            .iter()
+            .position(|t| t.file_id.as_str().starts_with(which)),
+    };
+    match index.and_then(|i| c.transfers.get_mut(i)) {
+        Some(t) => {
+            t.cancelled = true;
+            Ok(())
+        }
+        None => Err(fail(
+            "USAGE",
+            format!("no transfer {which} (see /transfers)"),
+        )),
+    }
 }
 
 /// One FILE_CHUNK: `plain` encrypted to `to`, signed by `me`, stamped now.

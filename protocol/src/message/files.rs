@@ -134,4 +134,8 @@ pub struct FileChunk {
 pub struct FileEnd {
     /// The transfer that is complete.
     pub file_id: FileId,
+    /// \[ext\] `"cancelled"`: the sender stopped the transfer and the
+    /// receiver drops what arrived. Absent: the file is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
