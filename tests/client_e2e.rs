@@ -1052,3 +1052,38 @@ async fn a_file_goes_in_the_background_and_can_be_cancelled() {
     )
     .await;
 }
+
+/// A client pointed at a server that is down says so at once, before making
+/// a session key (it used to spend seconds on RSA-4096 first).
+#[actix_rt::test]
+async fn a_client_finds_the_server_down_before_making_a_key() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let down = common::free_addr();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_socp-client"))
+        .arg("--json")
+        .arg("--server")
+        .arg(format!("ws://{down}"))
+        .arg("--home")
+        .arg(tmp.path())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs socp-client");
+    assert_eq!(output.status.code(), Some(1));
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "error" && e["code"] == "CONNECT"),
+        "{events:#?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["text"].as_str().is_some_and(|t| t.contains("generating"))),
+        "no key was made: {events:#?}"
+    );
+}

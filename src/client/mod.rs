@@ -132,6 +132,27 @@ pub(crate) struct Failure {
 /// Run the client until `/quit` or end of input; the process exit code.
 pub async fn run(config: ClientConfig) -> i32 {
     let out = Output::new(config.json);
+    // Is the server there? Asked before a session key is made (seconds): a
+    // client pointed at a server that is down says so at once.
+    if config.key_file.is_none() {
+        let addr = format!("{}:{}", config.host, config.port);
+        let probe = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::net::TcpStream::connect(addr.as_str()),
+        )
+        .await;
+        if !matches!(probe, Ok(Ok(_))) {
+            let why = match probe {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer within 10 s".to_owned(),
+            };
+            out.error(
+                "CONNECT",
+                format!("cannot reach the server at {addr}: {why}"),
+            );
+            return 1;
+        }
+    }
     let key =
         match identity::load_or_generate(&out, config.key_file.clone(), "your session key").await {
             Ok(k) => k,
