@@ -652,3 +652,48 @@ async fn a_client_reconnects_logs_in_again_and_sends_what_was_typed_meanwhile() 
         alice.log
     );
 }
+
+/// A second login of an account that is online elsewhere is refused with a
+/// clear message, and the client that tried keeps running (it used to drop
+/// to the shell with "Policy identification failed").
+#[actix_rt::test]
+async fn a_second_login_elsewhere_is_refused_and_the_client_goes_on() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(5, None, &[], patient()))
+        .await
+        .expect("a starts");
+    let mut bob = Client::start(
+        "bob",
+        a.addr,
+        Options {
+            register_key: Some(25),
+            password: Some("bob's password".into()),
+            ..Options::new(10, &tmp.path().join("bob"))
+        },
+    )
+    .await;
+    bob.send("/register bob");
+    bob.expect("login", is_event("login")).await;
+    let mut other = Client::start(
+        "bob elsewhere",
+        a.addr,
+        Options {
+            password: Some("bob's password".into()),
+            ..Options::new(11, &tmp.path().join("elsewhere"))
+        },
+    )
+    .await;
+    other.send("/login bob");
+    let refused = other.expect("refused", is_event("error")).await;
+    assert_eq!(refused["code"], "NAME_IN_USE");
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("bob is logged in elsewhere"), "{refused}");
+    // Still running, as its own guest identity.
+    other.send("/list");
+    other
+        .expect_within(Duration::from_secs(60), "a list", is_event("list"))
+        .await;
+    assert!(other.logged(is_event("login")).is_empty());
+    let (status, _) = other.quit().await;
+    assert!(status.success(), "{status}");
+}

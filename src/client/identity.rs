@@ -288,7 +288,13 @@ async fn become_account(
     shared.borrow_mut().joining = Some(new_me.id.clone());
     let accepted = hello(shared, tx, &new_me, Some(challenge.nonce.clone())).await;
     shared.borrow_mut().joining = None;
-    accepted?;
+    accepted.map_err(|f| match f.code.as_str() {
+        "NAME_IN_USE" => fail(
+            "NAME_IN_USE",
+            format!("{who} is logged in elsewhere; log out there first (you stay as you were)"),
+        ),
+        _ => f,
+    })?;
     let name = shared
         .borrow()
         .roster
