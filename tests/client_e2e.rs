@@ -1087,3 +1087,83 @@ async fn a_client_finds_the_server_down_before_making_a_key() {
         "no key was made: {events:#?}"
     );
 }
+
+/// On a screen (text, not `--json`), guests' comings and goings are summed
+/// up in a line every few seconds instead of one line each (they used to
+/// fill the screen with `* 3f2a... is online` / `left`); registered users
+/// are still named one by one.
+#[actix_rt::test]
+async fn guests_coming_and_going_are_summed_up_on_a_screen() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(4, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_socp-client"))
+        .arg("--server")
+        .arg(format!("ws://{}", a.addr))
+        .arg("--home")
+        .arg(tmp.path())
+        .arg("--key")
+        .arg(client_common::key_file(&keys, 17))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts socp-client");
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !text.contains("connected to") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not connected: {text}"
+        );
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => text.push_str(&format!("{line}\n")),
+            Err(_) => actix_web::rt::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let mut guests = Vec::new();
+    for key in 31..35 {
+        guests.push(User::join(a.addr, key).await);
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    drop(guests.split_off(2)); // two leave
+    actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"/quit\n").unwrap();
+    drop(stdin);
+    let _ = child.wait();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        text.push_str(&format!("{line}\n"));
+    }
+    assert!(!text.contains("(guest) is online"), "{text}");
+    let (mut came, mut left) = (0, 0);
+    for line in text.lines().filter(|l| l.contains("guest")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (i, w) in words.iter().enumerate() {
+            let n: usize = w.parse().unwrap_or(0);
+            let next = &words[i + 1..words.len().min(i + 3)];
+            if next.contains(&"came") {
+                came += n;
+            } else if next.iter().any(|x| x.starts_with("left")) {
+                left += n;
+            }
+        }
+    }
+    assert_eq!((came, left), (4, 2), "{text}");
+}

@@ -106,6 +106,8 @@ struct Client {
     history: history::History,
     /// Files being sent in the background.
     transfers: Vec<sending::Transfer>,
+    /// Guests who came and left since the last line that said so (text mode).
+    guest_news: (usize, usize),
     /// The last failure to write them, reported once until it changes.
     history_error: Option<String>,
     waiters: Vec<Waiter>,
@@ -183,6 +185,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         parts: parts::Parts::default(),
         history: history::History::new(&config.home),
         transfers: Vec::new(),
+        guest_news: (0, 0),
         history_error: None,
         waiters: Vec::new(),
         list_parts: Vec::new(),

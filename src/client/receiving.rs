@@ -81,17 +81,14 @@ pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
             user_id, server_id, ..
         }) => {
             let shown = shared.borrow().roster.display(&user_id);
-            if shared
-                .borrow_mut()
-                .roster
-                .remove(&user_id, &server_id)
-                .is_some()
-            {
-                out.event(
-                    "presence",
-                    format!("* {shown} left"),
-                    json!({ "user_id": user_id, "online": false }),
-                );
+            let removed = shared.borrow_mut().roster.remove(&user_id, &server_id);
+            if let Some(gone) = removed {
+                let fields = json!({ "user_id": user_id, "online": false });
+                if gone.registered || out.is_json() {
+                    out.event("presence", format!("* {shown} left"), fields);
+                } else {
+                    guest_news(shared, &out, false);
+                }
             }
         }
         Message::UserDeliver(d) => deliver(shared, &env, d).await,
@@ -147,6 +144,8 @@ fn advertised(shared: &Shared, out: &Output, contact: Contact) {
         "online": true,
     });
     match (before, was) {
+        // Guests come and go by the dozen: in text, summed up in one line.
+        (None, _) if !contact.registered && !out.is_json() => guest_news(shared, out, true),
         (None, _) => out.event("presence", format!("* {shown} is online"), fields),
         (Some(b), Some(was)) if b.name != contact.name || b.registered != contact.registered => {
             let mut fields = fields;
@@ -155,6 +154,42 @@ fn advertised(shared: &Shared, out: &Output, contact: Contact) {
         }
         _ => {}
     }
+}
+
+/// How long guests' comings and goings are summed up before one line says so.
+const GUEST_NEWS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A guest came (`came`) or left: counted, and said in one line a few
+/// seconds after the first (`/list` shows who).
+fn guest_news(shared: &Shared, out: &Output, came: bool) {
+    let first = {
+        let mut c = shared.borrow_mut();
+        let news = &mut c.guest_news;
+        if came {
+            news.0 += 1;
+        } else {
+            news.1 += 1;
+        }
+        news.0 + news.1 == 1
+    };
+    if !first {
+        return;
+    }
+    let (shared, out) = (shared.clone(), out.clone());
+    actix_web::rt::spawn(async move {
+        tokio::time::sleep(GUEST_NEWS_EVERY).await;
+        let (came, left) = std::mem::take(&mut shared.borrow_mut().guest_news);
+        let plural = |n: usize| if n == 1 { "guest" } else { "guests" };
+        let line = match (came, left) {
+            (0, l) => format!("* {l} {} left", plural(l)),
+            (c, 0) => format!("* {c} {} came online (/list shows who)", plural(c)),
+            (c, l) => format!(
+                "* {c} {} came online, {l} left (/list shows who)",
+                plural(c)
+            ),
+        };
+        out.info(line);
+    });
 }
 
 /// A delivery: verify that `sender_pub` is the key the network advertised for
