@@ -356,20 +356,7 @@ async fn transfer(
             }
         }
     }
-    flow.send(
-        shared,
-        tx,
-        &Envelope::new(
-            &me.id,
-            To::from(&contact.user_id),
-            now_ms(),
-            &FileEnd {
-                file_id: file_id.clone(),
-                status: None,
-            },
-        ),
-    )
-    .await?;
+    file_end(shared, tx, &mut flow, contact, file_id, None).await?;
     // `file_sent` means the server took every frame.
     flow.confirm(shared, tx).await?;
     out.event(
@@ -378,6 +365,24 @@ async fn transfer(
         json!({ "file_id": file_id.as_str(), "to": contact.user_id, "shown": shown, "name": name, "size": data.len() }),
     );
     Ok(())
+}
+
+/// FILE_END of a transfer (`status`: [ext], `Some("cancelled")` when stopped).
+async fn file_end(
+    shared: &Shared,
+    tx: &Sink,
+    flow: &mut Flow,
+    contact: &Contact,
+    file_id: &FileId,
+    status: Option<String>,
+) -> Result<(), Failure> {
+    let me = shared.borrow().me.clone();
+    let end = FileEnd {
+        file_id: file_id.clone(),
+        status,
+    };
+    let env = Envelope::new(&me.id, To::from(&contact.user_id), now_ms(), &end);
+    flow.send(shared, tx, &env).await
 }
 
 fn cancelled(shared: &Shared, file_id: &FileId) -> bool {
@@ -400,21 +405,8 @@ async fn cancel(
     done: usize,
     total: usize,
 ) -> Result<(), Failure> {
-    let me = shared.borrow().me.clone();
-    flow.send(
-        shared,
-        tx,
-        &Envelope::new(
-            &me.id,
-            To::from(&contact.user_id),
-            now_ms(),
-            &FileEnd {
-                file_id: file_id.clone(),
-                status: Some(FILE_CANCELLED.to_owned()),
-            },
-        ),
-    )
-    .await?;
+    let cancelled = Some(FILE_CANCELLED.to_owned());
+    file_end(shared, tx, flow, contact, file_id, cancelled).await?;
     let out = shared.borrow().out.clone();
     out.event(
         "file_cancelled",

@@ -357,6 +357,18 @@ impl ClientSession {
     }
 }
 
+impl ClientSession {
+    /// RATE_LIMITED with `detail`, once per episode: not again until a frame
+    /// was within the limits (a flood must not make the server sign
+    /// hundreds of errors).
+    fn limit_once(&mut self, ctx: &mut Context<Self>, to: &str, detail: &str) {
+        if !self.limited {
+            self.limited = true;
+            self.error(ctx, to, ErrorCode::RateLimited, detail);
+        }
+    }
+}
+
 impl Actor for ClientSession {
     type Context = Context<Self>;
 
@@ -420,14 +432,8 @@ impl Handler<Inbound> for ClientSession {
                 {
                     if self.bucket.flooding() {
                         self.close(ctx, close::POLICY, "flooding");
-                    } else if !self.limited {
-                        self.limited = true;
-                        self.error(
-                            ctx,
-                            &to,
-                            ErrorCode::RateLimited,
-                            "slow down: frames over the limit are dropped",
-                        );
+                    } else {
+                        self.limit_once(ctx, &to, "slow down: frames over the limit are dropped");
                     }
                     return;
                 }
@@ -435,15 +441,11 @@ impl Handler<Inbound> for ClientSession {
                     // Within the rate but faster than the server can check
                     // (signatures run on a shared pool): dropped and told
                     // once, not cut off.
-                    if !self.limited {
-                        self.limited = true;
-                        self.error(
-                            ctx,
-                            &to,
-                            ErrorCode::RateLimited,
-                            "server busy: frames are dropped until it catches up",
-                        );
-                    }
+                    self.limit_once(
+                        ctx,
+                        &to,
+                        "server busy: frames are dropped until it catches up",
+                    );
                     return;
                 }
                 let charge = match self.account.charge(text.len()) {
@@ -455,16 +457,12 @@ impl Handler<Inbound> for ClientSession {
                         self.shared
                             .metrics
                             .inc(crate::metrics::family::MEMORY_REFUSED, over.as_str());
-                        if !self.limited {
-                            self.limited = true;
-                            self.error(
-                                ctx,
-                                &to,
-                                ErrorCode::RateLimited,
-                                "server busy: frames waiting for your earlier ones are \
-                                 dropped until those are delivered",
-                            );
-                        }
+                        self.limit_once(
+                            ctx,
+                            &to,
+                            "server busy: frames waiting for your earlier ones are dropped \
+                             until those are delivered",
+                        );
                         return;
                     }
                 };
