@@ -1167,3 +1167,81 @@ async fn guests_coming_and_going_are_summed_up_on_a_screen() {
     }
     assert_eq!((came, left), (4, 2), "{text}");
 }
+
+/// In a terminal (a real pseudo-terminal, through `script`), Ctrl-C clears
+/// the line being typed and the client goes on; it used to quit.
+#[actix_rt::test]
+async fn ctrl_c_in_a_terminal_clears_the_line_and_the_client_goes_on() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(4, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let client = format!(
+        "{} --server ws://{} --home {} --key {}",
+        env!("CARGO_BIN_EXE_socp-client"),
+        a.addr,
+        tmp.path().display(),
+        client_common::key_file(&keys, 17).display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &client, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runs script(1) from util-linux");
+    let mut stdout = child.stdout.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let shown = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shown
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let seen = |what: &'static str| {
+        let screen = screen.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !screen.lock().unwrap().contains(what) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {what:?} on the screen: {}",
+                    screen.lock().unwrap()
+                );
+                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut keys_in = child.stdin.take().unwrap();
+    seen("connected to").await;
+    keys_in
+        .write_all(b"/tell nobody this must not be sent")
+        .unwrap();
+    keys_in.write_all(b"\x03").unwrap();
+    keys_in.flush().unwrap();
+    seen("line cleared").await;
+    keys_in.write_all(b"/list\r").unwrap();
+    keys_in.flush().unwrap();
+    seen("Online users").await;
+    keys_in.write_all(b"/quit\r").unwrap();
+    keys_in.flush().unwrap();
+    let status = child.wait().expect("the client exits");
+    assert!(status.success(), "{status}: {}", screen.lock().unwrap());
+    let screen = screen.lock().unwrap();
+    assert!(
+        !screen.contains("nobody is not") && !screen.contains("no registered user nobody"),
+        "{screen}"
+    );
+}

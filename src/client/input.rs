@@ -118,6 +118,11 @@ fn terminal_loop(
                     return;
                 }
             }
+            // Ctrl-C clears the line being typed (rustyline has dropped it);
+            // Ctrl-D or /quit leaves.
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                output.info("(line cleared; Ctrl-D or /quit leaves)");
+            }
             Err(_) => {
                 let _ = tx.send(InputEvent::Eof);
                 return;
