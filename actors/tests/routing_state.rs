@@ -455,6 +455,8 @@ fn an_id_held_at_an_unlinked_server_is_not_in_use() {
             server_id: sid("srv-x"),
             pubkey: pk(13),
             meta: None,
+            host: None,
+            port: None,
         }],
     };
     st.apply_welcome(&welcome, NOW);
@@ -909,6 +911,8 @@ fn content_for_an_unreachable_user_is_answered_user_not_found() {
             server_id: sid("srv-d"),
             pubkey: pk(15),
             meta: None,
+            host: None,
+            port: None,
         }],
     };
     st.apply_welcome(&welcome, NOW);
@@ -1102,6 +1106,8 @@ fn an_advertise_for_a_user_whose_server_is_unreachable_is_accepted() {
                 server_id: sid("srv-d"),
                 pubkey: pk(15),
                 meta: None,
+                host: None,
+                port: None,
             }],
         },
         NOW,
@@ -1564,6 +1570,20 @@ fn welcome_keeps_the_requested_id_unless_another_server_holds_it() {
             (&uid("rita"), &sid("srv-b"), Some(&rita_meta)),
         ]
     );
+    // Each entry says where its user's server is reached (another
+    // implementation's joiner requires `host` and `port`).
+    for c in &w.clients {
+        let (host, port) = (c.host.as_deref(), c.port);
+        let server = w.servers.iter().find(|s| s.server_id == c.server_id);
+        assert_eq!(
+            (host, port),
+            server
+                .map(|s| (Some(s.host.as_str()), Some(s.port)))
+                .unwrap_or_default(),
+            "{c:?}"
+        );
+        assert!(host.is_some());
+    }
 
     // srv-b re-joining with its own key keeps its id.
     let w = st.welcome(&sid("srv-b"), &address(1));
@@ -1593,6 +1613,8 @@ fn apply_welcome_learns_the_mesh_and_returns_the_servers_to_link() {
         server_id: sid(server),
         pubkey: pk(n),
         meta,
+        host: None,
+        port: None,
     };
     let welcome = ServerWelcome {
         assigned_id: sid("srv-n"),

@@ -174,6 +174,8 @@ fn fixtures() -> Vec<(To, Message)> {
                     server_id: server(),
                     pubkey: pk(0),
                     meta: Some(json!({"k": [1, 2]})),
+                    host: None,
+                    port: None,
                 }],
             }
             .into(),

@@ -320,17 +320,24 @@ impl<H: Clone> RouterState<H> {
                 server_id: self.config.me.clone(),
                 pubkey: u.pubkey.clone(),
                 meta: u.name.as_ref().map(|n| serde_json::json!({ "name": n })),
+                host: Some(self.config.host.clone()),
+                port: Some(self.config.port),
             })
             .collect();
         clients.extend(
             self.remote
                 .iter()
                 .filter(|(_, u)| self.is_linked(&u.server_id))
-                .map(|(id, u)| ClientInfo {
-                    user_id: id.clone(),
-                    server_id: u.server_id.clone(),
-                    pubkey: u.pubkey.clone(),
-                    meta: u.meta.clone(),
+                .map(|(id, u)| {
+                    let at = self.servers.get(&u.server_id).map(|s| &s.peer);
+                    ClientInfo {
+                        user_id: id.clone(),
+                        server_id: u.server_id.clone(),
+                        pubkey: u.pubkey.clone(),
+                        meta: u.meta.clone(),
+                        host: at.map(|p| p.host.clone()),
+                        port: at.map(|p| p.port),
+                    }
                 }),
         );
         // A head start only (each server advertises its users again over the

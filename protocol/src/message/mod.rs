@@ -283,6 +283,13 @@ pub struct ClientInfo {
     /// users that have a name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
+    /// Where the user's server is reached (another implementation's joiner
+    /// requires them); socp sends them when it knows them and ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Its port, with `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// `SERVER_WELCOME {assigned_id, servers, clients}`.
