@@ -1,6 +1,6 @@
 //! CryptoPool: every RSA operation of the server, on its own threads (one per
-//! core), never on an event loop; control work ahead of user content, and
-//! user content fair between senders ([`Lane`]).
+//! core), never on an event loop; this server's own liveness first, and
+//! everything else fair between origins ([`Lane`], in `lanes`).
 //!
 //! Signing returns a [`SignedFrame`]: a shared handle that resolves to the
 //! frame's JSON text once signed, so one signature serves every destination
@@ -11,105 +11,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use socp_protocol::crypto::sha256;
 use socp_protocol::{Envelope, PrivateKey, PublicKey, Signature};
 
-use crate::budget::Charge;
+mod frame;
+mod lanes;
 
-/// Frame text ready to write; shared between destinations.
-pub type FrameText = Arc<str>;
+pub use frame::{FrameText, SignedFrame, Signing};
+pub(crate) use lanes::Lane;
+use lanes::{Job, Queues, CONTENT};
 
-/// A frame that is, or will be, signed: resolves to its JSON text, or `None`
-/// if signing failed (the frame is then dropped and logged).
-///
-/// It may hold the [`Charge`] of the frame it was made from: the sender's
-/// bytes stay counted until every destination has written or dropped it.
-#[derive(Clone)]
-pub struct SignedFrame {
-    text: Shared<BoxFuture<'static, Option<FrameText>>>,
-    charge: Option<Charge>,
-}
-
-impl SignedFrame {
-    /// A frame whose text is already final (a relayed frame, unchanged).
-    pub fn ready(text: FrameText) -> Self {
-        let shared = futures_util::future::ready(Some(text)).boxed().shared();
-        // A `Shared` shows its output to `peek` only once it has been polled.
-        // This one is ready, so one poll completes it: writers then see the
-        // text at once instead of waiting a round trip of the event loop.
-        let _ready_now = shared.clone().now_or_never();
-        SignedFrame::of(shared)
-    }
-
-    fn of(text: Shared<BoxFuture<'static, Option<FrameText>>>) -> Self {
-        SignedFrame { text, charge: None }
-    }
-
-    /// The same frame, holding `charge` until it is written or dropped.
-    pub fn charged(mut self, charge: &Charge) -> Self {
-        self.charge = Some(charge.clone());
-        self
-    }
-
-    /// A frame made by `fut` (`None`: it could not be made).
-    pub fn from_future(fut: BoxFuture<'static, Option<FrameText>>) -> Self {
-        SignedFrame::of(fut.shared())
-    }
-
-    /// A frame that could not be made (dropped by writers, and logged).
-    pub fn failed() -> Self {
-        SignedFrame::of(futures_util::future::ready(None).boxed().shared())
-    }
-
-    /// Wait for the text.
-    pub fn text(&self) -> impl Future<Output = Option<FrameText>> + Send + 'static {
-        self.text.clone()
-    }
-
-    /// The text, if signing has finished.
-    pub fn peek(&self) -> Option<FrameText> {
-        self.text.peek().cloned().flatten()
-    }
-
-    /// Where signing is.
-    pub fn state(&self) -> Signing {
-        match self.text.peek() {
-            None => Signing::Running,
-            Some(None) => Signing::Failed,
-            Some(Some(text)) => Signing::Done(text.clone()),
-        }
-    }
-}
-
-/// Two frames are equal when both are signed with the same text (a frame
-/// still being signed equals nothing, not even itself).
-impl PartialEq for SignedFrame {
-    fn eq(&self, other: &Self) -> bool {
-        matches!((self.peek(), other.peek()), (Some(a), Some(b)) if a == b)
-    }
-}
-
-/// Where a [`SignedFrame`] is.
-#[derive(Debug, Clone)]
-pub enum Signing {
-    /// Still being signed.
-    Running,
-    /// Signing failed (logged where it failed).
-    Failed,
-    /// Signed: the frame's text.
-    Done(FrameText),
-}
-
-impl std::fmt::Debug for SignedFrame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SignedFrame")
-    }
-}
-
-/// How many payload signatures the cache keeps.
 const SIG_CACHE_ENTRIES: usize = 4096;
 
 /// A payload's signature, made or being made: requests for the same payload
@@ -145,161 +59,6 @@ impl SigCache {
     }
 }
 
-/// A job for a crypto thread.
-pub(crate) struct Job {
-    run: Box<dyn FnOnce(&PrivateKey) + Send>,
-    /// Alive while someone waits for the result (`None`: always wanted). A
-    /// job nobody waits for any more (its frame was dropped: the recipient
-    /// left) is skipped, at no cost to its flow's turn.
-    wanted: Option<Weak<()>>,
-}
-
-impl Job {
-    fn wanted(&self) -> bool {
-        self.wanted.as_ref().is_none_or(|w| w.strong_count() > 0)
-    }
-}
-
-/// Which queue a crypto job waits in.
-///
-/// The server's own liveness and link set-up (heartbeats, hellos, welcomes,
-/// announces, goodbyes: a few per link) go first, so links stay alive and a
-/// mesh keeps forming however much else is queued. Everything else waits in
-/// one queue per origin (the user or server on whose behalf the work is
-/// done), served round-robin: one origin with a large file, a login flood,
-/// a mass of presence changes or a burst of joins holds any other origin
-/// back by at most one job per turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lane {
-    /// This server's own liveness and link frames: served before the rest.
-    System,
-    /// Work on behalf of one origin.
-    Flow(u64),
-}
-
-/// Message types this server signs ahead of everything else: its own
-/// liveness and link set-up. Never used for verifying what others send.
-const SYSTEM: [&str; 6] = [
-    "HEARTBEAT",
-    "SERVER_HELLO_JOIN",
-    "SERVER_HELLO_LINK",
-    "SERVER_WELCOME",
-    "SERVER_ANNOUNCE",
-    "SERVER_GOODBYE",
-];
-
-/// Message types carrying users' content, queued by their sender.
-const CONTENT: [&str; 7] = [
-    "SERVER_DELIVER",
-    "USER_DELIVER",
-    "MSG_DIRECT",
-    "MSG_PUBLIC_CHANNEL",
-    "FILE_START",
-    "FILE_CHUNK",
-    "FILE_END",
-];
-
-impl Lane {
-    /// The lane of the origin named `who` (a user or server id).
-    pub fn flow(who: &str) -> Lane {
-        let h = sha256(who.as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&h[..8]);
-        Lane::Flow(u64::from_le_bytes(first))
-    }
-
-    /// The lane for checking `env`: its origin's. Content goes by its
-    /// sender; presence news by the server whose users it is about (so a
-    /// server's mass of removals is one origin, not thousands); a reply by
-    /// the user or server it answers; anything else by who sent it.
-    pub fn of(env: &Envelope) -> Lane {
-        let payload = env.payload();
-        let field = |name: &str| payload.get(name).and_then(|v| v.as_str());
-        if CONTENT.contains(&env.msg_type()) {
-            return Lane::flow(field("sender").unwrap_or(env.from()));
-        }
-        if let Some(server) = field("server_id") {
-            return Lane::flow(server);
-        }
-        match env.to() {
-            socp_protocol::To::Id(id) => Lane::flow(id),
-            _ => Lane::flow(env.from()),
-        }
-    }
-
-    /// The lane for signing `env`: [`Lane::System`] for this server's own
-    /// liveness and link frames, otherwise as [`Lane::of`].
-    pub fn signing(env: &Envelope) -> Lane {
-        if SYSTEM.contains(&env.msg_type()) {
-            Lane::System
-        } else {
-            Lane::of(env)
-        }
-    }
-}
-
-/// The jobs waiting, by lane.
-#[derive(Default)]
-struct Queues {
-    system: VecDeque<Job>,
-    flows: HashMap<u64, VecDeque<Job>>,
-    /// Flows with jobs, in turn order.
-    turns: VecDeque<u64>,
-    waiting: usize,
-    closed: bool,
-}
-
-impl Queues {
-    fn push(&mut self, lane: Lane, job: Job) {
-        match lane {
-            Lane::System => self.system.push_back(job),
-            Lane::Flow(flow) => {
-                let queue = self.flows.entry(flow).or_default();
-                if queue.is_empty() {
-                    self.turns.push_back(flow);
-                }
-                queue.push_back(job);
-            }
-        }
-        self.waiting += 1;
-    }
-
-    /// System first; then the first wanted job of the flow whose turn it
-    /// is (which goes to the back). Jobs nobody waits for are dropped on the
-    /// way.
-    fn pop(&mut self) -> Option<Job> {
-        while let Some(job) = self.system.pop_front() {
-            self.waiting -= 1;
-            if job.wanted() {
-                return Some(job);
-            }
-        }
-        loop {
-            let flow = self.turns.pop_front()?;
-            let Some(queue) = self.flows.get_mut(&flow) else {
-                continue;
-            };
-            let mut found = None;
-            while let Some(job) = queue.pop_front() {
-                self.waiting -= 1;
-                if job.wanted() {
-                    found = Some(job);
-                    break;
-                }
-            }
-            if queue.is_empty() {
-                self.flows.remove(&flow);
-            } else {
-                self.turns.push_back(flow);
-            }
-            if found.is_some() {
-                return found;
-            }
-        }
-    }
-}
-
-/// State shared by the pool's handles and threads.
 struct Inner {
     queues: Mutex<Queues>,
     ready: Condvar,
@@ -570,13 +329,6 @@ mod tests {
         assert_eq!(env.ts(), 1);
     }
 
-    #[test]
-    fn ready_frames_can_be_peeked_at_once() {
-        let frame = SignedFrame::ready(FrameText::from("{}"));
-        assert_eq!(frame.peek().as_deref(), Some("{}"));
-        assert_eq!(frame.clone().peek().as_deref(), Some("{}"));
-    }
-
     #[actix::test]
     async fn simultaneous_requests_for_one_payload_share_one_signature() {
         let pool = CryptoPool::start(fixtures::key(4), 2);
@@ -614,101 +366,6 @@ mod tests {
         let pool = CryptoPool::start(fixtures::key(3), 1);
         let fp = pool.run(|key| key.public_key().fingerprint()).await;
         assert_eq!(fp, Some(pool.public_key().fingerprint()));
-    }
-
-    /// Runs queued jobs in pop order and returns their labels.
-    fn drain_order(
-        queues: &mut Queues,
-        key: &PrivateKey,
-        log: &Arc<Mutex<Vec<String>>>,
-    ) -> Vec<String> {
-        while let Some(job) = queues.pop() {
-            (job.run)(key);
-        }
-        std::mem::take(&mut *log.lock().unwrap())
-    }
-
-    fn labelled(log: &Arc<Mutex<Vec<String>>>, label: &str) -> Job {
-        let (log, label) = (log.clone(), label.to_owned());
-        Job {
-            run: Box::new(move |_| log.lock().unwrap().push(label)),
-            wanted: None,
-        }
-    }
-
-    #[test]
-    fn system_goes_first_and_flows_take_turns() {
-        let key = fixtures::key(5);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut q = Queues::default();
-        let (file, dm) = (Lane::flow("alice"), Lane::flow("bob"));
-        for i in 0..4 {
-            q.push(file, labelled(&log, &format!("chunk{i}")));
-        }
-        q.push(dm, labelled(&log, "dm"));
-        q.push(Lane::System, labelled(&log, "heartbeat"));
-        assert_eq!(q.waiting, 6);
-        assert_eq!(
-            drain_order(&mut q, &key, &log),
-            ["heartbeat", "chunk0", "dm", "chunk1", "chunk2", "chunk3"]
-        );
-        assert_eq!(q.waiting, 0);
-        assert!(q.flows.is_empty() && q.turns.is_empty());
-    }
-
-    fn parsed(json: &str) -> Envelope {
-        Envelope::parse(json.as_bytes()).expect("parses")
-    }
-
-    #[test]
-    fn lanes_follow_the_origin() {
-        let me = ServerId::random();
-        let hb = Envelope::new(&me, To::All, 1, &Heartbeat {});
-        assert_eq!(Lane::signing(&hb), Lane::System);
-        assert_ne!(
-            Lane::of(&hb),
-            Lane::System,
-            "checking a heartbeat is not urgent"
-        );
-        let deliver = parsed(
-            r#"{"type":"SERVER_DELIVER","from":"s","to":"t","ts":1,"payload":{"sender":"alice"}}"#,
-        );
-        assert_eq!(Lane::signing(&deliver), Lane::flow("alice"));
-        assert_ne!(Lane::flow("alice"), Lane::flow("bob"));
-        // Presence news goes by the server whose users it is about.
-        let remove = |user: &str| {
-            parsed(&format!(
-                r#"{{"type":"USER_REMOVE","from":"a","to":"*","ts":1,"payload":{{"user_id":"{user}","server_id":"gone"}}}}"#
-            ))
-        };
-        assert_eq!(Lane::signing(&remove("u1")), Lane::flow("gone"));
-        assert_eq!(Lane::signing(&remove("u2")), Lane::flow("gone"));
-        // A reply goes by whom it answers.
-        let error = parsed(r#"{"type":"ERROR","from":"a","to":"mallory","ts":1,"payload":{}}"#);
-        assert_eq!(Lane::signing(&error), Lane::flow("mallory"));
-    }
-
-    /// Work one origin causes (here a thousand replies to a login flood)
-    /// holds another origin's DM back by one job, not by the whole flood.
-    /// Before origins took turns, every non-content job went first.
-    #[test]
-    fn a_flood_of_one_origin_delays_another_by_one_job() {
-        let key = fixtures::key(5);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut q = Queues::default();
-        for i in 0..1000 {
-            let challenge = parsed(&format!(
-                r#"{{"type":"LOGIN_CHALLENGE","from":"a","to":"mallory","ts":{i},"payload":{{}}}}"#
-            ));
-            q.push(Lane::signing(&challenge), labelled(&log, "flood"));
-        }
-        let dm = parsed(
-            r#"{"type":"USER_DELIVER","from":"a","to":"carol","ts":1,"payload":{"sender":"bob"}}"#,
-        );
-        q.push(Lane::signing(&dm), labelled(&log, "dm"));
-        let order = drain_order(&mut q, &key, &log);
-        assert_eq!(order.len(), 1001);
-        assert_eq!(order.iter().position(|l| l == "dm"), Some(1));
     }
 
     #[actix::test]

@@ -1,0 +1,112 @@
+//! [`SignedFrame`]: a shared handle that resolves to a frame's JSON text once
+//! signed, so one signature serves every destination of a broadcast, and
+//! destinations can queue it in order before it is ready.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+use crate::budget::Charge;
+
+/// Frame text ready to write; shared between destinations.
+pub type FrameText = Arc<str>;
+
+/// A frame that is, or will be, signed: resolves to its JSON text, or `None`
+/// if signing failed (the frame is then dropped and logged).
+///
+/// It may hold the [`Charge`] of the frame it was made from: the sender's
+/// bytes stay counted until every destination has written or dropped it.
+#[derive(Clone)]
+pub struct SignedFrame {
+    text: Shared<BoxFuture<'static, Option<FrameText>>>,
+    charge: Option<Charge>,
+}
+
+impl SignedFrame {
+    /// A frame whose text is already final (a relayed frame, unchanged).
+    pub fn ready(text: FrameText) -> Self {
+        let shared = futures_util::future::ready(Some(text)).boxed().shared();
+        // A `Shared` shows its output to `peek` only once it has been polled.
+        // This one is ready, so one poll completes it: writers then see the
+        // text at once instead of waiting a round trip of the event loop.
+        let _ready_now = shared.clone().now_or_never();
+        SignedFrame::of(shared)
+    }
+
+    fn of(text: Shared<BoxFuture<'static, Option<FrameText>>>) -> Self {
+        SignedFrame { text, charge: None }
+    }
+
+    /// The same frame, holding `charge` until it is written or dropped.
+    pub fn charged(mut self, charge: &Charge) -> Self {
+        self.charge = Some(charge.clone());
+        self
+    }
+
+    /// A frame made by `fut` (`None`: it could not be made).
+    pub fn from_future(fut: BoxFuture<'static, Option<FrameText>>) -> Self {
+        SignedFrame::of(fut.shared())
+    }
+
+    /// A frame that could not be made (dropped by writers, and logged).
+    pub fn failed() -> Self {
+        SignedFrame::of(futures_util::future::ready(None).boxed().shared())
+    }
+
+    /// Wait for the text.
+    pub fn text(&self) -> impl Future<Output = Option<FrameText>> + Send + 'static {
+        self.text.clone()
+    }
+
+    /// The text, if signing has finished.
+    pub fn peek(&self) -> Option<FrameText> {
+        self.text.peek().cloned().flatten()
+    }
+
+    /// Where signing is.
+    pub fn state(&self) -> Signing {
+        match self.text.peek() {
+            None => Signing::Running,
+            Some(None) => Signing::Failed,
+            Some(Some(text)) => Signing::Done(text.clone()),
+        }
+    }
+}
+
+/// Two frames are equal when both are signed with the same text (a frame
+/// still being signed equals nothing, not even itself).
+impl PartialEq for SignedFrame {
+    fn eq(&self, other: &Self) -> bool {
+        matches!((self.peek(), other.peek()), (Some(a), Some(b)) if a == b)
+    }
+}
+
+/// Where a [`SignedFrame`] is.
+#[derive(Debug, Clone)]
+pub enum Signing {
+    /// Still being signed.
+    Running,
+    /// Signing failed (logged where it failed).
+    Failed,
+    /// Signed: the frame's text.
+    Done(FrameText),
+}
+
+impl std::fmt::Debug for SignedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignedFrame")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_frames_can_be_peeked_at_once() {
+        let frame = SignedFrame::ready(FrameText::from("{}"));
+        assert_eq!(frame.peek().as_deref(), Some("{}"));
+        assert_eq!(frame.clone().peek().as_deref(), Some("{}"));
+    }
+}
