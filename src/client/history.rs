@@ -176,7 +176,7 @@ fn local_time(secs: i64) -> Option<Local> {
 }
 
 /// UTC from Unix seconds (days to a civil date: Howard Hinnant's algorithm).
-fn utc(secs: i64) -> Local {
+pub(crate) fn utc(secs: i64) -> Local {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;

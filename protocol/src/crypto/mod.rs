@@ -13,14 +13,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine as _;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
 };
-use rsa::rand_core::{OsRng, RngCore};
+use rsa::rand_core::OsRng;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, Oaep, Pss, RsaPrivateKey, RsaPublicKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -28,160 +25,15 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Which library does the RSA operations (keys are parsed and encoded by the
-/// `rsa` crate either way). Both are built with the `aws-lc` feature, so one
-/// binary can measure both (`socp-bench`) and tests run on both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// The pure-Rust `rsa` crate.
-    RustCrypto,
-    /// AWS-LC, through `aws-lc-rs`.
-    #[cfg(feature = "aws-lc")]
-    AwsLc,
-}
-
-impl Backend {
-    /// Every backend built into this binary, the fastest first.
-    pub fn all() -> &'static [Backend] {
-        #[cfg(feature = "aws-lc")]
-        {
-            &[Backend::AwsLc, Backend::RustCrypto]
-        }
-        #[cfg(not(feature = "aws-lc"))]
-        {
-            &[Backend::RustCrypto]
-        }
-    }
-
-    /// The fastest backend built in (the default).
-    pub fn fastest() -> Backend {
-        Backend::all()[0]
-    }
-
-    /// Its name, as reports and `--crypto-backend` spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::RustCrypto => "rsa",
-            #[cfg(feature = "aws-lc")]
-            Backend::AwsLc => "aws-lc-rs",
-        }
-    }
-
-    /// The backend named `name`, if built in.
-    pub fn from_name(name: &str) -> Option<Backend> {
-        Backend::all().iter().copied().find(|b| b.name() == name)
-    }
-
-    /// The backend in use by [`PrivateKey::sign`] and the other operations
-    /// that do not name one: the one [`Backend::select`]ed, else the one
-    /// the environment variable `SOCP_CRYPTO_BACKEND` names (`rsa` or
-    /// `aws-lc-rs`; how CI runs the crypto tests on each), else the fastest.
-    pub fn current() -> Backend {
-        let chosen = CURRENT.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(b) = Backend::all().iter().copied().find(|b| *b as u8 == chosen) {
-            return b;
-        }
-        static FROM_ENV: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
-        *FROM_ENV.get_or_init(|| {
-            std::env::var("SOCP_CRYPTO_BACKEND")
-                .ok()
-                .and_then(|name| Backend::from_name(name.trim()))
-                .unwrap_or_else(Backend::fastest)
-        })
-    }
-
-    /// Use this backend from now on, process-wide.
-    pub fn select(self) {
-        CURRENT.store(self as u8, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// [`Backend::current`], as its discriminant (`u8::MAX`: the fastest).
-static CURRENT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+mod backend;
+mod encoding;
 
 #[cfg(feature = "aws-lc")]
-mod lc {
-    //! The `aws-lc-rs` halves of the keys.
-    use aws_lc_rs::rsa::{
-        KeyPair, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
-        PublicEncryptingKey, RsaPssSaltLength, OAEP_SHA256_MGF1SHA256,
-    };
-    use aws_lc_rs::signature::{
-        RsaParameters, RsaSignatureEncoding, UnparsedPublicKey, RSA_PSS_2048_8192_SHA256,
-        RSA_PSS_SHA256,
-    };
-
-    /// PSS-SHA256 with the maximum salt: what socp signs with (SPEC.md §2).
-    static SIGN_MAX_SALT: RsaSignatureEncoding =
-        RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Max);
-    /// Verification with the maximum salt, then with the digest's length
-    /// (the two seen on the wire); other lengths go to the `rsa` crate.
-    static VERIFY_MAX_SALT: RsaParameters =
-        RSA_PSS_2048_8192_SHA256.with_pss_salt_length(RsaPssSaltLength::Max);
-    static VERIFY_DIGEST_SALT: RsaParameters = RSA_PSS_2048_8192_SHA256;
-
-    /// A private key's AWS-LC objects (from its PKCS#8 DER).
-    pub(super) struct Private {
-        signer: KeyPair,
-        decrypter: OaepPrivateDecryptingKey,
-    }
-
-    impl Private {
-        pub(super) fn from_pkcs8(der: &[u8]) -> Option<Private> {
-            let signer = KeyPair::from_pkcs8(der).ok()?;
-            let decrypter =
-                OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(der).ok()?).ok()?;
-            Some(Private { signer, decrypter })
-        }
-
-        pub(super) fn sign(&self, message: &[u8]) -> Option<Vec<u8>> {
-            let mut sig = vec![0u8; self.signer.public_modulus_len()];
-            let rng = aws_lc_rs::rand::SystemRandom::new();
-            self.signer
-                .sign(&SIGN_MAX_SALT, &rng, message, &mut sig)
-                .ok()?;
-            Some(sig)
-        }
-
-        pub(super) fn decrypt(&self, ciphertext: &[u8]) -> Option<Vec<u8>> {
-            let mut out = vec![0u8; self.decrypter.min_output_size()];
-            let plain = self
-                .decrypter
-                .decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut out, None)
-                .ok()?;
-            Some(plain.to_vec())
-        }
-    }
-
-    /// A fresh RSA-4096 key as PKCS#8 DER.
-    pub(super) fn generate() -> Option<Vec<u8>> {
-        use aws_lc_rs::encoding::AsDer;
-        let pair = KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa4096).ok()?;
-        let der = pair.as_der().ok()?;
-        Some(der.as_ref().to_vec())
-    }
-
-    /// Verify with the two common salt lengths; false if neither verifies.
-    pub(super) fn verify(spki: &[u8], message: &[u8], sig: &[u8]) -> bool {
-        [&VERIFY_MAX_SALT, &VERIFY_DIGEST_SALT]
-            .into_iter()
-            .any(|params| {
-                UnparsedPublicKey::new(params, spki)
-                    .verify(message, sig)
-                    .is_ok()
-            })
-    }
-
-    /// OAEP-SHA256 (empty label) to the key `spki`.
-    pub(super) fn encrypt(spki: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
-        let key = OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(spki).ok()?).ok()?;
-        let mut out = vec![0u8; key.ciphertext_size()];
-        let ct = key
-            .encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut out, None)
-            .ok()?;
-        Some(ct.to_vec())
-    }
-}
+use backend::lc;
+pub use backend::Backend;
+pub use encoding::{
+    b64url_decode, b64url_encode, random_bytes, sha256, sha256_hex, Base64Url, Signature,
+};
 
 /// The only modulus size we accept, in bits.
 pub const KEY_BITS: usize = 4096;
@@ -201,160 +53,6 @@ const MAX_KEY_TEXT: usize = 8 * 1024;
 /// files use (log₂N = 17, r = 8, p = 1: 128 MiB), e.g. log₂N = 19 with r = 8.
 const MAX_SCRYPT_WORK: u64 = 1 << 22;
 const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
-
-/// base64url, no padding on output, padding optional on input.
-const B64URL: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-/// Encode bytes as base64url without padding.
-pub fn b64url_encode(bytes: &[u8]) -> String {
-    B64URL.encode(bytes)
-}
-
-/// Decode base64url, with or without `=` padding (when present, padding must
-/// be the right amount: one or two `=` completing a multiple of 4).
-pub fn b64url_decode(text: &str) -> Result<Vec<u8>> {
-    let body = text.trim_end_matches('=');
-    let pad = text.len() - body.len();
-    if pad > 0 && (pad > 2 || text.len() % 4 != 0 || body.is_empty()) {
-        return Err(Error::BadBase64("wrong padding".into()));
-    }
-    B64URL
-        .decode(body)
-        .map_err(|e| Error::BadBase64(e.to_string()))
-}
-
-/// SHA-256 of `data`, as lower-case hex (the form of `FILE_START.sha256`).
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
-
-/// `n` bytes from the operating system's CSPRNG.
-pub fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    OsRng.fill_bytes(&mut buf);
-    buf
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
-}
-
-/// A validated base64url value (ciphertexts and the like). It keeps the text
-/// as received, because content signatures cover that text, and the bytes.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Base64Url {
-    text: String,
-    bytes: Vec<u8>,
-}
-
-impl Base64Url {
-    /// Parse base64url text (padding optional).
-    pub fn parse(text: &str) -> Result<Self> {
-        let bytes = b64url_decode(text)?;
-        Ok(Base64Url {
-            text: text.to_owned(),
-            bytes,
-        })
-    }
-
-    /// Encode bytes (unpadded).
-    pub fn from_bytes(bytes: &[u8]) -> Self {
-        Base64Url {
-            text: b64url_encode(bytes),
-            bytes: bytes.to_vec(),
-        }
-    }
-
-    /// The text as received (or as we encoded it).
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// The decoded bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-impl fmt::Debug for Base64Url {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Base64Url({} bytes)", self.bytes.len())
-    }
-}
-
-impl Serialize for Base64Url {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for Base64Url {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Base64Url::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A PSS signature (transport `sig` or `content_sig`).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Signature(Base64Url);
-
-impl Signature {
-    /// Parse base64url signature text.
-    pub fn parse(text: &str) -> Result<Self> {
-        Base64Url::parse(text).map(Signature)
-    }
-
-    /// Wrap raw signature bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Self {
-        Signature(Base64Url::from_bytes(bytes))
-    }
-
-    /// The signature bytes.
-    pub fn bytes(&self) -> &[u8] {
-        self.0.bytes()
-    }
-
-    /// base64url text.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl fmt::Debug for Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = self.as_str();
-        write!(f, "Signature({}…)", &text[..text.len().min(12)])
-    }
-}
-
-impl Serialize for Signature {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Signature {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Base64Url::deserialize(d).map(Signature)
-    }
-}
 
 /// A validated RSA-4096 public key (exponent 65537). Cheap to clone.
 ///
