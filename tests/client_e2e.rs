@@ -392,7 +392,7 @@ impl Forgery<'_> {
             file_id: file_id.clone(),
             name: "forged.txt".into(),
             size: data.len() as u64,
-            sha256: sha256_hex(data),
+            sha256: Some(sha256_hex(data)),
             mode: FileMode::Dm,
         };
         let ts = now_ms();
@@ -416,6 +416,7 @@ impl Forgery<'_> {
             ciphertext: ct,
             sender_pub: Some(fixtures::key(claimed).public_key().clone()),
             content_sig: Some(sig),
+            total: None,
         };
         [
             self.deliver(sender, ts, DeliverContent::FileStart(start)),
@@ -682,7 +683,7 @@ async fn send_file(
             file_id: file_id.clone(),
             name: name.to_owned(),
             size: data.len() as u64,
-            sha256: announced.unwrap_or_else(|| sha256_hex(data)),
+            sha256: Some(announced.unwrap_or_else(|| sha256_hex(data))),
             mode: FileMode::Dm,
         }),
     );
@@ -702,6 +703,7 @@ async fn send_file(
                 ciphertext: ct,
                 sender_pub: Some(from.key.public_key().clone()),
                 content_sig: Some(sig),
+                total: None,
             }),
         );
         from.peer.send(&env).await;

@@ -81,6 +81,7 @@ async fn senders_past_their_memory_budget_are_refused_and_memory_stays_bounded()
                         ciphertext: chunk.clone(),
                         sender_pub: None,
                         content_sig: None,
+                        total: None,
                     }),
                 );
                 attacker.peer.send(&frame).await;

@@ -142,7 +142,7 @@ async fn a_files_chunks_arrive_in_order_across_servers() {
             file_id: file_id.clone(),
             name: "report.bin".into(),
             size: original.len() as u64,
-            sha256: digest.clone(),
+            sha256: Some(digest.clone()),
             mode: FileMode::Dm,
         }),
     )];
@@ -167,6 +167,7 @@ async fn a_files_chunks_arrive_in_order_across_servers() {
                 ciphertext: ct,
                 sender_pub: Some(sender.key.public_key().clone()),
                 content_sig: Some(sig),
+                total: None,
             }),
         ));
     }

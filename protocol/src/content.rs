@@ -1,13 +1,13 @@
 //! The byte strings that content signatures cover (SPEC.md §6.3–§6.5), so that
 //! client and server cannot disagree, and the splitting of long text.
 //!
-//! We sign the *string* form; verifiers also accept the *bytes* form found in
-//! other implementations (decoded ciphertext bytes instead of its base64url text).
+//! We sign the *string* form; verifiers also accept the other forms found in
+//! other implementations (SPEC.md §6.3, §11: [`dm_forms`]).
 
 use serde_json::Value;
 
 use crate::canonical::canonical_bytes;
-use crate::crypto::{Base64Url, PrivateKey, PublicKey, Signature, MAX_OAEP_PLAINTEXT};
+use crate::crypto::{sha256, Base64Url, PrivateKey, PublicKey, Signature, MAX_OAEP_PLAINTEXT};
 use crate::error::Result;
 use crate::message::KeyShare;
 
@@ -55,7 +55,8 @@ pub fn sign_dm(
     key.sign(&dm_string(ciphertext.as_str(), from, to, ts))
 }
 
-/// Verify a DM (or file chunk) content signature in either form.
+/// Verify a DM (or file chunk) content signature in any accepted form
+/// ([`dm_forms`]).
 pub fn verify_dm(
     key: &PublicKey,
     sig: &Signature,
@@ -64,13 +65,75 @@ pub fn verify_dm(
     to: &str,
     ts: i64,
 ) -> Result<()> {
-    key.verify_any(
-        &[
-            &dm_string(ciphertext.as_str(), from, to, ts),
-            &dm_bytes(ciphertext.bytes(), from, to, ts),
-        ],
-        sig,
-    )
+    verify_forms(key, sig, &dm_forms(ciphertext, from, to, ts))
+}
+
+/// Verify a file chunk's content signature: any DM form, or the form that
+/// also covers the chunk's place in its file, `ciphertext bytes ‖ from ‖ to
+/// ‖ ts ‖ file_id ‖ index ‖ total` (another implementation's), when the
+/// chunk count is known.
+pub fn verify_chunk(
+    key: &PublicKey,
+    sig: &Signature,
+    ciphertext: &Base64Url,
+    (from, to, ts): (&str, &str, i64),
+    (file_id, index, total): (&str, u64, Option<u64>),
+) -> Result<()> {
+    let mut forms = dm_forms(ciphertext, from, to, ts);
+    if let Some(total) = total {
+        let mut placed = ciphertext.bytes().to_vec();
+        placed.extend_from_slice(format!("{from}{to}{ts}{file_id}{index}{total}").as_bytes());
+        forms.insert(0, placed);
+    }
+    verify_forms(key, sig, &forms)
+}
+
+/// Every byte string a DM content signature is accepted over (SPEC.md §6.3,
+/// §11), most common first: (a) the string form, (b) the bytes form, the
+/// string with `|` between its parts, (c) the SHA-256 digest of (a) or of (b)
+/// (signed as a message, so hashed twice), and (d) the canonical JSON of
+/// `{ciphertext, from, to, ts}`.
+pub fn dm_forms(ciphertext: &Base64Url, from: &str, to: &str, ts: i64) -> Vec<Vec<u8>> {
+    let json = serde_json::json!({
+        "ciphertext": ciphertext.as_str(), "from": from, "to": to, "ts": ts,
+    });
+    forms(ciphertext, &[from, to, &ts.to_string()], &json)
+}
+
+/// Every byte string a public channel content signature is accepted over: the
+/// forms of [`dm_forms`] without `to`.
+pub fn public_forms(ciphertext: &Base64Url, from: &str, ts: i64) -> Vec<Vec<u8>> {
+    let json = serde_json::json!({
+        "ciphertext": ciphertext.as_str(), "from": from, "ts": ts,
+    });
+    forms(ciphertext, &[from, &ts.to_string()], &json)
+}
+
+fn forms(ciphertext: &Base64Url, parts: &[&str], json: &Value) -> Vec<Vec<u8>> {
+    let tail = parts.concat();
+    let string = format!("{}{tail}", ciphertext.as_str()).into_bytes();
+    let mut bytes = ciphertext.bytes().to_vec();
+    bytes.extend_from_slice(tail.as_bytes());
+    let mut piped = ciphertext.as_str().to_owned();
+    for part in parts {
+        piped.push('|');
+        piped.push_str(part);
+    }
+    let hashed_string = sha256(&string).to_vec();
+    let hashed_bytes = sha256(&bytes).to_vec();
+    vec![
+        string,
+        bytes,
+        piped.into_bytes(),
+        hashed_string,
+        hashed_bytes,
+        canonical_bytes(json),
+    ]
+}
+
+fn verify_forms(key: &PublicKey, sig: &Signature, forms: &[Vec<u8>]) -> Result<()> {
+    let forms: Vec<&[u8]> = forms.iter().map(Vec::as_slice).collect();
+    key.verify_any(&forms, sig)
 }
 
 /// Sign a public channel message in the string form.
@@ -83,7 +146,8 @@ pub fn sign_public(
     key.sign(&public_string(ciphertext.as_str(), from, ts))
 }
 
-/// Verify a public channel content signature in either form.
+/// Verify a public channel content signature in any accepted form
+/// ([`public_forms`]).
 pub fn verify_public(
     key: &PublicKey,
     sig: &Signature,
@@ -91,13 +155,7 @@ pub fn verify_public(
     from: &str,
     ts: i64,
 ) -> Result<()> {
-    key.verify_any(
-        &[
-            &public_string(ciphertext.as_str(), from, ts),
-            &public_bytes(ciphertext.bytes(), from, ts),
-        ],
-        sig,
-    )
+    verify_forms(key, sig, &public_forms(ciphertext, from, ts))
 }
 
 /// Split text into pieces of at most `max_bytes` UTF-8 bytes, on character

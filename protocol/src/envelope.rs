@@ -145,7 +145,7 @@ impl Envelope {
         })?;
         let ts = match obj.get("ts") {
             None => return Err(Error::MissingField("ts")),
-            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| Error::InvalidField {
+            Some(Value::Number(n)) => read_ts(n).ok_or_else(|| Error::InvalidField {
                 field: "ts",
                 reason: "must be an integer (Unix ms)".into(),
             })?,
@@ -157,7 +157,8 @@ impl Envelope {
             }
         };
         let payload = match obj.remove("payload") {
-            None => return Err(Error::MissingField("payload")),
+            // A request with nothing to say (`CMD_LIST`) may leave it out.
+            None | Some(Value::Null) => Value::Object(Map::new()),
             Some(p @ Value::Object(_)) => p,
             Some(_) => {
                 return Err(Error::InvalidField {
@@ -329,6 +330,24 @@ pub fn verify_payload(key: &PublicKey, payload: &Value, sig: &Signature) -> Resu
         return key.verify(&utf8, sig);
     }
     Err(Error::InvalidSignature)
+}
+
+/// Seconds below this are read as seconds (SPEC.md §11); 10^11 ms is 1973.
+const SECONDS_BELOW: f64 = 1e11;
+
+/// `ts` as Unix milliseconds: an integer as is; a fractional number is
+/// seconds when below 10^11, as some implementations send it (SPEC.md §11).
+fn read_ts(n: &serde_json::Number) -> Option<i64> {
+    if let Some(ms) = n.as_i64() {
+        return Some(ms);
+    }
+    let f = n.as_f64().filter(|f| f.is_finite())?;
+    let ms = if f.abs() < SECONDS_BELOW {
+        f * 1000.0
+    } else {
+        f
+    };
+    (ms.abs() < 9.0e15).then(|| ms.round() as i64)
 }
 
 fn take_string(obj: &Map<String, Value>, field: &'static str, max: usize) -> Result<String> {

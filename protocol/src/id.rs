@@ -201,7 +201,9 @@ pub enum To {
     All,
     /// `"public"`: the public channel.
     Public,
-    /// `"host:port"`: an introducer addressed by location (SERVER_HELLO_JOIN).
+    /// `"host:port"`: an introducer addressed by location (SERVER_HELLO_JOIN),
+    /// or a server's URL (`ws://host:port/`), as some clients address their
+    /// server (SPEC.md §11).
     HostPort(String),
 }
 
@@ -211,6 +213,7 @@ impl To {
         match s {
             "*" => Ok(To::All),
             "public" => Ok(To::Public),
+            _ if is_url(s) => Ok(To::HostPort(s.to_owned())),
             _ if s.contains(':') => {
                 let (host, port) = s
                     .rsplit_once(':')
@@ -249,6 +252,14 @@ impl To {
             _ => None,
         }
     }
+}
+
+/// A WebSocket or HTTP URL of at most 300 printable ASCII characters.
+fn is_url(s: &str) -> bool {
+    let rest = ["ws://", "wss://", "http://", "https://"]
+        .iter()
+        .find_map(|scheme| s.strip_prefix(scheme));
+    rest.is_some_and(|r| !r.is_empty() && s.len() <= 300 && r.chars().all(|c| c.is_ascii_graphic()))
 }
 
 impl From<&UserId> for To {

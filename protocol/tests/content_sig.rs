@@ -289,3 +289,91 @@ proptest! {
         check_split(&text, 446, &split_for_rsa(&text));
     }
 }
+
+// ---- the forms other implementations sign (SPEC.md §6.3, §11) -----------
+
+/// The byte strings of each accepted form, written out here rather than
+/// taken from the module under test.
+fn other_dm_forms(ct: &Base64Url) -> Vec<(&'static str, Vec<u8>)> {
+    use sha2::{Digest, Sha256};
+    let string = format!("{}{ALICE}{BOB}{TS}", ct.as_str()).into_bytes();
+    let mut bytes = ct.bytes().to_vec();
+    bytes.extend_from_slice(format!("{ALICE}{BOB}{TS}").as_bytes());
+    let json = format!(
+        r#"{{"ciphertext":"{}","from":"{ALICE}","to":"{BOB}","ts":{TS}}}"#,
+        ct.as_str()
+    );
+    vec![
+        (
+            "with | separators",
+            format!("{}|{ALICE}|{BOB}|{TS}", ct.as_str()).into_bytes(),
+        ),
+        ("string form hashed twice", Sha256::digest(&string).to_vec()),
+        ("bytes form hashed twice", Sha256::digest(&bytes).to_vec()),
+        ("canonical JSON", json.into_bytes()),
+    ]
+}
+
+#[test]
+fn dm_signatures_in_every_form_seen_on_the_wire_verify() {
+    let (alice, bob) = (key(0), key(1));
+    let ct = ciphertext_for(&bob, "hello bob");
+    for (form, signed) in other_dm_forms(&ct) {
+        let sig = alice.sign(&signed).unwrap();
+        verify_dm(alice.public_key(), &sig, &ct, ALICE, BOB, TS)
+            .unwrap_or_else(|e| panic!("{form}: {e}"));
+        // Each binds every field: another recipient, time or key fails.
+        assert!(
+            verify_dm(alice.public_key(), &sig, &ct, ALICE, ALICE, TS).is_err(),
+            "{form}"
+        );
+        assert!(
+            verify_dm(alice.public_key(), &sig, &ct, ALICE, BOB, TS + 1).is_err(),
+            "{form}"
+        );
+        assert!(
+            verify_dm(key(2).public_key(), &sig, &ct, ALICE, BOB, TS).is_err(),
+            "{form}"
+        );
+    }
+}
+
+#[test]
+fn public_signatures_in_every_form_seen_on_the_wire_verify() {
+    use sha2::{Digest, Sha256};
+    let (alice, bob) = (key(0), key(1));
+    let ct = ciphertext_for(&bob, "hello all");
+    let string = format!("{}{ALICE}{TS}", ct.as_str()).into_bytes();
+    let json = format!(
+        r#"{{"ciphertext":"{}","from":"{ALICE}","ts":{TS}}}"#,
+        ct.as_str()
+    );
+    for signed in [
+        format!("{}|{ALICE}|{TS}", ct.as_str()).into_bytes(),
+        Sha256::digest(&string).to_vec(),
+        json.into_bytes(),
+    ] {
+        let sig = alice.sign(&signed).unwrap();
+        verify_public(alice.public_key(), &sig, &ct, ALICE, TS).unwrap();
+        assert!(verify_public(alice.public_key(), &sig, &ct, BOB, TS).is_err());
+    }
+}
+
+#[test]
+fn a_chunk_signed_over_its_place_in_the_file_verifies_only_there() {
+    use socp_protocol::content::verify_chunk;
+    let (alice, bob) = (key(0), key(1));
+    let ct = ciphertext_for(&bob, "chunk");
+    let mut signed = ct.bytes().to_vec();
+    signed.extend_from_slice(format!("{ALICE}{BOB}{TS}file-1{}{}", 3, 7).as_bytes());
+    let sig = alice.sign(&signed).unwrap();
+    let pk = alice.public_key();
+    verify_chunk(pk, &sig, &ct, (ALICE, BOB, TS), ("file-1", 3, Some(7))).unwrap();
+    // Another place, another file, or no count: refused.
+    assert!(verify_chunk(pk, &sig, &ct, (ALICE, BOB, TS), ("file-1", 4, Some(7))).is_err());
+    assert!(verify_chunk(pk, &sig, &ct, (ALICE, BOB, TS), ("file-2", 3, Some(7))).is_err());
+    assert!(verify_chunk(pk, &sig, &ct, (ALICE, BOB, TS), ("file-1", 3, None)).is_err());
+    // A chunk signed like a DM verifies wherever it is.
+    let dm = sign_dm(&alice, &ct, ALICE, BOB, TS).unwrap();
+    verify_chunk(pk, &dm, &ct, (ALICE, BOB, TS), ("file-1", 3, None)).unwrap();
+}

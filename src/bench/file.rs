@@ -75,6 +75,7 @@ pub(crate) async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTrans
                     ciphertext: ct,
                     sender_pub: Some(sender.key.public_key().clone()),
                     content_sig: Some(sig),
+                    total: None,
                 },
             )
             .to_json(),
@@ -88,7 +89,7 @@ pub(crate) async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTrans
             file_id: file_id.clone(),
             name: "bench.bin".into(),
             size: data.len() as u64,
-            sha256: socp_protocol::crypto::sha256_hex(&data),
+            sha256: Some(socp_protocol::crypto::sha256_hex(&data)),
             mode: FileMode::Dm,
         },
     )

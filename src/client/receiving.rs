@@ -315,8 +315,14 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
             let index = chunk.index;
             let opened = blocking(move || -> Result<Vec<u8>, &'static str> {
                 if let Some(sig) = &chunk.content_sig {
-                    content::verify_dm(&pk, sig, &chunk.ciphertext, s.as_str(), me_id.as_str(), ts)
-                        .map_err(|_| "a chunk's signature does not verify")?;
+                    content::verify_chunk(
+                        &pk,
+                        sig,
+                        &chunk.ciphertext,
+                        (s.as_str(), me_id.as_str(), ts),
+                        (chunk.file_id.as_str(), chunk.index, chunk.total),
+                    )
+                    .map_err(|_| "a chunk's signature does not verify")?;
                 }
                 key.decrypt(chunk.ciphertext.bytes())
                     .map_err(|_| "a chunk cannot be decrypted")

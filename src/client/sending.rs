@@ -290,7 +290,7 @@ async fn transfer(
             file_id: file_id.clone(),
             name: name.to_owned(),
             size: data.len() as u64,
-            sha256: sha256_hex(&data),
+            sha256: Some(sha256_hex(&data)),
             mode: FileMode::Dm,
         },
     );
@@ -483,6 +483,7 @@ fn chunk_frame(
             ciphertext: ct,
             sender_pub: Some(me.key.public_key().clone()),
             content_sig: Some(sig),
+            total: None,
         },
     ))
 }

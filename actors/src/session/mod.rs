@@ -317,9 +317,14 @@ impl ClientSession {
                 (Some(pk), Some(sig)) => {
                     let (sig, ct, f, t) =
                         (sig.clone(), m.ciphertext.clone(), from.clone(), to.clone());
+                    let place = (m.file_id.clone(), m.index, m.total);
                     Some((
                         pk.clone(),
-                        Box::new(move |k| content::verify_dm(k, &sig, &ct, &f, &t, ts).is_ok()),
+                        Box::new(move |k| {
+                            let (id, index, total) = (place.0.as_str(), place.1, place.2);
+                            content::verify_chunk(k, &sig, &ct, (&f, &t, ts), (id, index, total))
+                                .is_ok()
+                        }),
                     ))
                 }
                 _ => None,

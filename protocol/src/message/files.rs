@@ -71,10 +71,12 @@ fn file_name<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::
     Ok(name)
 }
 
-fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    let h = String::deserialize(d)?;
+fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    let Some(h) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
     if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(h.to_ascii_lowercase())
+        Ok(Some(h.to_ascii_lowercase()))
     } else {
         Err(serde::de::Error::custom("sha256 must be 64 hex digits"))
     }
@@ -92,9 +94,14 @@ pub struct FileStart {
     /// The file's length in bytes (before encryption).
     pub size: u64,
     /// SHA-256 of the whole file, 64 hex digits (lower-cased on input); the
-    /// receiver checks it after reassembly.
-    #[serde(deserialize_with = "sha256_hex")]
-    pub sha256: String,
+    /// receiver checks it after reassembly. socp clients always send it;
+    /// another implementation's may leave it out (then only `size` is checked).
+    #[serde(
+        default,
+        deserialize_with = "sha256_hex",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sha256: Option<String>,
     /// Who receives the file; absent reads as `dm`.
     #[serde(default = "dm_mode")]
     pub mode: FileMode,
@@ -127,6 +134,10 @@ pub struct FileChunk {
     /// it; a chunk without it is accepted unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_sig: Option<Signature>,
+    /// The number of chunks, as another implementation sends it (its chunk
+    /// signature covers it); kept so that forwarding keeps the chunk intact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// `FILE_END {file_id}`.

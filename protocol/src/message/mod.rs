@@ -5,6 +5,8 @@
 //! types (a string where a number belongs is an error). What we send is built
 //! from these structs, so it is always well-formed.
 
+use std::borrow::Cow;
+
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -44,10 +46,12 @@ macro_rules! messages {
                 }
             }
 
-            /// Look up a wire name.
+            /// Look up a wire name, or another implementation's name for
+            /// the same message (SPEC.md §11: `CMD_LIST` is LIST_REQUEST).
             pub fn parse(s: &str) -> Option<MessageType> {
                 match s {
                     $($wire => Some(MessageType::$variant),)*
+                    "CMD_LIST" => Some(MessageType::ListRequest),
                     _ => None,
                 }
             }
@@ -64,6 +68,8 @@ macro_rules! messages {
             pub fn parse(msg_type: &str, payload: &Value) -> Result<Message> {
                 let t = MessageType::parse(msg_type)
                     .ok_or_else(|| Error::UnknownType(msg_type.chars().take(64).collect()))?;
+                let payload = with_hello_key(t, payload);
+                let payload = payload.as_ref();
                 match t {
                     $(MessageType::$variant => parse_payload::<$payload>(t, payload).map(Message::$variant),)*
                 }
@@ -167,6 +173,26 @@ messages! {
     DirectoryPage(DirectoryPage) = "DIRECTORY_PAGE",
     /// [ext] A registered user whose username was taken elsewhere first picks another.
     UserRename(UserRename) = "USER_RENAME",
+}
+
+/// A USER_HELLO whose key is in `pubkey_b64u` or `meta.pubkey` instead of
+/// `pubkey` (SPEC.md §11) reads as if it were in `pubkey`. Only the typed view
+/// changes: signatures are checked over the payload as received.
+fn with_hello_key(t: MessageType, payload: &Value) -> Cow<'_, Value> {
+    if t != MessageType::UserHello || payload.get("pubkey").is_some() {
+        return Cow::Borrowed(payload);
+    }
+    let key = payload
+        .get("pubkey_b64u")
+        .or_else(|| payload.get("meta").and_then(|m| m.get("pubkey")));
+    match (key, payload) {
+        (Some(key), Value::Object(obj)) => {
+            let mut obj = obj.clone();
+            obj.insert("pubkey".into(), key.clone());
+            Cow::Owned(Value::Object(obj))
+        }
+        _ => Cow::Borrowed(payload),
+    }
 }
 
 fn parse_payload<T: DeserializeOwned>(t: MessageType, payload: &Value) -> Result<T> {
