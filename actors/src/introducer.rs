@@ -52,12 +52,12 @@ pub async fn join_once(
 ) -> Result<ServerWelcome, String> {
     let client = crate::ws_client(tls, JOIN_TIMEOUT);
     let url = crate::ws_url(tls.is_some(), &entry.host, entry.port);
-    let hello = Envelope::new(
+    let hello = socp_protocol::dialect::with_capability(Envelope::new(
         me,
         To::HostPort(entry.address()),
         now_ms(),
         &ServerHelloJoin(address.clone()),
-    );
+    ));
     let text = pool
         .sign(hello)
         .text()

@@ -15,6 +15,7 @@
 
 pub mod budget;
 pub mod crypto;
+pub mod dialect;
 pub mod episode;
 pub mod error;
 pub mod heartbeat;

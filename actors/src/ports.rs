@@ -7,7 +7,7 @@ use actix::prelude::*;
 
 use crate::router::{
     Attach, Detach, FirstSight, JoinRequest, Joined, LinkDown, LinkFrame, LinkUp, Publish,
-    ServerKey, SyncedRecord, UserFrame,
+    ServerKey, SyncedRecord, UserFrame, UserKey,
 };
 use crate::store::{DirectoryPageQuery, FindUser, GetUser, Register, Rename};
 
@@ -24,6 +24,8 @@ pub struct RouterPort {
     pub first_sight: Recipient<FirstSight>,
     /// The key pinned to a server.
     pub server_key: Recipient<ServerKey>,
+    /// The key advertised for a user.
+    pub user_key: Recipient<UserKey>,
     /// A server link is up.
     pub link_up: Recipient<LinkUp>,
     /// A server link closed.
@@ -51,6 +53,7 @@ impl RouterPort {
             + Handler<UserFrame>
             + Handler<FirstSight>
             + Handler<ServerKey>
+            + Handler<UserKey>
             + Handler<LinkUp>
             + Handler<LinkDown>
             + Handler<LinkFrame>
@@ -65,6 +68,7 @@ impl RouterPort {
             user_frame: addr.clone().recipient(),
             first_sight: addr.clone().recipient(),
             server_key: addr.clone().recipient(),
+            user_key: addr.clone().recipient(),
             link_up: addr.clone().recipient(),
             link_down: addr.clone().recipient(),
             link_frame: addr.clone().recipient(),

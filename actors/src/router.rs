@@ -95,6 +95,12 @@ pub struct FirstSight(pub [u8; 32], pub i64);
 #[rtype(result = "Option<PublicKey>")]
 pub struct ServerKey(pub ServerId);
 
+/// The key the network advertises for a user (for verifying a user's frame
+/// that a server passed on with the user's own signature, SPEC.md §5.2).
+#[derive(Message)]
+#[rtype(result = "Option<PublicKey>")]
+pub struct UserKey(pub UserId);
+
 /// A server link is up.
 #[derive(Message)]
 #[rtype(result = "Result<(), Refusal>")]
@@ -393,6 +399,14 @@ impl Handler<ServerKey> for Router {
 
     fn handle(&mut self, msg: ServerKey, _: &mut Self::Context) -> Self::Result {
         self.state.server_key(&msg.0).cloned()
+    }
+}
+
+impl Handler<UserKey> for Router {
+    type Result = Option<PublicKey>;
+
+    fn handle(&mut self, msg: UserKey, _: &mut Self::Context) -> Self::Result {
+        self.state.pubkey_of(&msg.0).cloned()
     }
 }
 

@@ -52,6 +52,14 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// `msg` from `from`, stamped now, signed with fixture key `key`.
 fn signed(from: &str, key: usize, to: To, msg: &Message) -> FrameText {
     let env = Envelope::from_message(&sid(from), to, now_ms(), msg);
+    // The servers these tests stand in for are socp servers: they say so in
+    // their hellos and announces (SPEC.md §11).
+    let env = match msg {
+        Message::ServerHelloLink(_) | Message::ServerHelloJoin(_) | Message::ServerAnnounce(_) => {
+            socp_protocol::dialect::with_capability(env)
+        }
+        _ => env,
+    };
     FrameText::from(env.signed(private(key)).expect("signs").to_json())
 }
 
@@ -313,7 +321,8 @@ async fn frames_signed_by_the_linked_server_reach_the_router() {
     first[0].verify(&pk(0)).expect("hello signed with our key");
     assert_eq!(
         first[0].payload(),
-        &json!({ "host": "127.0.0.1", "port": 9000, "pubkey": pk(0).to_wire() })
+        &json!({ "host": "127.0.0.1", "port": 9000, "pubkey": pk(0).to_wire(),
+                 "socp": {"v": 1} })
     );
     assert_eq!(first[1].msg_type(), "SERVER_ANNOUNCE");
     assert!(matches!(
@@ -448,6 +457,10 @@ async fn a_heartbeat_must_come_from_the_links_own_server() {
 async fn unknown_and_malformed_frames_are_answered_and_the_link_stays_open() {
     let node = Node::start().await;
     let link = node.link_to_b().await;
+    // srv-b is a socp server (its announce says so): what it sends that we
+    // cannot read is a fault, answered.
+    link.feed(&signed("srv-b", 1, To::All, &announce_of_b()));
+    node.barrier(&link, "ben").await;
 
     let mut unknown: Value =
         serde_json::from_str(&signed("srv-b", 1, To::All, &advertise("u", "srv-b", 3)))
@@ -499,6 +512,45 @@ async fn unknown_and_malformed_frames_are_answered_and_the_link_stays_open() {
     assert!(errors[0].1.contains("FROB_NICATE"));
     assert!(link.closes().is_empty());
     assert!(!node.online("old").await);
+    assert_eq!(node.alice_heard("USER_ADVERTISE"), ["ben", "rita"]);
+}
+
+fn announce_of_b() -> Message {
+    Message::ServerAnnounce(socp_protocol::message::ServerAnnounce(ServerAddress {
+        host: "10.0.0.1".into(),
+        port: 9001,
+        pubkey: pk(1),
+    }))
+}
+
+/// A server not known to speak socp has frames of its own and payloads of
+/// other shapes: they are dropped, not answered (an ERROR would draw an
+/// ERROR back from some), and never count towards closing the link.
+#[actix::test]
+async fn frames_of_another_dialect_we_cannot_read_are_dropped_unanswered() {
+    let node = Node::start().await;
+    let link = node.link_to_b().await;
+    for n in 0..60 {
+        let mut unknown: Value =
+            serde_json::from_str(&signed("srv-b", 1, To::All, &advertise("u", "srv-b", 3)))
+                .expect("json");
+        unknown["type"] = json!(format!("PUBKEY_REQUEST_{n}"));
+        link.feed(&unknown.to_string());
+        let mut odd: Value =
+            serde_json::from_str(&signed("srv-b", 1, To::All, &advertise("v", "srv-b", 3)))
+                .expect("json");
+        odd["payload"]["pubkey"] = Value::Null;
+        link.feed(&odd.to_string());
+    }
+    let error = Message::Error(socp_protocol::message::ErrorPayload::new(
+        socp_protocol::ErrorCode::UnknownType,
+        "Unhandled type ERROR",
+    ));
+    link.feed(&signed("srv-b", 1, To::All, &error).replace("UNKNOWN_TYPE", "NOT_A_CODE_WE_KNOW"));
+    node.barrier(&link, "rita").await;
+    link.drain().await;
+    assert_eq!(link.codes(), Vec::<String>::new(), "nothing answered");
+    assert!(link.closes().is_empty(), "the link stays open");
     assert_eq!(node.alice_heard("USER_ADVERTISE"), ["rita"]);
 }
 
@@ -631,7 +683,7 @@ async fn an_inbound_link_identifies_with_a_hello_signed_by_the_key_it_carries() 
 }
 
 #[actix::test]
-async fn a_join_request_is_answered_with_a_welcome_then_closed() {
+async fn a_join_request_is_answered_with_a_welcome_and_the_connection_becomes_the_link() {
     let node = Node::start().await;
     let wire = Rec::start();
     let addr = PeerLink::start_with_transport(node.shared.clone(), wire.recipient(), None, false);
@@ -647,10 +699,8 @@ async fn a_join_request_is_answered_with_a_welcome_then_closed() {
         To::parse("127.0.0.1:9000").expect("host:port"),
         &hello,
     ));
-    until("close", || (!join.closes().is_empty()).then_some(())).await;
-    assert_eq!(join.closes(), [close::NORMAL]);
+    until("the welcome", || (!join.texts().is_empty()).then_some(())).await;
     let texts = join.texts();
-    assert_eq!(texts.len(), 1);
     let welcome = Envelope::parse(texts[0].as_bytes()).expect("parses");
     assert_eq!(welcome.msg_type(), "SERVER_WELCOME");
     assert_eq!(welcome.to(), &To::from(&sid("srv-n")));
@@ -659,9 +709,22 @@ async fn a_join_request_is_answered_with_a_welcome_then_closed() {
     assert_eq!(p["assigned_id"], "srv-n");
     assert_eq!(p["servers"][0]["server_id"], "srv-a");
     assert_eq!(p["clients"][0]["user_id"], "alice");
-    // Joining is not linking: the router has not pinned srv-n.
+    assert_eq!(p["socp"], json!({"v": 1}), "we say we speak socp");
+    // Joining is not yet linking: a joiner that links separately closes the
+    // join connection without a word, and is never pinned through it.
     let key = node.router.send(ServerKey(sid("srv-n"))).await;
     assert_eq!(key.expect("router alive"), None);
+    // The joiner's first frame over it makes it the link (SPEC.md §5.1.5).
+    join.feed(&signed(
+        "srv-n",
+        5,
+        To::All,
+        &advertise("nina", "srv-n", 15),
+    ));
+    until("nina", || node.alice_heard_of("nina")).await;
+    let key = node.router.send(ServerKey(sid("srv-n"))).await;
+    assert_eq!(key.expect("router alive"), Some(pk(5)));
+    assert!(join.closes().is_empty(), "not closed");
 }
 
 #[actix::test]
@@ -685,4 +748,32 @@ async fn an_outbound_link_the_router_refuses_is_closed() {
     assert!(node.liveness.take().await.is_empty(), "never up");
     let key = node.router.send(ServerKey(sid("srv-b"))).await;
     assert_eq!(key.expect("router alive"), Some(pk(1)));
+}
+
+/// A link we open asks for the other side's directory only once that side
+/// says it speaks socp (SPEC.md §11): servers of other implementations never
+/// get DIRECTORY_SYNC, socp servers get it as soon as their announce arrives.
+#[actix::test]
+async fn an_outbound_link_asks_for_the_directory_once_the_peer_speaks_socp() {
+    let node = Node::start().await;
+    let link = node.link_to_b().await;
+    link.drain().await;
+    let syncs = |link: &Link| {
+        link.texts()
+            .iter()
+            .filter(|t| t.contains("\"DIRECTORY_SYNC\""))
+            .count()
+    };
+    assert_eq!(
+        syncs(&link),
+        0,
+        "nothing asked of a server not known to be socp"
+    );
+    let announce = Message::ServerAnnounce(socp_protocol::message::ServerAnnounce(ServerAddress {
+        host: "10.0.0.1".into(),
+        port: 9001,
+        pubkey: pk(1),
+    }));
+    link.feed(&signed("srv-b", 1, To::All, &announce));
+    until("the directory sync", || (syncs(&link) == 1).then_some(())).await;
 }

@@ -51,6 +51,14 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// `msg` from `from`, stamped now, signed with fixture key `key`.
 fn signed(from: &str, key: usize, to: To, msg: &Message) -> FrameText {
     let env = Envelope::from_message(&sid(from), to, now_ms(), msg);
+    // The servers these tests stand in for are socp servers: they say so in
+    // their hellos and announces (SPEC.md §11).
+    let env = match msg {
+        Message::ServerHelloLink(_) | Message::ServerHelloJoin(_) | Message::ServerAnnounce(_) => {
+            socp_protocol::dialect::with_capability(env)
+        }
+        _ => env,
+    };
     FrameText::from(env.signed(private(key)).expect("signs").to_json())
 }
 
@@ -155,8 +163,9 @@ impl Node {
         Link { addr, wire }
     }
 
-    /// A link we opened to srv-b (fixture key 1), once the router was told
-    /// it is up and our hello and first DIRECTORY_SYNC were written.
+    /// A link we opened to srv-b (fixture key 1), a socp server (its
+    /// announce says so), once the router was told it is up and our hello
+    /// and first DIRECTORY_SYNC were written.
     async fn link_to_b(&self) -> Link {
         let wire = Rec::start();
         let addr = PeerLink::start_with_transport(
@@ -166,6 +175,13 @@ impl Node {
             true,
         );
         let link = Link { addr, wire };
+        let announce =
+            Message::ServerAnnounce(socp_protocol::message::ServerAnnounce(ServerAddress {
+                host: "10.0.0.1".into(),
+                port: 9001,
+                pubkey: pk(1),
+            }));
+        link.feed(&signed("srv-b", 1, To::All, &announce));
         until("hello and directory sync", || {
             (link.texts().len() >= 2).then_some(())
         })
@@ -189,6 +205,8 @@ impl Node {
             .calls_now()
             .into_iter()
             .filter_map(|c| match c {
+                // srv-b's announce, fed by `link_to_b`.
+                Call::LinkFrame { msg_type, .. } if msg_type == "SERVER_ANNOUNCE" => None,
                 Call::LinkFrame { from, raw, .. } => Some((from, raw)),
                 _ => None,
             })

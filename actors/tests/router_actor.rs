@@ -402,7 +402,8 @@ async fn a_link_we_open_carries_our_announce() {
     assert_eq!(got[0].from(), "srv-a");
     assert_eq!(
         got[0].payload(),
-        &json!({ "host": "127.0.0.1", "port": 9000, "pubkey": pk(0).to_wire() })
+        &json!({ "host": "127.0.0.1", "port": 9000, "pubkey": pk(0).to_wire(),
+                 "socp": {"v": 1} })
     );
     assert!(outbound(&link_c).await.is_empty(), "only over the new link");
     let events = f.liveness.take().await;

@@ -1823,7 +1823,8 @@ fn heartbeat_and_announce_go_to_every_linked_server_only() {
     let env = &sent_to(&a, "link-b")[0];
     assert_eq!(
         env.payload(),
-        &json!({ "host": "127.0.0.1", "port": 9000, "pubkey": pk(0).to_wire() })
+        &json!({ "host": "127.0.0.1", "port": 9000, "pubkey": pk(0).to_wire(),
+                 "socp": {"v": 1} })
     );
 }
 

@@ -114,6 +114,20 @@ impl Envelope {
         }
     }
 
+    /// Build an unsigned envelope from a type and a payload as JSON (for
+    /// rewriting a frame into another form; the payload should be what the
+    /// type's typed form would accept).
+    pub fn raw(msg_type: MessageType, from: &str, to: To, ts: i64, payload: Value) -> Envelope {
+        Envelope {
+            msg_type: msg_type.as_str().to_owned(),
+            from: from.to_owned(),
+            to,
+            ts,
+            payload,
+            sig: None,
+        }
+    }
+
     /// Parse a frame with the default limits.
     pub fn parse(bytes: &[u8]) -> Result<Envelope> {
         Self::parse_with(bytes, &Limits::default())
@@ -192,6 +206,12 @@ impl Envelope {
             payload,
             sig,
         })
+    }
+
+    /// The payload, to change before signing (the signature is cleared).
+    pub fn payload_mut(&mut self) -> &mut Value {
+        self.sig = None;
+        &mut self.payload
     }
 
     /// The `type` as received.

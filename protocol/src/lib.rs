@@ -9,18 +9,21 @@
 //! - [`canonical`]: canonical JSON, the bytes a transport signature covers.
 //! - [`crypto`]: RSA-4096 keys, OAEP, PSS, base64url, key files.
 //! - [`content`]: the byte strings content signatures cover.
+//! - [`dialect`]: how a peer speaks v1.3, and what we write to it.
 //! - [`id`]: validated identifiers.
 //! - [`error`]: wire error codes and the crate's error type.
 
 pub mod canonical;
 pub mod content;
 pub mod crypto;
+pub mod dialect;
 pub mod envelope;
 pub mod error;
 pub mod id;
 pub mod message;
 
 pub use crypto::{Base64Url, PrivateKey, PublicKey, Signature};
+pub use dialect::Dialect;
 pub use envelope::{now_ms, Envelope, Limits};
 pub use error::{Error, ErrorCode, Result};
 pub use id::{ServerId, To, UserId, Username};

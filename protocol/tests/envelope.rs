@@ -263,6 +263,8 @@ fn fixtures() -> Vec<(To, Message)> {
             CommandResponse {
                 cmd: "list".into(),
                 users: listed(),
+                command: None,
+                response: None,
             }
             .into(),
         ),

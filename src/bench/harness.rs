@@ -228,7 +228,7 @@ impl BenchUser {
                 }
             }
         });
-        let hello = Envelope::new(
+        let hello = socp_protocol::dialect::with_capability(Envelope::new(
             &id,
             To::Id("server".into()),
             now_ms(),
@@ -239,7 +239,7 @@ impl BenchUser {
                 meta: None,
                 nonce: None,
             },
-        );
+        ));
         tx.send(hello.to_json()).map_err(|_| "closed")?;
         tokio::time::timeout(Duration::from_secs(60), ack_rx)
             .await

@@ -65,6 +65,8 @@ pub(crate) async fn hello(
         nonce,
     };
     let env = Envelope::new(&me.id, To::Id("server".into()), now_ms(), &payload);
+    // socp's capability object: the server may use socp's extensions with us.
+    let env = socp_protocol::dialect::with_capability(env);
     let key = me.key.clone();
     let env = blocking(move || env.signed(&key))
         .await?

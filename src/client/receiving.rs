@@ -92,6 +92,13 @@ pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
             }
         }
         Message::UserDeliver(d) => deliver(shared, &env, d).await,
+        // Other implementations' servers pass a user's frame on as it came
+        // (`from` the sender): the same checks as a delivery.
+        Message::MsgDirect(m) => plain(shared, &env, DeliverContent::Dm(m)).await,
+        Message::MsgPublicChannel(m) => plain(shared, &env, DeliverContent::Public(m)).await,
+        Message::FileStart(m) => plain(shared, &env, DeliverContent::FileStart(m)).await,
+        Message::FileChunk(m) => plain(shared, &env, DeliverContent::FileChunk(m)).await,
+        Message::FileEnd(m) => plain(shared, &env, DeliverContent::FileEnd(m)).await,
         Message::Error(e) => {
             let words = e.code.describe().to_owned();
             out.error(
@@ -190,6 +197,19 @@ fn guest_news(shared: &Shared, out: &Output, came: bool) {
         };
         out.info(line);
     });
+}
+
+/// A user's frame another implementation's server passed on unchanged.
+async fn plain(shared: &Shared, env: &Envelope, content: DeliverContent) {
+    let Ok(sender) = socp_protocol::UserId::parse(env.from()) else {
+        return;
+    };
+    let delivery = UserDeliver {
+        sender,
+        orig_ts: None,
+        content,
+    };
+    deliver(shared, env, delivery).await;
 }
 
 /// A delivery: verify that `sender_pub` is the key the network advertised for

@@ -427,9 +427,10 @@ impl User {
         User { id, key, peer }
     }
 
-    /// An unsigned USER_HELLO for this user (with a login `nonce` if given).
+    /// An unsigned USER_HELLO for this user (with a login `nonce` if
+    /// given), as a socp client sends it: with the socp capability object.
     pub fn hello_frame(&self, nonce: Option<String>) -> Envelope {
-        Envelope::new(
+        socp_protocol::dialect::with_capability(Envelope::new(
             &self.id,
             To::parse("server").expect("valid"),
             now_ms(),
@@ -440,7 +441,7 @@ impl User {
                 meta: None,
                 nonce,
             },
-        )
+        ))
     }
 
     /// A signed DM envelope for `to` (key `to_key`).
@@ -555,11 +556,17 @@ impl FakeServer {
         self.peer.send(&env).await;
     }
 
-    /// An envelope from this server, signed with its key.
+    /// An envelope from this server, signed with its key. A fake server
+    /// stands in for a socp server: its hellos and announces say so.
     pub fn signed(&self, to: To, msg: &Message) -> Envelope {
-        Envelope::from_message(&self.id, to, now_ms(), msg)
-            .signed(&self.key)
-            .expect("signs")
+        let env = Envelope::from_message(&self.id, to, now_ms(), msg);
+        let env = match msg {
+            Message::ServerHelloLink(_)
+            | Message::ServerHelloJoin(_)
+            | Message::ServerAnnounce(_) => socp_protocol::dialect::with_capability(env),
+            _ => env,
+        };
+        env.signed(&self.key).expect("signs")
     }
 }
 

@@ -49,6 +49,25 @@ impl SignedFrame {
         SignedFrame::of(fut.shared())
     }
 
+    /// This frame's text made into another by `f` once signed (`None` from
+    /// `f`: nothing is written); the charge stays with it.
+    pub fn then(
+        self,
+        f: impl FnOnce(FrameText) -> BoxFuture<'static, Option<FrameText>> + Send + 'static,
+    ) -> Self {
+        let text = self.text.clone();
+        let made = async move {
+            match text.await {
+                Some(text) => f(text).await,
+                None => None,
+            }
+        };
+        SignedFrame {
+            text: made.boxed().shared(),
+            charge: self.charge,
+        }
+    }
+
     /// A frame that could not be made (dropped by writers, and logged).
     pub fn failed() -> Self {
         SignedFrame::of(futures_util::future::ready(None).boxed().shared())

@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use socp_protocol::message::{ErrorPayload, ServerAddress, ServerHelloJoin, ServerHelloLink};
-use socp_protocol::{now_ms, Envelope, ErrorCode, Message, To};
+use socp_protocol::{now_ms, Dialect, Envelope, ErrorCode, Message, To};
 
 use crate::budget::{Account, Charge};
 use crate::crypto::FrameText;
+use crate::dialect::Translator;
 use crate::heartbeat::Activity;
-use crate::router::{JoinRequest, LinkDown, LinkFrame, LinkUp, Outbound, ServerKey};
+use crate::router::{JoinRequest, LinkDown, LinkFrame, LinkUp, Outbound, ServerKey, UserKey};
 use crate::routing::{Conn, ConnId, Peer};
 use crate::transport::{
     close, AwcTransport, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire,
@@ -51,6 +52,8 @@ pub struct PeerLink {
     reported: Option<Instant>,
     /// Relayed frames dropped as unverifiable: logged once per episode.
     unverifiable: crate::episode::Episode,
+    /// Frames of another dialect we do not read: logged once per episode.
+    foreign: crate::episode::Episode,
     /// Frames and bytes per second this link may send (budgets per linked
     /// server); past them frames are dropped and counted, not queued.
     frame_budget: crate::session::TokenBucket,
@@ -61,10 +64,35 @@ pub struct PeerLink {
     account: Account,
     /// The charge of the frame being handled, passed on to the router with it.
     holding: Option<Charge>,
+    /// How the peer speaks (SPEC.md §11): learned from its hello, its key and
+    /// its capability; what we write is rewritten for it when it is not socp.
+    dialect: Dialect,
+    /// We dialled and still owe the peer our DIRECTORY_SYNC: asked once it
+    /// is known to speak socp.
+    directory_owed: bool,
+    /// A server we welcomed: the id we gave it and its address. Its join
+    /// connection becomes the link when it sends a frame over it (a joiner
+    /// that links separately closes it without a word).
+    welcomed: Option<(socp_protocol::ServerId, ServerAddress)>,
+    /// This link is a join connection.
+    via_join: bool,
+    /// Replaced by another link of a server that is not socp, and kept open
+    /// (its implementation joins again when it closes): nothing more is
+    /// read or written on it.
+    retired: bool,
 }
 
 impl PeerLink {
     fn new(shared: Shared, transport: Recipient<Wire>, peer: Option<Peer>, outbound: bool) -> Self {
+        // Until it says more: a server we dial reads keys the way it wrote
+        // its own where we learnt it, and is not known to speak socp.
+        let dialect = Dialect {
+            keys: peer
+                .as_ref()
+                .map(|p| p.pubkey.written())
+                .unwrap_or_default(),
+            socp: false,
+        };
         let (frames, bytes) = (
             shared.settings.link_frames_per_second,
             shared.settings.link_bytes_per_second,
@@ -79,11 +107,72 @@ impl PeerLink {
             strikes: 0,
             reported: None,
             unverifiable: Default::default(),
+            foreign: Default::default(),
             frame_budget: crate::session::TokenBucket::new(frames, 2.0 * frames),
             byte_budget: crate::session::TokenBucket::new(bytes, 2.0 * bytes),
             over_budget: Default::default(),
             account: Account::new(shared.settings.link_memory_budget, shared.memory.clone()),
             holding: None,
+            dialect,
+            directory_owed: false,
+            welcomed: None,
+            via_join: false,
+            retired: false,
+        }
+        .speaking(dialect)
+    }
+
+    /// Speak `dialect` to the peer from the start.
+    fn speaking(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        let translator = Translator::new(dialect, &self.shared.pool, &self.shared.me);
+        self.out.speak(translator);
+        self
+    }
+
+    /// The peer speaks `dialect`: what we write from now on is written for it.
+    fn learn(&mut self, dialect: Dialect) {
+        if dialect == self.dialect {
+            return;
+        }
+        self.dialect = dialect;
+        let translator = Translator::new(dialect, &self.shared.pool, &self.shared.me);
+        self.out.speak(translator);
+    }
+
+    /// What a verified frame on the link tells about the peer's dialect: a
+    /// capability object or a socp-only frame says socp; the key in its own
+    /// announce or hello says how it writes keys.
+    fn learn_from(&mut self, ctx: &mut Context<Self>, env: &Envelope, msg: &Message) {
+        let from_link = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.server_id.as_str() == env.from());
+        if !from_link {
+            return;
+        }
+        let mut dialect = self.dialect;
+        if let Some(key) = env.payload().get("pubkey").and_then(|k| k.as_str()) {
+            dialect.keys = socp_protocol::dialect::KeyEncoding::of(key);
+        }
+        let socp_only = matches!(
+            msg,
+            Message::DirectorySync(_) | Message::DirectoryPage(_) | Message::DirectoryRecord(_)
+        );
+        if socp_only
+            || env
+                .payload()
+                .get(socp_protocol::dialect::CAPABILITY)
+                .is_some()
+        {
+            dialect.socp = true;
+        }
+        self.learn(dialect);
+        if self.dialect.socp && self.directory_owed {
+            self.directory_owed = false;
+            if let Some(peer) = self.peer.clone() {
+                self.ask_directory(ctx, &peer);
+            }
         }
     }
 
@@ -129,10 +218,18 @@ impl PeerLink {
     }
 
     fn send(&mut self, ctx: &mut Context<Self>, to: To, msg: Message) {
-        let frame =
-            self.shared
-                .pool
-                .sign(Envelope::from_message(&self.shared.me, to, now_ms(), &msg));
+        let env = Envelope::from_message(&self.shared.me, to, now_ms(), &msg);
+        self.send_env(ctx, env);
+    }
+
+    /// Our hello or welcome: with the socp capability object (SPEC.md §11).
+    fn send_hello(&mut self, ctx: &mut Context<Self>, to: To, msg: Message) {
+        let env = Envelope::from_message(&self.shared.me, to, now_ms(), &msg);
+        self.send_env(ctx, socp_protocol::dialect::with_capability(env));
+    }
+
+    fn send_env(&mut self, ctx: &mut Context<Self>, env: Envelope) {
+        let frame = self.shared.pool.sign(env);
         OutQueue::push(ctx, self, Outbound::Frame(frame));
     }
 
@@ -156,6 +253,36 @@ impl PeerLink {
         }
     }
 
+    /// A frame whose type or payload we do not read. From an identified
+    /// server of another dialect it is its way of speaking (frames of its
+    /// own, payloads of another shape): dropped, counted, logged once per
+    /// episode. An ERROR is never answered with an ERROR (two servers would
+    /// answer each other forever). Otherwise it is a bad frame.
+    fn unreadable(
+        &mut self,
+        ctx: &mut Context<Self>,
+        env: &Envelope,
+        code: ErrorCode,
+        detail: String,
+    ) {
+        let foreign = self.peer.is_some() && !self.dialect.socp;
+        if foreign || env.msg_type() == "ERROR" {
+            self.shared
+                .metrics
+                .inc(crate::metrics::family::SERVER_ERRORS, "UNREAD");
+            if let Some(repeats) = self.foreign.hit(Instant::now()) {
+                log::info!(
+                    "link {}: dropping frames we do not read, first {}: {detail} \
+                     ({repeats} more in the last episode)",
+                    self.conn_id,
+                    env.msg_type().chars().take(64).collect::<String>()
+                );
+            }
+            return;
+        }
+        self.strike(ctx, code, detail);
+    }
+
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
         log::info!("link {}: closing ({code} {reason})", self.conn_id);
         self.shared
@@ -177,19 +304,28 @@ impl PeerLink {
     }
 
     fn handle_frame(&mut self, ctx: &mut Context<Self>, raw: FrameText) {
+        if self.retired {
+            return;
+        }
         let env = match Envelope::parse_with(raw.as_bytes(), &self.shared.settings.limits) {
             Ok(env) => env,
             Err(e) => return self.strike(ctx, e.code(), e.to_string()),
         };
         if env.known_type().is_none() {
             let t: String = env.msg_type().chars().take(64).collect();
-            return self.strike(ctx, ErrorCode::UnknownType, format!("unknown type {t}"));
+            return self.unreadable(
+                ctx,
+                &env,
+                ErrorCode::UnknownType,
+                format!("unknown type {t}"),
+            );
         }
         let msg = match env.message() {
             Ok(msg) => msg,
-            Err(e) => return self.strike(ctx, e.code(), e.to_string()),
+            Err(e) => return self.unreadable(ctx, &env, e.code(), e.to_string()),
         };
         match self.peer.clone() {
+            None if self.welcomed.is_some() => self.adopt(ctx, env, msg, raw),
             None => self.identify(ctx, env, msg, raw),
             Some(peer) => self.linked(ctx, peer, env, msg, raw),
         }
@@ -212,6 +348,7 @@ impl PeerLink {
             self.close(ctx, close::POLICY, "that is our own server id");
             return;
         }
+        self.learn(Dialect::learn(env.payload(), "pubkey"));
         if let Some(list) = &self.shared.settings.allowlist {
             // Refused before any RSA: a closed mesh spends nothing on strangers.
             if let Err(why) = list.admits(&server_id, &address.pubkey) {
@@ -254,38 +391,83 @@ impl PeerLink {
             };
             match msg {
                 Message::ServerHelloJoin(_) => act.join(ctx, env, address),
-                _ => act.link(ctx, env, msg, address, raw),
+                _ => {
+                    let server_id = env.from_server();
+                    act.link(ctx, server_id, env, msg, address, raw)
+                }
             }
         });
     }
 
-    /// We are the introducer: answer SERVER_WELCOME, then close.
+    /// We are the introducer: answer SERVER_WELCOME. The join connection
+    /// then stays open as the link with the new server (SPEC.md §5.1.5):
+    /// some implementations use it as their only link to us. A joiner that
+    /// links separately closes it, or its later link replaces it.
     fn join(&mut self, ctx: &mut Context<Self>, env: Envelope, address: ServerAddress) {
         let requested = env.from_server();
         let request = self.shared.router.join.send(JoinRequest {
             requested: requested.clone(),
-            address,
+            address: address.clone(),
         });
         InQueue::wait_for(ctx, self, request, move |act, ctx, welcome| match welcome {
             Ok(welcome) => {
-                act.send(ctx, To::from(&requested), Message::ServerWelcome(welcome));
-                act.close(ctx, close::NORMAL, "welcome sent");
+                act.welcomed = Some((welcome.assigned_id.clone(), address));
+                act.send_hello(ctx, To::from(&requested), Message::ServerWelcome(welcome));
             }
             Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
         });
     }
 
-    /// A mesh server linked to us.
+    /// The first frame a server we welcomed sends over its join connection:
+    /// the connection becomes the link, and the frame is handled as any on it.
+    fn adopt(&mut self, ctx: &mut Context<Self>, env: Envelope, msg: Message, raw: FrameText) {
+        let Some((server_id, address)) = self.welcomed.take() else {
+            return;
+        };
+        let peer = Peer {
+            server_id,
+            host: address.host,
+            port: address.port,
+            pubkey: address.pubkey,
+        };
+        // Set first: the router may replace it by the server's own link.
+        self.via_join = true;
+        let up = self.shared.router.link_up.send(LinkUp {
+            peer: peer.clone(),
+            conn: self.conn(ctx),
+            opened_by_me: false,
+        });
+        InQueue::wait_for(ctx, self, up, move |act, ctx, result| match result {
+            Ok(Ok(())) => {
+                act.peer = Some(peer.clone());
+                act.report_alive();
+                act.ask_directory(ctx, &peer);
+                act.linked(ctx, peer, env, msg, raw);
+            }
+            Ok(Err(refusal)) => {
+                act.send(
+                    ctx,
+                    To::from(&peer.server_id),
+                    Message::Error(ErrorPayload::new(refusal.code, refusal.detail)),
+                );
+                act.close(ctx, close::POLICY, "link refused");
+            }
+            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+        });
+    }
+
+    /// A mesh server linked to us, as `server_id`.
     fn link(
         &mut self,
         ctx: &mut Context<Self>,
+        server_id: socp_protocol::ServerId,
         env: Envelope,
         msg: Message,
         address: ServerAddress,
         raw: FrameText,
     ) {
         let peer = Peer {
-            server_id: env.from_server(),
+            server_id,
             host: address.host,
             port: address.port,
             pubkey: address.pubkey,
@@ -334,6 +516,7 @@ impl PeerLink {
     ) {
         let from = env.from_server();
         let from_link = from == peer.server_id;
+        let is_error = matches!(msg, Message::Error(_));
         if let Err(detail) = trust::only_from_link(&msg, from_link) {
             return self.strike(ctx, ErrorCode::InvalidSig, detail);
         }
@@ -350,6 +533,7 @@ impl PeerLink {
         let pool = self.shared.pool.clone();
         let lane = crate::crypto::Lane::flow(peer.server_id.as_str());
         let server_key = self.shared.router.server_key.clone();
+        let user_key = self.shared.router.user_key.clone();
         let link_key = peer.pubkey.clone();
         let fut = async move {
             let pinned = if from_link {
@@ -368,8 +552,25 @@ impl PeerLink {
                     Failed::Relayed(msg.msg_type().as_str(), detail)
                 }
             };
+            let user_content = !from_link && pinned.is_none() && trust::is_user_content(&msg);
             let key =
                 trust::verifying_key(&from, from_link, &link_key, pinned, &msg).map_err(relayed)?;
+            let env = match pool.verify_in(lane, env, key).await {
+                Some((env, true)) => return Ok((env, msg)),
+                Some((env, false)) if user_content => env,
+                _ => return Err(relayed("signature does not verify".to_owned())),
+            };
+            // A user's frame passed on with the user's own signature (SPEC.md
+            // §5.2: verified with the key of its `from`): the key the network
+            // advertises for that user.
+            let user =
+                socp_protocol::UserId::parse(env.from()).map_err(|e| relayed(e.to_string()))?;
+            let key = user_key
+                .send(UserKey(user))
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| relayed("its user is not advertised here".to_owned()))?;
             match pool.verify_in(lane, env, key).await {
                 Some((env, true)) => Ok((env, msg)),
                 _ => Err(relayed("signature does not verify".to_owned())),
@@ -378,6 +579,7 @@ impl PeerLink {
         InQueue::wait_for(ctx, self, fut, move |act, ctx, checked| match checked {
             Ok((env, msg)) => {
                 act.report_alive();
+                act.learn_from(ctx, &env, &msg);
                 match msg {
                     Message::DirectorySync(sync) => act.serve_directory(ctx, &peer, sync),
                     Message::DirectoryPage(page) => act.take_page(ctx, &peer, page),
@@ -390,6 +592,11 @@ impl PeerLink {
                     }),
                 }
             }
+            // Never an ERROR for an ERROR: two servers would trade them forever.
+            Err(Failed::Link(_)) if is_error => act
+                .shared
+                .metrics
+                .inc(crate::metrics::family::SERVER_ERRORS, "UNANSWERED_ERROR"),
             Err(Failed::Link(detail)) => act.strike(ctx, ErrorCode::InvalidSig, detail),
             Err(Failed::Relayed(kind, detail)) => act.unverifiable(kind, &detail),
         });
@@ -432,7 +639,7 @@ impl Actor for PeerLink {
         if !self.outbound {
             let within = self.shared.settings.identify_timeout;
             ctx.run_later(within, |act, ctx| {
-                if act.peer.is_none() {
+                if act.peer.is_none() && act.welcomed.is_none() {
                     act.close(ctx, close::POLICY, "identification timeout");
                 }
             });
@@ -442,17 +649,20 @@ impl Actor for PeerLink {
             return;
         };
         // Our hello first, then the router learns the link is up (and sends
-        // our SERVER_ANNOUNCE over it).
-        let hello = ServerHelloLink(ServerAddress {
+        // our SERVER_ANNOUNCE over it). A server whose key came in PEM is of
+        // a dialect that links with SERVER_ANNOUNCE (and drops a
+        // SERVER_HELLO_LINK): the announce is the hello (SPEC.md §11).
+        let address = ServerAddress {
             host: self.shared_host(),
             port: self.shared_port(),
             pubkey: self.shared.pool.public_key().clone(),
-        });
-        self.send(
-            ctx,
-            To::from(&peer.server_id),
-            Message::ServerHelloLink(hello),
-        );
+        };
+        let hello = if self.dialect.keys == socp_protocol::dialect::KeyEncoding::Der {
+            Message::ServerHelloLink(ServerHelloLink(address))
+        } else {
+            Message::ServerAnnounce(socp_protocol::message::ServerAnnounce(address))
+        };
+        self.send_hello(ctx, To::from(&peer.server_id), hello);
         let up = self.shared.router.link_up.send(LinkUp {
             peer: peer.clone(),
             conn: self.conn(ctx),
@@ -461,7 +671,12 @@ impl Actor for PeerLink {
         self.report_alive();
         InQueue::wait_for(ctx, self, up, move |act, ctx, result| {
             if matches!(result, Ok(Ok(()))) {
-                act.ask_directory(ctx, &peer);
+                // Only a socp peer knows DIRECTORY_SYNC: asked once it says so.
+                if act.dialect.socp {
+                    act.ask_directory(ctx, &peer);
+                } else {
+                    act.directory_owed = true;
+                }
             } else {
                 log::warn!("link to {} refused by the router", peer.server_id);
                 act.close(ctx, close::POLICY, "link refused");
@@ -575,6 +790,18 @@ impl Handler<Outbound> for PeerLink {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        if self.retired {
+            return;
+        }
+        if let Outbound::Close(_, reason) = &msg {
+            // A join connection another implementation keeps open (it joins
+            // again when it closes) is retired when its own link replaces it.
+            if self.via_join && !self.dialect.socp && reason == crate::routing::DUPLICATE_LINK {
+                log::info!("link {}: join connection retired, kept open", self.conn_id);
+                self.retired = true;
+                return;
+            }
+        }
         OutQueue::push(ctx, self, msg);
     }
 }

@@ -51,7 +51,8 @@ pub(crate) fn verifying_key(
     }
 }
 
-fn is_user_content(msg: &Message) -> bool {
+/// A user's content frame (what other implementations pass on as it came).
+pub(crate) fn is_user_content(msg: &Message) -> bool {
     matches!(
         msg,
         Message::MsgDirect(_)

@@ -10,6 +10,11 @@ use super::*;
 
 use super::inbound::Relayed;
 
+/// Whether `to` names the public channel (`public`, its id) rather than a member.
+fn is_channel(to: &To) -> bool {
+    matches!(to, To::Public)
+}
+
 /// Users per LIST_RESPONSE part (~200 bytes each: a part stays under 512 KiB).
 pub const LIST_PART: usize = 2_000;
 
@@ -78,11 +83,19 @@ impl<H: Clone> RouterState<H> {
                     self.sign(
                         reply_to,
                         now,
-                        Message::CommandResponse(CommandResponse {
-                            cmd,
+                        Message::CommandResponse({
                             // The first seed's form has no parts: at most
                             // what fits well inside the frame limit.
-                            users: self.listing().into_iter().take(4 * LIST_PART).collect(),
+                            let users: Vec<_> =
+                                self.listing().into_iter().take(4 * LIST_PART).collect();
+                            let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+                            let response = serde_json::json!({ "users": ids }).to_string();
+                            CommandResponse {
+                                command: Some(cmd.clone()),
+                                cmd,
+                                users,
+                                response: Some(response),
+                            }
                         }),
                     )
                 } else {
@@ -92,6 +105,9 @@ impl<H: Clone> RouterState<H> {
             }
             Message::MsgDirect(m) => {
                 self.route_content(env, DeliverContent::Dm(m), &origin, now, &mut out)
+            }
+            Message::MsgPublicChannel(_) if is_channel(env.to()) => {
+                self.channel_message(env, None, now, &mut out)
             }
             Message::MsgPublicChannel(m) => {
                 self.route_content(env, DeliverContent::Public(m), &origin, now, &mut out)
@@ -263,8 +279,32 @@ impl<H: Clone> RouterState<H> {
         }
     }
 
+    /// A public message addressed to the channel itself, one ciphertext for
+    /// everyone (SPEC.md §6.4, as other implementations send it): the user's
+    /// frame, unchanged and with the user's signature, goes to every local
+    /// user but its sender and, from the sender's own server only, to every
+    /// linked server. No signature is made for it: receivers verify the
+    /// user's (SPEC.md §5.2). `via`: the link it came over.
+    fn channel_message(
+        &mut self,
+        env: &Envelope,
+        via: Option<&ServerId>,
+        now: i64,
+        out: &mut Vec<Action<H>>,
+    ) {
+        if via.is_none() && !self.seen.insert(env.seen_key(), env.ts(), now) {
+            return;
+        }
+        let frame = SignedFrame::ready(std::sync::Arc::from(env.to_json()));
+        self.to_all_users(&frame, Some(&env.from_user()), out);
+        if via.is_none() {
+            self.to_all_servers(&frame, &[], out);
+        }
+    }
+
     /// Handle a content frame that another implementation's server forwarded
     /// as-is (`from` = a user, `to` = one of our users): routed like a DM.
+    /// One addressed to the public channel goes to every local user.
     pub fn from_server_user_frame(
         &mut self,
         link: &ServerId,
@@ -274,6 +314,10 @@ impl<H: Clone> RouterState<H> {
     ) -> Vec<Action<H>> {
         let mut out = Vec::new();
         if !self.seen.insert(env.seen_key(), env.ts(), now) {
+            return out;
+        }
+        if matches!(msg, Message::MsgPublicChannel(_)) && is_channel(env.to()) {
+            self.channel_message(env, Some(link), now, &mut out);
             return out;
         }
         let content = match msg {

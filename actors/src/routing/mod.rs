@@ -38,7 +38,7 @@ use presence::{LocalUser, RemoteUser};
 pub use seen::SeenCache;
 pub(crate) use sequence::PresenceSeq;
 use servers::ServerEntry;
-pub use servers::WELCOME_CLIENTS;
+pub use servers::{DUPLICATE_LINK, WELCOME_CLIENTS};
 pub use status::{LinkState, RemoteUserStatus, ServerStatus, Status};
 
 /// Identifies one connection (a user session or a server link).

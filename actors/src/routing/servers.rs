@@ -10,6 +10,11 @@ use super::presence::meta_name;
 use super::*;
 use crate::crypto::SignedFrame;
 
+/// The close reason of a link that another link to the same server
+/// replaced (a join connection kept by another implementation is retired
+/// instead, see `PeerLink`).
+pub const DUPLICATE_LINK: &str = "duplicate link";
+
 /// Most users a SERVER_WELCOME lists (~850 bytes each, with their key).
 pub const WELCOME_CLIENTS: usize = 500;
 
@@ -194,13 +199,13 @@ impl<H: Clone> RouterState<H> {
             let keep_new = opened_by < existing.opened_by
                 || (opened_by == existing.opened_by && conn.id > existing.conn.id);
             if !keep_new {
-                out.push(Action::Close(conn.tx, 1000, "duplicate link".into()));
+                out.push(Action::Close(conn.tx, 1000, DUPLICATE_LINK.into()));
                 return Ok(out);
             }
             out.push(Action::Close(
                 existing.conn.tx.clone(),
                 1000,
-                "duplicate link".into(),
+                DUPLICATE_LINK.into(),
             ));
         }
         let tx = conn.tx.clone();
@@ -405,15 +410,14 @@ impl<H: Clone> RouterState<H> {
 
     /// Our SERVER_ANNOUNCE (one signature serves every link: same payload).
     pub(crate) fn announce_frame(&self, now: i64) -> SignedFrame {
-        self.sign(
-            To::All,
-            now,
-            Message::ServerAnnounce(ServerAnnounce(ServerAddress {
-                host: self.config.host.clone(),
-                port: self.config.port,
-                pubkey: self.config.pubkey.clone(),
-            })),
-        )
+        let announce = Message::ServerAnnounce(ServerAnnounce(ServerAddress {
+            host: self.config.host.clone(),
+            port: self.config.port,
+            pubkey: self.config.pubkey.clone(),
+        }));
+        let env = Envelope::from_message(&self.config.me, To::All, now, &announce);
+        self.signer
+            .sign(socp_protocol::dialect::with_capability(env))
     }
 
     /// Our SERVER_ANNOUNCE, for every server.

@@ -24,6 +24,20 @@ use crate::Shared;
 impl ClientSession {
     /// USER_HELLO: first identification, or a login on an attached session.
     pub(super) fn hello(&mut self, ctx: &mut Context<Self>, env: Envelope, hello: UserHello) {
+        // How this client speaks (SPEC.md §11): its key's encoding, and
+        // whether it says it is socp. What we write to it follows.
+        let dialect = socp_protocol::Dialect {
+            keys: hello.pubkey.written(),
+            socp: env
+                .payload()
+                .get(socp_protocol::dialect::CAPABILITY)
+                .is_some_and(|c| c.is_object()),
+        };
+        self.out.speak(crate::dialect::Translator::for_user(
+            dialect,
+            &self.shared.pool,
+            &self.shared.me,
+        ));
         let user_id = env.from_user();
         let from = user_id.to_string();
         if self.identity.as_ref().is_some_and(|i| i.user_id == user_id) {

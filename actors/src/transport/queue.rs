@@ -26,6 +26,8 @@ pub struct OutQueue {
     /// Set once the first frame is written: until then nothing overtakes
     /// (a link's hello must be its first frame, whatever else is urgent).
     started: bool,
+    /// How the peer speaks, when it is not socp: frames are rewritten for it.
+    translator: Option<crate::dialect::Translator>,
 }
 
 pub(super) enum Queued {
@@ -48,7 +50,13 @@ impl OutQueue {
             waiting: false,
             closed: false,
             started: false,
+            translator: None,
         }
+    }
+
+    /// The peer speaks `dialect`: what is queued from now on is written for it.
+    pub fn speak(&mut self, translator: Option<crate::dialect::Translator>) {
+        self.translator = translator;
     }
 
     /// Queue a frame or a close; it is written after everything queued before.
@@ -57,6 +65,10 @@ impl OutQueue {
         if queue.closed {
             return;
         }
+        let out = match &queue.translator {
+            Some(t) => t.apply(out),
+            None => out,
+        };
         let item = match out {
             Outbound::Urgent(frame) if queue.started => return Self::urgent(ctx, act, frame),
             Outbound::Urgent(frame) | Outbound::Frame(frame) => Queued::Frame(frame),

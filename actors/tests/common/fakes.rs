@@ -11,7 +11,7 @@ use socp_actors::error::Refusal;
 use socp_actors::ports::{RouterPort, StorePort};
 use socp_actors::router::{
     Attach, Detach, FirstSight, JoinRequest, Joined, LinkDown, LinkFrame, LinkUp, Publish,
-    ServerKey, SyncedRecord, UserFrame,
+    ServerKey, SyncedRecord, UserFrame, UserKey,
 };
 use socp_actors::store::{DirectoryPageQuery, FindUser, GetUser, Register, Rename};
 use socp_db::UserRecord;
@@ -62,6 +62,8 @@ pub enum Call {
 /// How a fake router answers.
 #[derive(Default)]
 pub struct Script {
+    /// Keys advertised for users.
+    pub user_keys: HashMap<UserId, PublicKey>,
     /// Attach refusals by user id.
     pub refuse_attach: HashMap<UserId, Refusal>,
     /// Pinned server keys.
@@ -181,6 +183,13 @@ impl Handler<ServerKey> for FakeRouter {
         let key = self.script.server_keys.get(&m.0).cloned();
         self.log(Call::ServerKey(m.0));
         key
+    }
+}
+
+impl Handler<UserKey> for FakeRouter {
+    type Result = Option<PublicKey>;
+    fn handle(&mut self, m: UserKey, _: &mut Context<Self>) -> Option<PublicKey> {
+        self.script.user_keys.get(&m.0).cloned()
     }
 }
 

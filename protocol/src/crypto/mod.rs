@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 mod backend;
 mod encoding;
 
+pub use crate::dialect::KeyEncoding;
 #[cfg(feature = "aws-lc")]
 use backend::lc;
 pub use backend::Backend;
@@ -66,6 +67,8 @@ struct PublicKeyInner {
     key: RsaPublicKey,
     der: Vec<u8>,
     wire: String,
+    /// How the key was written where we read it (DER for keys we make).
+    written: KeyEncoding,
 }
 
 impl PublicKey {
@@ -80,17 +83,33 @@ impl PublicKey {
             return Err(Error::BadKey(format!("key text of {} bytes", text.len())));
         }
         if text.starts_with("-----BEGIN") {
-            return Self::from_pem(text);
+            return Self::from_pem(text).map(|k| k.written_as(KeyEncoding::Pem));
         }
         let bytes = b64url_decode(text).map_err(|e| Error::BadKey(e.to_string()))?;
         match bytes.strip_prefix(b"-----BEGIN") {
             Some(_) => {
                 let pem = std::str::from_utf8(&bytes)
                     .map_err(|_| Error::BadKey("PEM text is not UTF-8".into()))?;
-                Self::from_pem(pem.trim())
+                Self::from_pem(pem.trim()).map(|k| k.written_as(KeyEncoding::PemBase64Url))
             }
             None => Self::from_der(&bytes),
         }
+    }
+
+    /// How this key was written where it was read ([`KeyEncoding::Der`] for
+    /// keys made here): the encoding its owner uses, and can read.
+    pub fn written(&self) -> KeyEncoding {
+        self.0.written
+    }
+
+    fn written_as(self, written: KeyEncoding) -> Self {
+        let inner = &self.0;
+        PublicKey(Arc::new(PublicKeyInner {
+            key: inner.key.clone(),
+            der: inner.der.clone(),
+            wire: inner.wire.clone(),
+            written,
+        }))
     }
 
     /// Parse DER: SubjectPublicKeyInfo, or a bare PKCS#1 RSAPublicKey.
@@ -115,7 +134,12 @@ impl PublicKey {
             .map_err(|e| Error::BadKey(e.to_string()))?
             .into_vec();
         let wire = b64url_encode(&der);
-        Ok(PublicKey(Arc::new(PublicKeyInner { key, der, wire })))
+        Ok(PublicKey(Arc::new(PublicKeyInner {
+            key,
+            der,
+            wire,
+            written: KeyEncoding::Der,
+        })))
     }
 
     /// The wire form: base64url of the DER SubjectPublicKeyInfo.

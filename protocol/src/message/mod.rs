@@ -622,7 +622,8 @@ pub struct Command {
     pub cmd: String,
 }
 
-/// `COMMAND_RESPONSE {cmd, users}`.
+/// `COMMAND_RESPONSE {cmd, users}`, plus `command` and `response` as
+/// another implementation's client reads them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandResponse {
     /// The request's `cmd`, as it was sent.
@@ -630,6 +631,13 @@ pub struct CommandResponse {
     /// For `list`: the same rows as LIST_RESPONSE. Absent reads as empty.
     #[serde(default)]
     pub users: Vec<ListedUser>,
+    /// The command again, under the name another implementation uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The answer as one JSON text, `{"users": [ids]}`, as that
+    /// implementation's client reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
 
 /// `ACK {msg_ref}`.

@@ -1,0 +1,543 @@
+//! The dialect kit (SPEC.md §11): scripted servers and clients that speak
+//! v1.3 as other implementations do, frame by frame, against real socp
+//! servers. Written from the standard and from what those implementations
+//! were seen to send (docs/PROTOCOL.md, "Dialects"), not from their code.
+//!
+//! - *PEM dialect*: keys as base64url of PEM text; a server links with
+//!   SERVER_ANNOUNCE as its first frame, verifies every frame with the key of
+//!   its `from`, keeps its links alive with WebSocket pings only and never
+//!   sends HEARTBEAT; its users' frames travel as they came (user-signed);
+//!   clients send a `password` in their hello and list with
+//!   `COMMAND {command:"/list"}`.
+//! - *Standard DER dialect*: keys as base64url of DER, no socp capability:
+//!   what a socp server sends a peer it knows nothing about.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
+mod common;
+#[path = "../actors/tests/common/loopback.rs"]
+#[allow(dead_code)]
+mod loopback;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use socp::server::{start, RunningServer};
+use socp_protocol::dialect::KeyEncoding;
+use socp_protocol::{
+    content, fixtures, now_ms, Base64Url, Envelope, MessageType, PrivateKey, PublicKey, ServerId,
+    To, UserId,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `key` as the PEM dialect writes it.
+fn pem(key: &PrivateKey) -> String {
+    KeyEncoding::PemBase64Url
+        .write(key.public_key())
+        .expect("writes PEM")
+}
+
+/// A frame of type `t`, signed by `key` over the payload as given.
+fn signed(
+    t: MessageType,
+    from: &str,
+    to: &str,
+    ts: i64,
+    payload: Value,
+    key: &PrivateKey,
+) -> Envelope {
+    Envelope::raw(t, from, To::parse(to).expect("a valid to"), ts, payload)
+        .signed(key)
+        .expect("signs")
+}
+
+/// A server of the PEM dialect, linked to a socp server by SERVER_ANNOUNCE.
+struct PemServer {
+    id: String,
+    key: PrivateKey,
+    peer: Peer,
+}
+
+impl PemServer {
+    async fn link(to: &RunningServer, key: usize) -> PemServer {
+        let key = fixtures::key(key);
+        let id = ServerId::random().to_string();
+        let mut peer = Peer::connect(to.addr).await;
+        let announce = signed(
+            MessageType::ServerAnnounce,
+            &id,
+            to.server_id.as_str(),
+            now_ms(),
+            json!({"host": "127.0.0.1", "port": 9, "pubkey": pem(&key)}),
+            &key,
+        );
+        peer.send(&announce).await;
+        PemServer { id, key, peer }
+    }
+
+    /// Advertise one of its users (PEM key, empty meta), as it does.
+    async fn advertise(&mut self, user: &str, key: &PrivateKey) {
+        let advert = signed(
+            MessageType::UserAdvertise,
+            &self.id,
+            "*",
+            now_ms(),
+            json!({"user_id": user, "server_id": self.id, "pubkey": pem(key), "meta": {}}),
+            &self.key,
+        );
+        self.peer.send(&advert).await;
+    }
+
+    /// Keep the link alive the way it does: WebSocket pings, no text frame.
+    async fn ping_for(&mut self, how_long: Duration) {
+        let end = tokio::time::Instant::now() + how_long;
+        while tokio::time::Instant::now() < end {
+            self.peer.send_ping().await;
+            self.peer.pump(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn is_type(t: &'static str) -> impl Fn(&Envelope) -> bool {
+    move |e| e.msg_type() == t
+}
+
+fn advert_of(user: &UserId) -> impl Fn(&Envelope) -> bool {
+    let id = user.to_string();
+    move |e| e.msg_type() == "USER_ADVERTISE" && e.payload()["user_id"] == id.as_str()
+}
+
+/// The key a frame's payload carries in `field`.
+fn key_in(env: &Envelope, field: &str) -> (KeyEncoding, PublicKey) {
+    let text = env.payload()[field].as_str().expect("a key");
+    (
+        KeyEncoding::of(text),
+        PublicKey::parse(text).expect("a key that parses"),
+    )
+}
+
+/// The socp server `a`'s key, as its own SERVER_ANNOUNCE... or its fixture.
+fn server_key(n: usize) -> PublicKey {
+    fixtures::key(n).public_key().clone()
+}
+
+#[actix_rt::test]
+async fn a_pem_server_links_by_announce_and_everything_crosses_in_its_dialect() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut pem_server = PemServer::link(&a, 5).await;
+    let server_id = ServerId::parse(&pem_server.id).expect("an id");
+    eventually(WAIT, "the PEM server is linked", || async {
+        link_state(&a.status().await, &server_id).as_deref() == Some("up")
+    })
+    .await;
+
+    // A socp user attaches: the PEM server hears of it with a PEM key,
+    // signed by the socp server over exactly what it received.
+    let mut alice = User::join(a.addr, 10).await;
+    let advert = pem_server
+        .peer
+        .expect(WAIT, "alice's advert", advert_of(&alice.id))
+        .await;
+    assert_eq!(
+        key_in(&advert, "pubkey"),
+        (KeyEncoding::PemBase64Url, alice.key.public_key().clone())
+    );
+    advert
+        .verify(&server_key(0))
+        .expect("signed by the socp server");
+
+    // Its user zed, advertised with a PEM key, reaches alice.
+    let zed = fixtures::key(11);
+    pem_server.advertise("zed", &zed).await;
+    let zed_id = UserId::parse("zed").expect("an id");
+    assert!(alice.sees_user(&zed_id, WAIT).await, "alice hears of zed");
+
+    // alice → zed: a SERVER_DELIVER whose envelope ts is alice's, with a
+    // content signature that verifies over it in the string form.
+    let dm = alice.dm(&zed_id, zed.public_key(), "hello zed");
+    let sent_ts = dm.ts();
+    alice
+        .peer
+        .send(&dm.signed(&alice.key).expect("signs"))
+        .await;
+    let delivered = pem_server
+        .peer
+        .expect(WAIT, "the DM to zed", is_type("SERVER_DELIVER"))
+        .await;
+    assert_eq!(delivered.ts(), sent_ts, "the sender's ts in the envelope");
+    let p = delivered.payload();
+    let ct = Base64Url::parse(p["ciphertext"].as_str().expect("ciphertext")).expect("b64");
+    let sig =
+        socp_protocol::Signature::parse(p["content_sig"].as_str().expect("sig")).expect("sig");
+    alice
+        .key
+        .public_key()
+        .verify(
+            &content::dm_string(ct.as_str(), alice.id.as_str(), "zed", delivered.ts()),
+            &sig,
+        )
+        .expect("string form over the envelope ts");
+    assert_eq!(
+        key_in(&delivered, "sender_pub").0,
+        KeyEncoding::PemBase64Url
+    );
+    assert_eq!(zed.decrypt(ct.bytes()).expect("decrypts"), b"hello zed");
+
+    // zed → alice, as the PEM dialect sends it: no `orig_ts`, the sender's
+    // ts in the envelope, PEM `sender_pub`.
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&alice.key.public_key().encrypt(b"hi alice").expect("fits"));
+    let content_sig = content::sign_dm(&zed, &ct, "zed", alice.id.as_str(), ts).expect("signs");
+    let back = signed(
+        MessageType::ServerDeliver,
+        &pem_server.id,
+        a.server_id.as_str(),
+        ts,
+        json!({"user_id": alice.id, "ciphertext": ct.as_str(), "sender": "zed",
+               "sender_pub": pem(&zed), "content_sig": content_sig.as_str()}),
+        &pem_server.key,
+    );
+    pem_server.peer.send(&back).await;
+    let got = alice
+        .peer
+        .expect(WAIT, "zed's DM", is_type("USER_DELIVER"))
+        .await;
+    assert_eq!(alice.open(&got), "hi alice");
+    assert_eq!(got.payload()["sender"], "zed");
+
+    // The PEM server never sees a frame only socp knows.
+    let socp_only = pem_server
+        .peer
+        .count(Duration::from_millis(300), |e| {
+            e.msg_type().starts_with("DIRECTORY_") || e.msg_type() == "USER_RENAME"
+        })
+        .await;
+    assert_eq!(socp_only, 0, "no socp-only frames toward a PEM server");
+
+    // Pings only, for three times the silence after which a server is
+    // declared dead: the link stays up, and zed stays known.
+    pem_server.ping_for(3 * fast_settings().peer_timeout).await;
+    let status = a.status().await;
+    assert_eq!(link_state(&status, &server_id).as_deref(), Some("up"));
+    assert!(knows(&status, &zed_id), "zed is still known");
+}
+
+/// A server that joins with SERVER_HELLO_JOIN and keeps the join connection
+/// as its only link (SPEC.md §5.1.5), keeping it alive with HEARTBEAT text
+/// frames; DER keys; no socp capability.
+#[actix_rt::test]
+async fn a_joiner_keeps_its_join_connection_as_the_link() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let key = fixtures::key(6);
+    let id = ServerId::random().to_string();
+    let mut joiner = Peer::connect(a.addr).await;
+    let join = signed(
+        MessageType::ServerHelloJoin,
+        &id,
+        &a.addr.to_string(),
+        now_ms(),
+        json!({"host": "127.0.0.1", "port": 9, "pubkey": key.public_key().to_wire(),
+               "ws_uri": format!("ws://{}", a.addr)}),
+        &key,
+    );
+    joiner.send(&join).await;
+    let welcome = joiner
+        .expect(WAIT, "the welcome", is_type("SERVER_WELCOME"))
+        .await;
+    welcome
+        .verify(&server_key(0))
+        .expect("signed by the introducer");
+    let server_id = ServerId::parse(welcome.payload()["assigned_id"].as_str().expect("an id"))
+        .expect("a server id");
+    let beat = |key: &PrivateKey| {
+        signed(
+            MessageType::Heartbeat,
+            server_id.as_str(),
+            a.server_id.as_str(),
+            now_ms(),
+            json!({"now": now_ms() / 1000}),
+            key,
+        )
+    };
+    // Its first frame over the join connection makes it the link.
+    joiner.send(&beat(&key)).await;
+    eventually(WAIT, "the join connection is a link", || async {
+        link_state(&a.status().await, &server_id).as_deref() == Some("up")
+    })
+    .await;
+
+    // Over it: our users' adverts, and the joiner's heartbeats keep it up
+    // past the silence after which a server is declared dead.
+    let alice = User::join(a.addr, 10).await;
+    joiner
+        .expect(
+            WAIT,
+            "alice's advert over the join connection",
+            advert_of(&alice.id),
+        )
+        .await;
+    let end = tokio::time::Instant::now() + 3 * fast_settings().peer_timeout;
+    while tokio::time::Instant::now() < end {
+        joiner.send(&beat(&key)).await;
+        assert!(joiner.pump(Duration::from_millis(300)).await, "still open");
+    }
+    assert_eq!(
+        link_state(&a.status().await, &server_id).as_deref(),
+        Some("up")
+    );
+    assert!(joiner.closed.is_none(), "the join connection stays open");
+    // A DER server not known to speak socp: no socp-only frames.
+    assert!(joiner
+        .inbox
+        .iter()
+        .all(|e| !e.msg_type().starts_with("DIRECTORY_")));
+}
+
+/// A client of the PEM dialect on a socp server, as it speaks: a `password`
+/// in its hello (ignored), a PEM key, no socp capability.
+async fn pem_client(a: &RunningServer, name: &str, key: &PrivateKey) -> Peer {
+    let mut peer = Peer::connect(a.addr).await;
+    let hello = signed(
+        MessageType::UserHello,
+        name,
+        "server",
+        now_ms(),
+        json!({"client": "cli-v1", "pubkey": pem(key), "enc_pubkey": null, "password": "pw"}),
+        key,
+    );
+    peer.send(&hello).await;
+    peer
+}
+
+#[actix_rt::test]
+async fn a_pem_client_gets_keys_deliveries_and_files_in_its_dialect() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut alice = User::join(a.addr, 10).await;
+    let ivy_key = fixtures::key(12);
+    let mut ivy = pem_client(&a, "ivy", &ivy_key).await;
+    let ivy_id = UserId::parse("ivy").expect("an id");
+
+    // The roster it is sent has every key in PEM, signed by the server.
+    let advert = ivy
+        .expect(WAIT, "alice's advert", advert_of(&alice.id))
+        .await;
+    assert_eq!(
+        key_in(&advert, "pubkey"),
+        (KeyEncoding::PemBase64Url, alice.key.public_key().clone())
+    );
+    advert.verify(&server_key(0)).expect("signed by the server");
+    assert!(alice.sees_user(&ivy_id, WAIT).await, "alice hears of ivy");
+
+    // Its list command, in its form.
+    let list = signed(
+        MessageType::Command,
+        "ivy",
+        "server",
+        now_ms(),
+        json!({"command": "/list"}),
+        &ivy_key,
+    );
+    ivy.send(&list).await;
+    ivy.expect(WAIT, "the list", is_type("COMMAND_RESPONSE"))
+        .await;
+
+    // A DM from alice: the envelope ts is alice's; sender_pub in PEM.
+    let dm = alice.dm(&ivy_id, ivy_key.public_key(), "hello ivy");
+    let sent_ts = dm.ts();
+    alice.peer.send(&dm).await;
+    let got = ivy
+        .expect(WAIT, "alice's DM", is_type("USER_DELIVER"))
+        .await;
+    assert_eq!(got.ts(), sent_ts);
+    assert_eq!(key_in(&got, "sender_pub").0, KeyEncoding::PemBase64Url);
+    let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    assert_eq!(ivy_key.decrypt(ct.bytes()).expect("decrypts"), b"hello ivy");
+
+    // A file from alice arrives as the standard FILE_* frames, from alice.
+    let data = b"a small file for ivy".to_vec();
+    let file_id = "f-ivy-1";
+    let start_frame = Envelope::raw(
+        MessageType::FileStart,
+        alice.id.as_str(),
+        To::from(&ivy_id),
+        now_ms(),
+        json!({"file_id": file_id, "name": "notes.txt", "size": data.len(),
+               "sha256": socp_protocol::crypto::sha256_hex(&data), "mode": "dm"}),
+    );
+    alice.peer.send(&start_frame).await;
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&ivy_key.public_key().encrypt(&data).expect("fits"));
+    let sig = content::sign_dm(&alice.key, &ct, alice.id.as_str(), "ivy", ts).expect("signs");
+    let chunk = Envelope::raw(
+        MessageType::FileChunk,
+        alice.id.as_str(),
+        To::from(&ivy_id),
+        ts,
+        json!({"file_id": file_id, "index": 0, "ciphertext": ct.as_str(),
+               "sender_pub": alice.key.public_key().to_wire(), "content_sig": sig.as_str()}),
+    );
+    alice.peer.send(&chunk).await;
+    let end = Envelope::raw(
+        MessageType::FileEnd,
+        alice.id.as_str(),
+        To::from(&ivy_id),
+        now_ms(),
+        json!({"file_id": file_id}),
+    );
+    alice.peer.send(&end).await;
+    let start = ivy.expect(WAIT, "FILE_START", is_type("FILE_START")).await;
+    assert_eq!(
+        (start.from(), start.payload()["name"].as_str()),
+        (alice.id.as_str(), Some("notes.txt"))
+    );
+    let chunk = ivy.expect(WAIT, "FILE_CHUNK", is_type("FILE_CHUNK")).await;
+    assert_eq!(chunk.from(), alice.id.as_str());
+    let ct = Base64Url::parse(chunk.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    assert_eq!(ivy_key.decrypt(ct.bytes()).expect("decrypts"), data);
+    ivy.expect(WAIT, "FILE_END", is_type("FILE_END")).await;
+    assert!(
+        ivy.inbox.iter().all(|e| e.msg_type() != "USER_DELIVER"
+            || e.payload()
+                .get("kind")
+                .and_then(Value::as_str)
+                .is_none_or(|k| !k.starts_with("file"))),
+        "no socp-only file deliveries"
+    );
+}
+
+/// A public message addressed to the channel itself (one ciphertext for
+/// everyone, as the PEM dialect's clients send it) reaches every member: a
+/// USER_DELIVER for clients of its dialect, the sender's frame for socp
+/// clients, on this server and on a linked socp server, which checks the
+/// sender's own signature.
+#[actix_rt::test]
+async fn a_message_to_the_channel_reaches_every_member_in_their_dialect() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let b = start(config_with(1, None, &[a.addr], fast_settings()))
+        .await
+        .expect("b starts");
+    eventually(WAIT, "a and b linked", || async {
+        links_up(&a.status().await) == 1 && links_up(&b.status().await) == 1
+    })
+    .await;
+    let mut alice = User::join(a.addr, 10).await;
+    let mut bob = User::join(b.addr, 11).await;
+    let ivy_key = fixtures::key(12);
+    let jay_key = fixtures::key(13);
+    let mut ivy = pem_client(&a, "ivy", &ivy_key).await;
+    let mut jay = pem_client(&a, "jay", &jay_key).await;
+    let ivy_id = UserId::parse("ivy").expect("an id");
+    assert!(bob.sees_user(&ivy_id, WAIT).await, "b knows ivy");
+    assert!(alice.sees_user(&ivy_id, WAIT).await, "alice knows ivy");
+    jay.expect(WAIT, "ivy's advert", advert_of(&ivy_id)).await;
+    ivy.pump(Duration::from_millis(200)).await;
+
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&[7u8; 60]);
+    let sig = content::sign_public(&ivy_key, &ct, "ivy", ts).expect("signs");
+    let msg = signed(
+        MessageType::MsgPublicChannel,
+        "ivy",
+        "public",
+        ts,
+        json!({"ciphertext": ct.as_str(), "sender_pub": pem(&ivy_key), "content_sig": sig.as_str()}),
+        &ivy_key,
+    );
+    ivy.send(&msg).await;
+
+    let to_jay = jay
+        .expect(WAIT, "the message, for jay", is_type("USER_DELIVER"))
+        .await;
+    assert_eq!(to_jay.payload()["sender"], "ivy");
+    assert_eq!(to_jay.payload()["ciphertext"], ct.as_str());
+    to_jay.verify(&server_key(0)).expect("signed by the server");
+    for (who, user) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let got = user
+            .peer
+            .expect(WAIT, who, is_type("MSG_PUBLIC_CHANNEL"))
+            .await;
+        assert_eq!((got.from(), got.ts()), ("ivy", ts), "{who}");
+        got.verify(ivy_key.public_key())
+            .expect("ivy's own signature");
+    }
+    // Once each, and never back to its sender.
+    assert_eq!(
+        bob.peer
+            .count(Duration::from_millis(500), is_type("MSG_PUBLIC_CHANNEL"))
+            .await,
+        0
+    );
+    assert_eq!(
+        ivy.count(Duration::from_millis(100), |e| e.msg_type()
+            == "USER_DELIVER"
+            || e.msg_type() == "MSG_PUBLIC_CHANNEL")
+            .await,
+        0
+    );
+}
+
+/// A server of the PEM dialect takes SERVER_ANNOUNCE as the first frame of a
+/// link and drops SERVER_HELLO_LINK: when its link drops, the socp server
+/// dials it back with its announce, its key written in PEM.
+#[actix_rt::test]
+async fn a_pem_server_is_dialled_back_with_an_announce_in_its_encoding() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let (listener, port) = loopback::listen().await;
+    let firsts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = firsts.clone();
+    loopback::accept_all(listener, move |sock| {
+        let seen = seen.clone();
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            if let Some(first) = conn.next_text().await {
+                seen.lock().unwrap().push(first);
+            }
+            while conn.next_text().await.is_some() {}
+        }
+    });
+    let key = fixtures::key(5);
+    let id = ServerId::random();
+    let mut peer = Peer::connect(a.addr).await;
+    let announce = signed(
+        MessageType::ServerAnnounce,
+        id.as_str(),
+        a.server_id.as_str(),
+        now_ms(),
+        json!({"host": "127.0.0.1", "port": port, "pubkey": pem(&key)}),
+        &key,
+    );
+    peer.send(&announce).await;
+    eventually(WAIT, "linked", || async {
+        link_state(&a.status().await, &id).as_deref() == Some("up")
+    })
+    .await;
+    drop(peer);
+    eventually(WAIT, "dialled back", || async {
+        !firsts.lock().unwrap().is_empty()
+    })
+    .await;
+    let first = Envelope::parse(firsts.lock().unwrap()[0].as_bytes()).expect("a frame");
+    assert_eq!(first.msg_type(), "SERVER_ANNOUNCE");
+    assert_eq!(first.from(), a.server_id.as_str());
+    assert_eq!(
+        key_in(&first, "pubkey"),
+        (KeyEncoding::PemBase64Url, server_key(0))
+    );
+    first
+        .verify(&server_key(0))
+        .expect("signed over the PEM payload");
+}
