@@ -100,6 +100,49 @@ impl PemServer {
     }
 }
 
+/// The frames a socp client sends for a one-chunk file: FILE_START, a
+/// FILE_CHUNK with its content signature, FILE_END, each signed by the user.
+fn file_frames(
+    user: &User,
+    to: &str,
+    to_key: &PublicKey,
+    file_id: &str,
+    data: &[u8],
+) -> Vec<Envelope> {
+    let to_id = To::parse(to).expect("a valid to");
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&to_key.encrypt(data).expect("fits"));
+    let sig = content::sign_dm(&user.key, &ct, user.id.as_str(), to, ts).expect("signs");
+    [
+        Envelope::raw(
+            MessageType::FileStart,
+            user.id.as_str(),
+            to_id.clone(),
+            ts,
+            json!({"file_id": file_id, "name": "notes.txt", "size": data.len(),
+                   "sha256": socp_protocol::crypto::sha256_hex(data), "mode": "dm"}),
+        ),
+        Envelope::raw(
+            MessageType::FileChunk,
+            user.id.as_str(),
+            to_id.clone(),
+            ts,
+            json!({"file_id": file_id, "index": 0, "ciphertext": ct.as_str(),
+                   "sender_pub": user.key.public_key().to_wire(), "content_sig": sig.as_str()}),
+        ),
+        Envelope::raw(
+            MessageType::FileEnd,
+            user.id.as_str(),
+            to_id,
+            ts,
+            json!({"file_id": file_id}),
+        ),
+    ]
+    .into_iter()
+    .map(|e| e.signed(&user.key).expect("signs"))
+    .collect()
+}
+
 fn is_type(t: &'static str) -> impl Fn(&Envelope) -> bool {
     move |e| e.msg_type() == t
 }
@@ -208,6 +251,27 @@ async fn a_pem_server_links_by_announce_and_everything_crosses_in_its_dialect() 
         .await;
     assert_eq!(alice.open(&got), "hi alice");
     assert_eq!(got.payload()["sender"], "zed");
+
+    // alice → zed, a file: the PEM server is given alice's own frames, as
+    // she sent and signed them (it routes them so, and checks her signature).
+    let data = b"a small file for zed";
+    for frame in file_frames(&alice, "zed", zed.public_key(), "f-zed-1", data) {
+        alice.peer.send(&frame).await;
+    }
+    for t in ["FILE_START", "FILE_CHUNK", "FILE_END"] {
+        let got = pem_server
+            .peer
+            .expect(WAIT, t, move |e| e.msg_type() == t)
+            .await;
+        assert_eq!((got.from(), got.to().as_str()), (alice.id.as_str(), "zed"));
+        got.verify(alice.key.public_key())
+            .expect("alice's own signature");
+        if t == "FILE_CHUNK" {
+            let ct =
+                Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+            assert_eq!(zed.decrypt(ct.bytes()).expect("decrypts"), data);
+        }
+    }
 
     // The PEM server never sees a frame only socp knows.
     let socp_only = pem_server
@@ -363,36 +427,9 @@ async fn a_pem_client_gets_keys_deliveries_and_files_in_its_dialect() {
 
     // A file from alice arrives as the standard FILE_* frames, from alice.
     let data = b"a small file for ivy".to_vec();
-    let file_id = "f-ivy-1";
-    let start_frame = Envelope::raw(
-        MessageType::FileStart,
-        alice.id.as_str(),
-        To::from(&ivy_id),
-        now_ms(),
-        json!({"file_id": file_id, "name": "notes.txt", "size": data.len(),
-               "sha256": socp_protocol::crypto::sha256_hex(&data), "mode": "dm"}),
-    );
-    alice.peer.send(&start_frame).await;
-    let ts = now_ms();
-    let ct = Base64Url::from_bytes(&ivy_key.public_key().encrypt(&data).expect("fits"));
-    let sig = content::sign_dm(&alice.key, &ct, alice.id.as_str(), "ivy", ts).expect("signs");
-    let chunk = Envelope::raw(
-        MessageType::FileChunk,
-        alice.id.as_str(),
-        To::from(&ivy_id),
-        ts,
-        json!({"file_id": file_id, "index": 0, "ciphertext": ct.as_str(),
-               "sender_pub": alice.key.public_key().to_wire(), "content_sig": sig.as_str()}),
-    );
-    alice.peer.send(&chunk).await;
-    let end = Envelope::raw(
-        MessageType::FileEnd,
-        alice.id.as_str(),
-        To::from(&ivy_id),
-        now_ms(),
-        json!({"file_id": file_id}),
-    );
-    alice.peer.send(&end).await;
+    for frame in file_frames(&alice, "ivy", ivy_key.public_key(), "f-ivy-1", &data) {
+        alice.peer.send(&frame).await;
+    }
     let start = ivy.expect(WAIT, "FILE_START", is_type("FILE_START")).await;
     assert_eq!(
         (start.from(), start.payload()["name"].as_str()),

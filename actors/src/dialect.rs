@@ -52,6 +52,14 @@ impl Translator {
     }
 
     fn frame(&self, frame: SignedFrame) -> SignedFrame {
+        // A delivery of a user's own frame (a file's): a server of another
+        // dialect routes those as the user sent them, and verifies the
+        // user's signature (SPEC.md §5.2, §6.5).
+        if !self.user {
+            if let Some(original) = frame.original() {
+                return original;
+            }
+        }
         let this = self.clone();
         frame.then(move |text| {
             async move {

@@ -84,7 +84,9 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
             let ts = now_ms();
             let ct = Base64Url::from_bytes(&to.pubkey.encrypt(piece.as_bytes())?);
             let sig = content::sign_dm(&me2.key, &ct, me2.id.as_str(), to.user_id.as_str(), ts)?;
-            Ok(Envelope::new(
+            // Signed as well (the transport `sig`): servers of other
+            // implementations verify every frame a user sends.
+            Envelope::new(
                 &me2.id,
                 To::from(&to.user_id),
                 ts,
@@ -93,7 +95,8 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
                     sender_pub: me2.key.public_key().clone(),
                     content_sig: sig,
                 },
-            ))
+            )
+            .signed(&me2.key)
         })
         .await?
         .map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
@@ -148,7 +151,7 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
             let ts = now_ms();
             let ct = Base64Url::from_bytes(&m.pubkey.encrypt(piece.as_bytes())?);
             let sig = content::sign_public(&me2.key, &ct, me2.id.as_str(), ts)?;
-            Ok(Envelope::new(
+            Envelope::new(
                 &me2.id,
                 To::from(&m.user_id),
                 ts,
@@ -159,7 +162,8 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
                     group_id: "public".into(),
                     public_version: None,
                 },
-            ))
+            )
+            .signed(&me2.key)
         },
     )
     .await?;
@@ -294,6 +298,7 @@ async fn transfer(
             mode: FileMode::Dm,
         },
     );
+    let start = signed(&me, start).await?;
     let total = data.len().div_ceil(MAX_OAEP_PLAINTEXT);
     out.event(
         "file_progress",
@@ -382,6 +387,7 @@ async fn file_end(
         status,
     };
     let env = Envelope::new(&me.id, To::from(&contact.user_id), now_ms(), &end);
+    let env = signed(&me, env).await?;
     flow.send(shared, tx, &env).await
 }
 
@@ -473,7 +479,7 @@ fn chunk_frame(
     let ts = now_ms();
     let ct = Base64Url::from_bytes(&to.pubkey.encrypt(plain)?);
     let sig = content::sign_dm(&me.key, &ct, me.id.as_str(), to.user_id.as_str(), ts)?;
-    Ok(Envelope::new(
+    Envelope::new(
         &me.id,
         To::from(&to.user_id),
         ts,
@@ -485,7 +491,18 @@ fn chunk_frame(
             content_sig: Some(sig),
             total: None,
         },
-    ))
+    )
+    .signed(&me.key)
+}
+
+/// `env` signed with our key, off the event loop (servers of other
+/// implementations verify every frame a user sends, and pass a user's file
+/// frames on as they came).
+async fn signed(me: &Me, env: Envelope) -> Result<Envelope, Failure> {
+    let key = me.key.clone();
+    blocking(move || env.signed(&key))
+        .await?
+        .map_err(|e| fail("BAD_KEY", e.to_string()))
 }
 
 /// The contact `who` names (a registered user's name, or a user id; see

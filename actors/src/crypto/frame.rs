@@ -21,6 +21,9 @@ pub type FrameText = Arc<str>;
 pub struct SignedFrame {
     text: Shared<BoxFuture<'static, Option<FrameText>>>,
     charge: Option<Charge>,
+    /// The user's own frame this one delivers, as the user sent it (signed
+    /// by the user): what a peer of another dialect is given instead.
+    original: Option<FrameText>,
 }
 
 impl SignedFrame {
@@ -35,7 +38,27 @@ impl SignedFrame {
     }
 
     fn of(text: Shared<BoxFuture<'static, Option<FrameText>>>) -> Self {
-        SignedFrame { text, charge: None }
+        SignedFrame {
+            text,
+            charge: None,
+            original: None,
+        }
+    }
+
+    /// The same frame, delivering the user's frame `original` (its text as
+    /// the user sent and signed it).
+    pub fn delivering(mut self, original: Option<FrameText>) -> Self {
+        self.original = original;
+        self
+    }
+
+    /// The user's own frame this one delivers, as a frame of its own (the
+    /// charge kept), if it has one.
+    pub fn original(&self) -> Option<SignedFrame> {
+        let original = self.original.clone()?;
+        let mut frame = SignedFrame::ready(original);
+        frame.charge = self.charge.clone();
+        Some(frame)
     }
 
     /// The same frame, holding `charge` until it is written or dropped.
@@ -65,6 +88,7 @@ impl SignedFrame {
         SignedFrame {
             text: made.boxed().shared(),
             charge: self.charge,
+            original: self.original,
         }
     }
 

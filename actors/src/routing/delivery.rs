@@ -10,9 +10,10 @@ use super::*;
 
 use super::inbound::Relayed;
 
-/// Whether `to` names the public channel (`public`, its id) rather than a member.
+/// Whether `to` names the public channel (`public`, its id, or `*` as one
+/// implementation's servers pass a channel message on) rather than a member.
 fn is_channel(to: &To) -> bool {
-    matches!(to, To::Public)
+    matches!(to, To::Public | To::All)
 }
 
 /// Users per LIST_RESPONSE part (~200 bytes each: a part stays under 512 KiB).
@@ -25,6 +26,9 @@ pub(super) struct Delivery {
     /// The sender's `ts` (what its content signature covers).
     pub(super) orig_ts: i64,
     pub(super) content: DeliverContent,
+    /// A file frame of a local user, as the user sent it: what servers of
+    /// another dialect are given instead of the SERVER_DELIVER.
+    pub(super) original: Option<crate::crypto::FrameText>,
 }
 
 /// Where content to deliver came from: where a USER_NOT_FOUND goes, and the
@@ -158,11 +162,18 @@ impl<H: Clone> RouterState<H> {
             }
         };
         let sender = env.from_user();
+        let original = match content {
+            DeliverContent::FileStart(_)
+            | DeliverContent::FileChunk(_)
+            | DeliverContent::FileEnd(_) => Some(std::sync::Arc::from(env.to_json())),
+            _ => None,
+        };
         let delivery = Delivery {
             recipient,
             sender,
             orig_ts: env.ts(),
             content,
+            original,
         };
         self.deliver(delivery, Origin::User(origin), now, out);
     }
@@ -181,6 +192,7 @@ impl<H: Clone> RouterState<H> {
             sender,
             orig_ts,
             content,
+            original,
         } = delivery;
         // The envelope `ts` is the sender's, as well as `orig_ts`: other
         // implementations check the content signature against the envelope
@@ -210,16 +222,18 @@ impl<H: Clone> RouterState<H> {
             });
         match link {
             Some((server_id, tx)) if origin.link() != Some(&server_id) => {
-                let frame = self.sign(
-                    To::from(&server_id),
-                    orig_ts,
-                    Message::ServerDeliver(ServerDeliver {
-                        user_id: recipient,
-                        sender,
-                        orig_ts: Some(orig_ts),
-                        content,
-                    }),
-                );
+                let frame = self
+                    .sign(
+                        To::from(&server_id),
+                        orig_ts,
+                        Message::ServerDeliver(ServerDeliver {
+                            user_id: recipient,
+                            sender,
+                            orig_ts: Some(orig_ts),
+                            content,
+                        }),
+                    )
+                    .delivering(original);
                 out.push(Action::Send(tx, frame));
             }
             _ => {
@@ -337,6 +351,7 @@ impl<H: Clone> RouterState<H> {
                 sender: env.from_user(),
                 orig_ts: env.ts(),
                 content,
+                original: None,
             };
             self.deliver(delivery, Origin::Link(link), now, &mut out);
         }
@@ -363,6 +378,7 @@ impl<H: Clone> RouterState<H> {
                 sender: d.sender,
                 orig_ts: d.orig_ts.unwrap_or(env_ts),
                 content: d.content,
+                original: None,
             };
             self.deliver(delivery, Origin::Link(from.link), now, out);
             return;
