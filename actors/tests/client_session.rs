@@ -222,13 +222,15 @@ async fn a_login_answers_the_challenge_and_replaces_the_guest_identity() {
         calls[1..],
         [
             Call::FirstSight,
-            Call::Detach(guest),
+            // The guest identity goes once the router took the new one (a
+            // refused login leaves the connection as it was).
             Call::Attach {
                 user_id: alice.user_id,
                 pubkey: pk(REG_KEY),
                 name: Some("alice".into()),
                 registered: true,
             },
+            Call::Detach(guest),
         ]
     );
 }

@@ -130,6 +130,9 @@ pub(crate) async fn open(config: &ClientConfig, shared: &Shared) -> Result<Conne
                 None => break "connection closed".to_owned(),
             }
         };
+        // Requests still waiting for an answer get none on this connection:
+        // they fail now (the connection is lost), not after their timeout.
+        reader_state.borrow_mut().waiters.clear();
         let _ = closed_tx.send(reason);
     });
     Ok(Connection {

@@ -56,6 +56,7 @@ pub(crate) async fn hello(
     me: &Me,
     nonce: Option<String>,
 ) -> Result<(), Failure> {
+    let nonce_less = nonce.is_none();
     let payload = UserHello {
         client: format!("socp-client/{}", env!("CARGO_PKG_VERSION")),
         pubkey: me.key.public_key().clone(),
@@ -66,7 +67,23 @@ pub(crate) async fn hello(
     };
     let env = Envelope::new(&me.id, To::Id("server".into()), now_ms(), &payload);
     // socp's capability object: the server may use socp's extensions with us.
-    let env = socp_protocol::dialect::with_capability(env);
+    let mut env = socp_protocol::dialect::with_capability(env);
+    if nonce_less {
+        // Servers of one other implementation answer only a hello with a
+        // `password` (the first hello of an id registers it with that
+        // password). An ephemeral identity gives one derived from its private
+        // key: the same on every reconnect, unknowable to anyone else, never
+        // typed. socp servers ignore it.
+        if let (serde_json::Value::Object(p), Ok(secret)) =
+            (env.payload_mut(), me.key.to_pkcs8_pem())
+        {
+            let mut material = b"socp ephemeral password\n".to_vec();
+            material.extend_from_slice(secret.as_bytes());
+            let derived = socp_protocol::crypto::sha256(&material);
+            let password = socp_protocol::crypto::b64url_encode(&derived[..18]);
+            p.insert("password".into(), serde_json::Value::String(password));
+        }
+    }
     let key = me.key.clone();
     let env = blocking(move || env.signed(&key))
         .await?

@@ -121,13 +121,8 @@ impl ClientSession {
         name: Option<String>,
         registered: bool,
     ) {
-        // A login replaces the connection's earlier (ephemeral) identity.
-        if let Some(old) = self.identity.take() {
-            self.shared.router.detach.do_send(Detach {
-                conn_id: self.conn_id,
-                user_id: old.user_id,
-            });
-        }
+        // A login replaces the connection's earlier (ephemeral) identity
+        // once the router has taken the new one; refused, it stays as it was.
         let request = self.shared.router.attach.send(Attach {
             conn: Conn {
                 id: self.conn_id,
@@ -142,6 +137,14 @@ impl ClientSession {
         InQueue::wait_for(ctx, self, request, move |act, ctx, result| match result {
             Ok(Ok(())) => {
                 act.challenge = None;
+                if let Some(old) = act.identity.take() {
+                    if old.user_id != user_id {
+                        act.shared.router.detach.do_send(Detach {
+                            conn_id: act.conn_id,
+                            user_id: old.user_id,
+                        });
+                    }
+                }
                 act.identity = Some(Identity {
                     user_id,
                     pubkey,
@@ -157,7 +160,9 @@ impl ClientSession {
             }
             Ok(Err(refusal)) => {
                 act.error(ctx, &from, refusal.code, refusal.detail);
-                act.close(ctx, close::POLICY, "identification failed");
+                if act.identity.is_none() {
+                    act.close(ctx, close::POLICY, "identification failed");
+                }
             }
             Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
         });
