@@ -1247,3 +1247,139 @@ async fn ctrl_c_in_a_terminal_clears_the_line_and_the_client_goes_on() {
         "{screen}"
     );
 }
+
+/// socp's client on a server of the PEM dialect: that server never
+/// acknowledges a hello, requires a `password` in it, reads keys only as PEM
+/// (it cannot check what a DER key signs) and lists users only for
+/// `COMMAND {command:"/list"}`. The client learns it from the silence and the
+/// PEM keys, identifies again over a new connection with its key as PEM and
+/// the same password, and then writes every key as PEM, signs every frame,
+/// and lists with the command form.
+#[actix_rt::test]
+async fn the_client_speaks_to_a_server_of_the_pem_dialect_in_its_dialect() {
+    use socp_protocol::dialect::KeyEncoding;
+    use std::sync::{Arc, Mutex};
+    let zed = socp_protocol::fixtures::key(13);
+    let zed_pem = KeyEncoding::PemBase64Url
+        .write(zed.public_key())
+        .expect("writes PEM");
+    let server_key = Arc::new(socp_protocol::fixtures::key(3));
+    let (listener, port) = loopback::listen().await;
+    // Every connection: the frames the client sent on it.
+    let connections: Arc<Mutex<Vec<Vec<Value>>>> = Arc::default();
+    let seen = connections.clone();
+    loopback::accept_all(listener, move |sock| {
+        let (seen, zed_pem, server_key) = (seen.clone(), zed_pem.clone(), server_key.clone());
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            let at = {
+                let mut all = seen.lock().unwrap();
+                all.push(Vec::new());
+                all.len() - 1
+            };
+            let signed = |t: &str, to: &str, payload: Value| {
+                let t = socp_protocol::MessageType::parse(t).expect("a type");
+                Envelope::raw(
+                    t,
+                    "pem-server",
+                    To::parse(to).expect("to"),
+                    socp_protocol::now_ms(),
+                    payload,
+                )
+                .signed(&server_key)
+                .expect("signs")
+                .to_json()
+            };
+            while let Some(text) = conn.next_text().await {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                seen.lock().unwrap()[at].push(frame.clone());
+                match frame["type"].as_str() {
+                    // No ACK: the roster only, its keys in PEM.
+                    Some("USER_HELLO") => {
+                        let advert = json!({"user_id": "zed", "server_id": "pem-server",
+                                            "pubkey": zed_pem, "meta": {}});
+                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
+                        conn.send_text(&signed("USER_ADVERTISE", &to, advert)).await;
+                    }
+                    Some("COMMAND") if frame["payload"]["command"] == "/list" => {
+                        let response = json!({"users": ["zed"]}).to_string();
+                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
+                        let answer = json!({"command": "/list", "response": response});
+                        conn.send_text(&signed("COMMAND_RESPONSE", &to, answer))
+                            .await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut client = Client::start("alice", addr, Options::new(12, tmp.path())).await;
+    let key = socp_protocol::fixtures::key(12).public_key().clone();
+
+    let hellos: Vec<Value> = connections
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|frames| frames[0].clone())
+        .collect();
+    assert_eq!(hellos.len(), 2, "identified again over a new connection");
+    let written =
+        |hello: &Value| KeyEncoding::of(hello["payload"]["pubkey"].as_str().unwrap_or(""));
+    assert_eq!(written(&hellos[0]), KeyEncoding::Der);
+    assert_eq!(written(&hellos[1]), KeyEncoding::PemBase64Url);
+    let password = &hellos[0]["payload"]["password"];
+    assert!(
+        password.as_str().is_some_and(|p| p.len() >= 16),
+        "{password}"
+    );
+    assert_eq!(
+        &hellos[1]["payload"]["password"], password,
+        "the same password"
+    );
+
+    // A DM: `sender_pub` as PEM, the frame signed by the client.
+    client.send("/tell zed hello zed");
+    client.expect("sent", is_event("sent")).await;
+    let dm = eventually_frame(&connections, "MSG_DIRECT").await;
+    let env = Envelope::parse(dm.to_string().as_bytes()).expect("parses");
+    env.verify(&key).expect("signed by the client");
+    let pubkey = env.payload()["sender_pub"].as_str().expect("a key");
+    assert_eq!(KeyEncoding::of(pubkey), KeyEncoding::PemBase64Url);
+    let ct = Base64Url::parse(env.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    assert_eq!(zed.decrypt(ct.bytes()).expect("decrypts"), b"hello zed");
+
+    // Its list form.
+    client.send("/list");
+    let list = client.expect("the list", is_event("list")).await;
+    assert_eq!(list["users"][0]["user_id"], "zed");
+    let command = eventually_frame(&connections, "COMMAND").await;
+    Envelope::parse(command.to_string().as_bytes())
+        .expect("parses")
+        .verify(&key)
+        .expect("signed by the client");
+}
+
+/// The first frame of type `t` a client sent on any connection (waits).
+async fn eventually_frame(
+    connections: &std::sync::Arc<std::sync::Mutex<Vec<Vec<Value>>>>,
+    t: &str,
+) -> Value {
+    for _ in 0..600 {
+        let found = connections
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .find(|f| f["type"] == t)
+            .cloned();
+        if let Some(frame) = found {
+            return frame;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {t} from the client");
+}

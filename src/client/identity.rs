@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
+use socp_protocol::dialect::KeyEncoding;
 use socp_protocol::message::{UserHello, UserRegister, UserRename};
 use socp_protocol::{now_ms, Envelope, Message, PrivateKey, To, UserId, Username};
 
@@ -24,6 +25,22 @@ pub(crate) struct Me {
     pub(crate) key: Arc<PrivateKey>,
     /// Our username, once logged in to an account that has one.
     pub(crate) name: Option<String>,
+}
+
+impl Me {
+    /// `env` with every key in it written as the server reads keys (`keys`),
+    /// signed with our key (the transport `sig`: servers of other
+    /// implementations verify every frame a user sends).
+    pub(crate) fn sign_frame(
+        &self,
+        mut env: Envelope,
+        keys: KeyEncoding,
+    ) -> Result<Envelope, socp_protocol::Error> {
+        if keys != KeyEncoding::Der {
+            socp_protocol::Dialect { keys, socp: false }.rewrite_keys(env.payload_mut());
+        }
+        env.signed(&self.key)
+    }
 }
 
 /// The key of `file` (unencrypted PEM), or a new one (telling the user,
@@ -68,6 +85,10 @@ pub(crate) async fn hello(
     let env = Envelope::new(&me.id, To::Id("server".into()), now_ms(), &payload);
     // socp's capability object: the server may use socp's extensions with us.
     let mut env = socp_protocol::dialect::with_capability(env);
+    let keys = shared.borrow().key_encoding;
+    if keys != KeyEncoding::Der {
+        socp_protocol::Dialect { keys, socp: false }.rewrite_keys(env.payload_mut());
+    }
     if nonce_less {
         // Servers of one other implementation answer only a hello with a
         // `password` (the first hello of an id registers it with that
@@ -93,15 +114,39 @@ pub(crate) async fn hello(
     // first USER_ADVERTISE, or nothing at all. An ERROR is a refusal; any of
     // the others, or silence for HELLO_SILENCE, is taken as accepted.
     let rx = expect(shared, |e| {
-        matches!(e.msg_type(), "ERROR" | "ACK" | "USER_ADVERTISE")
-            || e.msg_type().ends_with("WELCOME")
+        matches!(e.msg_type(), "ERROR" | "ACK") || e.msg_type().ends_with("WELCOME")
     });
     send(tx, &env)?;
     match tokio::time::timeout(HELLO_SILENCE, answer(rx, "identification")).await {
         Ok(answered) => answered.map(drop),
-        Err(_) => Ok(()),
+        // Silence: accepted. A server that sent keys only as PEM meanwhile
+        // reads no other form (it cannot check what we sign with a DER key):
+        // identify again, over a new connection, with our key as PEM.
+        Err(_) => {
+            let pem_only = {
+                let c = shared.borrow();
+                let written: Vec<KeyEncoding> = c
+                    .roster
+                    .all()
+                    .filter(|u| u.user_id != me.id)
+                    .map(|u| u.pubkey.written())
+                    .collect();
+                keys == KeyEncoding::Der
+                    && !written.is_empty()
+                    && written.iter().all(|w| *w != KeyEncoding::Der)
+            };
+            if pem_only {
+                shared.borrow_mut().key_encoding = KeyEncoding::PemBase64Url;
+                return Err(fail(REDIAL, "the server reads keys only as PEM"));
+            }
+            Ok(())
+        }
     }
 }
+
+/// The failure code of a hello that must be sent again over a new connection
+/// (the server's dialect was learnt from its answer).
+pub(crate) const REDIAL: &str = "REDIAL";
 
 /// How long a server that does not acknowledge hellos may stay silent before
 /// the hello is taken as accepted (a refusal still arrives as an ERROR, and

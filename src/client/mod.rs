@@ -111,6 +111,10 @@ struct Client {
     /// The last failure to write them, reported once until it changes.
     history_error: Option<String>,
     waiters: Vec<Waiter>,
+    /// How the server reads keys: DER (socp and the standard), or PEM when
+    /// a server that never acknowledged our hello sent keys only in PEM
+    /// (its implementation cannot read others); the hello then says ours so.
+    key_encoding: socp_protocol::dialect::KeyEncoding,
     /// Parts of a LIST_RESPONSE received so far (`more`), and the parts of
     /// the last complete one, for `/list`.
     list_parts: Vec<socp_protocol::message::ListedUser>,
@@ -188,6 +192,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         guest_news: (0, 0),
         history_error: None,
         waiters: Vec::new(),
+        key_encoding: Default::default(),
         list_parts: Vec::new(),
         last_list: Vec::new(),
         out: out.clone(),
@@ -202,8 +207,27 @@ pub async fn run(config: ClientConfig) -> i32 {
     };
     let tx = conn.tx.clone();
 
-    // Identify at once.
-    match identity::hello(&shared, &tx, &me, None).await {
+    // Identify at once (again, once, over a new connection if the server
+    // turned out to read keys only as PEM).
+    let mut conn = conn;
+    let mut tx = tx;
+    let mut identified = identity::hello(&shared, &tx, &me, None).await;
+    if identified
+        .as_ref()
+        .is_err_and(|e| e.code == identity::REDIAL)
+    {
+        conn.close().await;
+        conn = match connection::open(&config, &shared).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                out.error("CONNECT", e);
+                return 1;
+            }
+        };
+        tx = conn.tx.clone();
+        identified = identity::hello(&shared, &tx, &me, None).await;
+    }
+    match identified {
         Ok(()) => out.event(
             "connected",
             format!("connected to {} as {} (type /help)", conn.url, me.id),

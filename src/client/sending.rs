@@ -20,16 +20,51 @@ use super::output::bar;
 use super::state::Contact;
 use super::{blocking, fail, trust, Failure, Shared};
 
+/// The list request this server answers, and what its answer looks like:
+/// LIST_REQUEST → LIST_RESPONSE, or, on a server of the PEM dialect (which
+/// answers only that), `COMMAND {command:"/list"}` → COMMAND_RESPONSE, signed.
+/// The predicates: the answer, and the answer or an ERROR.
+type ListAnswer = (fn(&Envelope) -> bool, fn(&Envelope) -> bool);
+
+fn list_request(shared: &Shared) -> Result<(Envelope, ListAnswer), Failure> {
+    let (me, keys) = {
+        let c = shared.borrow();
+        (c.me.clone(), c.key_encoding)
+    };
+    if keys == socp_protocol::dialect::KeyEncoding::Der {
+        let env = Envelope::new(&me.id, To::Id("server".into()), now_ms(), &ListRequest {});
+        return Ok((
+            env,
+            (
+                |e| e.msg_type() == "LIST_RESPONSE",
+                |e| matches!(e.msg_type(), "LIST_RESPONSE" | "ERROR"),
+            ),
+        ));
+    }
+    let env = Envelope::raw(
+        socp_protocol::MessageType::Command,
+        me.id.as_str(),
+        To::Id("server".into()),
+        now_ms(),
+        json!({ "command": "/list" }),
+    );
+    let env = me
+        .sign_frame(env, keys)
+        .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    Ok((
+        env,
+        (
+            |e| e.msg_type() == "COMMAND_RESPONSE",
+            |e| matches!(e.msg_type(), "COMMAND_RESPONSE" | "ERROR"),
+        ),
+    ))
+}
+
 /// `/list`: who is online, as the server knows it.
 pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
-    let me = shared.borrow().me.clone();
-    let rx = expect(shared, |e| {
-        matches!(e.msg_type(), "LIST_RESPONSE" | "ERROR")
-    });
-    send(
-        tx,
-        &Envelope::new(&me.id, To::Id("server".into()), now_ms(), &ListRequest {}),
-    )?;
+    let (request, (_, answer_or_error)) = list_request(shared)?;
+    let rx = expect(shared, answer_or_error);
+    send(tx, &request)?;
     let env = answer(rx, "/list").await?;
     let users = match env.message() {
         Ok(Message::ListResponse(l)) => {
@@ -37,6 +72,24 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
             users.extend(l.users);
             users
         }
+        // Ids only, as that dialect answers: the servers we know them at.
+        Ok(Message::CommandResponse(r)) if r.users.is_empty() => {
+            let ids: Vec<String> = r
+                .response
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|v| serde_json::from_value(v["users"].clone()).ok())
+                .unwrap_or_default();
+            let c = shared.borrow();
+            ids.iter()
+                .filter_map(|id| c.roster.get(&socp_protocol::UserId::parse(id).ok()?))
+                .map(|k| socp_protocol::message::ListedUser {
+                    user_id: k.user_id.clone(),
+                    server_id: k.server_id.clone(),
+                    name: k.name.clone().unwrap_or_default(),
+                })
+                .collect()
+        }
+        Ok(Message::CommandResponse(r)) => r.users,
         _ => return Err(fail("BAD_REQUEST", "the server's list was malformed")),
     };
     let (names, entries) = {
@@ -71,9 +124,9 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
 pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> Result<(), Failure> {
     let contact = resolve(shared, who)?;
     trust::check_sendable(shared, &contact)?;
-    let (me, rate) = {
+    let (me, rate, keys) = {
         let c = shared.borrow();
-        (c.me.clone(), c.config.send_rate)
+        (c.me.clone(), c.config.send_rate, c.key_encoding)
     };
     // A long message in numbered parts ([ext]): shown whole by socp clients.
     let pieces = super::parts::split(text);
@@ -84,9 +137,7 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
             let ts = now_ms();
             let ct = Base64Url::from_bytes(&to.pubkey.encrypt(piece.as_bytes())?);
             let sig = content::sign_dm(&me2.key, &ct, me2.id.as_str(), to.user_id.as_str(), ts)?;
-            // Signed as well (the transport `sig`): servers of other
-            // implementations verify every frame a user sends.
-            Envelope::new(
+            let env = Envelope::new(
                 &me2.id,
                 To::from(&to.user_id),
                 ts,
@@ -95,8 +146,8 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
                     sender_pub: me2.key.public_key().clone(),
                     content_sig: sig,
                 },
-            )
-            .signed(&me2.key)
+            );
+            me2.sign_frame(env, keys)
         })
         .await?
         .map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
@@ -127,7 +178,7 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
 
 /// `/all`: a public message, encrypted and signed once per member.
 pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Failure> {
-    let (me, members, rate) = {
+    let (me, members, rate, keys) = {
         let c = shared.borrow();
         let members: Vec<Contact> = c
             .roster
@@ -135,7 +186,7 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
             .filter(|m| m.user_id != c.me.id)
             .cloned()
             .collect();
-        (c.me.clone(), members, c.config.send_rate)
+        (c.me.clone(), members, c.config.send_rate, c.key_encoding)
     };
     let pieces = super::parts::split(text);
     let mut jobs = Vec::new();
@@ -151,7 +202,7 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
             let ts = now_ms();
             let ct = Base64Url::from_bytes(&m.pubkey.encrypt(piece.as_bytes())?);
             let sig = content::sign_public(&me2.key, &ct, me2.id.as_str(), ts)?;
-            Envelope::new(
+            let env = Envelope::new(
                 &me2.id,
                 To::from(&m.user_id),
                 ts,
@@ -162,8 +213,8 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
                     group_id: "public".into(),
                     public_version: None,
                 },
-            )
-            .signed(&me2.key)
+            );
+            me2.sign_frame(env, keys)
         },
     )
     .await?;
@@ -331,8 +382,9 @@ async fn transfer(
             .map(|(i, c)| (first + i as u64, c.to_vec()))
             .collect();
         let (me2, to2, fid) = (me.clone(), contact.clone(), file_id.clone());
+        let keys = shared.borrow().key_encoding;
         let frames = parallel(chunks, move |(index, plain): (u64, Vec<u8>)| {
-            chunk_frame(&me2, &to2, &fid, index, &plain)
+            chunk_frame(&me2, &to2, &fid, index, &plain, keys)
         })
         .await?;
         for env in frames {
@@ -475,11 +527,20 @@ fn chunk_frame(
     file_id: &FileId,
     index: u64,
     plain: &[u8],
+    keys: socp_protocol::dialect::KeyEncoding,
 ) -> Result<Envelope, socp_protocol::Error> {
     let ts = now_ms();
     let ct = Base64Url::from_bytes(&to.pubkey.encrypt(plain)?);
-    let sig = content::sign_dm(&me.key, &ct, me.id.as_str(), to.user_id.as_str(), ts)?;
-    Envelope::new(
+    // A server of the PEM dialect passes chunks on with only the standard
+    // fields (which would break our signature over the rest): the standard
+    // chunk, covered by the transport signature and the file's SHA-256.
+    let (sender_pub, content_sig) = if keys == socp_protocol::dialect::KeyEncoding::Der {
+        let sig = content::sign_dm(&me.key, &ct, me.id.as_str(), to.user_id.as_str(), ts)?;
+        (Some(me.key.public_key().clone()), Some(sig))
+    } else {
+        (None, None)
+    };
+    let env = Envelope::new(
         &me.id,
         To::from(&to.user_id),
         ts,
@@ -487,12 +548,12 @@ fn chunk_frame(
             file_id: file_id.clone(),
             index,
             ciphertext: ct,
-            sender_pub: Some(me.key.public_key().clone()),
-            content_sig: Some(sig),
+            sender_pub,
+            content_sig,
             total: None,
         },
-    )
-    .signed(&me.key)
+    );
+    me.sign_frame(env, keys)
 }
 
 /// `env` signed with our key, off the event loop (servers of other
@@ -601,19 +662,14 @@ impl Flow {
     }
 
     async fn request(&mut self, shared: &Shared, tx: &Sink) -> Result<(), Failure> {
-        let me = shared.borrow().me.id.clone();
+        let (request, (answer_only, answer_or_error)) = list_request(shared)?;
         let rx = if self.strict {
-            expect(shared, |e| {
-                matches!(e.msg_type(), "LIST_RESPONSE" | "ERROR")
-            })
+            expect(shared, answer_or_error)
         } else {
-            expect(shared, |e| e.msg_type() == "LIST_RESPONSE")
+            expect(shared, answer_only)
         };
         self.pacer.wait().await;
-        send(
-            tx,
-            &Envelope::new(&me, To::Id("server".into()), now_ms(), &ListRequest {}),
-        )?;
+        send(tx, &request)?;
         self.sync = Some(rx);
         Ok(())
     }

@@ -626,7 +626,9 @@ pub struct Command {
 /// another implementation's client reads them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandResponse {
-    /// The request's `cmd`, as it was sent.
+    /// The request's `cmd`, as it was sent (absent in the other form, which
+    /// says `command`).
+    #[serde(default)]
     pub cmd: String,
     /// For `list`: the same rows as LIST_RESPONSE. Absent reads as empty.
     #[serde(default)]
