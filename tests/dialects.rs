@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
 
+mod client_common;
 mod common;
 #[path = "../actors/tests/common/loopback.rs"]
 #[allow(dead_code)]
@@ -577,4 +578,126 @@ async fn a_pem_server_is_dialled_back_with_an_announce_in_its_encoding() {
     first
         .verify(&server_key(0))
         .expect("signed over the PEM payload");
+}
+
+/// A welcomed join connection stays open for the joiner's first frame (some
+/// implementations use it as their only link), but only so many at once: a
+/// flood of join requests cannot hold the server's connections open.
+#[actix_rt::test]
+async fn join_connections_kept_open_are_bounded() {
+    use socp_actors::peer::MAX_KEPT_JOINS;
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let key = fixtures::key(6);
+    let mut joiners = Vec::new();
+    for _ in 0..MAX_KEPT_JOINS + 6 {
+        let mut joiner = Peer::connect(a.addr).await;
+        let join = signed(
+            MessageType::ServerHelloJoin,
+            ServerId::random().as_str(),
+            &a.addr.to_string(),
+            now_ms(),
+            json!({"host": "127.0.0.1", "port": 9, "pubkey": key.public_key().to_wire()}),
+            &key,
+        );
+        joiner.send(&join).await;
+        joiner
+            .expect(WAIT, "the welcome", is_type("SERVER_WELCOME"))
+            .await;
+        joiners.push(joiner);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut open = 0;
+    for joiner in &mut joiners {
+        if joiner
+            .closed_within(Duration::from_millis(20))
+            .await
+            .is_none()
+        {
+            open += 1;
+        }
+    }
+    assert_eq!(open, MAX_KEPT_JOINS, "the rest closed after their welcome");
+}
+
+/// A server of the PEM dialect runs its public channel as one AES-256-GCM
+/// key, wrapped in PUBLIC_CHANNEL_UPDATED for each member it knows (ours
+/// included), and each public message as one ciphertext under it. A socp
+/// client given the key reads its members' public messages and sends its own
+/// to them too; socp clients without that key see each message once.
+#[actix_rt::test]
+async fn socp_clients_read_and_write_a_channel_of_one_aes_key() {
+    use client_common::{is_event, Client, Options};
+    use socp_protocol::crypto::group::GroupKey;
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut alice = Client::start("alice", a.addr, Options::new(10, &tmp.path().join("a"))).await;
+    let mut bob = Client::start("bob", a.addr, Options::new(11, &tmp.path().join("b"))).await;
+    alice.sees_online(&bob.id).await;
+    let mut pem_server = PemServer::link(&a, 5).await;
+    let zed = fixtures::key(13);
+    pem_server.advertise("zed", &zed).await;
+    alice.sees_online("zed").await;
+
+    // Its channel key, wrapped for alice (its version above ours).
+    let group_bytes = [42u8; 32];
+    let group = GroupKey::from_bytes(&group_bytes).expect("a key");
+    let alice_key = fixtures::key(10).public_key().clone();
+    let wrapped = Base64Url::from_bytes(&alice_key.encrypt(&group_bytes).expect("wraps"));
+    let updated = signed(
+        MessageType::PublicChannelUpdated,
+        &pem_server.id,
+        "*",
+        now_ms(),
+        json!({"version": 1000, "wraps": [{"member_id": alice.id, "wrapped_key": wrapped.as_str()}]}),
+        &pem_server.key,
+    );
+    pem_server.peer.send(&updated).await;
+
+    // zed's public message: one ciphertext, zed's own frame passed on to "*".
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&group.seal(b"hello from zed").expect("seals"));
+    let sig = content::sign_public(&zed, &ct, "zed", ts).expect("signs");
+    let msg = signed(
+        MessageType::MsgPublicChannel,
+        "zed",
+        "*",
+        ts,
+        json!({"ciphertext": ct.as_str(), "sender_pub": pem(&zed), "content_sig": sig.as_str()}),
+        &zed,
+    );
+    // A barrier: frames of one link reach alice in order, so once she sees
+    // yan, she holds the key.
+    pem_server.advertise("yan", &fixtures::key(14)).await;
+    alice.sees_online("yan").await;
+    pem_server.peer.send(&msg).await;
+    let shown = alice.expect("zed's message", is_event("public")).await;
+    assert_eq!(shown["text"], "hello from zed");
+    assert_eq!(shown["from"], "zed");
+
+    // alice's /all: the RSA copy for bob, and one ciphertext under the
+    // channel key for its members.
+    alice.send("/all hi everyone");
+    let got = pem_server
+        .peer
+        .expect(WAIT, "alice's message", |e| {
+            e.msg_type() == "MSG_PUBLIC_CHANNEL" && e.to().as_str() == "public"
+        })
+        .await;
+    got.verify(&alice_key).expect("alice's own signature");
+    let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    assert_eq!(group.open(ct.bytes()).expect("opens"), b"hi everyone");
+    let heard = bob.expect("alice's message", is_event("public")).await;
+    assert_eq!(heard["text"], "hi everyone");
+    // Once, and nothing said about the copy bob cannot open; zed's message,
+    // under a key bob does not hold, said to be unreadable (not alarmed about).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bob.logged(is_event("public")).len(), 1);
+    let unreadable = bob.logged(is_event("unreadable"));
+    assert_eq!(unreadable.len(), 1, "{:?}", bob.log);
+    assert_eq!(unreadable[0]["from"], "zed");
+    assert!(bob.logged(is_event("warning")).is_empty(), "{:?}", bob.log);
 }

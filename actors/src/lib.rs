@@ -170,6 +170,9 @@ pub struct Shared {
     /// Open connections, and the unidentified ones that can be shed.
     pub connections: Arc<transport::Connections>,
     conn_ids: Arc<AtomicU64>,
+    /// Join connections kept open without being a link (welcomed and not
+    /// yet used, or retired): bounded, see `peer::MAX_KEPT_JOINS`.
+    pub(crate) kept_joins: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
@@ -201,6 +204,7 @@ impl Shared {
             settings: Arc::new(settings),
             metrics: Arc::default(),
             conn_ids: Arc::new(AtomicU64::new(1)),
+            kept_joins: Arc::default(),
         }
     }
 

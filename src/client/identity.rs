@@ -118,7 +118,13 @@ pub(crate) async fn hello(
     });
     send(tx, &env)?;
     match tokio::time::timeout(HELLO_SILENCE, answer(rx, "identification")).await {
-        Ok(answered) => answered.map(drop),
+        Ok(answered) => {
+            let ack = answered?;
+            if ack.msg_type() == "ACK" && ack.payload()["msg_ref"] == "USER_HELLO" {
+                shared.borrow_mut().own_server = Some(ack.from().to_owned());
+            }
+            Ok(())
+        }
         // Silence: accepted. A server that sent keys only as PEM meanwhile
         // reads no other form (it cannot check what we sign with a DER key):
         // identify again, over a new connection, with our key as PEM.

@@ -115,6 +115,15 @@ struct Client {
     /// a server that never acknowledged our hello sent keys only in PEM
     /// (its implementation cannot read others); the hello then says ours so.
     key_encoding: socp_protocol::dialect::KeyEncoding,
+    /// Our server, when it acknowledged our hello as socp servers do.
+    own_server: Option<String>,
+    /// Group keys of public channels that use one AES-GCM key per server
+    /// (another implementation's), by the server that wrapped them for us:
+    /// its members' public messages are opened, and ours sent, with them.
+    group_keys: Vec<(String, socp_protocol::crypto::group::GroupKey)>,
+    /// Public messages shown lately (sender, text): the copy of one under a
+    /// group key is not shown twice.
+    recent_public: std::collections::VecDeque<(UserId, String, std::time::Instant)>,
     /// Parts of a LIST_RESPONSE received so far (`more`), and the parts of
     /// the last complete one, for `/list`.
     list_parts: Vec<socp_protocol::message::ListedUser>,
@@ -193,6 +202,9 @@ pub async fn run(config: ClientConfig) -> i32 {
         history_error: None,
         waiters: Vec::new(),
         key_encoding: Default::default(),
+        own_server: None,
+        group_keys: Vec::new(),
+        recent_public: Default::default(),
         list_parts: Vec::new(),
         last_list: Vec::new(),
         out: out.clone(),

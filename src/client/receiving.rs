@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use socp_protocol::content;
+use socp_protocol::crypto::group::GroupKey;
 use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
 use socp_protocol::message::{DeliverContent, UserAdvertise, UserDeliver, UserRemove};
 use socp_protocol::{Base64Url, Envelope, Message, PrivateKey};
@@ -99,6 +100,15 @@ pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
         Message::FileStart(m) => plain(shared, &env, DeliverContent::FileStart(m)).await,
         Message::FileChunk(m) => plain(shared, &env, DeliverContent::FileChunk(m)).await,
         Message::FileEnd(m) => plain(shared, &env, DeliverContent::FileEnd(m)).await,
+        Message::PublicChannelUpdated(u) => {
+            let wraps = u.wraps.into_iter().map(|w| (w.member_id, w.wrapped_key));
+            group_key(shared, &env, wraps.collect()).await;
+        }
+        Message::PublicChannelKeyShare(s) => {
+            let shares = s.shares.into_iter();
+            let wraps = shares.map(|w| (w.member, w.wrapped_public_channel_key));
+            group_key(shared, &env, wraps.collect()).await;
+        }
         Message::Error(e) => {
             let words = e.code.describe().to_owned();
             out.error(
@@ -480,7 +490,39 @@ async fn show_text(
         ),
     };
     let out = shared.borrow().out.clone();
-    let opened = open_text(contact, sender_pub, key, verify).await;
+    let group: Vec<GroupKey> = match kind {
+        TextKind::Public => shared
+            .borrow()
+            .group_keys
+            .iter()
+            .map(|(_, k)| k.clone())
+            .collect(),
+        TextKind::Dm => Vec::new(),
+    };
+    let opened = match open_text(contact, sender_pub, key, verify, group).await {
+        Ok((text, grouped)) => {
+            if matches!(kind, TextKind::Public)
+                && seen_public(shared, &contact.user_id, &text, grouped)
+            {
+                return;
+            }
+            Ok(text)
+        }
+        // The copy, under a channel key we do not hold, of a public message
+        // whose RSA copy was shown: nothing to say.
+        Err(why)
+            if matches!(kind, TextKind::Public)
+                && why.contains("cannot be decrypted")
+                && shared
+                    .borrow()
+                    .recent_public
+                    .iter()
+                    .any(|(f, _, _)| *f == contact.user_id) =>
+        {
+            return;
+        }
+        Err(why) => Err(why),
+    };
     // A part of a long message waits for the rest ([ext]).
     let now = std::time::Instant::now();
     let public = matches!(kind, TextKind::Public);
@@ -535,6 +577,13 @@ async fn show_text(
                 "ts": ts,
             }),
         ),
+        // Signed by its sender, for a channel key this client does not hold
+        // (another implementation's channel): said, not alarmed about.
+        Err(why) if public && why.contains("cannot be decrypted") => out.event(
+            "unreadable",
+            format!("[public] {shown}: a message under a channel key you do not hold"),
+            json!({ "from": contact.user_id, "shown": shown, "ts": ts }),
+        ),
         Err(why) => out.warning(format!(
             "{what} claiming to be from {claimed} was refused: {why}"
         )),
@@ -544,24 +593,112 @@ async fn show_text(
 /// Check a text delivery: `sender_pub` must be the key the network advertised
 /// for the sender, `verify` (the content signature, with that key) must pass;
 /// then decrypt. All RSA on a blocking thread. The text, or why it was refused.
+/// A public message that RSA does not open is tried with the channel
+/// `group` keys (one AES-GCM ciphertext for everyone, another
+/// implementation's channel); the flag says it was opened so.
 async fn open_text(
     contact: &Contact,
     sender_pub: &socp_protocol::PublicKey,
     key: Arc<PrivateKey>,
     verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
-) -> Result<String, String> {
+    group: Vec<GroupKey>,
+) -> Result<(String, bool), String> {
     if *sender_pub != contact.pubkey {
         return Err("FORGED: the sender key does not match the key the network advertised".into());
     }
     let pk = contact.pubkey.clone();
-    let opened = blocking(move || -> Result<String, &'static str> {
+    let opened = blocking(move || -> Result<(String, bool), &'static str> {
         let ct = verify(&pk).ok_or("the content signature does not verify")?;
-        let plain = key
-            .decrypt(ct.bytes())
-            .map_err(|_| "it cannot be decrypted with your key")?;
-        String::from_utf8(plain).map_err(|_| "it is not text")
+        let (plain, grouped) = match key.decrypt(ct.bytes()) {
+            Ok(plain) => (plain, false),
+            Err(_) => group
+                .iter()
+                .find_map(|g| g.open(ct.bytes()).ok())
+                .map(|plain| (plain, true))
+                .ok_or("it cannot be decrypted with your key")?,
+        };
+        String::from_utf8(plain)
+            .map(|text| (text, grouped))
+            .map_err(|_| "it is not text")
     })
     .await
     .map_err(|e| e.detail)?;
     opened.map_err(str::to_owned)
+}
+
+/// How long a public message shown is remembered, so that its copy under a
+/// group key is not shown again.
+const RECENT_PUBLIC: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `text` from `from` is a public message already shown lately
+/// (`grouped`: this copy was opened with a group key); remembers it if not.
+fn seen_public(shared: &Shared, from: &socp_protocol::UserId, text: &str, grouped: bool) -> bool {
+    let now = std::time::Instant::now();
+    let mut c = shared.borrow_mut();
+    while c
+        .recent_public
+        .front()
+        .is_some_and(|(_, _, at)| now.duration_since(*at) > RECENT_PUBLIC)
+    {
+        c.recent_public.pop_front();
+    }
+    let seen = c
+        .recent_public
+        .iter()
+        .any(|(f, t, _)| f == from && t == text);
+    if seen && grouped {
+        return true;
+    }
+    if c.recent_public.len() >= 256 {
+        c.recent_public.pop_front();
+    }
+    c.recent_public
+        .push_back((from.clone(), text.to_owned(), now));
+    false
+}
+
+/// A PUBLIC_CHANNEL_UPDATED or PUBLIC_CHANNEL_KEY_SHARE: a wrap for us from
+/// a server that is not socp (its update has no capability object, and it
+/// is not our own socp server) is a channel group key of another
+/// implementation's (socp's own encrypts nothing): kept, the latest per
+/// server.
+async fn group_key(
+    shared: &Shared,
+    env: &Envelope,
+    wraps: Vec<(socp_protocol::UserId, Base64Url)>,
+) {
+    let (me, own) = {
+        let c = shared.borrow();
+        (c.me.clone(), c.own_server.clone())
+    };
+    let socp = env
+        .payload()
+        .get(socp_protocol::dialect::CAPABILITY)
+        .is_some();
+    if socp || own.as_deref() == Some(env.from()) {
+        return;
+    }
+    let Some(wrapped) = wraps
+        .into_iter()
+        .find(|(member, _)| *member == me.id)
+        .map(|(_, w)| w)
+    else {
+        return;
+    };
+    let key = me.key.clone();
+    let unwrapped = blocking(move || {
+        key.decrypt(wrapped.bytes())
+            .ok()
+            .and_then(|k| GroupKey::from_bytes(&k).ok())
+    })
+    .await;
+    if let Ok(Some(group)) = unwrapped {
+        let server = env.from().to_owned();
+        let mut c = shared.borrow_mut();
+        c.group_keys.retain(|(s, _)| *s != server);
+        c.group_keys.push((server, group));
+        if c.group_keys.len() > 16 {
+            c.group_keys.remove(0);
+        }
+    }
 }

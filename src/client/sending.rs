@@ -180,10 +180,13 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
 pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Failure> {
     let (me, members, rate, keys) = {
         let c = shared.borrow();
+        // Members on a server whose channel key we hold read the one
+        // ciphertext under it (below), not per-member RSA.
+        let keyed = |m: &Contact| c.group_keys.iter().any(|(s, _)| *s == m.server_id.as_str());
         let members: Vec<Contact> = c
             .roster
             .all()
-            .filter(|m| m.user_id != c.me.id)
+            .filter(|m| m.user_id != c.me.id && !keyed(m))
             .cloned()
             .collect();
         (c.me.clone(), members, c.config.send_rate, c.key_encoding)
@@ -218,9 +221,53 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
         },
     )
     .await?;
+    // The members of channels of another implementation (one AES-GCM key
+    // per server, wrapped for us): one ciphertext each, to the channel.
+    // Each written with our key in the encoding that channel's members read
+    // (their server's users' keys say which).
+    let groups: Vec<_> = {
+        let c = shared.borrow();
+        c.group_keys
+            .iter()
+            .map(|(server, k)| {
+                let written = c
+                    .roster
+                    .all()
+                    .find(|u| u.server_id.as_str() == server)
+                    .map_or(keys, |u| u.pubkey.written());
+                (k.clone(), written)
+            })
+            .collect()
+    };
+    let (me3, whole) = (me.clone(), text.to_owned());
+    let grouped = blocking(move || -> Result<Vec<Envelope>, socp_protocol::Error> {
+        groups
+            .iter()
+            .map(|(group, written)| {
+                let ts = now_ms();
+                let ct = Base64Url::from_bytes(&group.seal(whole.as_bytes())?);
+                let sig = content::sign_public(&me3.key, &ct, me3.id.as_str(), ts)?;
+                let env = Envelope::new(
+                    &me3.id,
+                    To::Public,
+                    ts,
+                    &MsgPublicChannel {
+                        ciphertext: ct,
+                        sender_pub: me3.key.public_key().clone(),
+                        content_sig: sig,
+                        group_id: "public".into(),
+                        public_version: None,
+                    },
+                );
+                me3.sign_frame(env, *written)
+            })
+            .collect()
+    })
+    .await?
+    .map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
     // One member gone must not stop the message to the others.
     let mut flow = Flow::new(rate, false);
-    for env in frames {
+    for env in frames.into_iter().chain(grouped.into_iter().map(Ok)) {
         let env = env.map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
         flow.send(shared, tx, &env).await?;
     }

@@ -31,6 +31,14 @@ pub use dialer::Dialer;
 /// Bad frames a link may send before it is closed.
 const MAX_STRIKES: u32 = 50;
 
+/// Join connections a server keeps open at once without their being links
+/// (welcomed and not used yet, or retired). Past it a welcome is followed by
+/// a close, as a join connection never used would be anyway.
+pub const MAX_KEPT_JOINS: usize = 64;
+
+/// How long a welcomed join connection waits for its first frame.
+const KEPT_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Most frames waiting on one link while one is verified.
 const MAX_LINK_BACKLOG: usize = 4096;
 
@@ -80,6 +88,8 @@ pub struct PeerLink {
     /// (its implementation joins again when it closes): nothing more is
     /// read or written on it.
     retired: bool,
+    /// Counted among the server's kept join connections.
+    kept: bool,
 }
 
 impl PeerLink {
@@ -118,6 +128,7 @@ impl PeerLink {
             welcomed: None,
             via_join: false,
             retired: false,
+            kept: false,
         }
         .speaking(dialect)
     }
@@ -411,11 +422,56 @@ impl PeerLink {
         });
         InQueue::wait_for(ctx, self, request, move |act, ctx, welcome| match welcome {
             Ok(welcome) => {
-                act.welcomed = Some((welcome.assigned_id.clone(), address));
-                act.send_hello(ctx, To::from(&requested), Message::ServerWelcome(welcome));
+                let keep = act.keep();
+                // Also our id and key as `server_id` and `server_pub`: one
+                // implementation's joiner learns our key only there.
+                let welcome_id = welcome.assigned_id.clone();
+                let msg = Message::ServerWelcome(welcome);
+                let mut env =
+                    Envelope::from_message(&act.shared.me, To::from(&requested), now_ms(), &msg);
+                if let serde_json::Value::Object(p) = env.payload_mut() {
+                    let key = act.shared.pool.public_key().to_wire().to_owned();
+                    p.insert("server_pub".into(), serde_json::Value::String(key));
+                    p.insert("server_id".into(), act.shared.me.as_str().into());
+                }
+                act.send_env(ctx, socp_protocol::dialect::with_capability(env));
+                if !keep {
+                    act.close(ctx, close::NORMAL, "welcome sent");
+                    return;
+                }
+                act.welcomed = Some((welcome_id, address));
+                ctx.run_later(KEPT_JOIN_WAIT, |act, ctx| {
+                    if act.peer.is_none() && act.welcomed.is_some() {
+                        act.close(ctx, close::NORMAL, "welcome sent; no frame followed");
+                    }
+                });
             }
             Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
         });
+    }
+
+    /// Count this connection among the kept join connections, if there is
+    /// room; false if not.
+    fn keep(&mut self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.kept {
+            return true;
+        }
+        let kept = self.shared.kept_joins.fetch_add(1, Ordering::Relaxed);
+        if kept >= MAX_KEPT_JOINS {
+            self.shared.kept_joins.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.kept = true;
+        true
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.kept) {
+            self.shared
+                .kept_joins
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The first frame a server we welcomed sends over its join connection:
@@ -439,6 +495,10 @@ impl PeerLink {
         });
         InQueue::wait_for(ctx, self, up, move |act, ctx, result| match result {
             Ok(Ok(())) => {
+                // A link now, bounded as links are (one per server).
+                if !act.retired {
+                    act.release();
+                }
                 act.peer = Some(peer.clone());
                 act.report_alive();
                 act.ask_directory(ctx, &peer);
@@ -685,6 +745,7 @@ impl Actor for PeerLink {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.release();
         if let Some(peer) = &self.peer {
             self.shared.router.link_down.do_send(LinkDown {
                 server_id: peer.server_id.clone(),
@@ -796,7 +857,11 @@ impl Handler<Outbound> for PeerLink {
         if let Outbound::Close(_, reason) = &msg {
             // A join connection another implementation keeps open (it joins
             // again when it closes) is retired when its own link replaces it.
-            if self.via_join && !self.dialect.socp && reason == crate::routing::DUPLICATE_LINK {
+            if self.via_join
+                && !self.dialect.socp
+                && reason == crate::routing::DUPLICATE_LINK
+                && self.keep()
+            {
                 log::info!("link {}: join connection retired, kept open", self.conn_id);
                 self.retired = true;
                 return;

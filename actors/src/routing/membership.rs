@@ -83,12 +83,14 @@ impl<H: Clone> RouterState<H> {
                     })
                 })
                 .collect();
-            Some(Envelope::new(
+            // With the capability object: socp clients read no group key
+            // from a socp server's update (it encrypts nothing).
+            Some(socp_protocol::dialect::with_capability(Envelope::new(
                 &me,
                 To::Public,
                 now,
                 &PublicChannelUpdated { version, wraps },
-            ))
+            )))
         }));
         frames.push(updated.clone());
         for frame in &frames {

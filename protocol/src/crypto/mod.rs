@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 
 mod backend;
 mod encoding;
+pub mod group;
 
 pub use crate::dialect::KeyEncoding;
 #[cfg(feature = "aws-lc")]
