@@ -777,3 +777,35 @@ async fn an_outbound_link_asks_for_the_directory_once_the_peer_speaks_socp() {
     link.feed(&signed("srv-b", 1, To::All, &announce));
     until("the directory sync", || (syncs(&link) == 1).then_some(())).await;
 }
+
+/// A server of another dialect passes every advert on to every link, the one
+/// it came from too: our own frames coming back are dropped without a word
+/// (they used to reach the router, which refused "our" user as taken).
+#[actix::test]
+async fn our_own_frames_echoed_back_are_dropped_quietly() {
+    let node = Node::start().await;
+    let link = node.link_to_b().await;
+    link.feed(&signed(
+        "srv-a",
+        0,
+        To::All,
+        &advertise("alice", "srv-a", 10),
+    ));
+    node.barrier(&link, "rita").await;
+    link.drain().await;
+    assert!(link.codes().is_empty(), "{:?}", link.errors());
+    assert!(link.closes().is_empty());
+    assert_eq!(node.alice_heard("USER_ADVERTISE"), ["rita"]);
+    let status = node
+        .router
+        .send(socp_actors::router::GetStatus)
+        .await
+        .expect("router alive");
+    assert!(status.refusals.is_empty(), "{:?}", status.refusals);
+    assert_eq!(
+        node.shared
+            .metrics
+            .get("socp_server_errors_total", "OWN_ECHO"),
+        1
+    );
+}

@@ -575,6 +575,14 @@ impl PeerLink {
         raw: FrameText,
     ) {
         let from = env.from_server();
+        // Our own frame, echoed back (one implementation passes every
+        // advert on to every link, the one it came from too): nothing new.
+        if from == self.shared.me {
+            self.shared
+                .metrics
+                .inc(crate::metrics::family::SERVER_ERRORS, "OWN_ECHO");
+            return;
+        }
         let from_link = from == peer.server_id;
         let is_error = matches!(msg, Message::Error(_));
         if let Err(detail) = trust::only_from_link(&msg, from_link) {
