@@ -1170,7 +1170,8 @@ async fn guests_coming_and_going_are_summed_up_on_a_screen() {
     assert_eq!((came, left), (4, 2), "{text}");
 }
 
-/// In a terminal (a real pseudo-terminal, through `script`), Ctrl-C clears
+/// In a terminal (a real pseudo-terminal, through `script`), Ctrl-C at a
+/// password prompt cancels that command only, and Ctrl-C clears
 /// the line being typed and the client goes on; it used to quit.
 #[actix_rt::test]
 async fn ctrl_c_in_a_terminal_clears_the_line_and_the_client_goes_on() {
@@ -1237,6 +1238,22 @@ async fn ctrl_c_in_a_terminal_clears_the_line_and_the_client_goes_on() {
     keys_in.write_all(b"/list\r").unwrap();
     keys_in.flush().unwrap();
     seen("Online users").await;
+    // Ctrl-C at a password prompt cancels that command only (the terminal
+    // sent the interrupt to the whole client before).
+    keys_in.write_all(b"/register carol\r").unwrap();
+    keys_in.flush().unwrap();
+    seen("password: ").await;
+    keys_in.write_all(b"secr\x03").unwrap();
+    keys_in.flush().unwrap();
+    seen("cancelled at the password prompt").await;
+    let listed = screen.lock().unwrap().matches("Online users").count();
+    keys_in.write_all(b"/list\r").unwrap();
+    keys_in.flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while screen.lock().unwrap().matches("Online users").count() == listed {
+        assert!(std::time::Instant::now() < deadline, "the client went on");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
     keys_in.write_all(b"/quit\r").unwrap();
     keys_in.flush().unwrap();
     let status = child.wait().expect("the client exits");

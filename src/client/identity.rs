@@ -12,7 +12,7 @@ use socp_protocol::message::{UserHello, UserRegister, UserRename};
 use socp_protocol::{now_ms, Envelope, Message, PrivateKey, To, UserId, Username};
 
 use super::connection::{answer, expect, send, Sink};
-use super::input::Input;
+use super::input::{Input, Secret};
 use super::output::Output;
 use super::{blocking, fail, Failure, Shared};
 
@@ -499,11 +499,11 @@ async fn password(shared: &Shared, input: &mut Input, prompt: &str) -> Result<St
     let given = shared.borrow().config.password.clone();
     match given {
         Some(p) => Ok(p),
-        None => input
-            .password(prompt)
-            .await
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| fail("AUTH_FAILED", "no password given")),
+        None => match input.password(prompt).await {
+            Secret::Given(p) if !p.is_empty() => Ok(p),
+            Secret::Cancelled => Err(fail("CANCELLED", "cancelled at the password prompt")),
+            _ => Err(fail("AUTH_FAILED", "no password given")),
+        },
     }
 }
 

@@ -15,10 +15,21 @@ use super::output::Output;
 pub enum InputEvent {
     /// A command line.
     Line(String),
-    /// A password that was asked for (`None`: input ended).
-    Password(Option<String>),
+    /// A password that was asked for.
+    Password(Secret),
     /// End of input (Ctrl-D, Ctrl-C, or stdin closed).
     Eof,
+}
+
+/// The answer to a password prompt.
+#[derive(Debug)]
+pub enum Secret {
+    /// What was typed.
+    Given(String),
+    /// Ctrl-C at the prompt: the command is cancelled, the client goes on.
+    Cancelled,
+    /// Input ended.
+    Ended,
 }
 
 /// What the command loop asks of the input thread after a line.
@@ -39,16 +50,20 @@ pub struct Input {
 }
 
 impl Input {
-    /// Ask for a password; `None` if input ended.
-    pub async fn password(&mut self, prompt: &str) -> Option<String> {
-        self.requests
+    /// Ask for a password.
+    pub async fn password(&mut self, prompt: &str) -> Secret {
+        if self
+            .requests
             .send(InputRequest::Password(prompt.to_owned()))
-            .ok()?;
+            .is_err()
+        {
+            return Secret::Ended;
+        }
         loop {
-            match self.events.recv().await? {
-                InputEvent::Password(p) => return p,
-                InputEvent::Eof => return None,
-                InputEvent::Line(_) => {}
+            match self.events.recv().await {
+                Some(InputEvent::Password(p)) => return p,
+                Some(InputEvent::Eof) | None => return Secret::Ended,
+                Some(InputEvent::Line(_)) => {}
             }
         }
     }
@@ -78,7 +93,7 @@ pub fn spawn(output: Output, terminal: bool) -> Input {
 fn serve(
     tx: &UnboundedSender<InputEvent>,
     rx: &mpsc::Receiver<InputRequest>,
-    mut password: impl FnMut(&str) -> Option<String>,
+    mut password: impl FnMut(&str) -> Secret,
 ) -> bool {
     loop {
         match rx.recv() {
@@ -114,7 +129,7 @@ fn terminal_loop(
                 if tx.send(InputEvent::Line(line)).is_err() {
                     return;
                 }
-                if !serve(tx, rx, |prompt| rpassword::prompt_password(prompt).ok()) {
+                if !serve(tx, rx, read_secret) {
                     return;
                 }
             }
@@ -141,7 +156,10 @@ fn plain_loop(tx: &UnboundedSender<InputEvent>, rx: &mpsc::Receiver<InputRequest
                     return;
                 }
                 // Without a terminal, a password is the next input line.
-                let ok = serve(tx, rx, |_| lines.next().and_then(Result::ok));
+                let ok = serve(tx, rx, |_| match lines.next() {
+                    Some(Ok(line)) => Secret::Given(line),
+                    _ => Secret::Ended,
+                });
                 if !ok {
                     return;
                 }
@@ -151,5 +169,80 @@ fn plain_loop(tx: &UnboundedSender<InputEvent>, rx: &mpsc::Receiver<InputRequest
                 return;
             }
         }
+    }
+}
+
+/// Read a password from the terminal without echo. Ctrl-C cancels the
+/// prompt (and with it the command; the client goes on), Ctrl-D on an empty
+/// prompt ends input, Backspace erases. The terminal reads keys one by one
+/// with signals off meanwhile (so Ctrl-C is a key here, not an interrupt that
+/// would end the client), and is restored after.
+#[cfg(unix)]
+fn read_secret(prompt: &str) -> Secret {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let Ok(mut tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        return fallback_secret(prompt);
+    };
+    let fd = tty.as_raw_fd();
+    // SAFETY: `termios` is plain data filled in by tcgetattr on an open fd.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open for the life of `tty`; `saved` is a valid pointer.
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        return fallback_secret(prompt);
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !(libc::ECHO | libc::ICANON | libc::ISIG);
+    quiet.c_cc[libc::VMIN] = 1;
+    quiet.c_cc[libc::VTIME] = 0;
+    // SAFETY: as above; `quiet` is a valid termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
+        return fallback_secret(prompt);
+    }
+    let _ = write!(tty, "{prompt}");
+    let _ = tty.flush();
+    let mut typed: Vec<u8> = Vec::new();
+    let mut byte = [0u8; 1];
+    let secret = loop {
+        match tty.read(&mut byte) {
+            Ok(1) => match byte[0] {
+                b'\r' | b'\n' => break Secret::Given(String::from_utf8_lossy(&typed).into_owned()),
+                0x03 => break Secret::Cancelled,
+                0x04 if typed.is_empty() => break Secret::Ended,
+                0x7f | 0x08 => {
+                    // One character, however many bytes it took.
+                    while let Some(b) = typed.pop() {
+                        if b & 0xc0 != 0x80 {
+                            break;
+                        }
+                    }
+                }
+                b => typed.push(b),
+            },
+            _ => break Secret::Ended,
+        }
+    };
+    // SAFETY: restores what tcgetattr gave, on the same open fd.
+    unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &saved) };
+    let _ = writeln!(tty);
+    typed.fill(0);
+    secret
+}
+
+#[cfg(not(unix))]
+fn read_secret(prompt: &str) -> Secret {
+    fallback_secret(prompt)
+}
+
+/// Without a terminal to set up: rpassword's prompt (Ctrl-C there ends the
+/// client, as the terminal sends the interrupt).
+fn fallback_secret(prompt: &str) -> Secret {
+    match rpassword::prompt_password(prompt) {
+        Ok(p) => Secret::Given(p),
+        Err(_) => Secret::Ended,
     }
 }
