@@ -1400,3 +1400,82 @@ async fn eventually_frame(
     }
     panic!("no {t} from the client");
 }
+
+/// In a terminal, a transfer's progress line is redrawn in place (cursor up,
+/// line cleared) instead of one new line per step; scripts get one event per
+/// step (`--json`, the other tests).
+#[actix_rt::test]
+async fn progress_is_redrawn_in_place_in_a_terminal() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(4, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let bob = User::join(a.addr, 18).await;
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let file = tmp.path().join("notes.bin");
+    std::fs::write(&file, vec![7u8; 20 * MAX_OAEP_PLAINTEXT]).unwrap();
+    let client = format!(
+        "{} --server ws://{} --home {} --key {}",
+        env!("CARGO_BIN_EXE_socp-client"),
+        a.addr,
+        tmp.path().display(),
+        client_common::key_file(&keys, 17).display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &client, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runs script(1) from util-linux");
+    let mut stdout = child.stdout.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let shown = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shown
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let seen = |what: String| {
+        let screen = screen.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !screen.lock().unwrap().contains(&what) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {what:?} on the screen: {}",
+                    screen.lock().unwrap()
+                );
+                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut keys_in = child.stdin.take().unwrap();
+    seen("connected to".into()).await;
+    keys_in
+        .write_all(format!("/file {} {}\r", bob.id, file.display()).as_bytes())
+        .unwrap();
+    keys_in.flush().unwrap();
+    seen("sent notes.bin".into()).await;
+    keys_in.write_all(b"/quit\r").unwrap();
+    keys_in.flush().unwrap();
+    let status = child.wait().expect("the client exits");
+    let screen = screen.lock().unwrap().clone();
+    assert!(status.success(), "{status}: {screen}");
+    // Every progress line after the first overwrites the one before.
+    let steps = screen.matches("sending notes.bin to").count();
+    assert!(steps >= 3, "{steps} progress lines: {screen}");
+    let redrawn = screen.matches("\x1b[1A\x1b[2K").count();
+    assert_eq!(redrawn, steps - 1, "{screen:?}");
+}

@@ -18,6 +18,9 @@ pub struct Output {
     /// The date of the last line printed (text lines carry the time; a line
     /// with the date goes before the first of each day).
     last_date: Arc<Mutex<Option<String>>>,
+    /// The transfer whose progress line was the last line printed in a
+    /// terminal: its next progress line replaces it.
+    last_progress: Arc<Mutex<Option<String>>>,
 }
 
 impl Output {
@@ -27,6 +30,7 @@ impl Output {
             json,
             printer: Arc::default(),
             last_date: Arc::default(),
+            last_progress: Arc::default(),
         }
     }
 
@@ -43,6 +47,13 @@ impl Output {
     }
 
     fn line(&self, line: String) {
+        if let Ok(mut last) = self.last_progress.lock() {
+            *last = None;
+        }
+        self.print(line);
+    }
+
+    fn print(&self, line: String) {
         if let Ok(mut p) = self.printer.lock() {
             if let Some(printer) = p.as_mut() {
                 if printer.print(format!("{line}\n")).is_ok() {
@@ -76,6 +87,33 @@ impl Output {
                 self.line(format!("-- {date} --"));
             }
             self.line(format!("{} {}", now.hm(), text.into()));
+        }
+    }
+
+    /// Progress of transfer `id`: in a terminal, the line is redrawn in place
+    /// while nothing else was printed since; otherwise one line per event.
+    pub fn progress(&self, id: &str, text: impl Into<String>, fields: Value) {
+        let in_terminal = !self.json && self.printer.lock().is_ok_and(|p| p.is_some());
+        if !in_terminal {
+            self.event("file_progress", text, fields);
+            return;
+        }
+        let now = super::history::Local::at(socp_protocol::now_ms());
+        let line = format!("{} {}", now.hm(), text.into());
+        let replace = self
+            .last_progress
+            .lock()
+            .map(|last| last.as_deref() == Some(id))
+            .unwrap_or(false);
+        // Up one line (the last progress line, above the prompt) and clear it.
+        let line = if replace {
+            format!("\x1b[1A\x1b[2K{line}")
+        } else {
+            line
+        };
+        self.print(line);
+        if let Ok(mut last) = self.last_progress.lock() {
+            *last = Some(id.to_owned());
         }
     }
 

@@ -364,7 +364,7 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                     Some(f) => f
                         .add(index, plain)
                         .map_err(|d| d.0)
-                        .map(|_| (f.received(), f.start.size)),
+                        .map(|_| (f.received(), f.start.size, state::safe_name(&f.start.name))),
                     None => return,
                 },
                 Ok(Err(why)) => Err(why.to_owned()),
@@ -372,14 +372,14 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
             };
             drop(c);
             match result {
-                Ok((got, size)) => {
+                Ok((got, size, name)) => {
                     let before = got.saturating_sub(MAX_OAEP_PLAINTEXT as u64) * 10 / size.max(1);
                     let now = got * 10 / size.max(1);
                     if now != before {
-                        out.event(
-                            "file_progress",
-                            format!("receiving from {shown}: {}", bar((got * 100 / size.max(1)) as usize)),
-                            json!({ "file_id": file_key.1, "direction": "receive", "done_bytes": got, "size": size }),
+                        out.progress(
+                            &file_key.1,
+                            format!("receiving {name} from {shown}: {}", bar((got * 100 / size.max(1)) as usize)),
+                            json!({ "file_id": file_key.1, "name": name, "direction": "receive", "done_bytes": got, "size": size }),
                         );
                     }
                 }

@@ -452,8 +452,8 @@ async fn transfer(
             let pct = done * 100 / total.max(1);
             if pct >= reported + 10 {
                 reported = pct - pct % 10;
-                out.event(
-                    "file_progress",
+                out.progress(
+                    file_id.as_str(),
                     format!("sending {name} to {shown}: {}", bar(pct)),
                     json!({ "file_id": file_id.as_str(), "name": name, "direction": "send", "done": done, "total": total }),
                 );
