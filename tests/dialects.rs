@@ -701,3 +701,153 @@ async fn socp_clients_read_and_write_a_channel_of_one_aes_key() {
     assert_eq!(unreadable[0]["from"], "zed");
     assert!(bob.logged(is_event("warning")).is_empty(), "{:?}", bob.log);
 }
+
+/// A socp server joins a mesh of the PEM dialect: its introducer's welcome
+/// has no `server_pub` and does not list the introducer (taken on trust),
+/// its servers' keys are PEM; socp dials the listed server with
+/// SERVER_ANNOUNCE, its own key written in PEM.
+#[actix_rt::test]
+async fn socp_joins_through_an_introducer_of_the_pem_dialect() {
+    use std::sync::{Arc, Mutex};
+    let intro_key = Arc::new(fixtures::key(7));
+    let mesh_key = fixtures::key(8);
+    let server_pem = pem(&mesh_key);
+    let server_id = ServerId::random().to_string();
+    // The mesh's server: records the first frame of each connection.
+    let (listener, server_port) = loopback::listen().await;
+    let firsts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = firsts.clone();
+    loopback::accept_all(listener, move |sock| {
+        let seen = seen.clone();
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            if let Some(first) = conn.next_text().await {
+                seen.lock().unwrap().push(first);
+            }
+            while conn.next_text().await.is_some() {}
+        }
+    });
+    // Its introducer: a welcome as it writes one, the connection kept.
+    let (listener, intro_port) = loopback::listen().await;
+    let (sid, spem) = (server_id.clone(), server_pem.clone());
+    loopback::accept_all(listener, move |sock| {
+        let (intro_key, sid, spem) = (intro_key.clone(), sid.clone(), spem.clone());
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            let Some(join) = conn.next_text().await else {
+                return;
+            };
+            let join: Value = serde_json::from_str(&join).expect("json");
+            let joiner = join["from"].as_str().unwrap_or_default().to_owned();
+            let welcome = signed(
+                MessageType::ServerWelcome,
+                ServerId::random().as_str(),
+                &joiner,
+                now_ms(),
+                json!({"assigned_id": joiner, "clients": [],
+                       "servers": [{"server_id": sid, "host": "127.0.0.1", "port": server_port,
+                                    "pubkey": spem}]}),
+                &intro_key,
+            );
+            conn.send_text(&welcome.to_json()).await;
+            while conn.next_text().await.is_some() {}
+        }
+    });
+    let intro = std::net::SocketAddr::from(([127, 0, 0, 1], intro_port));
+    let a = start(config_with(0, None, &[intro], fast_settings()))
+        .await
+        .expect("a starts and joins");
+    eventually(WAIT, "the mesh's server dialled", || async {
+        !firsts.lock().unwrap().is_empty()
+    })
+    .await;
+    let first = Envelope::parse(firsts.lock().unwrap()[0].as_bytes()).expect("a frame");
+    assert_eq!(first.msg_type(), "SERVER_ANNOUNCE");
+    assert_eq!(
+        (first.from(), first.to().as_str()),
+        (a.server_id.as_str(), server_id.as_str())
+    );
+    assert_eq!(
+        key_in(&first, "pubkey"),
+        (KeyEncoding::PemBase64Url, server_key(0))
+    );
+    first
+        .verify(&server_key(0))
+        .expect("signed over the PEM payload");
+}
+
+/// Files from the PEM dialect: its server passes its user's FILE_* frames
+/// on as the user sent and signed them (400-byte chunks, no chunk signature);
+/// a socp user gets them as deliveries from that user.
+#[actix_rt::test]
+async fn files_from_a_pem_server_reach_a_socp_user() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut pem_server = PemServer::link(&a, 5).await;
+    let mut alice = User::join(a.addr, 10).await;
+    let zed = fixtures::key(11);
+    pem_server.advertise("zed", &zed).await;
+    let zed_id = UserId::parse("zed").expect("an id");
+    assert!(alice.sees_user(&zed_id, WAIT).await, "alice hears of zed");
+    let data = vec![b'z'; 700];
+    let to = alice.id.as_str();
+    let mut frames = vec![signed(
+        MessageType::FileStart,
+        "zed",
+        to,
+        now_ms(),
+        json!({"file_id": "z-1", "name": "z.txt", "size": data.len(),
+               "sha256": socp_protocol::crypto::sha256_hex(&data), "mode": "dm"}),
+        &zed,
+    )];
+    for (index, piece) in data.chunks(400).enumerate() {
+        let ct = Base64Url::from_bytes(&alice.key.public_key().encrypt(piece).expect("fits"));
+        frames.push(signed(
+            MessageType::FileChunk,
+            "zed",
+            to,
+            now_ms(),
+            json!({"file_id": "z-1", "index": index, "ciphertext": ct.as_str()}),
+            &zed,
+        ));
+    }
+    frames.push(signed(
+        MessageType::FileEnd,
+        "zed",
+        to,
+        now_ms(),
+        json!({"file_id": "z-1"}),
+        &zed,
+    ));
+    for frame in &frames {
+        pem_server.peer.send(frame).await;
+    }
+    let mut got = Vec::new();
+    for kind in ["file_start", "file_chunk", "file_chunk", "file_end"] {
+        let d = alice
+            .peer
+            .expect(WAIT, kind, move |e| {
+                e.msg_type() == "USER_DELIVER" && e.payload()["kind"] == kind
+            })
+            .await;
+        assert_eq!(d.payload()["sender"], "zed");
+        if kind == "file_chunk" {
+            got.extend(
+                alice
+                    .key
+                    .decrypt(
+                        Base64Url::parse(d.payload()["ciphertext"].as_str().expect("ct"))
+                            .expect("b64")
+                            .bytes(),
+                    )
+                    .expect("decrypts"),
+            );
+        }
+    }
+    assert_eq!(got, data);
+}

@@ -163,7 +163,15 @@ impl PeerLink {
             return;
         }
         let mut dialect = self.dialect;
-        if let Some(key) = env.payload().get("pubkey").and_then(|k| k.as_str()) {
+        // Its own key: in the frames that carry it (an advert carries a user's).
+        let own_key = matches!(
+            msg,
+            Message::ServerAnnounce(_) | Message::ServerHelloLink(_) | Message::ServerHelloJoin(_)
+        );
+        if let (true, Some(key)) = (
+            own_key,
+            env.payload().get("pubkey").and_then(|k| k.as_str()),
+        ) {
             dialect.keys = socp_protocol::dialect::KeyEncoding::of(key);
         }
         let socp_only = matches!(
