@@ -851,3 +851,78 @@ async fn files_from_a_pem_server_reach_a_socp_user() {
     }
     assert_eq!(got, data);
 }
+
+/// A dialect whose presence carries no keys: its server advertises users as
+/// `{user_id, server_id}` and hands keys out on PUBKEY_REQUEST (and asks
+/// for ours so). socp asks for the key, then tells its users with its own
+/// signed advert; it answers the server's requests from what it knows.
+#[actix_rt::test]
+async fn keys_of_a_dialect_without_keys_in_its_presence_are_asked_for() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let key = fixtures::key(6);
+    let id = ServerId::random();
+    let mut link = Peer::connect(a.addr).await;
+    let join = signed(
+        MessageType::ServerHelloJoin,
+        id.as_str(),
+        &a.addr.to_string(),
+        now_ms(),
+        json!({"host": "127.0.0.1", "port": 9, "pubkey": key.public_key().to_wire()}),
+        &key,
+    );
+    link.send(&join).await;
+    link.expect(WAIT, "the welcome", is_type("SERVER_WELCOME"))
+        .await;
+    let mut alice = User::join(a.addr, 10).await;
+    let user = UserId::random();
+    let user_key = fixtures::key(12);
+    let advert = signed(
+        MessageType::UserAdvertise,
+        id.as_str(),
+        "*",
+        now_ms(),
+        json!({"user_id": user, "server_id": id}),
+        &key,
+    );
+    link.send(&advert).await;
+    let ask = link
+        .expect(WAIT, "a key request", is_type("PUBKEY_REQUEST"))
+        .await;
+    assert_eq!(ask.payload()["user_id"], user.as_str());
+    ask.verify(&server_key(0))
+        .expect("signed by the socp server");
+    let answer = signed(
+        MessageType::PubkeyResponse,
+        id.as_str(),
+        a.server_id.as_str(),
+        now_ms(),
+        json!({"user_id": user, "pubkey": user_key.public_key().to_wire()}),
+        &key,
+    );
+    link.send(&answer).await;
+    let told = alice
+        .peer
+        .expect(WAIT, "the user's advert", advert_of(&user))
+        .await;
+    assert_eq!(key_in(&told, "pubkey").1, user_key.public_key().clone());
+    told.verify(&server_key(0))
+        .expect("the socp server's own advert");
+    assert!(knows(&a.status().await, &user));
+
+    // Its server asks for alice's key.
+    let ask = signed(
+        MessageType::PubkeyRequest,
+        id.as_str(),
+        a.server_id.as_str(),
+        now_ms(),
+        json!({"user_id": alice.id}),
+        &key,
+    );
+    link.send(&ask).await;
+    let answer = link
+        .expect(WAIT, "alice's key", is_type("PUBKEY_RESPONSE"))
+        .await;
+    assert_eq!(key_in(&answer, "pubkey").1, alice.key.public_key().clone());
+}

@@ -349,6 +349,18 @@ fn fixtures() -> Vec<(To, Message)> {
             }
             .into(),
         ),
+        (
+            To::from(&server()),
+            socp_protocol::message::PubkeyRequest { user_id: alice() }.into(),
+        ),
+        (
+            To::from(&server()),
+            socp_protocol::message::PubkeyResponse {
+                user_id: alice(),
+                pubkey: Some(pk(0)),
+            }
+            .into(),
+        ),
     ];
     for content in all_contents() {
         out.push((

@@ -8,7 +8,10 @@
 use std::time::Instant;
 
 use actix::prelude::*;
-use socp_protocol::message::{ErrorPayload, ServerAddress, ServerHelloJoin, ServerHelloLink};
+use socp_protocol::message::{
+    ErrorPayload, PubkeyRequest, PubkeyResponse, ServerAddress, ServerHelloJoin, ServerHelloLink,
+    UserAdvertise,
+};
 use socp_protocol::{now_ms, Dialect, Envelope, ErrorCode, Message, To};
 
 use crate::budget::{Account, Charge};
@@ -38,6 +41,9 @@ pub const MAX_KEPT_JOINS: usize = 64;
 
 /// How long a welcomed join connection waits for its first frame.
 const KEPT_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Keyless adverts a link may have waiting for their keys.
+const MAX_KEYLESS: usize = 256;
 
 /// Most frames waiting on one link while one is verified.
 const MAX_LINK_BACKLOG: usize = 4096;
@@ -90,6 +96,9 @@ pub struct PeerLink {
     retired: bool,
     /// Counted among the server's kept join connections.
     kept: bool,
+    /// Adverts of the peer's users that came without a key (another
+    /// dialect's), verified, by user id, until its PUBKEY_RESPONSE.
+    keyless: std::collections::HashMap<String, (Envelope, FrameText)>,
 }
 
 impl PeerLink {
@@ -129,6 +138,7 @@ impl PeerLink {
             via_join: false,
             retired: false,
             kept: false,
+            keyless: Default::default(),
         }
         .speaking(dialect)
     }
@@ -272,6 +282,108 @@ impl PeerLink {
         }
     }
 
+    /// An advert of the link's own server without `pubkey`, from a server not
+    /// known to speak socp: its dialect hands keys out on PUBKEY_REQUEST.
+    fn is_keyless_advert(&self, env: &Envelope) -> bool {
+        env.msg_type() == "USER_ADVERTISE"
+            && !self.dialect.socp
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.server_id.as_str() == env.from())
+            && env.payload().get("pubkey").is_none()
+            && env.payload()["user_id"].is_string()
+    }
+
+    /// Verify a keyless advert with the link's key, keep it, and ask the
+    /// link for the user's key; the advert goes to the router with it.
+    fn keyless_advert(&mut self, ctx: &mut Context<Self>, env: Envelope, raw: FrameText) {
+        let (Some(peer), Ok(user)) = (
+            self.peer.clone(),
+            socp_protocol::UserId::parse(env.payload()["user_id"].as_str().unwrap_or_default()),
+        ) else {
+            return self.unreadable(ctx, &env, ErrorCode::BadRequest, "a bad user id".into());
+        };
+        if !env.is_fresh(now_ms(), self.shared.settings.ts_window_ms) {
+            return self.strike(
+                ctx,
+                ErrorCode::BadRequest,
+                "`ts` is outside the accepted window".into(),
+            );
+        }
+        if self.keyless.len() >= MAX_KEYLESS && !self.keyless.contains_key(user.as_str()) {
+            return self.unreadable(
+                ctx,
+                &env,
+                ErrorCode::BadRequest,
+                "too many keys asked for".into(),
+            );
+        }
+        let lane = crate::crypto::Lane::flow(peer.server_id.as_str());
+        let check = self.shared.pool.verify_in(lane, env, peer.pubkey.clone());
+        InQueue::wait_for(ctx, self, check, move |act, ctx, checked| match checked {
+            Some((env, true)) => {
+                act.keyless.insert(user.to_string(), (env, raw));
+                act.send(
+                    ctx,
+                    To::from(&peer.server_id),
+                    Message::PubkeyRequest(PubkeyRequest { user_id: user }),
+                );
+            }
+            _ => act.strike(
+                ctx,
+                ErrorCode::InvalidSig,
+                "signature does not verify".into(),
+            ),
+        });
+    }
+
+    /// The key of a user whose advert came without one: the advert goes to
+    /// the router now, as the user's.
+    fn keyed(&mut self, peer: &Peer, answer: PubkeyResponse) {
+        let Some((env, raw)) = self.keyless.remove(answer.user_id.as_str()) else {
+            return;
+        };
+        let server = socp_protocol::ServerId::parse(
+            env.payload()["server_id"]
+                .as_str()
+                .unwrap_or(peer.server_id.as_str()),
+        );
+        let (Some(pubkey), Ok(server_id)) = (answer.pubkey, server) else {
+            return;
+        };
+        let meta = env.payload().get("meta").filter(|m| m.is_object()).cloned();
+        let advert = UserAdvertise {
+            user_id: answer.user_id,
+            server_id,
+            pubkey,
+            meta,
+            seq: None,
+        };
+        self.shared.router.link_frame.do_send(LinkFrame {
+            link: peer.server_id.clone(),
+            env,
+            msg: Message::UserAdvertise(advert),
+            raw,
+            charge: None,
+        });
+    }
+
+    /// PUBKEY_REQUEST from the link: the key we know for that user, or null.
+    fn answer_pubkey(&mut self, ctx: &mut Context<Self>, peer: &Peer, ask: PubkeyRequest) {
+        let to = To::from(&peer.server_id);
+        let user_id = ask.user_id.clone();
+        let lookup = self.shared.router.user_key.send(UserKey(ask.user_id));
+        ctx.spawn(lookup.into_actor(self).map(move |key, act, ctx| {
+            let pubkey = key.ok().flatten();
+            act.send(
+                ctx,
+                to,
+                Message::PubkeyResponse(PubkeyResponse { user_id, pubkey }),
+            );
+        }));
+    }
+
     /// A frame whose type or payload we do not read. From an identified
     /// server of another dialect it is its way of speaking (frames of its
     /// own, payloads of another shape): dropped, counted, logged once per
@@ -330,6 +442,11 @@ impl PeerLink {
             Ok(env) => env,
             Err(e) => return self.strike(ctx, e.code(), e.to_string()),
         };
+        // A welcomed joiner's first frame over its join connection makes it
+        // the link, whatever the frame; then it is handled as any on the link.
+        if self.peer.is_none() && self.welcomed.is_some() {
+            return self.adopt(ctx, raw);
+        }
         if env.known_type().is_none() {
             let t: String = env.msg_type().chars().take(64).collect();
             return self.unreadable(
@@ -341,10 +458,10 @@ impl PeerLink {
         }
         let msg = match env.message() {
             Ok(msg) => msg,
+            Err(_) if self.is_keyless_advert(&env) => return self.keyless_advert(ctx, env, raw),
             Err(e) => return self.unreadable(ctx, &env, e.code(), e.to_string()),
         };
         match self.peer.clone() {
-            None if self.welcomed.is_some() => self.adopt(ctx, env, msg, raw),
             None => self.identify(ctx, env, msg, raw),
             Some(peer) => self.linked(ctx, peer, env, msg, raw),
         }
@@ -484,7 +601,7 @@ impl PeerLink {
 
     /// The first frame a server we welcomed sends over its join connection:
     /// the connection becomes the link, and the frame is handled as any on it.
-    fn adopt(&mut self, ctx: &mut Context<Self>, env: Envelope, msg: Message, raw: FrameText) {
+    fn adopt(&mut self, ctx: &mut Context<Self>, raw: FrameText) {
         let Some((server_id, address)) = self.welcomed.take() else {
             return;
         };
@@ -510,7 +627,7 @@ impl PeerLink {
                 act.peer = Some(peer.clone());
                 act.report_alive();
                 act.ask_directory(ctx, &peer);
-                act.linked(ctx, peer, env, msg, raw);
+                act.handle_frame(ctx, raw);
             }
             Ok(Err(refusal)) => {
                 act.send(
@@ -657,6 +774,8 @@ impl PeerLink {
                 act.report_alive();
                 act.learn_from(ctx, &env, &msg);
                 match msg {
+                    Message::PubkeyResponse(answer) if from_link => act.keyed(&peer, answer),
+                    Message::PubkeyRequest(ask) if from_link => act.answer_pubkey(ctx, &peer, ask),
                     Message::DirectorySync(sync) => act.serve_directory(ctx, &peer, sync),
                     Message::DirectoryPage(page) => act.take_page(ctx, &peer, page),
                     msg => act.shared.router.link_frame.do_send(LinkFrame {

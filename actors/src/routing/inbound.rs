@@ -42,7 +42,12 @@ impl<H: Clone> RouterState<H> {
         };
         match frame.msg {
             Message::Heartbeat(_) | Message::Ack(_) => {}
-            Message::UserAdvertise(adv) => self.remote_advert(adv, &from, now, &mut out),
+            Message::UserAdvertise(adv) => {
+                // Another dialect's advert carries no key (the link asked for
+                // it): local users are given our own signed advert instead.
+                let keyless = env.payload().get("pubkey").is_none();
+                self.remote_advert(adv, &from, keyless, now, &mut out)
+            }
             Message::UserRemove(rm) => self.remote_remove(rm, &from, &mut out),
             Message::ServerAnnounce(ServerAnnounce(addr)) => {
                 self.server_announce(addr, &from, now, &mut out)

@@ -356,6 +356,7 @@ impl<H: Clone> RouterState<H> {
         &mut self,
         adv: UserAdvertise,
         from: &Relayed<'_>,
+        keyless: bool,
         now: i64,
         out: &mut Vec<Action<H>>,
     ) {
@@ -428,13 +429,18 @@ impl<H: Clone> RouterState<H> {
                 pubkey: adv.pubkey.clone(),
                 name: meta_name(adv.meta.as_ref()),
                 meta: adv.meta.clone(),
-                advert: Some(from.frame.clone()),
+                advert: (!keyless).then(|| from.frame.clone()),
                 learnt: now,
             },
         );
         self.relay_onward(from, out);
-        if changed {
-            self.to_all_users(&from.frame, None, out);
+        let for_users = if keyless {
+            self.resign_remote_advert(&adv.user_id, now)
+        } else {
+            Some(from.frame.clone())
+        };
+        if let (true, Some(frame)) = (changed, for_users) {
+            self.to_all_users(&frame, None, out);
         }
     }
 

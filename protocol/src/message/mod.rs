@@ -173,6 +173,28 @@ messages! {
     DirectoryPage(DirectoryPage) = "DIRECTORY_PAGE",
     /// [ext] A registered user whose username was taken elsewhere first picks another.
     UserRename(UserRename) = "USER_RENAME",
+    /// Another implementation's key lookup: a user's advertised key, asked of a server.
+    PubkeyRequest(PubkeyRequest) = "PUBKEY_REQUEST",
+    /// The answer to PUBKEY_REQUEST.
+    PubkeyResponse(PubkeyResponse) = "PUBKEY_RESPONSE",
+}
+
+/// `PUBKEY_REQUEST {user_id}`: one implementation's servers advertise users
+/// without their keys and answer this for them (SPEC.md §11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PubkeyRequest {
+    /// The user whose key is asked for.
+    pub user_id: UserId,
+}
+
+/// `PUBKEY_RESPONSE {user_id, pubkey}`: `pubkey` null when the user is not known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PubkeyResponse {
+    /// The user asked about.
+    pub user_id: UserId,
+    /// Its key, or null.
+    #[serde(default)]
+    pub pubkey: Option<PublicKey>,
 }
 
 /// A USER_HELLO whose key is in `pubkey_b64u` or `meta.pubkey` instead of
