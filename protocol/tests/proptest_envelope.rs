@@ -182,6 +182,8 @@ fn templates() -> Vec<(&'static str, Value)> {
             json!({"records": [{"type": "DIRECTORY_RECORD"}], "next": "bob"}),
         ),
         ("USER_RENAME", json!({"username": "alice2"})),
+        ("PUBKEY_REQUEST", json!({"user_id": "alice"})),
+        ("PUBKEY_RESPONSE", json!({"user_id": "alice", "pubkey": null})),
     ];
     for (kind, content) in [
         ("dm", dm),
