@@ -183,7 +183,10 @@ fn templates() -> Vec<(&'static str, Value)> {
         ),
         ("USER_RENAME", json!({"username": "alice2"})),
         ("PUBKEY_REQUEST", json!({"user_id": "alice"})),
-        ("PUBKEY_RESPONSE", json!({"user_id": "alice", "pubkey": null})),
+        (
+            "PUBKEY_RESPONSE",
+            json!({"user_id": "alice", "pubkey": null}),
+        ),
     ];
     for (kind, content) in [
         ("dm", dm),
