@@ -478,6 +478,14 @@ async fn a_message_to_the_channel_reaches_every_member_in_their_dialect() {
     assert!(bob.sees_user(&ivy_id, WAIT).await, "b knows ivy");
     assert!(alice.sees_user(&ivy_id, WAIT).await, "alice knows ivy");
     jay.expect(WAIT, "ivy's advert", advert_of(&ivy_id)).await;
+    // bob's advert is b's, passed on by a: a PEM client gets it from a,
+    // with bob's key in PEM (its client cannot read another encoding).
+    let bobs = jay.expect(WAIT, "bob's advert", advert_of(&bob.id)).await;
+    assert_eq!(
+        key_in(&bobs, "pubkey"),
+        (KeyEncoding::PemBase64Url, bob.key.public_key().clone())
+    );
+    bobs.verify(&server_key(0)).expect("vouched for by a");
     ivy.pump(Duration::from_millis(200)).await;
 
     let ts = now_ms();

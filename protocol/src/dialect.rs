@@ -161,13 +161,24 @@ impl Dialect {
             return Translation::Omit;
         }
         if env.from() != me {
-            return match (to_user, as_user_deliver(env, me)) {
-                (true, Some(delivery)) => {
-                    let mut delivery = delivery;
-                    self.rewrite_keys(delivery.payload_mut());
-                    Translation::Resign(delivery)
-                }
-                _ => Translation::AsIs,
+            if !to_user {
+                return Translation::AsIs;
+            }
+            if let Some(mut delivery) = as_user_deliver(env, me) {
+                self.rewrite_keys(delivery.payload_mut());
+                return Translation::Resign(delivery);
+            }
+            // Another server's frame passed on to a client (an advert): a
+            // client reads keys only in its encoding, so we vouch for it,
+            // rewritten and signed by us.
+            let mut ours = match env.known_type() {
+                Some(t) => Envelope::raw(t, me, env.to().clone(), env.ts(), env.payload().clone()),
+                None => return Translation::AsIs,
+            };
+            return if self.rewrite_keys(ours.payload_mut()) {
+                Translation::Resign(ours)
+            } else {
+                Translation::AsIs
             };
         }
         let mut out = match t {
@@ -390,6 +401,13 @@ mod tests {
             pem_peer.translate(&advert, "srv-c", false),
             Translation::AsIs
         ));
+        // A PEM client is given another server's advert by us, rewritten.
+        let Translation::Resign(vouched) = pem_peer.translate(&advert, "srv-c", true) else {
+            panic!("not rewritten for a client")
+        };
+        assert_eq!(vouched.from(), "srv-c", "from us");
+        let text = vouched.payload()["pubkey"].as_str().expect("a key");
+        assert_eq!(KeyEncoding::of(text), KeyEncoding::PemBase64Url);
         // Keys inside a welcome's lists too.
         let mut welcome = frame(
             MessageType::ServerWelcome,
