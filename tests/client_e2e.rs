@@ -1175,94 +1175,121 @@ async fn guests_coming_and_going_are_summed_up_on_a_screen() {
 /// the line being typed and the client goes on; it used to quit.
 #[actix_rt::test]
 async fn ctrl_c_in_a_terminal_clears_the_line_and_the_client_goes_on() {
-    use std::io::{Read, Write};
     let tmp = tempfile::tempdir().expect("temp dir");
     let a = start(config_with(4, None, &[], fast_settings()))
         .await
         .expect("a starts");
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let client = format!(
-        "{} --server ws://{} --home {} --key {}",
-        env!("CARGO_BIN_EXE_socp-client"),
-        a.addr,
-        tmp.path().display(),
-        client_common::key_file(&keys, 17).display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &client, "/dev/null"])
-        .env("TERM", "xterm")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("runs script(1) from util-linux");
-    let mut stdout = child.stdout.take().unwrap();
-    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let shown = screen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            shown
-                .lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let seen = |what: &'static str| {
-        let screen = screen.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !screen.lock().unwrap().contains(what) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no {what:?} on the screen: {}",
-                    screen.lock().unwrap()
-                );
-                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let mut keys_in = child.stdin.take().unwrap();
-    seen("connected to").await;
-    keys_in
-        .write_all(b"/tell nobody this must not be sent")
-        .unwrap();
-    keys_in.write_all(b"\x03").unwrap();
-    keys_in.flush().unwrap();
-    seen("line cleared").await;
-    keys_in.write_all(b"/list\r").unwrap();
-    keys_in.flush().unwrap();
-    seen("Online users").await;
+    let mut pty = Pty::start(a.addr, tmp.path(), 17);
+    pty.seen("connected to").await;
+    pty.type_keys(b"/tell nobody this must not be sent");
+    pty.type_keys(b"\x03");
+    pty.seen("line cleared").await;
+    pty.type_keys(b"/list\r");
+    pty.seen("Online users").await;
     // Ctrl-C at a password prompt cancels that command only (the terminal
     // sent the interrupt to the whole client before).
-    keys_in.write_all(b"/register carol\r").unwrap();
-    keys_in.flush().unwrap();
-    seen("password: ").await;
-    keys_in.write_all(b"secr\x03").unwrap();
-    keys_in.flush().unwrap();
-    seen("cancelled at the password prompt").await;
-    let listed = screen.lock().unwrap().matches("Online users").count();
-    keys_in.write_all(b"/list\r").unwrap();
-    keys_in.flush().unwrap();
+    pty.type_keys(b"/register carol\r");
+    pty.seen("password: ").await;
+    pty.type_keys(b"secr\x03");
+    pty.seen("cancelled at the password prompt").await;
+    let listed = pty.screen().matches("Online users").count();
+    pty.type_keys(b"/list\r");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while screen.lock().unwrap().matches("Online users").count() == listed {
+    while pty.screen().matches("Online users").count() == listed {
         assert!(std::time::Instant::now() < deadline, "the client went on");
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
-    keys_in.write_all(b"/quit\r").unwrap();
-    keys_in.flush().unwrap();
-    let status = child.wait().expect("the client exits");
-    assert!(status.success(), "{status}: {}", screen.lock().unwrap());
-    let screen = screen.lock().unwrap();
+    let (status, screen) = pty.quit();
+    assert!(status.success(), "{status}: {screen}");
     assert!(
         !screen.contains("nobody is not") && !screen.contains("no registered user nobody"),
         "{screen}"
     );
+}
+
+/// A `socp-client` in a real pseudo-terminal (through `script(1)` from
+/// util-linux): what its screen shows so far, and its keyboard.
+struct Pty {
+    child: std::process::Child,
+    screen: std::sync::Arc<std::sync::Mutex<String>>,
+    keys: std::process::ChildStdin,
+}
+
+impl Pty {
+    /// The client for `server`, its home at `home`, session key `key`.
+    fn start(server: std::net::SocketAddr, home: &Path, key: usize) -> Pty {
+        use std::io::Read;
+        let keys = home.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let client = format!(
+            "{} --server ws://{server} --home {} --key {}",
+            env!("CARGO_BIN_EXE_socp-client"),
+            home.display(),
+            client_common::key_file(&keys, key).display()
+        );
+        let mut child = std::process::Command::new("script")
+            .args(["-qfec", &client, "/dev/null"])
+            .env("TERM", "xterm")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("runs script(1) from util-linux");
+        let mut stdout = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let shown = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                shown
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let keys = child.stdin.take().unwrap();
+        Pty {
+            child,
+            screen,
+            keys,
+        }
+    }
+
+    /// The screen so far.
+    fn screen(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+
+    /// Wait until `what` is on the screen.
+    async fn seen(&self, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.screen.lock().unwrap().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} on the screen: {}",
+                self.screen()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Type `keys`.
+    fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.keys.write_all(keys).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// `/quit`, and the client's exit status and final screen.
+    fn quit(mut self) -> (std::process::ExitStatus, String) {
+        self.type_keys(b"/quit\r");
+        let status = self.child.wait().expect("the client exits");
+        (status, self.screen())
+    }
 }
 
 /// socp's client on a server of the PEM dialect: that server never
@@ -1406,72 +1433,18 @@ async fn eventually_frame(
 /// step (`--json`, the other tests).
 #[actix_rt::test]
 async fn progress_is_redrawn_in_place_in_a_terminal() {
-    use std::io::{Read, Write};
     let tmp = tempfile::tempdir().expect("temp dir");
     let a = start(config_with(4, None, &[], fast_settings()))
         .await
         .expect("a starts");
     let bob = User::join(a.addr, 18).await;
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
     let file = tmp.path().join("notes.bin");
     std::fs::write(&file, vec![7u8; 20 * MAX_OAEP_PLAINTEXT]).unwrap();
-    let client = format!(
-        "{} --server ws://{} --home {} --key {}",
-        env!("CARGO_BIN_EXE_socp-client"),
-        a.addr,
-        tmp.path().display(),
-        client_common::key_file(&keys, 17).display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &client, "/dev/null"])
-        .env("TERM", "xterm")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("runs script(1) from util-linux");
-    let mut stdout = child.stdout.take().unwrap();
-    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let shown = screen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            shown
-                .lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let seen = |what: String| {
-        let screen = screen.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !screen.lock().unwrap().contains(&what) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no {what:?} on the screen: {}",
-                    screen.lock().unwrap()
-                );
-                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let mut keys_in = child.stdin.take().unwrap();
-    seen("connected to".into()).await;
-    keys_in
-        .write_all(format!("/file {} {}\r", bob.id, file.display()).as_bytes())
-        .unwrap();
-    keys_in.flush().unwrap();
-    seen("sent notes.bin".into()).await;
-    keys_in.write_all(b"/quit\r").unwrap();
-    keys_in.flush().unwrap();
-    let status = child.wait().expect("the client exits");
-    let screen = screen.lock().unwrap().clone();
+    let mut pty = Pty::start(a.addr, tmp.path(), 17);
+    pty.seen("connected to").await;
+    pty.type_keys(format!("/file {} {}\r", bob.id, file.display()).as_bytes());
+    pty.seen("sent notes.bin").await;
+    let (status, screen) = pty.quit();
     assert!(status.success(), "{status}: {screen}");
     // Every progress line after the first overwrites the one before.
     let steps = screen.matches("sending notes.bin to").count();

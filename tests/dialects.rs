@@ -144,6 +144,43 @@ fn file_frames(
     .collect()
 }
 
+/// A server on a loopback port that records the first frame of every
+/// connection and reads the rest: its port, and the frames.
+async fn first_frames() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let (listener, port) = loopback::listen().await;
+    let firsts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = firsts.clone();
+    loopback::accept_all(listener, move |sock| {
+        let seen = seen.clone();
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            if let Some(first) = conn.next_text().await {
+                seen.lock().unwrap().push(first);
+            }
+            while conn.next_text().await.is_some() {}
+        }
+    });
+    (port, firsts)
+}
+
+/// `text` is the SERVER_ANNOUNCE of socp server `a` opening a link to a PEM
+/// server: its key written in PEM, signed over that payload.
+fn our_announce_in_pem(text: &str, a: &RunningServer) -> Envelope {
+    let first = Envelope::parse(text.as_bytes()).expect("a frame");
+    assert_eq!(first.msg_type(), "SERVER_ANNOUNCE");
+    assert_eq!(first.from(), a.server_id.as_str());
+    assert_eq!(
+        key_in(&first, "pubkey"),
+        (KeyEncoding::PemBase64Url, server_key(0))
+    );
+    first
+        .verify(&server_key(0))
+        .expect("signed over the PEM payload");
+    first
+}
+
 fn is_type(t: &'static str) -> impl Fn(&Envelope) -> bool {
     move |e| e.msg_type() == t
 }
@@ -540,21 +577,7 @@ async fn a_pem_server_is_dialled_back_with_an_announce_in_its_encoding() {
     let a = start(config_with(0, None, &[], fast_settings()))
         .await
         .expect("a starts");
-    let (listener, port) = loopback::listen().await;
-    let firsts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = firsts.clone();
-    loopback::accept_all(listener, move |sock| {
-        let seen = seen.clone();
-        async move {
-            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
-                return;
-            };
-            if let Some(first) = conn.next_text().await {
-                seen.lock().unwrap().push(first);
-            }
-            while conn.next_text().await.is_some() {}
-        }
-    });
+    let (port, firsts) = first_frames().await;
     let key = fixtures::key(5);
     let id = ServerId::random();
     let mut peer = Peer::connect(a.addr).await;
@@ -576,16 +599,8 @@ async fn a_pem_server_is_dialled_back_with_an_announce_in_its_encoding() {
         !firsts.lock().unwrap().is_empty()
     })
     .await;
-    let first = Envelope::parse(firsts.lock().unwrap()[0].as_bytes()).expect("a frame");
-    assert_eq!(first.msg_type(), "SERVER_ANNOUNCE");
-    assert_eq!(first.from(), a.server_id.as_str());
-    assert_eq!(
-        key_in(&first, "pubkey"),
-        (KeyEncoding::PemBase64Url, server_key(0))
-    );
-    first
-        .verify(&server_key(0))
-        .expect("signed over the PEM payload");
+    let first = firsts.lock().unwrap()[0].clone();
+    our_announce_in_pem(&first, &a);
 }
 
 /// A welcomed join connection stays open for the joiner's first frame (some
@@ -716,27 +731,13 @@ async fn socp_clients_read_and_write_a_channel_of_one_aes_key() {
 /// SERVER_ANNOUNCE, its own key written in PEM.
 #[actix_rt::test]
 async fn socp_joins_through_an_introducer_of_the_pem_dialect() {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     let intro_key = Arc::new(fixtures::key(7));
     let mesh_key = fixtures::key(8);
     let server_pem = pem(&mesh_key);
     let server_id = ServerId::random().to_string();
     // The mesh's server: records the first frame of each connection.
-    let (listener, server_port) = loopback::listen().await;
-    let firsts: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = firsts.clone();
-    loopback::accept_all(listener, move |sock| {
-        let seen = seen.clone();
-        async move {
-            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
-                return;
-            };
-            if let Some(first) = conn.next_text().await {
-                seen.lock().unwrap().push(first);
-            }
-            while conn.next_text().await.is_some() {}
-        }
-    });
+    let (server_port, firsts) = first_frames().await;
     // Its introducer: a welcome as it writes one, the connection kept.
     let (listener, intro_port) = loopback::listen().await;
     let (sid, spem) = (server_id.clone(), server_pem.clone());
@@ -773,19 +774,8 @@ async fn socp_joins_through_an_introducer_of_the_pem_dialect() {
         !firsts.lock().unwrap().is_empty()
     })
     .await;
-    let first = Envelope::parse(firsts.lock().unwrap()[0].as_bytes()).expect("a frame");
-    assert_eq!(first.msg_type(), "SERVER_ANNOUNCE");
-    assert_eq!(
-        (first.from(), first.to().as_str()),
-        (a.server_id.as_str(), server_id.as_str())
-    );
-    assert_eq!(
-        key_in(&first, "pubkey"),
-        (KeyEncoding::PemBase64Url, server_key(0))
-    );
-    first
-        .verify(&server_key(0))
-        .expect("signed over the PEM payload");
+    let first = our_announce_in_pem(&firsts.lock().unwrap()[0].clone(), &a);
+    assert_eq!(first.to().as_str(), server_id);
 }
 
 /// Files from the PEM dialect: its server passes its user's FILE_* frames

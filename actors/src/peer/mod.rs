@@ -605,39 +605,14 @@ impl PeerLink {
         let Some((server_id, address)) = self.welcomed.take() else {
             return;
         };
-        let peer = Peer {
-            server_id,
-            host: address.host,
-            port: address.port,
-            pubkey: address.pubkey,
-        };
         // Set first: the router may replace it by the server's own link.
         self.via_join = true;
-        let up = self.shared.router.link_up.send(LinkUp {
-            peer: peer.clone(),
-            conn: self.conn(ctx),
-            opened_by_me: false,
-        });
-        InQueue::wait_for(ctx, self, up, move |act, ctx, result| match result {
-            Ok(Ok(())) => {
-                // A link now, bounded as links are (one per server).
-                if !act.retired {
-                    act.release();
-                }
-                act.peer = Some(peer.clone());
-                act.report_alive();
-                act.ask_directory(ctx, &peer);
-                act.handle_frame(ctx, raw);
+        self.come_up(ctx, server_id, address, move |act, ctx, _| {
+            // A link now, bounded as links are (one per server).
+            if !act.retired {
+                act.release();
             }
-            Ok(Err(refusal)) => {
-                act.send(
-                    ctx,
-                    To::from(&peer.server_id),
-                    Message::Error(ErrorPayload::new(refusal.code, refusal.detail)),
-                );
-                act.close(ctx, close::POLICY, "link refused");
-            }
-            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+            act.handle_frame(ctx, raw);
         });
     }
 
@@ -650,6 +625,30 @@ impl PeerLink {
         msg: Message,
         address: ServerAddress,
         raw: FrameText,
+    ) {
+        self.come_up(ctx, server_id, address, move |act, _, peer| {
+            if matches!(msg, Message::ServerAnnounce(_)) {
+                act.shared.router.link_frame.do_send(LinkFrame {
+                    link: peer.server_id,
+                    env,
+                    msg,
+                    raw,
+                    charge: act.holding.take(),
+                });
+            }
+        });
+    }
+
+    /// Tell the router that server `server_id` (at `address`) is linked over
+    /// this connection, the other side having opened it; once it agrees, this
+    /// is that server's link, its directory is asked for, and `then` runs.
+    /// Refused, the connection is closed.
+    fn come_up(
+        &mut self,
+        ctx: &mut Context<Self>,
+        server_id: socp_protocol::ServerId,
+        address: ServerAddress,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Peer) + 'static,
     ) {
         let peer = Peer {
             server_id,
@@ -667,15 +666,7 @@ impl PeerLink {
                 act.peer = Some(peer.clone());
                 act.report_alive();
                 act.ask_directory(ctx, &peer);
-                if matches!(msg, Message::ServerAnnounce(_)) {
-                    act.shared.router.link_frame.do_send(LinkFrame {
-                        link: peer.server_id,
-                        env,
-                        msg,
-                        raw,
-                        charge: act.holding.take(),
-                    });
-                }
+                then(act, ctx, peer);
             }
             Ok(Err(refusal)) => {
                 act.send(
