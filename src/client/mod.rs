@@ -25,7 +25,9 @@ pub mod output;
 pub mod pins;
 pub mod state;
 
+mod channel;
 mod connection;
+mod flow;
 mod history;
 mod identity;
 mod parts;

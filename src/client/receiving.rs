@@ -12,6 +12,7 @@ use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
 use socp_protocol::message::{DeliverContent, UserAdvertise, UserDeliver, UserRemove};
 use socp_protocol::{Base64Url, Envelope, Message, PrivateKey};
 
+use super::channel::{group_key, seen_public};
 use super::connection::MAX_FRAME_BYTES;
 use super::output::{bar, Output};
 use super::pins::Trust;
@@ -624,81 +625,4 @@ async fn open_text(
     .await
     .map_err(|e| e.detail)?;
     opened.map_err(str::to_owned)
-}
-
-/// How long a public message shown is remembered, so that its copy under a
-/// group key is not shown again.
-const RECENT_PUBLIC: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Whether `text` from `from` is a public message already shown lately
-/// (`grouped`: this copy was opened with a group key); remembers it if not.
-fn seen_public(shared: &Shared, from: &socp_protocol::UserId, text: &str, grouped: bool) -> bool {
-    let now = std::time::Instant::now();
-    let mut c = shared.borrow_mut();
-    while c
-        .recent_public
-        .front()
-        .is_some_and(|(_, _, at)| now.duration_since(*at) > RECENT_PUBLIC)
-    {
-        c.recent_public.pop_front();
-    }
-    let seen = c
-        .recent_public
-        .iter()
-        .any(|(f, t, _)| f == from && t == text);
-    if seen && grouped {
-        return true;
-    }
-    if c.recent_public.len() >= 256 {
-        c.recent_public.pop_front();
-    }
-    c.recent_public
-        .push_back((from.clone(), text.to_owned(), now));
-    false
-}
-
-/// A PUBLIC_CHANNEL_UPDATED or PUBLIC_CHANNEL_KEY_SHARE: a wrap for us from
-/// a server that is not socp (its update has no capability object, and it
-/// is not our own socp server) is a channel group key of another
-/// implementation's (socp's own encrypts nothing): kept, the latest per
-/// server.
-async fn group_key(
-    shared: &Shared,
-    env: &Envelope,
-    wraps: Vec<(socp_protocol::UserId, Base64Url)>,
-) {
-    let (me, own) = {
-        let c = shared.borrow();
-        (c.me.clone(), c.own_server.clone())
-    };
-    let socp = env
-        .payload()
-        .get(socp_protocol::dialect::CAPABILITY)
-        .is_some();
-    if socp || own.as_deref() == Some(env.from()) {
-        return;
-    }
-    let Some(wrapped) = wraps
-        .into_iter()
-        .find(|(member, _)| *member == me.id)
-        .map(|(_, w)| w)
-    else {
-        return;
-    };
-    let key = me.key.clone();
-    let unwrapped = blocking(move || {
-        key.decrypt(wrapped.bytes())
-            .ok()
-            .and_then(|k| GroupKey::from_bytes(&k).ok())
-    })
-    .await;
-    if let Ok(Some(group)) = unwrapped {
-        let server = env.from().to_owned();
-        let mut c = shared.borrow_mut();
-        c.group_keys.retain(|(s, _)| *s != server);
-        c.group_keys.push((server, group));
-        if c.group_keys.len() > 16 {
-            c.group_keys.remove(0);
-        }
-    }
 }

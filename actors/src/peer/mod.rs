@@ -8,42 +8,31 @@
 use std::time::Instant;
 
 use actix::prelude::*;
-use socp_protocol::message::{
-    ErrorPayload, PubkeyRequest, PubkeyResponse, ServerAddress, ServerHelloJoin, ServerHelloLink,
-    UserAdvertise,
-};
+use socp_protocol::message::{ErrorPayload, ServerAddress, ServerHelloJoin, ServerHelloLink};
 use socp_protocol::{now_ms, Dialect, Envelope, ErrorCode, Message, To};
 
 use crate::budget::{Account, Charge};
 use crate::crypto::FrameText;
-use crate::dialect::Translator;
 use crate::heartbeat::Activity;
-use crate::router::{JoinRequest, LinkDown, LinkFrame, LinkUp, Outbound, ServerKey, UserKey};
+use crate::router::{LinkDown, LinkFrame, LinkUp, Outbound, ServerKey, UserKey};
 use crate::routing::{Conn, ConnId, Peer};
 use crate::transport::{
     close, AwcTransport, HasOutQueue, InOrder, InQueue, Inbound, OutQueue, Wire,
 };
 use crate::Shared;
 
+mod dialect;
 mod dialer;
 mod directory;
+mod join;
+mod keys;
 mod trust;
 
 pub use dialer::Dialer;
+pub use join::MAX_KEPT_JOINS;
 
 /// Bad frames a link may send before it is closed.
 const MAX_STRIKES: u32 = 50;
-
-/// Join connections a server keeps open at once without their being links
-/// (welcomed and not used yet, or retired). Past it a welcome is followed by
-/// a close, as a join connection never used would be anyway.
-pub const MAX_KEPT_JOINS: usize = 64;
-
-/// How long a welcomed join connection waits for its first frame.
-const KEPT_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Keyless adverts a link may have waiting for their keys.
-const MAX_KEYLESS: usize = 256;
 
 /// Most frames waiting on one link while one is verified.
 const MAX_LINK_BACKLOG: usize = 4096;
@@ -143,68 +132,6 @@ impl PeerLink {
         .speaking(dialect)
     }
 
-    /// Speak `dialect` to the peer from the start.
-    fn speaking(mut self, dialect: Dialect) -> Self {
-        self.dialect = dialect;
-        let translator = Translator::new(dialect, &self.shared.pool, &self.shared.me);
-        self.out.speak(translator);
-        self
-    }
-
-    /// The peer speaks `dialect`: what we write from now on is written for it.
-    fn learn(&mut self, dialect: Dialect) {
-        if dialect == self.dialect {
-            return;
-        }
-        self.dialect = dialect;
-        let translator = Translator::new(dialect, &self.shared.pool, &self.shared.me);
-        self.out.speak(translator);
-    }
-
-    /// What a verified frame on the link tells about the peer's dialect: a
-    /// capability object or a socp-only frame says socp; the key in its own
-    /// announce or hello says how it writes keys.
-    fn learn_from(&mut self, ctx: &mut Context<Self>, env: &Envelope, msg: &Message) {
-        let from_link = self
-            .peer
-            .as_ref()
-            .is_some_and(|p| p.server_id.as_str() == env.from());
-        if !from_link {
-            return;
-        }
-        let mut dialect = self.dialect;
-        // Its own key: in the frames that carry it (an advert carries a user's).
-        let own_key = matches!(
-            msg,
-            Message::ServerAnnounce(_) | Message::ServerHelloLink(_) | Message::ServerHelloJoin(_)
-        );
-        if let (true, Some(key)) = (
-            own_key,
-            env.payload().get("pubkey").and_then(|k| k.as_str()),
-        ) {
-            dialect.keys = socp_protocol::dialect::KeyEncoding::of(key);
-        }
-        let socp_only = matches!(
-            msg,
-            Message::DirectorySync(_) | Message::DirectoryPage(_) | Message::DirectoryRecord(_)
-        );
-        if socp_only
-            || env
-                .payload()
-                .get(socp_protocol::dialect::CAPABILITY)
-                .is_some()
-        {
-            dialect.socp = true;
-        }
-        self.learn(dialect);
-        if self.dialect.socp && self.directory_owed {
-            self.directory_owed = false;
-            if let Some(peer) = self.peer.clone() {
-                self.ask_directory(ctx, &peer);
-            }
-        }
-    }
-
     /// A link a server opened to us; `first` is its first frame.
     pub fn start_inbound(
         shared: Shared,
@@ -280,138 +207,6 @@ impl PeerLink {
         if self.strikes > MAX_STRIKES || self.peer.is_none() {
             self.close(ctx, close::POLICY, "bad frames");
         }
-    }
-
-    /// An advert of the link's own server without `pubkey`, from a server not
-    /// known to speak socp: its dialect hands keys out on PUBKEY_REQUEST.
-    fn is_keyless_advert(&self, env: &Envelope) -> bool {
-        env.msg_type() == "USER_ADVERTISE"
-            && !self.dialect.socp
-            && self
-                .peer
-                .as_ref()
-                .is_some_and(|p| p.server_id.as_str() == env.from())
-            && env.payload().get("pubkey").is_none()
-            && env.payload()["user_id"].is_string()
-    }
-
-    /// Verify a keyless advert with the link's key, keep it, and ask the
-    /// link for the user's key; the advert goes to the router with it.
-    fn keyless_advert(&mut self, ctx: &mut Context<Self>, env: Envelope, raw: FrameText) {
-        let (Some(peer), Ok(user)) = (
-            self.peer.clone(),
-            socp_protocol::UserId::parse(env.payload()["user_id"].as_str().unwrap_or_default()),
-        ) else {
-            return self.unreadable(ctx, &env, ErrorCode::BadRequest, "a bad user id".into());
-        };
-        if !env.is_fresh(now_ms(), self.shared.settings.ts_window_ms) {
-            return self.strike(
-                ctx,
-                ErrorCode::BadRequest,
-                "`ts` is outside the accepted window".into(),
-            );
-        }
-        if self.keyless.len() >= MAX_KEYLESS && !self.keyless.contains_key(user.as_str()) {
-            return self.unreadable(
-                ctx,
-                &env,
-                ErrorCode::BadRequest,
-                "too many keys asked for".into(),
-            );
-        }
-        let lane = crate::crypto::Lane::flow(peer.server_id.as_str());
-        let check = self.shared.pool.verify_in(lane, env, peer.pubkey.clone());
-        InQueue::wait_for(ctx, self, check, move |act, ctx, checked| match checked {
-            Some((env, true)) => {
-                act.keyless.insert(user.to_string(), (env, raw));
-                act.send(
-                    ctx,
-                    To::from(&peer.server_id),
-                    Message::PubkeyRequest(PubkeyRequest { user_id: user }),
-                );
-            }
-            _ => act.strike(
-                ctx,
-                ErrorCode::InvalidSig,
-                "signature does not verify".into(),
-            ),
-        });
-    }
-
-    /// The key of a user whose advert came without one: the advert goes to
-    /// the router now, as the user's.
-    fn keyed(&mut self, peer: &Peer, answer: PubkeyResponse) {
-        let Some((env, raw)) = self.keyless.remove(answer.user_id.as_str()) else {
-            return;
-        };
-        let server = socp_protocol::ServerId::parse(
-            env.payload()["server_id"]
-                .as_str()
-                .unwrap_or(peer.server_id.as_str()),
-        );
-        let (Some(pubkey), Ok(server_id)) = (answer.pubkey, server) else {
-            return;
-        };
-        let meta = env.payload().get("meta").filter(|m| m.is_object()).cloned();
-        let advert = UserAdvertise {
-            user_id: answer.user_id,
-            server_id,
-            pubkey,
-            meta,
-            seq: None,
-        };
-        self.shared.router.link_frame.do_send(LinkFrame {
-            link: peer.server_id.clone(),
-            env,
-            msg: Message::UserAdvertise(advert),
-            raw,
-            charge: None,
-        });
-    }
-
-    /// PUBKEY_REQUEST from the link: the key we know for that user, or null.
-    fn answer_pubkey(&mut self, ctx: &mut Context<Self>, peer: &Peer, ask: PubkeyRequest) {
-        let to = To::from(&peer.server_id);
-        let user_id = ask.user_id.clone();
-        let lookup = self.shared.router.user_key.send(UserKey(ask.user_id));
-        ctx.spawn(lookup.into_actor(self).map(move |key, act, ctx| {
-            let pubkey = key.ok().flatten();
-            act.send(
-                ctx,
-                to,
-                Message::PubkeyResponse(PubkeyResponse { user_id, pubkey }),
-            );
-        }));
-    }
-
-    /// A frame whose type or payload we do not read. From an identified
-    /// server of another dialect it is its way of speaking (frames of its
-    /// own, payloads of another shape): dropped, counted, logged once per
-    /// episode. An ERROR is never answered with an ERROR (two servers would
-    /// answer each other forever). Otherwise it is a bad frame.
-    fn unreadable(
-        &mut self,
-        ctx: &mut Context<Self>,
-        env: &Envelope,
-        code: ErrorCode,
-        detail: String,
-    ) {
-        let foreign = self.peer.is_some() && !self.dialect.socp;
-        if foreign || env.msg_type() == "ERROR" {
-            self.shared
-                .metrics
-                .inc(crate::metrics::family::SERVER_ERRORS, "UNREAD");
-            if let Some(repeats) = self.foreign.hit(Instant::now()) {
-                log::info!(
-                    "link {}: dropping frames we do not read, first {}: {detail} \
-                     ({repeats} more in the last episode)",
-                    self.conn_id,
-                    env.msg_type().chars().take(64).collect::<String>()
-                );
-            }
-            return;
-        }
-        self.strike(ctx, code, detail);
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
@@ -535,151 +330,6 @@ impl PeerLink {
         });
     }
 
-    /// We are the introducer: answer SERVER_WELCOME. The join connection
-    /// then stays open as the link with the new server (SPEC.md §5.1.5):
-    /// some implementations use it as their only link to us. A joiner that
-    /// links separately closes it, or its later link replaces it.
-    fn join(&mut self, ctx: &mut Context<Self>, env: Envelope, address: ServerAddress) {
-        let requested = env.from_server();
-        let request = self.shared.router.join.send(JoinRequest {
-            requested: requested.clone(),
-            address: address.clone(),
-        });
-        InQueue::wait_for(ctx, self, request, move |act, ctx, welcome| match welcome {
-            Ok(welcome) => {
-                let keep = act.keep();
-                // Also our id and key as `server_id` and `server_pub`: one
-                // implementation's joiner learns our key only there.
-                let welcome_id = welcome.assigned_id.clone();
-                let msg = Message::ServerWelcome(welcome);
-                let mut env =
-                    Envelope::from_message(&act.shared.me, To::from(&requested), now_ms(), &msg);
-                if let serde_json::Value::Object(p) = env.payload_mut() {
-                    let key = act.shared.pool.public_key().to_wire().to_owned();
-                    p.insert("server_pub".into(), serde_json::Value::String(key));
-                    p.insert("server_id".into(), act.shared.me.as_str().into());
-                }
-                act.send_env(ctx, socp_protocol::dialect::with_capability(env));
-                if !keep {
-                    act.close(ctx, close::NORMAL, "welcome sent");
-                    return;
-                }
-                act.welcomed = Some((welcome_id, address));
-                ctx.run_later(KEPT_JOIN_WAIT, |act, ctx| {
-                    if act.peer.is_none() && act.welcomed.is_some() {
-                        act.close(ctx, close::NORMAL, "welcome sent; no frame followed");
-                    }
-                });
-            }
-            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
-        });
-    }
-
-    /// Count this connection among the kept join connections, if there is
-    /// room; false if not.
-    fn keep(&mut self) -> bool {
-        use std::sync::atomic::Ordering;
-        if self.kept {
-            return true;
-        }
-        let kept = self.shared.kept_joins.fetch_add(1, Ordering::Relaxed);
-        if kept >= MAX_KEPT_JOINS {
-            self.shared.kept_joins.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        self.kept = true;
-        true
-    }
-
-    fn release(&mut self) {
-        if std::mem::take(&mut self.kept) {
-            self.shared
-                .kept_joins
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// The first frame a server we welcomed sends over its join connection:
-    /// the connection becomes the link, and the frame is handled as any on it.
-    fn adopt(&mut self, ctx: &mut Context<Self>, raw: FrameText) {
-        let Some((server_id, address)) = self.welcomed.take() else {
-            return;
-        };
-        // Set first: the router may replace it by the server's own link.
-        self.via_join = true;
-        self.come_up(ctx, server_id, address, move |act, ctx, _| {
-            // A link now, bounded as links are (one per server).
-            if !act.retired {
-                act.release();
-            }
-            act.handle_frame(ctx, raw);
-        });
-    }
-
-    /// A mesh server linked to us, as `server_id`.
-    fn link(
-        &mut self,
-        ctx: &mut Context<Self>,
-        server_id: socp_protocol::ServerId,
-        env: Envelope,
-        msg: Message,
-        address: ServerAddress,
-        raw: FrameText,
-    ) {
-        self.come_up(ctx, server_id, address, move |act, _, peer| {
-            if matches!(msg, Message::ServerAnnounce(_)) {
-                act.shared.router.link_frame.do_send(LinkFrame {
-                    link: peer.server_id,
-                    env,
-                    msg,
-                    raw,
-                    charge: act.holding.take(),
-                });
-            }
-        });
-    }
-
-    /// Tell the router that server `server_id` (at `address`) is linked over
-    /// this connection, the other side having opened it; once it agrees, this
-    /// is that server's link, its directory is asked for, and `then` runs.
-    /// Refused, the connection is closed.
-    fn come_up(
-        &mut self,
-        ctx: &mut Context<Self>,
-        server_id: socp_protocol::ServerId,
-        address: ServerAddress,
-        then: impl FnOnce(&mut Self, &mut Context<Self>, Peer) + 'static,
-    ) {
-        let peer = Peer {
-            server_id,
-            host: address.host,
-            port: address.port,
-            pubkey: address.pubkey,
-        };
-        let up = self.shared.router.link_up.send(LinkUp {
-            peer: peer.clone(),
-            conn: self.conn(ctx),
-            opened_by_me: false,
-        });
-        InQueue::wait_for(ctx, self, up, move |act, ctx, result| match result {
-            Ok(Ok(())) => {
-                act.peer = Some(peer.clone());
-                act.report_alive();
-                act.ask_directory(ctx, &peer);
-                then(act, ctx, peer);
-            }
-            Ok(Err(refusal)) => {
-                act.send(
-                    ctx,
-                    To::from(&peer.server_id),
-                    Message::Error(ErrorPayload::new(refusal.code, refusal.detail)),
-                );
-                act.close(ctx, close::POLICY, "link refused");
-            }
-            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
-        });
-    }
-
     /// A frame on an established link: verify against the key pinned to its
     /// `from` server, then hand it to the router in arrival order.
     fn linked(
@@ -786,27 +436,6 @@ impl PeerLink {
             Err(Failed::Link(detail)) => act.strike(ctx, ErrorCode::InvalidSig, detail),
             Err(Failed::Relayed(kind, detail)) => act.unverifiable(kind, &detail),
         });
-    }
-
-    /// A frame the link relayed from another server that cannot be verified
-    /// here (its origin is unknown to us, or its signature fails): the link
-    /// may be honest and its origin one we cannot see, so the frame is
-    /// dropped and counted, and the link is not struck.
-    fn unverifiable(&mut self, kind: &'static str, detail: &str) {
-        self.shared
-            .metrics
-            .inc(crate::metrics::family::RELAYED_UNVERIFIABLE, kind);
-        if let Some(repeats) = self.unverifiable.hit(Instant::now()) {
-            let who = self
-                .peer
-                .as_ref()
-                .map_or_else(String::new, |p| p.server_id.to_string());
-            log::warn!(
-                "link {} ({who}): dropping relayed frames that cannot be verified here, \
-                 first {kind}: {detail} ({repeats} more in the last episode)",
-                self.conn_id
-            );
-        }
     }
 }
 
