@@ -9,7 +9,7 @@ use socp_protocol::{now_ms, Envelope, To};
 use tokio::sync::oneshot;
 
 use super::connection::{answer, expect, send, Sink};
-use super::{fail, Failure, Shared};
+use super::{blocking, fail, Failure, Shared};
 
 /// The predicates of a list request's answer: the answer, and the answer or
 /// an ERROR.
@@ -18,7 +18,7 @@ type ListAnswer = (fn(&Envelope) -> bool, fn(&Envelope) -> bool);
 /// The list request this server answers, and what its answer looks like:
 /// LIST_REQUEST → LIST_RESPONSE, or, on a server of the PEM dialect (which
 /// answers only that), `COMMAND {command:"/list"}` → COMMAND_RESPONSE, signed.
-pub(super) fn list_request(shared: &Shared) -> Result<(Envelope, ListAnswer), Failure> {
+pub(super) async fn list_request(shared: &Shared) -> Result<(Envelope, ListAnswer), Failure> {
     let (me, keys) = {
         let c = shared.borrow();
         (c.me.clone(), c.key_encoding)
@@ -40,8 +40,9 @@ pub(super) fn list_request(shared: &Shared) -> Result<(Envelope, ListAnswer), Fa
         now_ms(),
         json!({ "command": "/list" }),
     );
-    let env = me
-        .sign_frame(env, keys)
+    // RSA: off the event loop.
+    let env = blocking(move || me.sign_frame(env, keys))
+        .await?
         .map_err(|e| fail("BAD_KEY", e.to_string()))?;
     Ok((
         env,
@@ -98,7 +99,7 @@ impl Flow {
     }
 
     async fn request(&mut self, shared: &Shared, tx: &Sink) -> Result<(), Failure> {
-        let (request, (answer_only, answer_or_error)) = list_request(shared)?;
+        let (request, (answer_only, answer_or_error)) = list_request(shared).await?;
         let rx = if self.strict {
             expect(shared, answer_or_error)
         } else {

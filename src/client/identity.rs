@@ -89,26 +89,30 @@ pub(crate) async fn hello(
     if keys != KeyEncoding::Der {
         socp_protocol::Dialect { keys, socp: false }.rewrite_keys(env.payload_mut());
     }
-    if nonce_less {
-        // Servers of one other implementation answer only a hello with a
-        // `password` (the first hello of an id registers it with that
-        // password). An ephemeral identity gives one derived from its private
-        // key: the same on every reconnect, unknowable to anyone else, never
-        // typed. socp servers ignore it.
-        if let (serde_json::Value::Object(p), Ok(secret)) =
-            (env.payload_mut(), me.key.to_pkcs8_pem())
-        {
-            let mut material = b"socp ephemeral password\n".to_vec();
-            material.extend_from_slice(secret.as_bytes());
-            let derived = socp_protocol::crypto::sha256(&material);
-            let password = socp_protocol::crypto::b64url_encode(&derived[..18]);
-            p.insert("password".into(), serde_json::Value::String(password));
-        }
-    }
     let key = me.key.clone();
-    let env = blocking(move || env.signed(&key))
-        .await?
-        .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    // Encoding the private key and signing: off the event loop.
+    let env = blocking(move || {
+        let mut env = env;
+        if nonce_less {
+            // Servers of one other implementation answer only a hello with a
+            // `password` (the first hello of an id registers it with that
+            // password). An ephemeral identity gives one derived from its private
+            // key: the same on every reconnect, unknowable to anyone else, never
+            // typed. socp servers ignore it.
+            if let (serde_json::Value::Object(p), Ok(secret)) =
+                (env.payload_mut(), key.to_pkcs8_pem())
+            {
+                let mut material = b"socp ephemeral password\n".to_vec();
+                material.extend_from_slice(secret.as_bytes());
+                let derived = socp_protocol::crypto::sha256(&material);
+                let password = socp_protocol::crypto::b64url_encode(&derived[..18]);
+                p.insert("password".into(), serde_json::Value::String(password));
+            }
+        }
+        env.signed(&key)
+    })
+    .await?
+    .map_err(|e| fail("BAD_KEY", e.to_string()))?;
     // SPEC.md makes the acknowledgement optional, and servers answer a hello
     // in several ways: ACK with any `msg_ref`, a welcome frame, the roster's
     // first USER_ADVERTISE, or nothing at all. An ERROR is a refusal; any of

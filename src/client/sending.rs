@@ -21,7 +21,7 @@ use super::{blocking, fail, trust, Failure, Shared};
 
 /// `/list`: who is online, as the server knows it.
 pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
-    let (request, (_, answer_or_error)) = list_request(shared)?;
+    let (request, (_, answer_or_error)) = list_request(shared).await?;
     let rx = expect(shared, answer_or_error);
     send(tx, &request)?;
     let env = answer(rx, "/list").await?;
