@@ -442,6 +442,7 @@ impl Forgery<'_> {
                 sender: sender.clone(),
                 orig_ts: Some(ts),
                 content,
+                mail: None,
             }),
         )
         .signed(&self.fake.1)

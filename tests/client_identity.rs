@@ -138,6 +138,7 @@ async fn dm_from_fake(
                 sender_pub: fixtures::key(key).public_key().clone(),
                 content_sig: sig,
             }),
+            mail: None,
         }),
     );
     fake.peer.send(&env).await;

@@ -174,6 +174,7 @@ fn deliver(
                 sender_pub: sender_key.public_key().clone(),
                 content_sig: sig,
             }),
+            mail: None,
         }),
     )
 }
@@ -278,6 +279,7 @@ async fn server_frames_from_a_user_are_refused() {
                 sender_pub: alice.key.public_key().clone(),
                 content_sig: sig,
             }),
+            mail: None,
         }),
     );
     alice.peer.send(&relay).await;

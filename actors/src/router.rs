@@ -526,6 +526,8 @@ impl Handler<SendHeartbeats> for Router {
     fn handle(&mut self, _: SendHeartbeats, _: &mut Self::Context) {
         let now = now_ms();
         self.state.forget_unreachable(now);
+        let expired = self.state.expire_mail(now);
+        self.run(expired);
         let actions = self.state.heartbeat(now);
         self.run(actions);
         self.rounds += 1;

@@ -79,6 +79,8 @@ impl Handler<StoreOp> for Store {
                 ),
                 None => Err(socp_db::Error::Corrupt("record frame not signed".into())),
             },
+            StoreOp::MailPut(mail) => self.db.put_mail(mail),
+            StoreOp::MailDelete(ids) => self.db.delete_mail(ids).map(drop),
             StoreOp::KnownServer(peer) => self.db.upsert_known_server(
                 &peer.server_id,
                 &peer.host,

@@ -355,6 +355,7 @@ async fn link_frames_reach_local_users_once() {
             sender: uid("rita"),
             orig_ts: Some(42),
             content: DeliverContent::Dm(dm()),
+            mail: None,
         }),
     )
     .await;

@@ -17,9 +17,10 @@ use socp_actors::routing::{
 };
 use socp_protocol::envelope::TS_WINDOW_MS;
 use socp_protocol::message::{
-    ClientInfo, Command, DeliverContent, KeyShare, ListRequest, ListResponse, ListedUser,
-    MsgDirect, MsgPublicChannel, PublicChannelKeyShare, PublicChannelUpdated, ServerAddress,
-    ServerAnnounce, ServerDeliver, ServerInfo, ServerWelcome, UserAdvertise, UserRemove,
+    ClientInfo, Command, DeliverContent, KeyShare, ListRequest, ListResponse, ListedUser, MailAck,
+    MailDeposit, MailReceipt, MailStatus, MsgDirect, MsgPublicChannel, PublicChannelKeyShare,
+    PublicChannelUpdated, ServerAddress, ServerAnnounce, ServerDeliver, ServerInfo, ServerWelcome,
+    UserAdvertise, UserRemove,
 };
 use socp_protocol::{Base64Url, Envelope, ErrorCode, Message, ServerId, Signature, To, UserId};
 
@@ -265,6 +266,7 @@ fn server_deliver(user: &str, sender: &str, orig_ts: Option<i64>) -> Message {
         sender: uid(sender),
         orig_ts,
         content: DeliverContent::Dm(dm()),
+        mail: None,
     })
 }
 
@@ -2046,4 +2048,464 @@ fn a_welcome_lists_a_bounded_number_of_users() {
     assert_eq!(welcome.clients.len(), WELCOME_CLIENTS);
     let frame = Envelope::new(&sid("srv-a"), To::All, NOW, &welcome).to_json();
     assert!(frame.len() < 1024 * 1024, "{} bytes", frame.len());
+}
+
+// ----- offline delivery [ext] ----------------------------------------------
+
+/// A directory entry: `user` (key `n`) registered at `home` (`None`: here).
+fn registered(user: &str, n: usize, home: Option<&str>) -> socp_db::DirectoryEntry {
+    socp_db::DirectoryEntry {
+        user: socp_db::UserRecord {
+            user_id: uid(user),
+            username: Some(socp_protocol::Username::parse(user).unwrap()),
+            pubkey: pk(n),
+            privkey_store: "store".into(),
+            meta: None,
+            version: 1,
+            home_server: home.map(sid),
+            registered_at: 1,
+        },
+        record: None,
+    }
+}
+
+/// A DM whose content signature is `n` repeated (distinct DMs, distinct
+/// signatures), from a sender with key `key`.
+fn dm_n(n: u8, key: usize) -> MsgDirect {
+    MsgDirect {
+        ciphertext: Base64Url::from_bytes(b"opaque ciphertext"),
+        sender_pub: pk(key),
+        content_sig: Signature::from_bytes(&[n; 512]),
+    }
+}
+
+/// Attach registered `user` (key `n`).
+fn attach_registered(
+    st: &mut RouterState<H>,
+    user: &str,
+    n: usize,
+    handle: H,
+    conn: u64,
+) -> Vec<Action<H>> {
+    st.attach(
+        Conn {
+            id: conn,
+            tx: handle,
+        },
+        uid(user),
+        pk(n),
+        Some(user.to_owned()),
+        true,
+        NOW,
+    )
+    .expect("attached")
+}
+
+fn of_type<'a>(envs: &'a [Envelope], t: &str) -> Vec<&'a Envelope> {
+    envs.iter().filter(|e| e.msg_type() == t).collect()
+}
+
+fn mail_puts(actions: &[Action<H>]) -> Vec<socp_db::StoredMail> {
+    stores(actions)
+        .into_iter()
+        .filter_map(|op| match op {
+            StoreOp::MailPut(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mail_deletes(actions: &[Action<H>]) -> Vec<String> {
+    stores(actions)
+        .into_iter()
+        .flat_map(|op| match op {
+            StoreOp::MailDelete(ids) => ids,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn mail_ack(ids: &[&str], user: Option<&str>) -> Message {
+    Message::MailAck(MailAck {
+        mail_ids: ids.iter().map(|s| s.to_string()).collect(),
+        user_id: user.map(uid),
+    })
+}
+
+#[test]
+fn a_dm_for_an_offline_user_registered_here_waits_and_is_delivered_until_acknowledged() {
+    let mut st = router("srv-a");
+    st.load_directory(&[registered("carol", 3, None)]);
+    attach(&mut st, "alice", 10, "alice", 10);
+    let out = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("carol")),
+        NOW - 5,
+        Message::MsgDirect(dm_n(1, 10)),
+    );
+    let puts = mail_puts(&out);
+    assert_eq!(puts.len(), 1, "kept in the store");
+    let to_alice = sent_to(&out, "alice");
+    assert_eq!(
+        types_to(&out, "alice"),
+        ["MAIL_RECEIPT"],
+        "no USER_NOT_FOUND"
+    );
+    assert_eq!(field(&to_alice[0], "status"), "queued");
+    assert_eq!(field(&to_alice[0], "mail_id"), puts[0].mail_id.as_str());
+    assert_eq!(field(&to_alice[0], "orig_ts"), NOW - 5);
+
+    // A restart: the mailbox comes back from the store.
+    let mut st = router("srv-a");
+    st.load_directory(&[registered("carol", 3, None)]);
+    st.load_mail(&puts);
+    attach(&mut st, "alice", 10, "alice", 10);
+    for round in 0..2 {
+        let out = attach_registered(&mut st, "carol", 3, "carol", 20 + round);
+        let delivered = of_type(&sent_to(&out, "carol"), "USER_DELIVER")
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>();
+        assert_eq!(
+            delivered.len(),
+            1,
+            "round {round}: delivered, not yet acknowledged"
+        );
+        let d = &delivered[0];
+        assert_eq!(field(d, "sender"), "alice");
+        assert_eq!(
+            d.ts(),
+            NOW - 5,
+            "the sender's ts, which its signature covers"
+        );
+        assert_eq!(field(d, "mail")["id"], puts[0].mail_id.as_str());
+        assert_eq!(field(d, "mail")["sender_registered"], false);
+        detach(&mut st, 20 + round, "carol");
+    }
+    attach_registered(&mut st, "carol", 3, "carol", 30);
+    // Another user's ack, or an unknown id, forgets nothing.
+    let out = from_user(
+        &mut st,
+        "alice",
+        To::Id("server".into()),
+        NOW,
+        mail_ack(&[&puts[0].mail_id], None),
+    );
+    assert!(mail_deletes(&out).is_empty());
+    let out = from_user(
+        &mut st,
+        "carol",
+        To::Id("server".into()),
+        NOW,
+        mail_ack(&["nope"], None),
+    );
+    assert!(mail_deletes(&out).is_empty());
+    let out = from_user(
+        &mut st,
+        "carol",
+        To::Id("server".into()),
+        NOW,
+        mail_ack(&[&puts[0].mail_id], None),
+    );
+    assert_eq!(mail_deletes(&out), [puts[0].mail_id.clone()]);
+    let receipt = sent_to(&out, "alice");
+    assert_eq!(receipt.len(), 1);
+    assert_eq!(field(&receipt[0], "status"), "delivered");
+    assert_eq!(st.mail_count(), 0);
+    detach(&mut st, 30, "carol");
+    let out = attach_registered(&mut st, "carol", 3, "carol", 31);
+    assert!(
+        of_type(&sent_to(&out, "carol"), "USER_DELIVER").is_empty(),
+        "delivered once"
+    );
+}
+
+#[test]
+fn a_dm_for_an_offline_guest_or_unknown_id_is_still_user_not_found() {
+    let mut st = router("srv-a");
+    st.load_directory(&[registered("carol", 3, None)]);
+    attach(&mut st, "alice", 10, "alice", 10);
+    let out = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("guest-1")),
+        NOW,
+        Message::MsgDirect(dm_n(1, 10)),
+    );
+    assert_eq!(error_code(&sent_to(&out, "alice")[0]), "USER_NOT_FOUND");
+    assert!(mail_puts(&out).is_empty());
+    // Files are not kept for offline users.
+    let start = Message::FileStart(socp_protocol::message::FileStart {
+        file_id: socp_protocol::message::FileId::random(),
+        name: "a.txt".into(),
+        size: 1,
+        sha256: None,
+        mode: socp_protocol::message::FileMode::Dm,
+    });
+    let out = from_user(&mut st, "alice", To::from(&uid("carol")), NOW, start);
+    assert_eq!(error_code(&sent_to(&out, "alice")[0]), "USER_NOT_FOUND");
+}
+
+#[test]
+fn a_dm_for_a_user_registered_elsewhere_goes_to_its_home_server() {
+    let (mut st, _) = mesh();
+    st.load_directory(&[
+        registered("carol", 3, Some("srv-b")),
+        registered("dave", 4, Some("srv-x")),
+    ]);
+    let out = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("carol")),
+        NOW - 5,
+        Message::MsgDirect(dm_n(1, 10)),
+    );
+    let deposits = sent_to(&out, "link-b");
+    assert_eq!(deposits.len(), 1);
+    assert_eq!(deposits[0].msg_type(), "MAIL_DEPOSIT");
+    assert_eq!(deposits[0].to().as_str(), "srv-b");
+    assert_eq!(field(&deposits[0], "orig_ts"), NOW - 5);
+    assert!(sent_to(&out, "alice").is_empty(), "the home server answers");
+    assert!(mail_puts(&out).is_empty(), "kept at its home server only");
+    // Its home server's receipt reaches alice, signed by us.
+    let receipt = Message::MailReceipt(MailReceipt {
+        mail_id: "m-1".into(),
+        user_id: uid("carol"),
+        sender: uid("alice"),
+        orig_ts: NOW - 5,
+        status: MailStatus::Queued,
+        detail: None,
+    });
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &incoming("srv-b", To::from(&sid("srv-a")), NOW, &receipt),
+    );
+    let to_alice = sent_to(&out, "alice");
+    assert_eq!(to_alice.len(), 1);
+    assert_eq!(to_alice[0].from(), "srv-a");
+    assert_eq!(field(&to_alice[0], "status"), "queued");
+    // A receipt about carol from a server that is not her home: dropped.
+    let out = feed(
+        &mut st,
+        "srv-c",
+        &incoming("srv-c", To::from(&sid("srv-a")), NOW + 1, &receipt),
+    );
+    assert!(sent_to(&out, "alice").is_empty());
+    // A home server we have no link to: refused at once, said why.
+    let out = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("dave")),
+        NOW,
+        Message::MsgDirect(dm_n(2, 10)),
+    );
+    let to_alice = sent_to(&out, "alice");
+    assert_eq!(field(&to_alice[0], "status"), "refused");
+    assert!(field(&to_alice[0], "detail")
+        .as_str()
+        .unwrap()
+        .contains("cannot be reached"));
+}
+
+/// Server `srv-b` deposits `sender`'s DM `n` (key `key`) for `user`.
+fn deposit(from: &str, user: &str, sender: &str, n: u8, key: usize, ts: i64) -> Incoming {
+    incoming(
+        from,
+        To::from(&sid("srv-a")),
+        ts,
+        &Message::MailDeposit(MailDeposit {
+            user_id: uid(user),
+            sender: uid(sender),
+            orig_ts: ts,
+            content: DeliverContent::Dm(dm_n(n, key)),
+        }),
+    )
+}
+
+#[test]
+fn a_deposit_is_kept_only_from_the_senders_server_with_its_key_and_once() {
+    let (mut st, _) = mesh();
+    st.load_directory(&[registered("carol", 3, None)]);
+    // rita is advertised at srv-b with key 12.
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &deposit("srv-b", "carol", "rita", 1, 12, NOW),
+    );
+    let puts = mail_puts(&out);
+    assert_eq!(puts.len(), 1);
+    let receipt = sent_to(&out, "link-b");
+    assert_eq!(field(&receipt[0], "status"), "queued");
+    // The same DM again (a replay in a new envelope): the kept one, not a second.
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &deposit("srv-b", "carol", "rita", 1, 12, NOW + 1),
+    );
+    assert!(mail_puts(&out).is_empty());
+    assert_eq!(
+        field(&sent_to(&out, "link-b")[0], "mail_id"),
+        puts[0].mail_id.as_str()
+    );
+    // Another server speaking for rita, or rita with another key: refused.
+    let out = feed(
+        &mut st,
+        "srv-c",
+        &deposit("srv-c", "carol", "rita", 2, 12, NOW + 2),
+    );
+    assert!(mail_puts(&out).is_empty() && sent(&out).is_empty());
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &deposit("srv-b", "carol", "rita", 3, 13, NOW + 3),
+    );
+    assert!(mail_puts(&out).is_empty() && sent(&out).is_empty());
+    // For a user who is not registered here: refused.
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &deposit("srv-b", "alice", "rita", 4, 12, NOW + 4),
+    );
+    assert!(mail_puts(&out).is_empty());
+    assert_eq!(st.mail_count(), 1);
+}
+
+#[test]
+fn kept_dms_follow_the_user_to_another_server_and_only_that_server_acknowledges() {
+    let (mut st, _) = mesh();
+    st.load_directory(&[registered("carol", 3, None)]);
+    let out = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("carol")),
+        NOW - 5,
+        Message::MsgDirect(dm_n(1, 10)),
+    );
+    let id = mail_puts(&out)[0].mail_id.clone();
+    // carol logs in at srv-b: her DM goes there, tagged.
+    let out = feed(&mut st, "srv-b", &advert_from("srv-b", "carol", 3));
+    let to_b = of_type(&sent_to(&out, "link-b"), "SERVER_DELIVER")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(to_b.len(), 1);
+    assert_eq!(field(&to_b[0], "user_id"), "carol");
+    assert_eq!(field(&to_b[0], "mail")["id"], id.as_str());
+    // srv-c cannot acknowledge (so cannot erase) carol's mail.
+    let ack = mail_ack(&[&id], Some("carol"));
+    let out = feed(
+        &mut st,
+        "srv-c",
+        &incoming("srv-c", To::from(&sid("srv-a")), NOW, &ack),
+    );
+    assert!(mail_deletes(&out).is_empty());
+    assert_eq!(st.mail_count(), 1);
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &incoming("srv-b", To::from(&sid("srv-a")), NOW, &ack),
+    );
+    assert_eq!(mail_deletes(&out), [id]);
+    assert_eq!(field(&sent_to(&out, "alice")[0], "status"), "delivered");
+}
+
+#[test]
+fn mailboxes_are_bounded_per_sender_per_server_and_per_user() {
+    let mut cfg = config("srv-a");
+    cfg.budgets.mail.per_user = 4; // one a sender, two a server
+    let mut st = RouterState::new(cfg, Arc::new(Plain));
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    st.load_directory(&[registered("carol", 3, None), registered("dave", 4, None)]);
+    let users = ["u1", "u2", "u3", "u4", "u5"];
+    for (i, u) in users.iter().enumerate() {
+        attach(&mut st, u, 20 + i, u, 20 + i as u64);
+    }
+    let dm_from = |st: &mut RouterState<H>, u: H, n: u8| {
+        let out = from_user(
+            st,
+            u,
+            To::from(&uid("carol")),
+            NOW,
+            Message::MsgDirect(dm_n(n, 9)),
+        );
+        field(&sent_to(&out, u)[0], "status")
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(dm_from(&mut st, "u1", 1), "queued");
+    let out = from_user(
+        &mut st,
+        "u1",
+        To::from(&uid("carol")),
+        NOW,
+        Message::MsgDirect(dm_n(2, 9)),
+    );
+    let refused = &sent_to(&out, "u1")[0];
+    assert_eq!(field(refused, "status"), "refused");
+    assert!(field(refused, "detail")
+        .as_str()
+        .unwrap()
+        .contains("one sender"));
+    for (i, u) in users[1..4].iter().enumerate() {
+        assert_eq!(dm_from(&mut st, u, 10 + i as u8), "queued");
+    }
+    let out = from_user(
+        &mut st,
+        "u5",
+        To::from(&uid("carol")),
+        NOW,
+        Message::MsgDirect(dm_n(20, 9)),
+    );
+    assert!(field(&sent_to(&out, "u5")[0], "detail")
+        .as_str()
+        .unwrap()
+        .contains("full"));
+    // One server fills at most half of dave's mailbox.
+    for (i, r) in ["r1", "r2", "r3"].iter().enumerate() {
+        feed(&mut st, "srv-b", &advert_from("srv-b", r, 12 + i));
+    }
+    let status = |out: &[Action<H>]| field(&sent_to(out, "link-b")[0], "status").clone();
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &deposit("srv-b", "dave", "r1", 30, 12, NOW),
+    );
+    assert_eq!(status(&out), "queued");
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &deposit("srv-b", "dave", "r2", 31, 13, NOW + 1),
+    );
+    assert_eq!(status(&out), "queued");
+    let out = feed(
+        &mut st,
+        "srv-b",
+        &deposit("srv-b", "dave", "r3", 32, 14, NOW + 2),
+    );
+    assert_eq!(status(&out), "refused");
+    assert_eq!(st.mail_count(), 6);
+}
+
+#[test]
+fn kept_dms_expire_and_their_senders_are_told() {
+    let mut st = router("srv-a");
+    st.load_directory(&[registered("carol", 3, None)]);
+    attach(&mut st, "alice", 10, "alice", 10);
+    let out = from_user(
+        &mut st,
+        "alice",
+        To::from(&uid("carol")),
+        NOW,
+        Message::MsgDirect(dm_n(1, 10)),
+    );
+    let id = mail_puts(&out)[0].mail_id.clone();
+    let expiry = socp_actors::routing::MailBounds::default().expiry_ms;
+    assert!(st.expire_mail(NOW + expiry - 1).is_empty());
+    let out = st.expire_mail(NOW + expiry + 1);
+    assert_eq!(mail_deletes(&out), [id]);
+    assert_eq!(field(&sent_to(&out, "alice")[0], "status"), "expired");
+    assert_eq!(st.mail_count(), 0);
 }

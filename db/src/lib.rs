@@ -16,6 +16,7 @@
 //!   ([`Member`], [`MembershipChange`]).
 //! - `directory.rs`: the mesh-wide directory of registered users: records
 //!   from other servers, the name-conflict rule, counters ([`RecordOutcome`]).
+//! - `mailbox.rs`: DMs kept for offline registered users ([`StoredMail`]).
 //! - `peers.rs`: servers met in the mesh ([`KnownServer`]).
 //! - [`error`]: one error enum; full disk (file-size limit and quota
 //!   included), I/O failure, read-only, corrupt and busy databases have their
@@ -35,6 +36,7 @@ mod db;
 mod directory;
 pub mod error;
 mod identity;
+mod mailbox;
 mod migrations;
 mod peers;
 mod public_channel;
@@ -44,6 +46,7 @@ pub use db::{Db, Options};
 pub use directory::{keeps_name, DirectoryEntry, RecordOutcome};
 pub use error::{Error, Result};
 pub use identity::Identity;
+pub use mailbox::StoredMail;
 pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};
 pub use peers::KnownServer;
 pub use public_channel::{Member, MembershipChange, PUBLIC_GROUP};

@@ -19,7 +19,7 @@ pub const APPLICATION_ID: i32 = 0x534F_4350;
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Step `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: SPEC.md §9 plus the [ext] tables.
 const V1: &str = "
@@ -104,6 +104,21 @@ CREATE TABLE counters (
     name  TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 );
+";
+
+/// Version 3: mailboxes [ext].
+const V3: &str = "
+-- DMs kept for registered users of this server while they are offline, in the
+-- order of deposit (`seq`), until acknowledged or expired. `body` is the
+-- delivery as the router wrote it (JSON; the DM is still end-to-end encrypted).
+CREATE TABLE mail (
+    seq       INTEGER PRIMARY KEY,
+    mail_id   TEXT NOT NULL UNIQUE,
+    recipient TEXT NOT NULL,
+    queued_at INTEGER NOT NULL,
+    body      TEXT NOT NULL CHECK (json_valid(body))
+);
+CREATE INDEX mail_recipient ON mail (recipient);
 ";
 
 /// Bring the database on `conn` up to [`SCHEMA_VERSION`].
@@ -198,6 +213,7 @@ mod tests {
                 "group_members",
                 "groups",
                 "known_servers",
+                "mail",
                 "server_identity",
                 "usernames",
                 "users"

@@ -100,11 +100,16 @@ const KEY_FIELDS: [&str; 5] = [
 ];
 
 /// [ext] frames only socp understands: left out toward other peers.
-const SOCP_ONLY: [&str; 4] = [
+const SOCP_ONLY: [&str; 9] = [
     "DIRECTORY_RECORD",
     "DIRECTORY_SYNC",
     "DIRECTORY_PAGE",
     "USER_RENAME",
+    "USER_LOOKUP",
+    "USER_LOOKUP_RESULT",
+    "MAIL_DEPOSIT",
+    "MAIL_RECEIPT",
+    "MAIL_ACK",
 ];
 
 /// What to write instead of a frame (see [`Dialect::translate`]).

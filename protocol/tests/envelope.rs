@@ -370,6 +370,7 @@ fn fixtures() -> Vec<(To, Message)> {
                 sender: alice(),
                 orig_ts: Some(TS - 5),
                 content: content.clone(),
+                mail: None,
             }
             .into(),
         ));
@@ -379,6 +380,7 @@ fn fixtures() -> Vec<(To, Message)> {
                 sender: alice(),
                 orig_ts: Some(TS - 5),
                 content,
+                mail: None,
             }
             .into(),
         ));
@@ -1121,6 +1123,7 @@ fn deliveries_carry_every_kind() {
             sender: alice(),
             orig_ts: Some(TS - 1),
             content: content.clone(),
+            mail: None,
         };
         let payload = to_payload(&sd);
         assert_eq!(payload["kind"], kind);
@@ -1139,6 +1142,7 @@ fn deliveries_carry_every_kind() {
             sender: alice(),
             orig_ts: None,
             content,
+            mail: None,
         };
         let payload = to_payload(&ud);
         assert_eq!(payload["kind"], kind);
@@ -1159,6 +1163,7 @@ fn server_deliver_dm_has_the_spec_fields() {
         sender: alice(),
         orig_ts: Some(TS),
         content: DeliverContent::Dm(msg_direct()),
+        mail: None,
     };
     assert_eq!(
         to_payload(&sd),

@@ -108,7 +108,7 @@ pub(crate) async fn open(config: &ClientConfig, shared: &Shared) -> Result<Conne
         let reason = loop {
             match stream.next().await {
                 Some(Ok(awc::ws::Frame::Text(bytes))) => {
-                    receiving::handle_frame(&reader_state, &bytes).await;
+                    receiving::handle_frame(&reader_state, &reader_tx, &bytes).await;
                 }
                 Some(Ok(awc::ws::Frame::Ping(p))) => {
                     let _ = reader_tx.send(Outgoing::Pong(p));

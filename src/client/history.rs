@@ -56,12 +56,7 @@ impl History {
 
     /// Add `entry` to the conversation `with` (a user id, or [`PUBLIC`]).
     pub(crate) fn append(&self, with: &str, entry: &Entry) -> std::io::Result<()> {
-        create_private_dir(&self.dir)?;
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(self.file(with))?;
+        let mut file = open_private(&self.file(with), true)?;
         let line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
         writeln!(file, "{line}")
     }
@@ -107,6 +102,24 @@ impl History {
         let skip = all.len().saturating_sub(n);
         Ok(all.split_off(skip))
     }
+}
+
+/// `path` opened for writing, readable by the user only, in a directory
+/// only the user may enter (made if missing): appended to, or emptied first.
+pub(crate) fn open_private(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let mut options = OpenOptions::new();
+    options.create(true);
+    if append {
+        options.append(true);
+    } else {
+        options.write(true).truncate(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

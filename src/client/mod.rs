@@ -30,9 +30,11 @@ mod connection;
 mod flow;
 mod history;
 mod identity;
+mod mail;
 mod parts;
 mod receiving;
 mod sending;
+mod texts;
 mod trust;
 
 use std::cell::RefCell;
@@ -106,6 +108,8 @@ struct Client {
     parts: parts::Parts,
     /// Conversations kept on disk.
     history: history::History,
+    /// DMs kept for offline users [ext]: receipts, mail ids received.
+    mail: mail::MailState,
     /// Files being sent in the background.
     transfers: Vec<sending::Transfer>,
     /// Guests who came and left since the last line that said so (text mode).
@@ -199,6 +203,7 @@ pub async fn run(config: ClientConfig) -> i32 {
         files: HashMap::new(),
         parts: parts::Parts::default(),
         history: history::History::new(&config.home),
+        mail: mail::MailState::new(&config.home),
         transfers: Vec::new(),
         guest_news: (0, 0),
         history_error: None,

@@ -3,25 +3,22 @@
 //! messages checked against the advertised key and opened, files reassembled
 //! chunk by chunk and saved.
 
-use std::sync::Arc;
-
 use serde_json::json;
 use socp_protocol::content;
-use socp_protocol::crypto::group::GroupKey;
 use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
 use socp_protocol::message::{DeliverContent, UserAdvertise, UserDeliver, UserRemove};
-use socp_protocol::{Base64Url, Envelope, Message, PrivateKey};
+use socp_protocol::{Envelope, Message};
 
-use super::channel::{group_key, seen_public};
-use super::connection::MAX_FRAME_BYTES;
+use super::channel::group_key;
+use super::connection::{Sink, MAX_FRAME_BYTES};
 use super::output::{bar, Output};
-use super::pins::Trust;
 use super::state::{self, Contact, IncomingFile};
+use super::texts::{show_text, unverified_mark, TextKind};
 use super::Shared;
 use super::{blocking, trust};
 
 /// One frame from the server.
-pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
+pub(crate) async fn handle_frame(shared: &Shared, tx: &Sink, bytes: &[u8]) {
     let out = shared.borrow().out.clone();
     let env = match Envelope::parse_with(
         bytes,
@@ -93,14 +90,15 @@ pub(crate) async fn handle_frame(shared: &Shared, bytes: &[u8]) {
                 }
             }
         }
-        Message::UserDeliver(d) => deliver(shared, &env, d).await,
+        Message::UserDeliver(d) => deliver(shared, tx, &env, d).await,
+        Message::MailReceipt(r) => super::mail::receipt(shared, r),
         // Other implementations' servers pass a user's frame on as it came
         // (`from` the sender): the same checks as a delivery.
-        Message::MsgDirect(m) => plain(shared, &env, DeliverContent::Dm(m)).await,
-        Message::MsgPublicChannel(m) => plain(shared, &env, DeliverContent::Public(m)).await,
-        Message::FileStart(m) => plain(shared, &env, DeliverContent::FileStart(m)).await,
-        Message::FileChunk(m) => plain(shared, &env, DeliverContent::FileChunk(m)).await,
-        Message::FileEnd(m) => plain(shared, &env, DeliverContent::FileEnd(m)).await,
+        Message::MsgDirect(m) => plain(shared, tx, &env, DeliverContent::Dm(m)).await,
+        Message::MsgPublicChannel(m) => plain(shared, tx, &env, DeliverContent::Public(m)).await,
+        Message::FileStart(m) => plain(shared, tx, &env, DeliverContent::FileStart(m)).await,
+        Message::FileChunk(m) => plain(shared, tx, &env, DeliverContent::FileChunk(m)).await,
+        Message::FileEnd(m) => plain(shared, tx, &env, DeliverContent::FileEnd(m)).await,
         Message::PublicChannelUpdated(u) => {
             let wraps = u.wraps.into_iter().map(|w| (w.member_id, w.wrapped_key));
             group_key(shared, &env, wraps.collect()).await;
@@ -211,7 +209,7 @@ fn guest_news(shared: &Shared, out: &Output, came: bool) {
 }
 
 /// A user's frame another implementation's server passed on unchanged.
-async fn plain(shared: &Shared, env: &Envelope, content: DeliverContent) {
+async fn plain(shared: &Shared, tx: &Sink, env: &Envelope, content: DeliverContent) {
     let Ok(sender) = socp_protocol::UserId::parse(env.from()) else {
         return;
     };
@@ -219,13 +217,24 @@ async fn plain(shared: &Shared, env: &Envelope, content: DeliverContent) {
         sender,
         orig_ts: None,
         content,
+        mail: None,
     };
-    deliver(shared, env, delivery).await;
+    deliver(shared, tx, env, delivery).await;
 }
 
 /// A delivery: verify that `sender_pub` is the key the network advertised for
 /// the sender and that the content signature verifies, then decrypt.
-async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
+async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
+    // A DM that waited for us [ext]: shown once, then acknowledged.
+    let mail = match (&d.mail, &d.content) {
+        (Some(tag), DeliverContent::Dm(m)) => Some((tag.clone(), m.sender_pub.clone())),
+        _ => None,
+    };
+    if let Some((tag, _)) = &mail {
+        if shared.borrow_mut().mail.was_seen(&tag.id) {
+            return super::mail::acknowledge(shared, tx, &tag.id);
+        }
+    }
     let (out, me, contact, download_dir) = {
         let c = shared.borrow();
         (
@@ -237,14 +246,31 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
     };
     let ts = d.orig_ts.unwrap_or(env.ts());
     let sender = d.sender.clone();
-    let shown = shared.borrow().roster.display(&sender);
+    // The sender of a kept DM may be offline now.
+    let contact = match (contact, &mail) {
+        (None, Some((tag, key))) => Some(super::mail::offline_sender(
+            shared,
+            env.from_server(),
+            &sender,
+            tag,
+            key,
+        )),
+        (contact, _) => contact,
+    };
+    let shown = match (&contact, shared.borrow().roster.get(&sender)) {
+        (Some(c), None) => shared.borrow().roster.show(c),
+        _ => shared.borrow().roster.display(&sender),
+    };
     // Refusals name the claimed sender in full: an impersonation shows.
     let claimed = if shown.contains(sender.as_str()) {
         shown.clone()
     } else {
         format!("{shown} [{sender}]")
     };
-    let mark = unverified_mark(shared, &sender);
+    let mut mark = unverified_mark(shared, &sender, contact.as_ref());
+    if mail.is_some() {
+        mark.text.push_str(&super::mail::sent_while_away(ts));
+    }
     let Some(contact) = contact else {
         out.warning(format!(
             "a message claiming to be from {sender}, who is not advertised online, was refused"
@@ -286,6 +312,13 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
                 ts,
             )
             .await;
+            if let Some((tag, _)) = mail {
+                let kept = shared.borrow_mut().mail.remember(&tag.id);
+                if let Err(e) = kept {
+                    out.error("FILE", format!("cannot note a received message: {e}"));
+                }
+                super::mail::acknowledge(shared, tx, &tag.id);
+            }
         }
         DeliverContent::Public(m) => {
             let s = sender.clone();
@@ -423,206 +456,4 @@ async fn deliver(shared: &Shared, env: &Envelope, d: UserDeliver) {
             }
         }
     }
-}
-
-/// How far a sender's key is trusted, as shown beside its messages.
-struct Mark {
-    /// The advertised key is not the pinned one (not yet accepted).
-    unverified: bool,
-    /// `key_status` for scripts (see [`Trust::word`]).
-    status: &'static str,
-    /// Shown after the sender's name: empty, `[verified]` or the warning.
-    text: String,
-}
-
-/// The mark for messages from `sender`, by the trust in its advertised key.
-fn unverified_mark(shared: &Shared, sender: &socp_protocol::UserId) -> Mark {
-    let c = shared.borrow();
-    let Some(contact) = c.roster.get(sender) else {
-        return Mark {
-            unverified: false,
-            status: Trust::Unknown.word(),
-            text: String::new(),
-        };
-    };
-    let t = c.pins.trust(sender, &contact.pubkey);
-    let text = match &t {
-        Trust::Changed(_) => format!(
-            " [UNVERIFIED: key changed; /whois, then /accept {}]",
-            c.roster.handle(contact)
-        ),
-        Trust::Verified(_) => " [verified]".to_owned(),
-        Trust::Pinned | Trust::Unknown => String::new(),
-    };
-    Mark {
-        unverified: matches!(t, Trust::Changed(_)),
-        status: t.word(),
-        text,
-    }
-}
-
-/// A text delivery's kind: how it is shown.
-#[derive(Clone, Copy)]
-enum TextKind {
-    Dm,
-    Public,
-}
-
-/// Check, open and show a text delivery, or warn why it was refused.
-#[allow(clippy::too_many_arguments)]
-async fn show_text(
-    shared: &Shared,
-    contact: &Contact,
-    sender_pub: &socp_protocol::PublicKey,
-    key: Arc<PrivateKey>,
-    verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
-    kind: TextKind,
-    shown: &str,
-    claimed: &str,
-    mark: &Mark,
-    ts: i64,
-) {
-    let (event, what, line) = match kind {
-        TextKind::Dm => ("dm", "a DM", format!("DM from {shown}{}: ", mark.text)),
-        TextKind::Public => (
-            "public",
-            "a public message",
-            format!("[public] {shown}{}: ", mark.text),
-        ),
-    };
-    let out = shared.borrow().out.clone();
-    let group: Vec<GroupKey> = match kind {
-        TextKind::Public => shared
-            .borrow()
-            .group_keys
-            .iter()
-            .map(|(_, k)| k.clone())
-            .collect(),
-        TextKind::Dm => Vec::new(),
-    };
-    let opened = match open_text(contact, sender_pub, key, verify, group).await {
-        Ok((text, grouped)) => {
-            if matches!(kind, TextKind::Public)
-                && seen_public(shared, &contact.user_id, &text, grouped)
-            {
-                return;
-            }
-            Ok(text)
-        }
-        // The copy, under a channel key we do not hold, of a public message
-        // whose RSA copy was shown: nothing to say.
-        Err(why)
-            if matches!(kind, TextKind::Public)
-                && why.contains("cannot be decrypted")
-                && shared
-                    .borrow()
-                    .recent_public
-                    .iter()
-                    .any(|(f, _, _)| *f == contact.user_id) =>
-        {
-            return;
-        }
-        Err(why) => Err(why),
-    };
-    // A part of a long message waits for the rest ([ext]).
-    let now = std::time::Instant::now();
-    let public = matches!(kind, TextKind::Public);
-    let (opened, late) = {
-        let mut c = shared.borrow_mut();
-        let late = c.parts.expired(now);
-        let opened = match opened {
-            Ok(text) => match c.parts.take(&contact.user_id, public, text, now) {
-                super::parts::Taken::Whole(text) => Ok(Some(text)),
-                super::parts::Taken::Waiting => Ok(None),
-            },
-            Err(why) => Err(why),
-        };
-        (opened, late)
-    };
-    for (from, _, text, got, count) in late {
-        out.warning(format!(
-            "only {got} of {count} parts of a message from {from} arrived: {text}"
-        ));
-    }
-    if let Ok(Some(text)) = &opened {
-        let with = match kind {
-            TextKind::Dm => contact.user_id.to_string(),
-            TextKind::Public => super::history::PUBLIC.to_owned(),
-        };
-        super::remember(
-            shared,
-            &with,
-            super::history::Entry {
-                ts,
-                dir: "in".into(),
-                from: contact.user_id.to_string(),
-                shown: shown.to_owned(),
-                kind: event.to_owned(),
-                text: text.clone(),
-            },
-        );
-    }
-    match opened {
-        Ok(None) => {}
-        Ok(Some(text)) => out.event(
-            event,
-            format!("{line}{text}"),
-            json!({
-                "from": contact.user_id,
-                "name": contact.name,
-                "shown": shown,
-                "registered": contact.registered,
-                "unverified": mark.unverified,
-                "key_status": mark.status,
-                "text": text,
-                "ts": ts,
-            }),
-        ),
-        // Signed by its sender, for a channel key this client does not hold
-        // (another implementation's channel): said, not alarmed about.
-        Err(why) if public && why.contains("cannot be decrypted") => out.event(
-            "unreadable",
-            format!("[public] {shown}: a message under a channel key you do not hold"),
-            json!({ "from": contact.user_id, "shown": shown, "ts": ts }),
-        ),
-        Err(why) => out.warning(format!(
-            "{what} claiming to be from {claimed} was refused: {why}"
-        )),
-    }
-}
-
-/// Check a text delivery: `sender_pub` must be the key the network advertised
-/// for the sender, `verify` (the content signature, with that key) must pass;
-/// then decrypt. All RSA on a blocking thread. The text, or why it was refused.
-/// A public message that RSA does not open is tried with the channel
-/// `group` keys (one AES-GCM ciphertext for everyone, another
-/// implementation's channel); the flag says it was opened so.
-async fn open_text(
-    contact: &Contact,
-    sender_pub: &socp_protocol::PublicKey,
-    key: Arc<PrivateKey>,
-    verify: impl FnOnce(&socp_protocol::PublicKey) -> Option<Base64Url> + Send + 'static,
-    group: Vec<GroupKey>,
-) -> Result<(String, bool), String> {
-    if *sender_pub != contact.pubkey {
-        return Err("FORGED: the sender key does not match the key the network advertised".into());
-    }
-    let pk = contact.pubkey.clone();
-    let opened = blocking(move || -> Result<(String, bool), &'static str> {
-        let ct = verify(&pk).ok_or("the content signature does not verify")?;
-        let (plain, grouped) = match key.decrypt(ct.bytes()) {
-            Ok(plain) => (plain, false),
-            Err(_) => group
-                .iter()
-                .find_map(|g| g.open(ct.bytes()).ok())
-                .map(|plain| (plain, true))
-                .ok_or("it cannot be decrypted with your key")?,
-        };
-        String::from_utf8(plain)
-            .map(|text| (text, grouped))
-            .map_err(|_| "it is not text")
-    })
-    .await
-    .map_err(|e| e.detail)?;
-    opened.map_err(str::to_owned)
 }

@@ -81,19 +81,34 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
 /// `/tell`: a DM, split into pieces RSA-OAEP can carry, each encrypted to
 /// the recipient and signed.
 pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> Result<(), Failure> {
-    let contact = resolve(shared, who)?;
+    // Not online: a registered user's key from the directory, and the DM
+    // waits for it at its home server [ext].
+    let contact = match resolve(shared, who) {
+        Ok(contact) => contact,
+        Err(offline) => super::mail::lookup(shared, tx, who).await?.ok_or(offline)?,
+    };
     trust::check_sendable(shared, &contact)?;
+    let shown = shared.borrow().roster.show(&contact);
+    let message = shared.borrow_mut().mail.message();
     let (me, rate, keys) = {
         let c = shared.borrow();
         (c.me.clone(), c.config.send_rate, c.key_encoding)
     };
     // A long message in numbered parts ([ext]): shown whole by socp clients.
     let pieces = super::parts::split(text);
+    let parts = pieces.len();
     let mut flow = Flow::new(rate, true);
-    for piece in pieces {
+    // Each part's `ts` is its own: receipts name a part by it.
+    let mut last_ts = 0;
+    for (part, piece) in pieces.into_iter().enumerate() {
         let (me2, to) = (me.clone(), contact.clone());
+        let ts = now_ms().max(last_ts + 1);
+        last_ts = ts;
+        shared
+            .borrow_mut()
+            .mail
+            .sent(&contact.user_id, ts, (message, part, parts), &shown, text);
         let env = blocking(move || -> Result<Envelope, socp_protocol::Error> {
-            let ts = now_ms();
             let ct = Base64Url::from_bytes(&to.pubkey.encrypt(piece.as_bytes())?);
             let sig = content::sign_dm(&me2.key, &ct, me2.id.as_str(), to.user_id.as_str(), ts)?;
             let env = Envelope::new(
@@ -114,7 +129,7 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
     }
     flow.settle().await?;
     let out = shared.borrow().out.clone();
-    let name = shared.borrow().roster.display(&contact.user_id);
+    let name = shown;
     super::remember(
         shared,
         contact.user_id.as_str(),

@@ -105,6 +105,13 @@ pub struct ServerArgs {
     /// Directory records (registered users) kept per other server.
     #[arg(long, default_value_t = 10_000)]
     pub directory_cap: usize,
+    /// DMs kept for one registered user while it is offline (one sender
+    /// may fill a quarter of it, one other server half).
+    #[arg(long, default_value_t = 200)]
+    pub mailbox_size: usize,
+    /// Days a DM is kept for an offline user before it expires unread.
+    #[arg(long, default_value_t = 7.0)]
+    pub mailbox_days: f64,
     /// On first start, use this unencrypted PEM key instead of generating one.
     #[arg(long)]
     pub first_key: Option<PathBuf>,
@@ -218,6 +225,11 @@ impl ServerArgs {
             budgets: socp_actors::routing::Budgets {
                 max_users_per_server: self.max_users_per_server,
                 max_servers: self.max_servers,
+                mail: socp_actors::routing::MailBounds {
+                    per_user: self.mailbox_size,
+                    expiry_ms: days_ms("--mailbox-days", self.mailbox_days)?,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             ..Settings::default()
@@ -337,6 +349,16 @@ fn seconds(name: &str, v: f64) -> Result<Duration, ConfigError> {
     } else {
         Err(ConfigError(format!(
             "{name} must be a positive number of seconds"
+        )))
+    }
+}
+
+fn days_ms(name: &str, v: f64) -> Result<i64, ConfigError> {
+    if v.is_finite() && v > 0.0 && v <= 3650.0 {
+        Ok((v * 86_400_000.0) as i64)
+    } else {
+        Err(ConfigError(format!(
+            "{name} must be a positive number of days, at most 3650"
         )))
     }
 }

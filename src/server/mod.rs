@@ -327,15 +327,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .await
             .map_err(|e| StartError::Other(e.to_string()))??
     };
-    // The directory of registered users, and a block of presence sequence
-    // numbers no earlier run used (2^40 per run; never below the clock in µs).
-    let (directory, presence_seq) = {
+    // The directory of registered users, a block of presence sequence
+    // numbers no earlier run used (2^40 per run; never below the clock in µs),
+    // and the DMs kept for offline users.
+    let (directory, presence_seq, mail) = {
         let db = db.clone();
         actix_web::rt::task::spawn_blocking(move || {
             let floor = u64::try_from(socp_protocol::now_ms()).unwrap_or(0) * 1000;
             Ok::<_, socp_db::Error>((
                 db.directory()?,
                 db.take_counter("presence_seq", floor, 1 << 40)?,
+                db.mailboxes()?,
             ))
         })
         .await
@@ -359,6 +361,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(PoolSigner(pool.clone())),
     );
     state.load_directory(&directory);
+    state.load_mail(&mail);
 
     // The server's actors run on their own thread, so that stopping it stops
     // them all (see `RunningServer::core`).

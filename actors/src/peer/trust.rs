@@ -4,8 +4,8 @@
 
 use socp_protocol::{Message, PublicKey, ServerId};
 
-/// HEARTBEAT, SERVER_HELLO_LINK and the directory sync speak for the link
-/// itself: they must come from the link's own server, never relayed.
+/// HEARTBEAT, SERVER_HELLO_LINK, the directory sync and the mail frames
+/// [ext] speak for the link itself: they must come from the link's own server, never relayed.
 pub(crate) fn only_from_link(msg: &Message, from_link: bool) -> Result<(), String> {
     let link_only = matches!(
         msg,
@@ -13,6 +13,9 @@ pub(crate) fn only_from_link(msg: &Message, from_link: bool) -> Result<(), Strin
             | Message::ServerHelloLink(_)
             | Message::DirectorySync(_)
             | Message::DirectoryPage(_)
+            | Message::MailDeposit(_)
+            | Message::MailReceipt(_)
+            | Message::MailAck(_)
     );
     if link_only && !from_link {
         return Err(format!(

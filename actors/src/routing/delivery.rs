@@ -29,6 +29,8 @@ pub(super) struct Delivery {
     /// A file frame of a local user, as the user sent it: what servers of
     /// another dialect are given instead of the SERVER_DELIVER.
     pub(super) original: Option<crate::crypto::FrameText>,
+    /// \[ext\] A DM that waited in a mailbox (its home server's tag).
+    pub(super) mail: Option<socp_protocol::message::MailTag>,
 }
 
 /// Where content to deliver came from: where a USER_NOT_FOUND goes, and the
@@ -126,6 +128,7 @@ impl<H: Clone> RouterState<H> {
                 self.route_content(env, DeliverContent::FileEnd(m), &origin, now, &mut out)
             }
             Message::PublicChannelKeyShare(share) => self.route_key_share(env, share, &mut out),
+            Message::MailAck(ack) => self.user_mail_ack(user_id, ack, now, &mut out),
             other => {
                 let frame = self.error_frame(
                     reply_to,
@@ -174,6 +177,7 @@ impl<H: Clone> RouterState<H> {
             orig_ts: env.ts(),
             content,
             original,
+            mail: None,
         };
         self.deliver(delivery, Origin::User(origin), now, out);
     }
@@ -193,6 +197,7 @@ impl<H: Clone> RouterState<H> {
             orig_ts,
             content,
             original,
+            mail,
         } = delivery;
         // The envelope `ts` is the sender's, as well as `orig_ts`: other
         // implementations check the content signature against the envelope
@@ -206,6 +211,7 @@ impl<H: Clone> RouterState<H> {
                     sender,
                     orig_ts: Some(orig_ts),
                     content,
+                    mail,
                 }),
             );
             out.push(Action::Send(user.conn.tx.clone(), frame));
@@ -231,12 +237,19 @@ impl<H: Clone> RouterState<H> {
                             sender,
                             orig_ts: Some(orig_ts),
                             content,
+                            mail,
                         }),
                     )
                     .delivering(original);
                 out.push(Action::Send(tx, frame));
             }
             _ => {
+                // A registered user offline: a DM waits in its mailbox [ext].
+                if let (Origin::User(_), DeliverContent::Dm(dm)) = (&origin, &content) {
+                    if self.offline_dm(&recipient, &sender, orig_ts, dm, now, out) {
+                        return;
+                    }
+                }
                 let detail = format!("{recipient} is not online");
                 match origin {
                     Origin::User(tx) => {
@@ -352,6 +365,7 @@ impl<H: Clone> RouterState<H> {
                 orig_ts: env.ts(),
                 content,
                 original: None,
+                mail: None,
             };
             self.deliver(delivery, Origin::Link(link), now, &mut out);
         }
@@ -379,6 +393,7 @@ impl<H: Clone> RouterState<H> {
                 orig_ts: d.orig_ts.unwrap_or(env_ts),
                 content: d.content,
                 original: None,
+                mail: d.mail,
             };
             self.deliver(delivery, Origin::Link(from.link), now, out);
             return;

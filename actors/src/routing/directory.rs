@@ -62,6 +62,8 @@ struct Entry {
     registered_at: i64,
     /// The name's lower-case key, if the user holds a name.
     name: Option<String>,
+    /// The name as registered, if the user holds it.
+    shown: Option<String>,
 }
 
 /// The directory index.
@@ -113,6 +115,10 @@ impl Directory {
                     key: digest(&u.pubkey),
                     version: u64::try_from(u.version).unwrap_or(0),
                     registered_at: u.registered_at,
+                    shown: name
+                        .as_ref()
+                        .and(u.username.as_ref())
+                        .map(|n| n.as_str().to_owned()),
                     name,
                 },
             );
@@ -129,6 +135,20 @@ impl Directory {
     /// (`None` for a user registered here, or not registered).
     pub(super) fn home_of(&self, id: &UserId) -> Option<ServerId> {
         self.users.get(id).and_then(|e| e.home.clone())
+    }
+
+    /// Whether `id` is a registered user (here or elsewhere).
+    pub(super) fn is_registered(&self, id: &UserId) -> bool {
+        self.users.contains_key(id)
+    }
+
+    /// If `id` is registered with `key`: the name it holds (`Some(None)`
+    /// while it holds none). `None`: not registered, or with another key.
+    pub(super) fn registered_as(&self, id: &UserId, key: &PublicKey) -> Option<Option<String>> {
+        self.users
+            .get(id)
+            .filter(|e| e.key == digest(key))
+            .map(|e| e.shown.clone())
     }
 
     /// Whether `who` is, in any case, a registered user's id or held name.
@@ -207,6 +227,7 @@ impl Directory {
                     if keeps_name(record.registered_at, id, at, &holder) {
                         if let Some(h) = self.users.get_mut(&holder) {
                             h.name = None;
+                            h.shown = None;
                         }
                         displaced = Some(holder);
                         true
@@ -229,6 +250,7 @@ impl Directory {
                 version: record.version,
                 registered_at: record.registered_at,
                 name: holds.then_some(key),
+                shown: holds.then(|| record.username.as_str().to_owned()),
             },
         );
         Applied::Stored { displaced }

@@ -60,6 +60,9 @@ impl<H: Clone> RouterState<H> {
                 self.channel_news(&from, &mut out);
             }
             Message::DirectoryRecord(r) => self.directory_record(r, &from, true, now, &mut out),
+            Message::MailDeposit(d) => self.mail_deposit(from.link, d, now, &mut out),
+            Message::MailReceipt(r) => self.mail_receipt(from.link, r, now, &mut out),
+            Message::MailAck(a) => self.server_mail_ack(from.link, a, now, &mut out),
             Message::Error(e) => log::info!("server {origin} reports {}: {}", e.code, e.detail),
             other => log::debug!(
                 "{} from server {origin}: not handled on a server link",

@@ -20,6 +20,7 @@ mod allowlist;
 mod delivery;
 mod directory;
 mod inbound;
+mod mailbox;
 mod membership;
 mod presence;
 mod seen;
@@ -32,6 +33,8 @@ pub use allowlist::Allowlist;
 pub use delivery::LIST_PART;
 use directory::Directory;
 pub use directory::{own_record, refused};
+pub use mailbox::MailBounds;
+use mailbox::Mailboxes;
 use membership::Membership;
 pub use membership::MAX_JOINS_PER_VERSION;
 use presence::{LocalUser, RemoteUser};
@@ -139,6 +142,10 @@ pub enum StoreOp {
         /// The record frame we signed.
         frame: SignedFrame,
     },
+    /// Keep a DM for an offline registered user of ours [ext].
+    MailPut(socp_db::StoredMail),
+    /// Forget kept DMs (acknowledged or expired).
+    MailDelete(Vec<String>),
 }
 
 impl StoreOp {
@@ -198,6 +205,8 @@ pub struct Budgets {
     /// How long users of a server we have no link to are kept (ms): the
     /// link may be on its way; past this they are forgotten.
     pub unlinked_grace_ms: i64,
+    /// The mailboxes of offline registered users [ext].
+    pub mail: MailBounds,
 }
 
 impl Default for Budgets {
@@ -209,6 +218,7 @@ impl Default for Budgets {
             dial_rate: 0.5,
             dial_burst: 8.0,
             unlinked_grace_ms: 60_000,
+            mail: MailBounds::default(),
         }
     }
 }
@@ -258,6 +268,8 @@ pub struct RouterState<H> {
     remote_per_server: HashMap<ServerId, usize>,
     /// Dial tokens left, and when they were counted (ms).
     dial_tokens: (f64, i64),
+    /// DMs kept for offline registered users of ours [ext].
+    mail: Mailboxes,
 }
 
 impl<H: Clone> RouterState<H> {
@@ -283,6 +295,7 @@ impl<H: Clone> RouterState<H> {
             refusals: BTreeMap::new(),
             remote_per_server: HashMap::new(),
             dial_tokens: (dial_burst, 0),
+            mail: Mailboxes::default(),
         }
     }
 

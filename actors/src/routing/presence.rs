@@ -147,6 +147,8 @@ impl<H: Clone> RouterState<H> {
                 attached,
             },
         );
+        // DMs kept while the user was offline [ext], after the roster.
+        self.flush_mail(&user_id, now, &mut out);
         // A leave still queued for the same id stays: the store takes leaves
         // first, then joins.
         self.membership.joins.push((user_id, pubkey));
@@ -434,6 +436,10 @@ impl<H: Clone> RouterState<H> {
             },
         );
         self.relay_onward(from, out);
+        if changed {
+            // Our registered user attached there: its kept DMs follow it.
+            self.flush_mail(&adv.user_id, now, out);
+        }
         let for_users = if keyless {
             self.resign_remote_advert(&adv.user_id, now)
         } else {

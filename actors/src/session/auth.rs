@@ -8,7 +8,8 @@ use std::time::Instant;
 use actix::prelude::*;
 use socp_db::NewUser;
 use socp_protocol::message::{
-    Ack, LoginChallenge, LoginRequest, RegisterOk, UserHello, UserRegister, UserRename,
+    Ack, LoginChallenge, LoginRequest, RegisterOk, UserHello, UserLookup, UserLookupResult,
+    UserRegister, UserRename,
 };
 use socp_protocol::{now_ms, Envelope, ErrorCode, Message, PublicKey, UserId};
 
@@ -336,6 +337,55 @@ impl ClientSession {
             ),
             Ok(Err(e)) => {
                 log::error!("login lookup failed: {e}");
+                act.error(
+                    ctx,
+                    &from,
+                    ErrorCode::BadRequest,
+                    "the server cannot check users right now",
+                );
+            }
+            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+        });
+    }
+}
+
+impl ClientSession {
+    /// USER_LOOKUP [ext]: a registered user's key and home server, from the
+    /// directory (what a client needs to write to a user who is offline).
+    pub(super) fn lookup(&mut self, ctx: &mut Context<Self>, from: &str, req: UserLookup) {
+        if req.user.is_empty() || req.user.len() > 64 {
+            self.bad_input(
+                ctx,
+                from,
+                ErrorCode::BadRequest,
+                "`user` must be a username or user id",
+            );
+            return;
+        }
+        let from = from.to_owned();
+        let lookup = self.shared.store.find_user.send(FindUser(req.user.clone()));
+        InQueue::wait_for(ctx, self, lookup, move |act, ctx, found| match found {
+            Ok(Ok(Some(record))) => {
+                let home_server = record.home_server.unwrap_or_else(|| act.shared.me.clone());
+                act.reply(
+                    ctx,
+                    &from,
+                    Message::UserLookupResult(UserLookupResult {
+                        user_id: record.user_id,
+                        username: record.username.map(|n| n.as_str().to_owned()),
+                        pubkey: record.pubkey,
+                        home_server,
+                    }),
+                );
+            }
+            Ok(Ok(None)) => act.error(
+                ctx,
+                &from,
+                ErrorCode::UserNotFound,
+                format!("no registered user {}", req.user),
+            ),
+            Ok(Err(e)) => {
+                log::error!("user lookup failed: {e}");
                 act.error(
                     ctx,
                     &from,

@@ -248,9 +248,11 @@ impl ClientSession {
         match msg {
             Message::CtrlClose(_) => self.close(ctx, close::NORMAL, "bye"),
             Message::Ack(_) | Message::Heartbeat(_) => {}
-            Message::ListRequest(_) | Message::Command(_) | Message::PublicChannelKeyShare(_) => {
-                self.route(me.user_id, env, msg)
-            }
+            Message::ListRequest(_)
+            | Message::Command(_)
+            | Message::PublicChannelKeyShare(_)
+            | Message::MailAck(_) => self.route(me.user_id, env, msg),
+            Message::UserLookup(req) => self.lookup(ctx, &from, req),
             Message::MsgDirect(_)
             | Message::MsgPublicChannel(_)
             | Message::FileStart(_)

@@ -18,10 +18,12 @@ use crate::id::{ServerId, UserId};
 mod account;
 mod files;
 mod lists;
+mod mail;
 
 pub use account::*;
 pub use files::*;
 pub use lists::*;
+pub use mail::*;
 
 /// A typed payload of one message type.
 pub trait Payload: Serialize + DeserializeOwned {
@@ -179,6 +181,16 @@ messages! {
     PubkeyRequest(PubkeyRequest) = "PUBKEY_REQUEST",
     /// The answer to PUBKEY_REQUEST.
     PubkeyResponse(PubkeyResponse) = "PUBKEY_RESPONSE",
+    /// [ext] Ask for a registered user's key, by name or id.
+    UserLookup(UserLookup) = "USER_LOOKUP",
+    /// [ext] The registered user a USER_LOOKUP names.
+    UserLookupResult(UserLookupResult) = "USER_LOOKUP_RESULT",
+    /// [ext] A DM to keep for a registered user who is offline.
+    MailDeposit(MailDeposit) = "MAIL_DEPOSIT",
+    /// [ext] What became of a kept DM.
+    MailReceipt(MailReceipt) = "MAIL_RECEIPT",
+    /// [ext] Kept DMs a client has received.
+    MailAck(MailAck) = "MAIL_ACK",
 }
 
 /// A USER_HELLO whose key is in `pubkey_b64u` or `meta.pubkey` instead of
@@ -571,6 +583,9 @@ pub struct ServerDeliver {
     /// payload.
     #[serde(flatten)]
     pub content: DeliverContent,
+    /// \[ext\] A DM that waited in the recipient's mailbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailTag>,
 }
 
 /// `USER_DELIVER {sender, orig_ts, kind, ...}` (SPEC.md §6.3).
@@ -587,6 +602,10 @@ pub struct UserDeliver {
     /// payload.
     #[serde(flatten)]
     pub content: DeliverContent,
+    /// \[ext\] A DM that waited in the recipient's mailbox: acknowledge it
+    /// with MAIL_ACK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailTag>,
 }
 
 /// `ACK {msg_ref}`.
