@@ -359,7 +359,7 @@ async fn become_account(
         key,
         name: (!who.eq_ignore_ascii_case(challenge.user_id.as_str())).then(|| who.to_owned()),
     };
-    shared.borrow_mut().joining = Some(new_me.id.clone());
+    shared.borrow_mut().joining = Some(new_me.clone());
     let accepted = hello(shared, tx, &new_me, Some(challenge.nonce.clone())).await;
     shared.borrow_mut().joining = None;
     accepted.map_err(|f| match f.code.as_str() {
@@ -425,7 +425,7 @@ pub(crate) async fn reattach(shared: &Shared, tx: &Sink) -> Result<(), Failure> 
             ),
         ));
     }
-    shared.borrow_mut().joining = Some(me.id.clone());
+    shared.borrow_mut().joining = Some(me.clone());
     let accepted = hello(shared, tx, &me, Some(challenge.nonce)).await;
     shared.borrow_mut().joining = None;
     accepted

@@ -245,9 +245,11 @@ pub(crate) fn sent_while_away(ts: i64) -> String {
     }
 }
 
-/// Tell the server we have mail `id` (its home server then forgets it).
-pub(crate) fn acknowledge(shared: &Shared, tx: &Sink, id: &str) {
-    let me = shared.borrow().me.id.clone();
+/// Tell the server we (`me`) have mail `id` (its home server then forgets it).
+pub(crate) fn acknowledge(tx: &Sink, me: &str, id: &str) {
+    let Ok(me) = UserId::parse(me) else {
+        return;
+    };
     let env = Envelope::new(
         &me,
         To::Id("server".into()),

@@ -88,8 +88,9 @@ pub struct ClientConfig {
 /// Everything the reader and the commands share (one thread: `Rc<RefCell>`).
 struct Client {
     me: Me,
-    /// The account a `/login` is switching to, until the server accepts it.
-    joining: Option<UserId>,
+    /// The account a `/login` is switching to, until the server accepts it
+    /// (what the server sends it meanwhile, e.g. DMs kept for it, is its).
+    joining: Option<Me>,
     /// `me` is a registered account we logged in to (identifying again after
     /// a reconnect needs a login challenge, answered with the key we hold).
     logged_in: bool,

@@ -128,7 +128,7 @@ pub(crate) async fn handle_frame(shared: &Shared, tx: &Sink, bytes: &[u8]) {
 fn advertised(shared: &Shared, out: &Output, contact: Contact) {
     let is_me = {
         let c = shared.borrow();
-        c.me.id == contact.user_id || c.joining.as_ref() == Some(&contact.user_id)
+        c.me.id == contact.user_id || c.joining.as_ref().map(|j| &j.id) == Some(&contact.user_id)
     };
     let before = shared.borrow().roster.get(&contact.user_id).cloned();
     let was = before.as_ref().map(|b| shared.borrow().roster.show(b));
@@ -232,14 +232,18 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
     };
     if let Some((tag, _)) = &mail {
         if shared.borrow_mut().mail.was_seen(&tag.id) {
-            return super::mail::acknowledge(shared, tx, &tag.id);
+            return super::mail::acknowledge(tx, env.to().as_str(), &tag.id);
         }
     }
     let (out, me, contact, download_dir) = {
         let c = shared.borrow();
         (
             c.out.clone(),
-            c.me.clone(),
+            // For the account a login is switching to, while it switches.
+            c.joining
+                .clone()
+                .filter(|j| j.id.as_str() == env.to().as_str())
+                .unwrap_or_else(|| c.me.clone()),
             c.roster.get(&d.sender).cloned(),
             c.config.download_dir.clone(),
         )
@@ -317,7 +321,7 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                 if let Err(e) = kept {
                     out.error("FILE", format!("cannot note a received message: {e}"));
                 }
-                super::mail::acknowledge(shared, tx, &tag.id);
+                super::mail::acknowledge(tx, me.id.as_str(), &tag.id);
             }
         }
         DeliverContent::Public(m) => {

@@ -91,21 +91,23 @@ impl Mailboxes {
             |f: &dyn Fn(&Mail) -> bool| inbox.map_or(0, |b| b.iter().filter(|m| f(m)).count());
         let held = inbox.map_or(0, VecDeque::len);
         if held >= bounds.per_user {
-            return Some(format!("{}'s mailbox is full", mail.recipient));
+            return Some("the recipient's mailbox is full".into());
         }
         if count(&|m| m.sender == mail.sender) >= (bounds.per_user / 4).max(1) {
-            return Some(format!(
-                "{} already holds as many of your messages as it takes from one sender",
-                mail.recipient
-            ));
+            return Some(
+                "the recipient's mailbox already holds as many of your messages as it takes \
+                 from one sender"
+                    .into(),
+            );
         }
         if mail.origin.is_some()
             && count(&|m| m.origin == mail.origin) >= (bounds.per_user / 2).max(1)
         {
-            return Some(format!(
-                "{} already holds as many messages as it takes from one server",
-                mail.recipient
-            ));
+            return Some(
+                "the recipient's mailbox already holds as many messages as it takes from one \
+                 server"
+                    .into(),
+            );
         }
         if self.total >= bounds.total {
             return Some("the recipient's home server holds as many messages as it can".into());

@@ -28,6 +28,9 @@ pub struct Status {
     /// Frames refused, by reason (see [`refused`](super::refused)).
     #[serde(default)]
     pub refusals: std::collections::BTreeMap<String, u64>,
+    /// DMs kept for offline registered users of ours [ext].
+    #[serde(default)]
+    pub mail_kept: usize,
 }
 
 /// A known server in [`Status`].
@@ -128,6 +131,7 @@ impl<H: Clone> RouterState<H> {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
+            mail_kept: self.mail.len(),
         }
     }
 }
