@@ -361,6 +361,53 @@ fn fixtures() -> Vec<(To, Message)> {
             }
             .into(),
         ),
+        (
+            To::from(&server()),
+            socp_protocol::message::UserLookup {
+                user: "carol".into(),
+            }
+            .into(),
+        ),
+        (
+            To::from(&alice()),
+            socp_protocol::message::UserLookupResult {
+                user_id: bob(),
+                username: Some("bob".into()),
+                pubkey: pk(1),
+                home_server: server(),
+            }
+            .into(),
+        ),
+        (
+            To::from(&server()),
+            socp_protocol::message::MailDeposit {
+                user_id: bob(),
+                sender: alice(),
+                orig_ts: TS - 5,
+                content: DeliverContent::Dm(msg_direct()),
+            }
+            .into(),
+        ),
+        (
+            To::from(&server()),
+            socp_protocol::message::MailReceipt {
+                mail_id: "m-1".into(),
+                user_id: bob(),
+                sender: alice(),
+                orig_ts: TS - 5,
+                status: socp_protocol::message::MailStatus::Refused,
+                detail: Some("full".into()),
+            }
+            .into(),
+        ),
+        (
+            To::from(&server()),
+            socp_protocol::message::MailAck {
+                mail_ids: vec!["m-1".into()],
+                user_id: Some(bob()),
+            }
+            .into(),
+        ),
     ];
     for content in all_contents() {
         out.push((

@@ -187,6 +187,22 @@ fn templates() -> Vec<(&'static str, Value)> {
             "PUBKEY_RESPONSE",
             json!({"user_id": "alice", "pubkey": null}),
         ),
+        ("USER_LOOKUP", json!({"user": "carol"})),
+        (
+            "USER_LOOKUP_RESULT",
+            json!({"user_id": "carol", "pubkey": pk, "home_server": "srv-1"}),
+        ),
+        (
+            "MAIL_DEPOSIT",
+            json!({"user_id": "carol", "sender": "alice", "orig_ts": 1, "kind": "dm",
+                   "ciphertext": ct, "sender_pub": pk, "content_sig": ct}),
+        ),
+        (
+            "MAIL_RECEIPT",
+            json!({"mail_id": "m", "user_id": "carol", "sender": "alice", "orig_ts": 1,
+                   "status": "queued"}),
+        ),
+        ("MAIL_ACK", json!({"mail_ids": ["m"]})),
     ];
     for (kind, content) in [
         ("dm", dm),
