@@ -1453,3 +1453,86 @@ async fn progress_is_redrawn_in_place_in_a_terminal() {
     let redrawn = screen.matches("\x1b[1A\x1b[2K").count();
     assert_eq!(redrawn, steps - 1, "{screen:?}");
 }
+
+/// One `socp-client` run with its own key-making (no `--key`) in `home`:
+/// `/quit` once `home`'s spare session key exists (if `wait_for_spare`), its
+/// `--json` events.
+fn run_keyless(
+    server: std::net::SocketAddr,
+    home: std::path::PathBuf,
+    wait_for_spare: bool,
+) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_socp-client"))
+        .arg("--json")
+        .arg("--server")
+        .arg(format!("ws://{server}"))
+        .arg("--home")
+        .arg(&home)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs socp-client");
+    let spare = home.join("next-session-key.pem");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while wait_for_spare && !spare.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"/list\n/quit\n").expect("writes");
+    drop(stdin);
+    let output = child.wait_with_output().expect("exits");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// A client start does not wait for RSA-4096 a second time: the next session
+/// key is made in the background and kept (owner-only) for the next start,
+/// which takes it once (two starts never share a key).
+#[actix_rt::test]
+async fn the_next_session_key_is_made_in_the_background_and_used_once() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(4, None, &[], fast_settings()))
+        .await
+        .expect("server starts");
+    let (addr, home) = (a.addr, tmp.path().to_owned());
+    let generating = |events: &[Value]| {
+        events
+            .iter()
+            .any(|e| e["text"].as_str().is_some_and(|t| t.contains("generating")))
+    };
+    let connected = |events: &[Value]| events.iter().any(|e| e["event"] == "connected");
+    let h = home.clone();
+    let first = actix_web::rt::task::spawn_blocking(move || run_keyless(addr, h, true))
+        .await
+        .expect("first run");
+    assert!(
+        connected(&first) && generating(&first),
+        "the first start makes its key: {first:#?}"
+    );
+    let spare = home.join("next-session-key.pem");
+    let pem = std::fs::read_to_string(&spare).expect("the next key was kept");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&spare)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "owner-only: {mode:o}");
+    }
+    let h = home.clone();
+    let second = actix_web::rt::task::spawn_blocking(move || run_keyless(addr, h, true))
+        .await
+        .expect("second run");
+    assert!(connected(&second), "{second:#?}");
+    assert!(
+        !generating(&second),
+        "the kept key was used, none made: {second:#?}"
+    );
+    let next = std::fs::read_to_string(&spare).expect("a new spare was kept");
+    assert_ne!(pem, next, "a spare key is used once");
+}

@@ -66,6 +66,43 @@ pub(crate) async fn load_or_generate(
     }
 }
 
+/// The session key of an ephemeral identity: the one an earlier run made in
+/// the background (taken once: claimed by a rename, so two clients never
+/// share it, then deleted), else one made now. Either way the next is made
+/// in the background, so a client start does not wait seconds for RSA.
+pub(crate) async fn session_key(
+    out: &Output,
+    home: &std::path::Path,
+) -> Result<PrivateKey, String> {
+    let spare = home.join("next-session-key.pem");
+    let claimed = home.join(format!("next-session-key.{}.taken", std::process::id()));
+    let taken = std::fs::rename(&spare, &claimed).ok().and_then(|()| {
+        let pem = std::fs::read_to_string(&claimed).ok();
+        let _ = std::fs::remove_file(&claimed);
+        PrivateKey::from_pem(&pem?).ok()
+    });
+    let key = match taken {
+        Some(key) => key,
+        None => load_or_generate(out, None, "your session key").await?,
+    };
+    let out = out.clone();
+    actix_web::rt::task::spawn_blocking(move || {
+        let made = PrivateKey::generate()
+            .map_err(|e| e.to_string())
+            .and_then(|k| k.to_pkcs8_pem().map_err(|e| e.to_string()))
+            .and_then(|pem| {
+                let tmp = spare.with_extension("tmp");
+                let mut f = super::history::open_private(&tmp, false).map_err(|e| e.to_string())?;
+                std::io::Write::write_all(&mut f, pem.as_bytes()).map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, &spare).map_err(|e| e.to_string())
+            });
+        if let Err(e) = made {
+            out.warning(format!("cannot keep a session key for the next start: {e}"));
+        }
+    });
+    Ok(key)
+}
+
 /// USER_HELLO (signed with our key; with the login nonce when logging in).
 pub(crate) async fn hello(
     shared: &Shared,

@@ -175,14 +175,19 @@ pub async fn run(config: ClientConfig) -> i32 {
             return 1;
         }
     }
-    let key =
-        match identity::load_or_generate(&out, config.key_file.clone(), "your session key").await {
-            Ok(k) => k,
-            Err(e) => {
-                out.error("BAD_KEY", e);
-                return 1;
-            }
-        };
+    let key = match &config.key_file {
+        Some(_) => {
+            identity::load_or_generate(&out, config.key_file.clone(), "your session key").await
+        }
+        None => identity::session_key(&out, &config.home).await,
+    };
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => {
+            out.error("BAD_KEY", e);
+            return 1;
+        }
+    };
     let me = Me {
         id: config.user_id.clone().unwrap_or_else(UserId::random),
         key: Arc::new(key),
