@@ -394,6 +394,7 @@ impl Forgery<'_> {
             size: data.len() as u64,
             sha256: Some(sha256_hex(data)),
             mode: FileMode::Dm,
+            fast: None,
         };
         let ts = now_ms();
         let ct = Base64Url::from_bytes(
@@ -686,6 +687,7 @@ async fn send_file(
             size: data.len() as u64,
             sha256: Some(announced.unwrap_or_else(|| sha256_hex(data))),
             mode: FileMode::Dm,
+            fast: None,
         }),
     );
     from.peer.send(&start).await;

@@ -144,6 +144,7 @@ async fn a_files_chunks_arrive_in_order_across_servers() {
             size: original.len() as u64,
             sha256: Some(digest.clone()),
             mode: FileMode::Dm,
+            fast: None,
         }),
     )];
     for (index, chunk) in chunks.iter().enumerate() {

@@ -42,6 +42,8 @@ pub struct Attach {
     pub name: Option<String>,
     /// Whether the user logged in as a registered user.
     pub registered: bool,
+    /// Whether its client reads fast-mode file chunks [ext] (said in its advert).
+    pub fast_files: bool,
 }
 
 /// A user's session ended or re-identified. Idempotent.
@@ -300,12 +302,11 @@ impl Handler<Attach> for Router {
 
     fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) -> Self::Result {
         let user = msg.user_id.clone();
-        let actions = self.state.attach(
+        let actions = self.state.attach_with(
             msg.conn,
             msg.user_id,
             msg.pubkey,
-            msg.name,
-            msg.registered,
+            (msg.name, msg.registered, msg.fast_files),
             now_ms(),
         )?;
         log::info!("user {user} attached");

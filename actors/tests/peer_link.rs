@@ -144,6 +144,7 @@ impl Node {
                 pubkey: pk(10),
                 name: None,
                 registered: false,
+                fast_files: false,
             })
             .await
             .expect("router alive")

@@ -90,6 +90,7 @@ impl Fixture {
                 pubkey: pk(n),
                 name: None,
                 registered: false,
+                fast_files: false,
             })
             .await
             .expect("router alive")
@@ -221,6 +222,7 @@ async fn attach_and_detach_reach_sessions_links_and_the_store() {
             pubkey: pk(11),
             name: None,
             registered: false,
+            fast_files: false,
         })
         .await
         .expect("router alive");

@@ -2242,6 +2242,7 @@ fn a_dm_for_an_offline_guest_or_unknown_id_is_still_user_not_found() {
         size: 1,
         sha256: None,
         mode: socp_protocol::message::FileMode::Dm,
+        fast: None,
     });
     let out = from_user(&mut st, "alice", To::from(&uid("carol")), NOW, start);
     assert_eq!(error_code(&sent_to(&out, "alice")[0]), "USER_NOT_FOUND");

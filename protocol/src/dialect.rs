@@ -26,6 +26,29 @@ pub fn capability() -> Value {
     json!({ "v": 1 })
 }
 
+/// Whether a hello's capability object says its client reads fast-mode file
+/// chunks [ext] (`"files": ["aes-256-gcm"]`).
+pub fn reads_fast_files(payload: &Value) -> bool {
+    payload
+        .get(CAPABILITY)
+        .and_then(|c| c.get("files"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x == crate::crypto::file::FAST_CIPHER))
+}
+
+/// A client's hello with our capability object, saying it reads fast-mode
+/// file chunks.
+pub fn with_client_capability(env: Envelope) -> Envelope {
+    let mut env = with_capability(env);
+    if let Some(Value::Object(cap)) = env.payload_mut().get_mut(CAPABILITY) {
+        cap.insert(
+            "files".to_owned(),
+            json!([crate::crypto::file::FAST_CIPHER]),
+        );
+    }
+    env
+}
+
 /// Add our capability object to a hello, join, announce or welcome we are
 /// about to sign.
 pub fn with_capability(mut env: Envelope) -> Envelope {

@@ -97,6 +97,7 @@ fn file_start() -> FileStart {
         size: 123_456,
         sha256: Some(SHA.into()),
         mode: FileMode::Dm,
+        fast: None,
     }
 }
 

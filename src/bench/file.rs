@@ -91,6 +91,7 @@ pub(crate) async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTrans
             size: data.len() as u64,
             sha256: Some(socp_protocol::crypto::sha256_hex(&data)),
             mode: FileMode::Dm,
+            fast: None,
         },
     )
     .to_json();

@@ -121,7 +121,7 @@ pub(crate) async fn hello(
     };
     let env = Envelope::new(&me.id, To::Id("server".into()), now_ms(), &payload);
     // socp's capability object: the server may use socp's extensions with us.
-    let mut env = socp_protocol::dialect::with_capability(env);
+    let mut env = socp_protocol::dialect::with_client_capability(env);
     let keys = shared.borrow().key_encoding;
     if keys != KeyEncoding::Der {
         socp_protocol::Dialect { keys, socp: false }.rewrite_keys(env.payload_mut());

@@ -194,6 +194,7 @@ pub(crate) async fn lookup(
             name: r.username.as_deref().map(clean_name),
             registered: true,
             home: Some(r.home_server.to_string()),
+            fast_files: false,
         })),
         _ => Err(fail(
             "BAD_REQUEST",
@@ -222,6 +223,7 @@ pub(crate) fn offline_sender(
             name: pin.name.clone().or(name),
             registered: pin.registered || tag.sender_registered,
             home: None,
+            fast_files: false,
         },
         None => Contact {
             user_id: sender.clone(),
@@ -230,6 +232,7 @@ pub(crate) fn offline_sender(
             name,
             registered: tag.sender_registered,
             home: None,
+            fast_files: false,
         },
     }
 }

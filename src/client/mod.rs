@@ -20,6 +20,7 @@
 //! reads the socket.
 
 pub mod command;
+pub mod incoming;
 pub mod input;
 pub mod output;
 pub mod pins;

@@ -378,6 +378,7 @@ mod tests {
             name: Some(id.to_owned()),
             registered,
             home: None,
+            fast_files: false,
         }
     }
 

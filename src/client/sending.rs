@@ -368,6 +368,7 @@ async fn transfer(
             size: data.len() as u64,
             sha256: Some(sha256_hex(&data)),
             mode: FileMode::Dm,
+            fast: None,
         },
     );
     let start = signed(&me, start).await?;

@@ -16,6 +16,8 @@ pub(super) struct LocalUser<H> {
     pub(super) name: Option<String>,
     /// Registered users stay public channel members when they leave.
     pub(super) registered: bool,
+    /// Its client reads fast-mode file chunks [ext].
+    pub(super) fast_files: bool,
     /// Our signed USER_ADVERTISE for this user: gossiped once, then reused for
     /// every later roster.
     pub(super) advert: SignedFrame,
@@ -76,6 +78,20 @@ impl<H: Clone> RouterState<H> {
         registered: bool,
         now: i64,
     ) -> Result<Vec<Action<H>>, Refusal> {
+        self.attach_with(conn, user_id, pubkey, (name, registered, false), now)
+    }
+
+    /// [`attach`](Self::attach) with what the client said in its hello:
+    /// `(name, registered, fast_files)` (`fast_files`: its client reads
+    /// fast-mode file chunks [ext], said in its advert).
+    pub fn attach_with(
+        &mut self,
+        conn: Conn<H>,
+        user_id: UserId,
+        pubkey: PublicKey,
+        (name, registered, fast_files): (Option<String>, bool, bool),
+        now: i64,
+    ) -> Result<Vec<Action<H>>, Refusal> {
         if self.config.introducer_only {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -129,7 +145,12 @@ impl<H: Clone> RouterState<H> {
             }
         }
 
-        let advert = self.local_advert(&user_id, &pubkey, name.as_deref(), registered, now);
+        let advert = self.local_advert(
+            &user_id,
+            &pubkey,
+            (name.as_deref(), registered, fast_files),
+            now,
+        );
         // The user itself learns its own advert too: the client sees itself online.
         out.push(Action::Send(conn.tx.clone(), advert.clone()));
         self.to_all_servers(&advert, &[], &mut out);
@@ -143,6 +164,7 @@ impl<H: Clone> RouterState<H> {
                 pubkey: pubkey.clone(),
                 name,
                 registered,
+                fast_files,
                 advert,
                 attached,
             },
@@ -162,11 +184,10 @@ impl<H: Clone> RouterState<H> {
         &self,
         user_id: &UserId,
         pubkey: &PublicKey,
-        name: Option<&str>,
-        registered: bool,
+        (name, registered, fast_files): (Option<&str>, bool, bool),
         now: i64,
     ) -> SignedFrame {
-        let meta = if registered {
+        let mut meta = if registered {
             let home = self
                 .directory
                 .home_of(user_id)
@@ -179,6 +200,10 @@ impl<H: Clone> RouterState<H> {
         } else {
             name.map(|n| serde_json::json!({ "name": n }))
         };
+        if fast_files {
+            let m = meta.get_or_insert_with(|| serde_json::json!({}));
+            m["files"] = serde_json::json!([socp_protocol::crypto::file::FAST_CIPHER]);
+        }
         self.sign(
             To::All,
             now,

@@ -230,8 +230,7 @@ impl<H: Clone> RouterState<H> {
             let advert = self.local_advert(
                 user_id,
                 &user.pubkey,
-                user.name.as_deref(),
-                user.registered,
+                (user.name.as_deref(), user.registered, user.fast_files),
                 now,
             );
             out.push(Action::Send(tx.clone(), advert));

@@ -34,6 +34,7 @@ impl ClientSession {
                 .get(socp_protocol::dialect::CAPABILITY)
                 .is_some_and(|c| c.is_object()),
         };
+        self.fast_files = socp_protocol::dialect::reads_fast_files(env.payload());
         self.out.speak(crate::dialect::Translator::for_user(
             dialect,
             &self.shared.pool,
@@ -133,6 +134,7 @@ impl ClientSession {
             pubkey: pubkey.clone(),
             name,
             registered,
+            fast_files: self.fast_files,
         });
         let from = user_id.to_string();
         InQueue::wait_for(ctx, self, request, move |act, ctx, result| match result {

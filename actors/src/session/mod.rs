@@ -72,6 +72,9 @@ pub struct ClientSession {
     account: Account,
     /// The charge of the frame being handled, passed on to the router with it.
     holding: Option<Charge>,
+    /// The client's hello says it reads fast-mode file chunks [ext]: its
+    /// advert will say so.
+    fast_files: bool,
 }
 
 impl ClientSession {
@@ -99,6 +102,7 @@ impl ClientSession {
             ),
             account: Account::new(settings.conn_memory_budget, shared.memory.clone()),
             holding: None,
+            fast_files: false,
         };
         let addr = session.start();
         addr.do_send(Inbound::Text(first));

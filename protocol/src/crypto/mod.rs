@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 
 mod backend;
 mod encoding;
+pub mod file;
 pub mod group;
 
 pub use crate::dialect::KeyEncoding;

@@ -105,7 +105,29 @@ pub struct FileStart {
     /// Who receives the file; absent reads as `dm`.
     #[serde(default = "dm_mode")]
     pub mode: FileMode,
+    /// \[ext\] Fast mode between socp clients: chunks sealed with a file key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast: Option<FastFile>,
 }
+
+/// \[ext\] FILE_START `fast`: the file's chunks are AES-256-GCM under a
+/// random per-file key (see `crypto::file`), up to `chunk` bytes of the file
+/// each, instead of RSA-OAEP in 446-byte pieces. Sent only to a client whose
+/// advert says it reads them (`meta.files`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastFile {
+    /// `"aes-256-gcm"`.
+    pub cipher: String,
+    /// The file key, RSA-OAEP-SHA256-encrypted to the recipient, base64url.
+    pub key: Base64Url,
+    /// Bytes of the file per chunk (the last may be shorter), at most
+    /// [`MAX_FAST_CHUNK`].
+    pub chunk: u32,
+}
+
+/// The largest fast-mode chunk: 384 KiB of the file (a 512 KiB base64url
+/// ciphertext, far inside the 1 MiB frame limit with its envelope).
+pub const MAX_FAST_CHUNK: u32 = 384 * 1024;
 
 fn dm_mode() -> FileMode {
     FileMode::Dm
