@@ -320,6 +320,15 @@ async fn register_restart_login_list_dm_all_and_a_file_across_two_servers() {
     }
 }
 
+/// What a forger does to a fast-mode file's sealed chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    None,
+    FlipBit,
+    Reorder,
+    OtherFile,
+}
+
 /// Signed SERVER_DELIVERs from a fake server to `to` for `recipient` (fixture key
 /// `recipient_key`), claiming to come from `sender`.
 struct Forgery<'a> {
@@ -431,6 +440,78 @@ impl Forgery<'_> {
                 }),
             ),
         ]
+    }
+
+    /// A fast-mode file [ext] from `sender` (key `key`) in chunks of 1,000
+    /// bytes, `tamper` done to its chunks after sealing (then signed, so only
+    /// the AEAD can tell): FILE_START, the chunks, FILE_END.
+    fn fast_file(&self, sender: &UserId, key: usize, data: &[u8], tamper: Tamper) -> Vec<Envelope> {
+        use socp_protocol::crypto::file::{FileKey, FAST_CIPHER};
+        let (file_id, other) = (FileId::random(), FileId::random());
+        let file_key = FileKey::random();
+        let recipient_pub = fixtures::key(self.recipient_key).public_key().clone();
+        let start = FileStart {
+            file_id: file_id.clone(),
+            name: format!("{tamper:?}.bin"),
+            size: data.len() as u64,
+            sha256: Some(sha256_hex(data)),
+            mode: FileMode::Dm,
+            fast: Some(socp_protocol::message::FastFile {
+                cipher: FAST_CIPHER.into(),
+                key: Base64Url::from_bytes(
+                    &recipient_pub.encrypt(file_key.bytes()).expect("wraps"),
+                ),
+                chunk: 1000,
+            }),
+        };
+        let ts = now_ms();
+        let mut sealed: Vec<Vec<u8>> = data
+            .chunks(1000)
+            .enumerate()
+            .map(|(i, c)| {
+                let id = if tamper == Tamper::OtherFile && i == 1 {
+                    &other
+                } else {
+                    &file_id
+                };
+                file_key.seal(id.as_str(), i as u64, c).expect("seals")
+            })
+            .collect();
+        match tamper {
+            Tamper::FlipBit => sealed[1][10] ^= 1,
+            Tamper::Reorder => sealed.swap(0, 1),
+            Tamper::None | Tamper::OtherFile => {}
+        }
+        let mut out = vec![self.deliver(sender, ts, DeliverContent::FileStart(start))];
+        for (i, ct) in sealed.into_iter().enumerate() {
+            let ct = Base64Url::from_bytes(&ct);
+            let sig = content::sign_dm(
+                &fixtures::key(key),
+                &ct,
+                sender.as_str(),
+                self.recipient.as_str(),
+                ts,
+            )
+            .expect("signs");
+            let chunk = FileChunk {
+                file_id: file_id.clone(),
+                index: i as u64,
+                ciphertext: ct,
+                sender_pub: Some(fixtures::key(key).public_key().clone()),
+                content_sig: Some(sig),
+                total: None,
+            };
+            out.push(self.deliver(sender, ts, DeliverContent::FileChunk(chunk)));
+        }
+        out.push(self.deliver(
+            sender,
+            ts,
+            DeliverContent::FileEnd(FileEnd {
+                file_id,
+                status: None,
+            }),
+        ));
+        out
     }
 
     fn deliver(&self, sender: &UserId, ts: i64, content: DeliverContent) -> Envelope {
@@ -829,6 +910,7 @@ async fn a_fast_sender_is_not_cut_off_by_a_server_that_falls_behind() {
         a.addr,
         Options {
             rate: Some(1_000_000.0),
+            standard_files: true,
             ..Options::new(18, &tmp.path().join("bob"))
         },
     )
@@ -882,6 +964,7 @@ async fn a_file_that_takes_longer_than_the_ts_window_arrives_whole() {
         a.addr,
         Options {
             rate: Some(20.0),
+            standard_files: true,
             ..Options::new(18, &tmp.path().join("bob"))
         },
     )
@@ -1019,6 +1102,7 @@ async fn a_file_goes_in_the_background_and_can_be_cancelled() {
         a.addr,
         Options {
             rate: Some(20.0),
+            standard_files: true,
             ..Options::new(18, &tmp.path().join("bob"))
         },
     )
@@ -1537,4 +1621,172 @@ async fn the_next_session_key_is_made_in_the_background_and_used_once() {
     );
     let next = std::fs::read_to_string(&spare).expect("a new spare was kept");
     assert_ne!(pem, next, "a spare key is used once");
+}
+
+/// Fast mode [ext]: between socp clients a file travels in large AES-GCM
+/// chunks under a per-file key, across two servers, byte-identical, while
+/// the sender chats; to a client that does not read it (its advert does not
+/// say so), the standard 446-byte RSA chunks.
+#[actix_rt::test]
+async fn a_file_between_socp_clients_goes_in_fast_mode_and_others_get_the_standard_mode() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(4, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let b = start(config_with(5, None, &[a.addr], fast_settings()))
+        .await
+        .expect("b starts");
+    for s in [&a, &b] {
+        eventually(WAIT, "linked", || async {
+            links_up(&s.status().await) == 1
+        })
+        .await;
+    }
+    let mut alice =
+        Client::start("alice", a.addr, Options::new(17, &tmp.path().join("alice"))).await;
+    let mut bob = Client::start("bob", b.addr, Options::new(18, &tmp.path().join("bob"))).await;
+    bob.sees_online(&alice.id).await;
+    let data = bytes(24 * 1024 * 1024 + 5, 11);
+    let path = tmp.path().join("big.bin");
+    std::fs::write(&path, &data).expect("writes the file");
+    bob.send(&format!("/file {} {}", alice.id, path.display()));
+    let started = bob.expect("started", is_event("file_progress")).await;
+    assert_eq!(started["mode"], "fast", "{started}");
+    let chunk = socp_protocol::message::MAX_FAST_CHUNK as usize;
+    assert_eq!(
+        started["total"].as_u64(),
+        Some(data.len().div_ceil(chunk) as u64)
+    );
+    bob.send(&format!("/tell {} chatting meanwhile", alice.id));
+    alice
+        .expect("bob's DM", dm_from(&bob.id, "chatting meanwhile"))
+        .await;
+    bob.expect_within(Duration::from_secs(240), "file_sent", is_event("file_sent"))
+        .await;
+    let received = alice
+        .expect_within(
+            Duration::from_secs(240),
+            "file_received",
+            is_event("file_received"),
+        )
+        .await;
+    assert_eq!(received["sha256"], sha256_hex(&data).as_str());
+    assert!(
+        std::fs::read(received["path"].as_str().expect("a path")).expect("saved") == data,
+        "the file arrived byte-identical"
+    );
+    no_errors(&alice);
+    no_errors(&bob);
+
+    // A user whose advert does not say it reads fast chunks gets standard ones.
+    let carol = User::join(a.addr, 19).await;
+    bob.sees_online(carol.id.as_str()).await;
+    let small = bytes(3 * MAX_OAEP_PLAINTEXT + 1, 12);
+    let path = tmp.path().join("small.bin");
+    std::fs::write(&path, &small).expect("writes the file");
+    bob.send(&format!("/file {} {}", carol.id, path.display()));
+    let started = bob
+        .expect("started", |e| {
+            e["event"] == "file_progress" && e["name"] == "small.bin"
+        })
+        .await;
+    assert_eq!(started["mode"], "standard", "{started}");
+    assert_eq!(started["total"].as_u64(), Some(4));
+    bob.expect_within(Duration::from_secs(60), "file_sent", |e| {
+        e["event"] == "file_sent" && e["name"] == "small.bin"
+    })
+    .await;
+    drop(carol);
+}
+
+/// Fast-mode chunks [ext] open only where they belong: a flipped bit, two
+/// chunks swapped, or a chunk sealed for another file is refused even with a
+/// valid content signature over it (the AEAD binds file id and index); the
+/// genuine file is saved.
+#[actix_rt::test]
+async fn tampered_fast_mode_chunks_are_refused() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let a = start(config_with(2, None, &[], patient()))
+        .await
+        .expect("a starts");
+    let downloads = tmp.path().join("downloads");
+    let mut alice = Client::start(
+        "alice",
+        a.addr,
+        Options {
+            download_dir: Some(downloads.clone()),
+            ..Options::new(12, &tmp.path().join("alice"))
+        },
+    )
+    .await;
+    let alice_id = UserId::parse(&alice.id).expect("alice's id");
+    let mut fake = FakeServer::link(a.addr, 7, &a.server_id).await;
+    let fake_id = fake.id.to_string();
+    eventually(WAIT, "the fake server is linked", || async {
+        a.status().await["servers"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|x| x["server_id"] == fake_id.as_str() && x["link"] == "up")
+        })
+    })
+    .await;
+    fake.announce().await;
+    let mallory = UserId::random();
+    let advert = fake.signed(
+        To::All,
+        &Message::UserAdvertise(UserAdvertise {
+            user_id: mallory.clone(),
+            server_id: fake.id.clone(),
+            pubkey: fixtures::key(20).public_key().clone(),
+            meta: Some(json!({ "name": "mallory", "files": ["aes-256-gcm"] })),
+            seq: None,
+        }),
+    );
+    fake.peer.send(&advert).await;
+    alice.sees_online(mallory.as_str()).await;
+    let forge = Forgery {
+        fake: (fake.id.clone(), fixtures::key(7)),
+        to: &a.server_id,
+        recipient: alice_id,
+        recipient_key: 12,
+    };
+    let data = bytes(2_500, 4);
+    for tamper in [
+        Tamper::FlipBit,
+        Tamper::Reorder,
+        Tamper::OtherFile,
+        Tamper::None,
+    ] {
+        for frame in forge.fast_file(&mallory, 20, &data, tamper) {
+            fake.peer.send(&frame).await;
+        }
+    }
+    let received = alice
+        .expect("the genuine file", is_event("file_received"))
+        .await;
+    assert_eq!(received["name"], "None.bin");
+    assert!(
+        std::fs::read(received["path"].as_str().expect("a path")).expect("saved") == data,
+        "byte-identical"
+    );
+    let discarded: Vec<String> = alice
+        .logged(|e| {
+            e["event"] == "warning" && e["text"].as_str().is_some_and(|t| t.contains("discarded"))
+        })
+        .iter()
+        .map(|e| e["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for name in ["FlipBit", "Reorder", "OtherFile"] {
+        assert!(
+            discarded
+                .iter()
+                .any(|t| t.starts_with(&format!("file {name}.bin from"))
+                    && t.contains("cannot be decrypted"))
+                && !files_under(&downloads)
+                    .iter()
+                    .any(|p| p.ends_with(format!("{name}.bin"))),
+            "{name}: {discarded:#?}"
+        );
+    }
+    assert_eq!(discarded.len(), 3, "{discarded:#?}");
+    assert_eq!(alice.logged(is_event("file_received")).len(), 1);
 }

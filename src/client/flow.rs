@@ -70,6 +70,7 @@ pub(super) struct Flow {
     sent: usize,
     sync: Option<oneshot::Receiver<Envelope>>,
     strict: bool,
+    window: usize,
 }
 
 impl Flow {
@@ -79,7 +80,15 @@ impl Flow {
             sent: 0,
             sync: None,
             strict,
+            window: FLOW_WINDOW,
         }
+    }
+
+    /// Round trips every `window` frames instead of [`FLOW_WINDOW`] (large
+    /// frames: the server holds a few megabytes of a user's frames at most).
+    pub(super) fn window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
     }
 
     pub(super) async fn send(
@@ -91,7 +100,7 @@ impl Flow {
         self.pacer.wait().await;
         send(tx, env)?;
         self.sent += 1;
-        if self.sent % FLOW_WINDOW == 0 {
+        if self.sent % self.window == 0 {
             self.settle().await?;
             self.request(shared, tx).await?;
         }

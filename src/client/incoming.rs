@@ -6,8 +6,9 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use socp_protocol::crypto::file::{FileKey, FAST_CIPHER};
 use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
-use socp_protocol::message::FileStart;
+use socp_protocol::message::{FileStart, MAX_FAST_CHUNK};
 use socp_protocol::UserId;
 
 /// Largest file accepted from the network.
@@ -23,6 +24,8 @@ pub struct IncomingFile {
     /// Decrypted chunks by index.
     chunks: BTreeMap<u64, Vec<u8>>,
     received: u64,
+    /// Fast mode [ext]: the file key chunks are sealed with.
+    pub key: Option<FileKey>,
 }
 
 /// Why a received file was discarded.
@@ -38,11 +41,21 @@ impl IncomingFile {
                 start.size
             )));
         }
+        if start
+            .fast
+            .as_ref()
+            .is_some_and(|f| f.cipher != FAST_CIPHER || f.chunk == 0 || f.chunk > MAX_FAST_CHUNK)
+        {
+            return Err(Discarded(
+                "its fast mode is not one this client reads".into(),
+            ));
+        }
         Ok(IncomingFile {
             sender,
             start,
             chunks: BTreeMap::new(),
             received: 0,
+            key: None,
         })
     }
 
@@ -54,7 +67,7 @@ impl IncomingFile {
         if index >= self.start.size.max(1) {
             return Err(Discarded(format!("chunk {index} is past the end")));
         }
-        if data.len() > MAX_OAEP_PLAINTEXT {
+        if data.len() > self.max_chunk() {
             return Err(Discarded(format!("chunk {index} is too long")));
         }
         let len = data.len() as u64;
@@ -66,6 +79,15 @@ impl IncomingFile {
             return Err(Discarded("more data than announced".into()));
         }
         Ok(())
+    }
+
+    /// The most file bytes one chunk carries: one RSA block, or the fast
+    /// mode's chunk size.
+    pub fn max_chunk(&self) -> usize {
+        match &self.start.fast {
+            Some(f) => f.chunk as usize,
+            None => MAX_OAEP_PLAINTEXT,
+        }
     }
 
     /// Bytes received so far.

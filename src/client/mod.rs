@@ -36,6 +36,7 @@ mod parts;
 mod receiving;
 mod sending;
 mod texts;
+mod transfer;
 mod trust;
 
 use std::cell::RefCell;
@@ -82,6 +83,8 @@ pub struct ClientConfig {
     pub password: Option<String>,
     /// Frames per second the client sends at most (the server's limit).
     pub send_rate: f64,
+    /// Files in the standard mode only, never fast mode [ext].
+    pub standard_files: bool,
     /// Whether stdin is a terminal (line editing) or a script.
     pub terminal: bool,
 }
@@ -113,7 +116,7 @@ struct Client {
     /// DMs kept for offline users [ext]: receipts, mail ids received.
     mail: mail::MailState,
     /// Files being sent in the background.
-    transfers: Vec<sending::Transfer>,
+    transfers: Vec<transfer::Transfer>,
     /// Guests who came and left since the last line that said so (text mode).
     guest_news: (usize, usize),
     /// The last failure to write them, reported once until it changes.
@@ -460,7 +463,7 @@ async fn run_line(shared: &Shared, tx: &Sink, input: &mut Input, line: &str) -> 
         Command::List => sending::list(shared, tx).await,
         Command::Tell { to, text } => sending::tell(shared, tx, &to, &text).await,
         Command::All { text } => sending::all(shared, tx, &text).await,
-        Command::File { to, path } => sending::send_file(shared, tx, &to, path).await,
+        Command::File { to, path } => transfer::send_file(shared, tx, &to, path).await,
         Command::Register { username } => identity::register(shared, tx, input, username).await,
         Command::Login { who } => identity::login(shared, tx, input, &who).await,
         Command::Rename { username } => identity::rename(shared, tx, &username).await,
@@ -468,8 +471,8 @@ async fn run_line(shared: &Shared, tx: &Sink, input: &mut Input, line: &str) -> 
         Command::Verify { who } => trust::verify(shared, &who),
         Command::Accept { who } => trust::accept(shared, &who),
         Command::History { who, n } => show_history(shared, who.as_deref(), n),
-        Command::Transfers => sending::transfers(shared),
-        Command::Cancel { which } => sending::cancel_transfer(shared, &which),
+        Command::Transfers => transfer::transfers(shared),
+        Command::Cancel { which } => transfer::cancel_transfer(shared, &which),
     };
     if let Err(Failure { code, detail }) = result {
         out.error(&code, detail);

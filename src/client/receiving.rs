@@ -5,7 +5,8 @@
 
 use serde_json::json;
 use socp_protocol::content;
-use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
+use socp_protocol::crypto::file::FileKey;
+use socp_protocol::crypto::sha256_hex;
 use socp_protocol::message::{DeliverContent, UserAdvertise, UserDeliver, UserRemove};
 use socp_protocol::{Envelope, Message};
 
@@ -349,7 +350,33 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
         DeliverContent::FileStart(start) => {
             let key = (sender.clone(), start.file_id.as_str().to_owned());
             let (name, size) = (start.name.clone(), start.size);
-            match IncomingFile::new(sender.clone(), start) {
+            // Fast mode [ext]: the file key, unwrapped with ours (RSA, off the loop).
+            let wrapped = start.fast.as_ref().map(|f| f.key.clone());
+            let opened = match IncomingFile::new(sender.clone(), start) {
+                Ok(mut file) => match wrapped {
+                    Some(wrapped) => {
+                        let k = me.key.clone();
+                        let unwrapped = blocking(move || {
+                            k.decrypt(wrapped.bytes())
+                                .ok()
+                                .and_then(|b| FileKey::from_bytes(&b).ok())
+                        })
+                        .await;
+                        match unwrapped {
+                            Ok(Some(key)) => {
+                                file.key = Some(key);
+                                Ok(file)
+                            }
+                            _ => Err(state::Discarded(
+                                "its file key cannot be opened with your key".into(),
+                            )),
+                        }
+                    }
+                    None => Ok(file),
+                },
+                Err(why) => Err(why),
+            };
+            match opened {
                 Ok(file) => {
                     shared.borrow_mut().files.insert(key.clone(), file);
                     out.event(
@@ -381,6 +408,10 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                 sender.clone(),
             );
             let index = chunk.index;
+            let (sealing, max_chunk) = match shared.borrow().files.get(&file_key) {
+                Some(f) => (f.key.clone(), f.max_chunk()),
+                None => return,
+            };
             let opened = blocking(move || -> Result<Vec<u8>, &'static str> {
                 if let Some(sig) = &chunk.content_sig {
                     content::verify_chunk(
@@ -392,8 +423,15 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                     )
                     .map_err(|_| "a chunk's signature does not verify")?;
                 }
-                key.decrypt(chunk.ciphertext.bytes())
-                    .map_err(|_| "a chunk cannot be decrypted")
+                match &sealing {
+                    Some(fk) => fk.open(
+                        chunk.file_id.as_str(),
+                        chunk.index,
+                        chunk.ciphertext.bytes(),
+                    ),
+                    None => key.decrypt(chunk.ciphertext.bytes()),
+                }
+                .map_err(|_| "a chunk cannot be decrypted")
             })
             .await;
             let mut c = shared.borrow_mut();
@@ -411,7 +449,7 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
             drop(c);
             match result {
                 Ok((got, size, name)) => {
-                    let before = got.saturating_sub(MAX_OAEP_PLAINTEXT as u64) * 10 / size.max(1);
+                    let before = got.saturating_sub(max_chunk as u64) * 10 / size.max(1);
                     let now = got * 10 / size.max(1);
                     if now != before {
                         out.progress(
@@ -422,8 +460,11 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                     }
                 }
                 Err(why) => {
-                    shared.borrow_mut().files.remove(&file_key);
-                    out.warning(format!("file from {claimed} discarded: {why}"));
+                    let gone = shared.borrow_mut().files.remove(&file_key);
+                    let name = gone
+                        .map(|f| state::safe_name(&f.start.name))
+                        .unwrap_or_default();
+                    out.warning(format!("file {name} from {claimed} discarded: {why}"));
                 }
             }
         }
@@ -436,7 +477,7 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                 return;
             };
             let name = file.start.name.clone();
-            if end.status.as_deref() == Some(super::sending::FILE_CANCELLED) {
+            if end.status.as_deref() == Some(super::transfer::FILE_CANCELLED) {
                 out.event(
                     "file_cancelled",
                     format!(

@@ -51,6 +51,10 @@ pub struct ClientArgs {
     /// Frames per second to send at most (the server's limit; default 50).
     #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
+    /// Send files in the standard mode only (446-byte RSA chunks), also to
+    /// clients that read socp's fast mode (AES-GCM chunks) [ext].
+    #[arg(long)]
+    pub standard_files: bool,
 }
 
 impl ClientArgs {
@@ -132,6 +136,7 @@ impl ClientArgs {
             register_key_file: self.register_key.clone(),
             password,
             send_rate: self.rate,
+            standard_files: self.standard_files,
             terminal: std::io::stdin().is_terminal()
                 && std::io::stdout().is_terminal()
                 && !self.json,

@@ -81,7 +81,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 2_000.0)]
     pub link_frames_per_second: f64,
     /// Bytes per second one linked server may send (twice that in a burst).
-    #[arg(long, default_value_t = 16.0 * 1024.0 * 1024.0)]
+    #[arg(long, default_value_t = 64.0 * 1024.0 * 1024.0)]
     pub link_bytes_per_second: f64,
     /// MiB of a user's frames the server holds at once (waiting to be signed
     /// or written); past it the user is told RATE_LIMITED.

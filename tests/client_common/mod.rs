@@ -36,6 +36,8 @@ pub struct Options {
     pub download_dir: Option<PathBuf>,
     /// `--rate` (frames per second; default: the client's).
     pub rate: Option<f64>,
+    /// `--standard-files`: files in 446-byte RSA chunks even to socp clients.
+    pub standard_files: bool,
 }
 
 impl Options {
@@ -48,6 +50,7 @@ impl Options {
             home: home.to_owned(),
             download_dir: None,
             rate: None,
+            standard_files: false,
         }
     }
 }
@@ -100,6 +103,9 @@ impl Client {
         }
         if let Some(rate) = opts.rate {
             cmd.arg("--rate").arg(rate.to_string());
+        }
+        if opts.standard_files {
+            cmd.arg("--standard-files");
         }
         cmd.env_remove("SOCP_PASSWORD")
             .env_remove("SOCP_HOME")
