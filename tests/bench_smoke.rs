@@ -20,6 +20,7 @@ fn tiny() -> BenchConfig {
         window: 2,
         members: 4,
         file_bytes: 3 * 446 + 10,
+        fast_file_bytes: 2 * 384 * 1024 + 10,
         idle_users: 5,
         mesh_servers: 2,
         mesh_users: 3,
@@ -63,6 +64,11 @@ async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
     assert_eq!(file.chunks, 4);
     assert_eq!(file.delivered_chunks, 4, "every chunk delivered");
 
+    let fast = report.fast_file.as_ref().expect("fast file ran");
+    assert_eq!(fast.chunks, 3);
+    assert_eq!(fast.delivered_chunks, 3, "every fast chunk delivered");
+    assert!(fast.bytes_per_s > 0.0 && fast.ratio_to_pace > 0.0);
+
     let idle = report.idle.as_ref().expect("idle ran");
     assert_eq!(idle.attached, 5);
     assert!(idle.server_rss_after_kib > 0);
@@ -73,7 +79,14 @@ async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
     // The JSON report carries every section and figure.
     let json = serde_json::to_value(&report).expect("serialises");
     for key in [
-        "machine", "crypto", "dm_relay", "fanout", "file", "idle", "mesh",
+        "machine",
+        "crypto",
+        "dm_relay",
+        "fanout",
+        "file",
+        "fast_file",
+        "idle",
+        "mesh",
     ] {
         assert!(!json[key].is_null(), "{key} in the JSON");
     }

@@ -6,7 +6,8 @@
 //! 2. DM relay across a 2-server mesh: K sender/receiver pairs, closed loop
 //!    (W in flight per pair) for T seconds: DMs/s, latency, lost, duplicated.
 //! 3. Public channel fan-out: one message to N members on 3 servers.
-//! 4. File transfer: a file across servers, end to end.
+//! 4. File transfer: a file across servers, end to end; 4b. the same in fast
+//!    mode [ext] (AES-GCM chunks, paced as socp clients send them).
 //! 5. Idle capacity: C attached users on one server process: RSS per connection.
 //! 6. Mesh formation: S servers joining one introducer, U users.
 //!
@@ -19,12 +20,13 @@
 //! - `ceiling`: part 1, and the speed sampled beside each later part;
 //! - `harness`: servers (started or given), protocol-level bench users,
 //!   signing on every core;
-//! - `dm_relay`, `fanout`, `file`, `idle`, `mesh`: parts 2 to 6;
+//! - `dm_relay`, `fanout`, `file`, `fast_file`, `idle`, `mesh`: parts 2 to 6;
 //! - `report`: the table for people (the JSON is the [`Report`] itself).
 
 mod ceiling;
 mod dm_relay;
 mod fanout;
+mod fast_file;
 mod file;
 mod harness;
 mod idle;
@@ -41,6 +43,7 @@ use serde_json::{json, Value};
 pub use ceiling::{Beside, Crypto};
 pub use dm_relay::DmRelay;
 pub use fanout::Fanout;
+pub use fast_file::FastFileTransfer;
 pub use file::FileTransfer;
 pub use idle::Idle;
 pub use mesh::MeshFormation;
@@ -61,6 +64,8 @@ pub struct BenchConfig {
     pub members: usize,
     /// File size in bytes.
     pub file_bytes: usize,
+    /// Fast-mode file size in bytes.
+    pub fast_file_bytes: usize,
     /// Idle users on one server.
     pub idle_users: usize,
     /// Servers in the mesh-formation test.
@@ -84,6 +89,7 @@ impl Default for BenchConfig {
             window: 8,
             members: 100,
             file_bytes: 1024 * 1024,
+            fast_file_bytes: 100 * 1024 * 1024,
             idle_users: 500,
             mesh_servers: 4,
             mesh_users: 40,
@@ -113,6 +119,8 @@ pub struct Report {
     pub fanout: Option<Fanout>,
     /// Part 4: file transfer.
     pub file: Option<FileTransfer>,
+    /// Part 4b: fast-mode file transfer [ext].
+    pub fast_file: Option<FastFileTransfer>,
     /// Part 5: idle capacity.
     pub idle: Option<Idle>,
     /// Part 6: mesh formation.
@@ -183,6 +191,7 @@ pub async fn run(cfg: BenchConfig) -> Report {
     part!("dm", dm_relay, dm_relay::dm_relay(&cfg, &c));
     part!("fanout", fanout, fanout::fanout(&cfg));
     part!("file", file, file::file(&cfg, &c));
+    part!("fast_file", fast_file, fast_file::fast_file(&cfg));
     part!("idle", idle, idle::idle(&cfg));
     part!("mesh", mesh, mesh::mesh_formation(&cfg));
     report

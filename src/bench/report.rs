@@ -91,6 +91,20 @@ pub(crate) fn table(r: &Report) -> String {
         s += &format!("  {:.1} chunks/s; servers' signing ceiling {:.1} chunks/s (2 signatures per chunk); ratio {:.2}\n", f.chunks_per_s, f.sign_ceiling_chunks_per_s, f.ratio_to_sign_ceiling);
         s += &beside_line(&f.beside);
     }
+    if let Some(f) = &r.fast_file {
+        s += &format!(
+            "fast-mode file across servers [ext]: {} bytes in {} AES-GCM chunks\n",
+            f.bytes, f.chunks
+        );
+        s += &format!(
+            "  {} chunks delivered in {:.2} s: {:.1} MB/s (goal >= 10); the sender's pace {:.1} MB/s; ratio {:.2}\n\n",
+            f.delivered_chunks,
+            f.seconds,
+            f.bytes_per_s / 1e6,
+            f.pace_bytes_per_s / 1e6,
+            f.ratio_to_pace
+        );
+    }
     if let Some(i) = &r.idle {
         s += &format!("idle capacity: {} users on one server process\n", i.users);
         s += &format!("  attached {} in {:.2} s (settled {:.2} s later, {} frames received); RSS {} -> {} KiB: {:.1} KiB per connection; 10,000 users ≈ {:.0} MiB by linear projection, an upper bound: bounded caches count per connection here (goal <= 200; measure with -c 10000)\n\n", i.attached, i.seconds_to_attach, i.seconds_to_settle, i.frames_received, i.server_rss_before_kib, i.server_rss_after_kib, i.kib_per_connection, i.projected_mib_for_10000);

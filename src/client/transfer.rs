@@ -11,7 +11,8 @@ use socp_protocol::content;
 use socp_protocol::crypto::file::{FileKey, FAST_CIPHER};
 use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
 use socp_protocol::message::{
-    FastFile, FileChunk, FileEnd, FileId, FileMode, FileStart, MAX_FAST_CHUNK,
+    FastFile, FileChunk, FileEnd, FileId, FileMode, FileStart, FAST_FILE_BYTES_PER_SECOND,
+    MAX_FAST_CHUNK,
 };
 use socp_protocol::{now_ms, Base64Url, Envelope, To};
 
@@ -25,9 +26,6 @@ use super::{blocking, fail, trust, Failure, Shared};
 
 /// Largest file `/file` sends in the standard mode.
 const MAX_SEND_FILE: u64 = 64 * 1024 * 1024;
-
-/// Bytes a second of fast-mode chunks at most [ext].
-const FAST_BYTES_PER_SECOND: f64 = 16.0 * 1024.0 * 1024.0;
 
 /// Fast-mode chunks between two flow-control round trips.
 const FAST_WINDOW: usize = 4;
@@ -180,7 +178,7 @@ async fn transfer(
     // few (a server holds 8 MiB of a user's frames at most by default).
     let (rate, window) = match &fast_chunk {
         Some(bytes) => (
-            (rate * 0.8).min(FAST_BYTES_PER_SECOND / *bytes),
+            (rate * 0.8).min(FAST_FILE_BYTES_PER_SECOND / *bytes),
             FAST_WINDOW,
         ),
         None => (rate * 0.8, FLOW_WINDOW),

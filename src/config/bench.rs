@@ -31,6 +31,9 @@ pub(crate) struct BenchArgs {
     /// File size in KiB.
     #[arg(long, default_value_t = 1024)]
     pub file_kib: usize,
+    /// Fast-mode file size in MiB.
+    #[arg(long, default_value_t = 100)]
+    pub fast_file_mib: usize,
     /// C: idle users attached to one server.
     #[arg(short = 'c', long, default_value_t = 500)]
     pub idle_users: usize,
@@ -84,6 +87,7 @@ impl BenchArgs {
             window: self.window.max(1),
             members: self.members.max(1),
             file_bytes: self.file_kib * 1024,
+            fast_file_bytes: self.fast_file_mib * 1024 * 1024,
             idle_users: self.idle_users,
             mesh_servers: self.servers.max(2),
             mesh_users: self.users,

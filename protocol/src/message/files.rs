@@ -129,6 +129,10 @@ pub struct FastFile {
 /// ciphertext, far inside the 1 MiB frame limit with its envelope).
 pub const MAX_FAST_CHUNK: u32 = 384 * 1024;
 
+/// Bytes of fast-mode FILE_CHUNK frames a second socp clients send at most:
+/// inside a server's default per-user byte rate (24 MiB/s) with room to chat.
+pub const FAST_FILE_BYTES_PER_SECOND: f64 = 16.0 * 1024.0 * 1024.0;
+
 fn dm_mode() -> FileMode {
     FileMode::Dm
 }
