@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 
 use client_common::{is_event, Client, Options, WAIT};
-use common::{config_with, eventually, fast_settings, links_up};
+use common::{config_with, eventually, fast_settings, linked_pair};
 use serde_json::Value;
 use socp::server::start;
 
@@ -128,18 +128,7 @@ async fn an_offline_dm_is_delivered_once_at_the_next_login_also_after_the_home_s
 #[actix_rt::test]
 async fn a_dm_for_a_user_of_another_server_waits_there_and_follows_the_user() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let a = start(config_with(5, None, &[], fast_settings()))
-        .await
-        .expect("a starts");
-    let b = start(config_with(6, None, &[a.addr], fast_settings()))
-        .await
-        .expect("b starts");
-    for s in [&a, &b] {
-        eventually(WAIT, "linked", || async {
-            links_up(&s.status().await) == 1
-        })
-        .await;
-    }
+    let (a, b) = linked_pair(fast_settings()).await;
     // carol's home is A; alice is on B.
     let carol_id = register_and_leave("carol", 26, a.addr, &tmp.path().join("carol")).await;
     let mut alice =

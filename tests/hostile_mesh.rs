@@ -29,23 +29,6 @@ fn settings(budgets: Budgets) -> Settings {
     }
 }
 
-/// Two linked servers with `settings`.
-async fn mesh(settings: Settings) -> (RunningServer, RunningServer) {
-    let a = socp::server::start(config_with(2, None, &[], settings.clone()))
-        .await
-        .expect("a starts");
-    let b = socp::server::start(config_with(3, None, &[a.addr], settings))
-        .await
-        .expect("b starts");
-    for s in [&a, &b] {
-        eventually(WAIT, "linked", || async {
-            links_up(&s.status().await) == 1
-        })
-        .await;
-    }
-    (a, b)
-}
-
 /// A fake server linked to `s` (and only to it), once `s` has the link up.
 async fn fake_linked_to(s: &RunningServer, key: usize) -> FakeServer {
     let fake = FakeServer::link(s.addr, key, &s.server_id).await;
@@ -99,7 +82,7 @@ async fn dms_delivered(a: &RunningServer, b: &RunningServer, n: usize) -> usize 
 /// were lost. Now B drops and counts what it cannot verify.
 #[actix_rt::test]
 async fn frames_relayed_from_a_server_b_cannot_verify_never_close_the_honest_link() {
-    let (a, b) = mesh(settings(Budgets::default())).await;
+    let (a, b) = linked_pair(settings(Budgets::default())).await;
     let mut fake = fake_linked_to(&a, 7).await;
     let n = 120; // past the 50 strikes a link may have
     for i in 0..n {
@@ -147,7 +130,7 @@ async fn a_server_advertising_too_many_users_is_bounded_and_its_users_leave_with
         unlinked_grace_ms: 500,
         ..Budgets::default()
     };
-    let (a, b) = mesh(settings(budgets)).await;
+    let (a, b) = linked_pair(settings(budgets)).await;
     let mut fake = fake_linked_to(&a, 7).await;
     // Announced, so that B pins its key and takes A's relays of its adverts.
     fake.announce().await;
@@ -215,7 +198,7 @@ async fn counting_listener() -> (SocketAddr, Arc<AtomicUsize>) {
 /// once, and one that does not answer is forgotten.
 #[actix_rt::test]
 async fn announced_servers_are_dialled_at_most_once_each_and_bounded_per_link() {
-    let (a, b) = mesh(settings(Budgets::default())).await;
+    let (a, b) = linked_pair(settings(Budgets::default())).await;
     let mut fake = fake_linked_to(&a, 7).await;
     let per_link = Budgets::default().max_announced_per_link;
     let made_up = per_link + 8;

@@ -79,6 +79,16 @@ fn attach_queued(
     handle: H,
     conn: u64,
 ) -> Vec<Action<H>> {
+    attach_as(st, (user, n, false), handle, conn)
+}
+
+/// Attach `user` (key `n`, registered or a guest) over `handle`.
+fn attach_as(
+    st: &mut RouterState<H>,
+    (user, n, registered): (&str, usize, bool),
+    handle: H,
+    conn: u64,
+) -> Vec<Action<H>> {
     st.attach(
         Conn {
             id: conn,
@@ -86,8 +96,8 @@ fn attach_queued(
         },
         uid(user),
         pk(n),
-        None,
-        false,
+        registered.then(|| user.to_owned()),
+        registered,
         NOW,
     )
     .expect("attached")
@@ -2087,18 +2097,7 @@ fn attach_registered(
     handle: H,
     conn: u64,
 ) -> Vec<Action<H>> {
-    st.attach(
-        Conn {
-            id: conn,
-            tx: handle,
-        },
-        uid(user),
-        pk(n),
-        Some(user.to_owned()),
-        true,
-        NOW,
-    )
-    .expect("attached")
+    attach_as(st, (user, n, true), handle, conn)
 }
 
 fn of_type<'a>(envs: &'a [Envelope], t: &str) -> Vec<&'a Envelope> {

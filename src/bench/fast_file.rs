@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use socp_protocol::crypto::file::{FileKey, FAST_CIPHER};
-use socp_protocol::message::{
-    FastFile, FileChunk, FileEnd, FileId, FileMode, FileStart, FAST_FILE_BYTES_PER_SECOND,
-    MAX_FAST_CHUNK,
-};
-use socp_protocol::{content, now_ms, Base64Url, Envelope, To};
+use socp_protocol::message::{FastFile, FAST_FILE_BYTES_PER_SECOND, MAX_FAST_CHUNK};
+use socp_protocol::Base64Url;
 
-use super::harness::{parallel_map, BenchUser, Servers};
+use super::files_common::{arrivals, file_frames};
+use super::harness::{BenchUser, Servers};
 use super::BenchConfig;
 
 /// Fast-mode file transfer figures.
@@ -44,7 +42,6 @@ pub(crate) async fn fast_file(cfg: &BenchConfig) -> Result<FastFileTransfer, Str
     let data: Vec<u8> = (0..cfg.fast_file_bytes)
         .map(|i| (i * 31 % 251) as u8)
         .collect();
-    let file_id = FileId::random();
     let file_key = FileKey::random();
     let wrapped = receiver
         .key
@@ -52,70 +49,21 @@ pub(crate) async fn fast_file(cfg: &BenchConfig) -> Result<FastFileTransfer, Str
         .encrypt(file_key.bytes())
         .map_err(|e| e.to_string())?;
     let chunk = MAX_FAST_CHUNK as usize;
-    let chunks: Vec<(u64, &[u8])> = data
-        .chunks(chunk)
-        .enumerate()
-        .map(|(i, c)| (i as u64, c))
-        .collect();
-    let frames: Vec<Option<String>> = parallel_map(&chunks, |(index, plain)| {
-        let ts = now_ms();
-        let sealed = file_key.seal(file_id.as_str(), *index, plain).ok()?;
-        let ct = Base64Url::from_bytes(&sealed);
-        let sig = content::sign_dm(
-            &sender.key,
-            &ct,
-            sender.id.as_str(),
-            receiver.id.as_str(),
-            ts,
-        )
-        .ok()?;
-        Some(
-            Envelope::new(
-                &sender.id,
-                To::from(&receiver.id),
-                ts,
-                &FileChunk {
-                    file_id: file_id.clone(),
-                    index: *index,
-                    ciphertext: ct,
-                    sender_pub: Some(sender.key.public_key().clone()),
-                    content_sig: Some(sig),
-                    total: None,
-                },
-            )
-            .to_json(),
-        )
-    });
-    let start_frame = Envelope::new(
-        &sender.id,
-        To::from(&receiver.id),
-        now_ms(),
-        &FileStart {
-            file_id: file_id.clone(),
-            name: "bench.bin".into(),
-            size: data.len() as u64,
-            sha256: Some(socp_protocol::crypto::sha256_hex(&data)),
-            mode: FileMode::Dm,
-            fast: Some(FastFile {
-                cipher: FAST_CIPHER.into(),
-                key: Base64Url::from_bytes(&wrapped),
-                chunk: MAX_FAST_CHUNK,
-            }),
-        },
-    )
-    .to_json();
-    let end_frame = Envelope::new(
-        &sender.id,
-        To::from(&receiver.id),
-        now_ms(),
-        &FileEnd {
-            file_id,
-            status: None,
-        },
-    )
-    .to_json();
-    let frames: Vec<String> = frames.into_iter().flatten().collect();
-    let n = chunks.len();
+    let fast = FastFile {
+        cipher: FAST_CIPHER.into(),
+        key: Base64Url::from_bytes(&wrapped),
+        chunk: MAX_FAST_CHUNK,
+    };
+    let frames = file_frames(
+        &sender,
+        &receiver,
+        &data,
+        (chunk, Some(fast)),
+        |id, i, plain| file_key.seal(id.as_str(), i, plain).ok(),
+    );
+    let n = frames.chunks.len();
+    let (start, end) = (frames.start, frames.end);
+    let frames: Vec<String> = frames.chunks.into_iter().flatten().collect();
     if frames.len() != n {
         servers.stop().await;
         return Err("a chunk could not be sealed or signed".into());
@@ -125,26 +73,14 @@ pub(crate) async fn fast_file(cfg: &BenchConfig) -> Result<FastFileTransfer, Str
     let gap = Duration::from_secs_f64(frame_bytes / FAST_FILE_BYTES_PER_SECOND);
     let pace = chunk as f64 * FAST_FILE_BYTES_PER_SECOND / frame_bytes;
     let started = Instant::now();
-    let _ = sender.tx.send(start_frame);
+    let _ = sender.tx.send(start);
     for (i, f) in frames.into_iter().enumerate() {
         tokio::time::sleep_until((started + gap * i as u32).into()).await;
         let _ = sender.tx.send(f);
     }
-    let _ = sender.tx.send(end_frame);
-    let mut got = 0;
-    let mut last = started;
+    let _ = sender.tx.send(end);
     let budget = Duration::from_secs_f64(60.0 + 4.0 * data.len() as f64 / pace);
-    let deadline = Instant::now() + budget;
-    while got < n + 2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, receiver.seen.recv()).await {
-            Ok(Some(seen)) => {
-                got += 1;
-                last = seen.at;
-            }
-            _ => break,
-        }
-    }
+    let (got, last) = arrivals(&mut receiver, n + 2, budget, started).await;
     servers.stop().await;
     if got < n + 2 {
         return Err(format!(

@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use socp_protocol::crypto::MAX_OAEP_PLAINTEXT;
-use socp_protocol::message::{FileChunk, FileEnd, FileId, FileMode, FileStart};
-use socp_protocol::{content, now_ms, Base64Url, Envelope, To};
 
-use super::harness::{parallel_map, BenchUser, Servers};
+use super::files_common::{arrivals, file_frames};
+use super::harness::{BenchUser, Servers};
 use super::{BenchConfig, Beside, Crypto};
 
 /// File transfer figures.
@@ -46,89 +45,26 @@ pub(crate) async fn file(cfg: &BenchConfig, crypto: &Crypto) -> Result<FileTrans
     let mut receiver = BenchUser::join(servers.addrs[1], 11).await?;
     servers.converge(0, base + 2).await?;
     let data: Vec<u8> = (0..cfg.file_bytes).map(|i| (i * 31 % 251) as u8).collect();
-    let file_id = FileId::random();
     let rkey = receiver.key.public_key().clone();
-    let chunks: Vec<(u64, &[u8])> = data
-        .chunks(MAX_OAEP_PLAINTEXT)
-        .enumerate()
-        .map(|(i, c)| (i as u64, c))
-        .collect();
-    let frames: Vec<Option<String>> = parallel_map(&chunks, |(index, plain)| {
-        let ts = now_ms();
-        let ct = Base64Url::from_bytes(&rkey.encrypt(plain).ok()?);
-        let sig = content::sign_dm(
-            &sender.key,
-            &ct,
-            sender.id.as_str(),
-            receiver.id.as_str(),
-            ts,
-        )
-        .ok()?;
-        Some(
-            Envelope::new(
-                &sender.id,
-                To::from(&receiver.id),
-                ts,
-                &FileChunk {
-                    file_id: file_id.clone(),
-                    index: *index,
-                    ciphertext: ct,
-                    sender_pub: Some(sender.key.public_key().clone()),
-                    content_sig: Some(sig),
-                    total: None,
-                },
-            )
-            .to_json(),
-        )
-    });
-    let start_frame = Envelope::new(
-        &sender.id,
-        To::from(&receiver.id),
-        now_ms(),
-        &FileStart {
-            file_id: file_id.clone(),
-            name: "bench.bin".into(),
-            size: data.len() as u64,
-            sha256: Some(socp_protocol::crypto::sha256_hex(&data)),
-            mode: FileMode::Dm,
-            fast: None,
-        },
-    )
-    .to_json();
-    let end_frame = Envelope::new(
-        &sender.id,
-        To::from(&receiver.id),
-        now_ms(),
-        &FileEnd {
-            file_id,
-            status: None,
-        },
-    )
-    .to_json();
-    let n = chunks.len();
+    let frames = file_frames(
+        &sender,
+        &receiver,
+        &data,
+        (MAX_OAEP_PLAINTEXT, None),
+        |_, _, plain| rkey.encrypt(plain).ok(),
+    );
+    let n = frames.chunks.len();
     let before = Beside::sample(cfg.crypto_secs / 2.0, false, true).await;
     let started = Instant::now();
-    let _ = sender.tx.send(start_frame);
-    for f in frames.into_iter().flatten() {
+    let _ = sender.tx.send(frames.start);
+    for f in frames.chunks.into_iter().flatten() {
         let _ = sender.tx.send(f);
     }
-    let _ = sender.tx.send(end_frame);
-    // FILE_START and FILE_END arrive too (with an empty ciphertext id).
-    let mut got = 0;
-    let mut last = started;
+    let _ = sender.tx.send(frames.end);
+    // FILE_START and FILE_END arrive too.
     // Generous: two signatures per chunk on this machine, three times over.
     let budget = Duration::from_secs_f64(30.0 + n as f64 * 6.0 * crypto.sign_ms / 1000.0);
-    let deadline = Instant::now() + budget;
-    while got < n + 2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, receiver.seen.recv()).await {
-            Ok(Some(seen)) => {
-                got += 1;
-                last = seen.at;
-            }
-            _ => break,
-        }
-    }
+    let (got, last) = arrivals(&mut receiver, n + 2, budget, started).await;
     if got < n + 2 {
         servers.stop().await;
         return Err(format!(

@@ -28,6 +28,7 @@ mod dm_relay;
 mod fanout;
 mod fast_file;
 mod file;
+mod files_common;
 mod harness;
 mod idle;
 mod mesh;

@@ -28,7 +28,7 @@ use super::{blocking, fail, trust, Failure, Shared};
 const MAX_SEND_FILE: u64 = 64 * 1024 * 1024;
 
 /// Fast-mode chunks between two flow-control round trips.
-const FAST_WINDOW: usize = 4;
+const FAST_WINDOW: usize = 6;
 
 /// Largest file `/file` sends in fast mode [ext] (what a socp client takes).
 const MAX_SEND_FAST: u64 = super::state::MAX_INCOMING_FILE;
@@ -174,7 +174,7 @@ async fn transfer(
     // Four fifths of the rate: the rest is left for chatting meanwhile. Not
     // strict: an ERROR about something else (a DM to someone offline) must
     // not stop the file.
-    // Fast chunks are large: at most 16 MiB a second, and a round trip every
+    // Fast chunks are large: at most 20 MiB a second, and a round trip every
     // few (a server holds 8 MiB of a user's frames at most by default).
     let (rate, window) = match &fast_chunk {
         Some(bytes) => (

@@ -116,6 +116,24 @@ where
     }
 }
 
+/// Two servers with `settings` (fixture keys 2 and 3), the second joined
+/// through the first, once both have their link up.
+pub async fn linked_pair(settings: Settings) -> (RunningServer, RunningServer) {
+    let a = start(config_with(2, None, &[], settings.clone()))
+        .await
+        .expect("a starts");
+    let b = start(config_with(3, None, &[a.addr], settings))
+        .await
+        .expect("b starts");
+    for s in [&a, &b] {
+        eventually(Duration::from_secs(30), "linked", || async {
+            links_up(&s.status().await) == 1
+        })
+        .await;
+    }
+    (a, b)
+}
+
 /// Linked servers in a `/status` snapshot.
 pub fn links_up(status: &Value) -> usize {
     status["servers"]

@@ -314,44 +314,22 @@ impl ClientSession {
             );
             return;
         }
-        let from = from.to_owned();
-        let lookup = self.shared.store.find_user.send(FindUser(req.who.clone()));
-        InQueue::wait_for(ctx, self, lookup, move |act, ctx, found| match found {
-            Ok(Ok(Some(record))) => {
-                let challenge = Challenge::new(record.user_id.clone(), now_ms());
-                let nonce = challenge.nonce.clone();
-                act.challenge = Some(challenge);
-                act.reply(
-                    ctx,
-                    &from,
-                    Message::LoginChallenge(LoginChallenge {
-                        user_id: record.user_id,
-                        privkey_store: record.privkey_store,
-                        nonce,
-                    }),
-                );
-            }
-            Ok(Ok(None)) => act.error(
+        self.find_user(ctx, from, req.who, |act, ctx, from, record| {
+            let challenge = Challenge::new(record.user_id.clone(), now_ms());
+            let nonce = challenge.nonce.clone();
+            act.challenge = Some(challenge);
+            act.reply(
                 ctx,
-                &from,
-                ErrorCode::UserNotFound,
-                format!("no registered user {}", req.who),
-            ),
-            Ok(Err(e)) => {
-                log::error!("login lookup failed: {e}");
-                act.error(
-                    ctx,
-                    &from,
-                    ErrorCode::BadRequest,
-                    "the server cannot check users right now",
-                );
-            }
-            Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
+                from,
+                Message::LoginChallenge(LoginChallenge {
+                    user_id: record.user_id,
+                    privkey_store: record.privkey_store,
+                    nonce,
+                }),
+            );
         });
     }
-}
 
-impl ClientSession {
     /// USER_LOOKUP [ext]: a registered user's key and home server, from the
     /// directory (what a client needs to write to a user who is offline).
     pub(super) fn lookup(&mut self, ctx: &mut Context<Self>, from: &str, req: UserLookup) {
@@ -364,27 +342,40 @@ impl ClientSession {
             );
             return;
         }
+        self.find_user(ctx, from, req.user, |act, ctx, from, record| {
+            let home_server = record.home_server.unwrap_or_else(|| act.shared.me.clone());
+            act.reply(
+                ctx,
+                from,
+                Message::UserLookupResult(UserLookupResult {
+                    user_id: record.user_id,
+                    username: record.username.map(|n| n.as_str().to_owned()),
+                    pubkey: record.pubkey,
+                    home_server,
+                }),
+            );
+        });
+    }
+
+    /// Look `who` up in the store (a username in any case, or a user id),
+    /// then `found` with the record; USER_NOT_FOUND if it names no
+    /// registered user, in order with the connection's other frames.
+    fn find_user(
+        &mut self,
+        ctx: &mut Context<Self>,
+        from: &str,
+        who: String,
+        found: impl FnOnce(&mut Self, &mut Context<Self>, &str, socp_db::UserRecord) + 'static,
+    ) {
         let from = from.to_owned();
-        let lookup = self.shared.store.find_user.send(FindUser(req.user.clone()));
-        InQueue::wait_for(ctx, self, lookup, move |act, ctx, found| match found {
-            Ok(Ok(Some(record))) => {
-                let home_server = record.home_server.unwrap_or_else(|| act.shared.me.clone());
-                act.reply(
-                    ctx,
-                    &from,
-                    Message::UserLookupResult(UserLookupResult {
-                        user_id: record.user_id,
-                        username: record.username.map(|n| n.as_str().to_owned()),
-                        pubkey: record.pubkey,
-                        home_server,
-                    }),
-                );
-            }
+        let lookup = self.shared.store.find_user.send(FindUser(who.clone()));
+        InQueue::wait_for(ctx, self, lookup, move |act, ctx, result| match result {
+            Ok(Ok(Some(record))) => found(act, ctx, &from, record),
             Ok(Ok(None)) => act.error(
                 ctx,
                 &from,
                 ErrorCode::UserNotFound,
-                format!("no registered user {}", req.user),
+                format!("no registered user {who}"),
             ),
             Ok(Err(e)) => {
                 log::error!("user lookup failed: {e}");
