@@ -786,3 +786,50 @@ async fn a_link_over_its_frame_budget_has_the_excess_dropped_and_counted_not_que
     link.drain().await;
     assert!(link.closes().is_empty(), "the link is not closed for it");
 }
+
+/// A MAIL_ACK [ext] erases a user's kept DMs: a link's MAIL_ACK reaches the
+/// router only with the user's own MAIL_ACK frame signed with the user's
+/// advertised key (a linked server cannot forge one to erase them).
+#[actix::test]
+async fn a_mail_ack_reaches_the_router_only_with_the_users_own_signature() {
+    use socp_protocol::message::MailAck;
+    let mut script = Script::default();
+    script.user_keys.insert(uid("carol"), pk(3));
+    let node = Node::start(script);
+    let link = node.link_to_b().await;
+    let ack = |signer: usize| {
+        let own = Envelope::from_message(
+            &uid("carol"),
+            To::Id("server".into()),
+            now_ms(),
+            &Message::MailAck(MailAck {
+                mail_ids: vec!["m-1".into()],
+                user_id: None,
+                user_frame: None,
+            }),
+        )
+        .signed(private(signer))
+        .expect("signs");
+        signed(
+            "srv-b",
+            1,
+            To::from(&sid("srv-a")),
+            &Message::MailAck(MailAck {
+                mail_ids: vec!["m-1".into()],
+                user_id: Some(uid("carol")),
+                user_frame: Some(own.to_json()),
+            }),
+        )
+    };
+    let forged = ack(4);
+    let genuine = ack(3);
+    link.feed(&forged);
+    link.feed(&genuine);
+    node.handed_over(&genuine).await;
+    let frames = node.frames();
+    assert!(
+        !frames.iter().any(|(_, r)| *r == forged),
+        "the forged acknowledgement was not handed over"
+    );
+    assert_eq!(frames.len(), 1, "{frames:?}");
+}

@@ -2128,6 +2128,23 @@ fn mail_ack(ids: &[&str], user: Option<&str>) -> Message {
     Message::MailAck(MailAck {
         mail_ids: ids.iter().map(|s| s.to_string()).collect(),
         user_id: user.map(uid),
+        user_frame: None,
+    })
+}
+
+/// A server's MAIL_ACK for `user` carrying `signer`'s own MAIL_ACK of `ids`
+/// (its signature is the link's to check, before the router).
+fn server_mail_ack(user: &str, signer: &str, ids: &[&str]) -> Message {
+    let own = Envelope::from_message(
+        &uid(signer),
+        To::Id("server".into()),
+        NOW,
+        &mail_ack(ids, None),
+    );
+    Message::MailAck(MailAck {
+        mail_ids: ids.iter().map(|s| s.to_string()).collect(),
+        user_id: Some(uid(user)),
+        user_frame: Some(own.to_json()),
     })
 }
 
@@ -2393,14 +2410,29 @@ fn kept_dms_follow_the_user_to_another_server_and_only_that_server_acknowledges(
     assert_eq!(to_b.len(), 1);
     assert_eq!(field(&to_b[0], "user_id"), "carol");
     assert_eq!(field(&to_b[0], "mail")["id"], id.as_str());
-    // srv-c cannot acknowledge (so cannot erase) carol's mail.
-    let ack = mail_ack(&[&id], Some("carol"));
+    // srv-c cannot acknowledge (so cannot erase) carol's mail; nor can
+    // srv-b without carol's own frame, or with another user's.
+    let ack = server_mail_ack("carol", "carol", &[&id]);
     let out = feed(
         &mut st,
         "srv-c",
         &incoming("srv-c", To::from(&sid("srv-a")), NOW, &ack),
     );
     assert!(mail_deletes(&out).is_empty());
+    for (n, bad) in [
+        mail_ack(&[&id], Some("carol")),
+        server_mail_ack("carol", "rita", &[&id]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = feed(
+            &mut st,
+            "srv-b",
+            &incoming("srv-b", To::from(&sid("srv-a")), NOW + 1 + n as i64, bad),
+        );
+        assert!(mail_deletes(&out).is_empty(), "case {n}");
+    }
     assert_eq!(st.mail_count(), 1);
     let out = feed(
         &mut st,

@@ -406,6 +406,7 @@ fn fixtures() -> Vec<(To, Message)> {
             socp_protocol::message::MailAck {
                 mail_ids: vec!["m-1".into()],
                 user_id: Some(bob()),
+                user_frame: None,
             }
             .into(),
         ),

@@ -248,21 +248,23 @@ pub(crate) fn sent_while_away(ts: i64) -> String {
     }
 }
 
-/// Tell the server we (`me`) have mail `id` (its home server then forgets it).
-pub(crate) fn acknowledge(tx: &Sink, me: &str, id: &str) {
-    let Ok(me) = UserId::parse(me) else {
-        return;
-    };
+/// Tell the server we (`me`) have mail `id`, signed (our home server then
+/// forgets it, on our signature only).
+pub(crate) async fn acknowledge(tx: &Sink, me: &super::identity::Me, id: &str) {
     let env = Envelope::new(
-        &me,
+        &me.id,
         To::Id("server".into()),
         now_ms(),
         &MailAck {
             mail_ids: vec![id.to_owned()],
             user_id: None,
+            user_frame: None,
         },
     );
-    let _ = send(tx, &env);
+    let key = me.key.clone();
+    if let Ok(Ok(env)) = super::blocking(move || env.signed(&key)).await {
+        let _ = send(tx, &env);
+    }
 }
 
 /// A MAIL_RECEIPT: what became of a DM we sent, once per message.

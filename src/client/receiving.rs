@@ -231,11 +231,6 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
         (Some(tag), DeliverContent::Dm(m)) => Some((tag.clone(), m.sender_pub.clone())),
         _ => None,
     };
-    if let Some((tag, _)) = &mail {
-        if shared.borrow_mut().mail.was_seen(&tag.id) {
-            return super::mail::acknowledge(tx, env.to().as_str(), &tag.id);
-        }
-    }
     let (out, me, contact, download_dir) = {
         let c = shared.borrow();
         (
@@ -249,6 +244,11 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
             c.config.download_dir.clone(),
         )
     };
+    if let Some((tag, _)) = &mail {
+        if shared.borrow_mut().mail.was_seen(&tag.id) {
+            return super::mail::acknowledge(tx, &me, &tag.id).await;
+        }
+    }
     let ts = d.orig_ts.unwrap_or(env.ts());
     let sender = d.sender.clone();
     // The sender of a kept DM may be offline now.
@@ -322,7 +322,7 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                 if let Err(e) = kept {
                     out.error("FILE", format!("cannot note a received message: {e}"));
                 }
-                super::mail::acknowledge(tx, me.id.as_str(), &tag.id);
+                super::mail::acknowledge(tx, &me, &tag.id).await;
             }
         }
         DeliverContent::Public(m) => {

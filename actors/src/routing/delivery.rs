@@ -128,7 +128,7 @@ impl<H: Clone> RouterState<H> {
                 self.route_content(env, DeliverContent::FileEnd(m), &origin, now, &mut out)
             }
             Message::PublicChannelKeyShare(share) => self.route_key_share(env, share, &mut out),
-            Message::MailAck(ack) => self.user_mail_ack(user_id, ack, now, &mut out),
+            Message::MailAck(ack) => self.user_mail_ack(user_id, env, ack, now, &mut out),
             other => {
                 let frame = self.error_frame(
                     reply_to,

@@ -387,10 +387,12 @@ impl<H: Clone> RouterState<H> {
         }
     }
 
-    /// MAIL_ACK from a local user: its mails, kept here or at its home server.
+    /// MAIL_ACK from a local user: its mails, kept here or at its home server
+    /// (which is given the user's own signed frame).
     pub(super) fn user_mail_ack(
         &mut self,
         user: &UserId,
+        env: &socp_protocol::Envelope,
         mut ack: MailAck,
         now: i64,
         out: &mut Vec<Action<H>>,
@@ -404,6 +406,7 @@ impl<H: Clone> RouterState<H> {
             Some(home) => {
                 if let Some(tx) = self.link_of(&home).map(|c| c.tx.clone()) {
                     ack.user_id = Some(user.clone());
+                    ack.user_frame = Some(env.to_json());
                     let frame = self.sign(To::from(&home), now, Message::MailAck(ack));
                     out.push(Action::Send(tx, frame));
                 }
@@ -411,22 +414,26 @@ impl<H: Clone> RouterState<H> {
         }
     }
 
-    /// MAIL_ACK from linked server `link`: only for our user attached there.
+    /// MAIL_ACK from linked server `link`: only for our user attached there,
+    /// and only the ids of the user's own frame (its signature was verified
+    /// with the user's key by the link before the frame got here).
     pub(super) fn server_mail_ack(
         &mut self,
         link: &ServerId,
-        mut ack: MailAck,
+        ack: MailAck,
         now: i64,
         out: &mut Vec<Action<H>>,
     ) {
-        ack.mail_ids.truncate(MAX_MAIL_ACK);
         let attached_there = ack
             .user_id
             .as_ref()
             .and_then(|u| self.remote.get(u))
             .is_some_and(|u| u.server_id == *link);
-        match ack.user_id {
-            Some(user) if attached_there => self.acknowledged(&user, &ack.mail_ids, now, out),
+        match (ack.user_id, users_ids(ack.user_frame.as_deref())) {
+            (Some(user), Some((signer, mut ids))) if attached_there && signer == user => {
+                ids.truncate(MAX_MAIL_ACK);
+                self.acknowledged(&user, &ids, now, out)
+            }
             _ => self.refuse(MAIL_REFUSED),
         }
     }
@@ -482,6 +489,15 @@ impl<H: Clone> RouterState<H> {
     /// How many DMs the mailboxes hold (`/status`).
     pub fn mail_count(&self) -> usize {
         self.mail.len()
+    }
+}
+
+/// The signer and mail ids of a user's own MAIL_ACK frame.
+fn users_ids(frame: Option<&str>) -> Option<(UserId, Vec<String>)> {
+    let env = socp_protocol::Envelope::parse(frame?.as_bytes()).ok()?;
+    match env.message().ok()? {
+        Message::MailAck(a) => Some((UserId::parse(env.from()).ok()?, a.mail_ids)),
+        _ => None,
     }
 }
 

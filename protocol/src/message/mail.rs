@@ -102,9 +102,11 @@ pub struct MailReceipt {
     pub detail: Option<String>,
 }
 
-/// `MAIL_ACK {mail_ids, user_id}`: the recipient's client has these mails
-/// (user → its server, no `user_id`), passed on to the user's home server
-/// (server → server, with `user_id`), which then forgets them.
+/// `MAIL_ACK {mail_ids, user_id, user_frame}`: the recipient's client has
+/// these mails (user → its server, no `user_id`, signed by the user), passed
+/// on to the user's home server (server → server, with `user_id` and the
+/// user's own signed frame), which then forgets them: a server can erase a
+/// user's kept DMs only with the user's signature.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailAck {
     /// The mails, at most 256.
@@ -112,6 +114,11 @@ pub struct MailAck {
     /// The recipient, between servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<UserId>,
+    /// Between servers: the user's MAIL_ACK frame as the user signed it
+    /// (the receiving server verifies it with the user's key; its
+    /// `mail_ids` are the ones forgotten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_frame: Option<String>,
 }
 
 /// Most mail ids one MAIL_ACK may carry.
