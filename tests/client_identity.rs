@@ -698,3 +698,43 @@ async fn a_second_login_elsewhere_is_refused_and_the_client_goes_on() {
     let (status, _) = other.quit().await;
     assert!(status.success(), "{status}");
 }
+
+/// With several `--server`s, a lost connection is retried with the next one
+/// in turn: a logged-in user whose server is gone for good is back, logged in
+/// again (no password), through the other server of the mesh.
+#[actix_rt::test]
+async fn a_client_given_several_servers_moves_to_the_next_when_one_is_gone() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (a, b) = common::linked_pair(patient()).await;
+    let mut alice = Client::start(
+        "alice",
+        a.addr,
+        Options {
+            register_key: Some(25),
+            password: Some("alice's password".into()),
+            more_servers: vec![b.addr],
+            ..Options::new(10, &tmp.path().join("alice"))
+        },
+    )
+    .await;
+    alice.send("/register alice");
+    let registered = alice.expect("registered", is_event("registered")).await;
+    alice.expect("login", is_event("login")).await;
+    alice.id = registered["user_id"].as_str().expect("an id").to_owned();
+    let mut bob = Client::start("bob", b.addr, Options::new(11, &tmp.path().join("bob"))).await;
+    alice.sees_online(&bob.id).await;
+
+    a.shutdown().await;
+    alice.expect("disconnected", is_event("disconnected")).await;
+    let back = alice.expect("reconnected", is_event("reconnected")).await;
+    assert_eq!(back["user_id"], alice.id.as_str(), "her account again");
+    assert!(
+        back["server"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!(":{}/", b.addr.port()))),
+        "through the other server: {back}"
+    );
+    alice.send(&format!("/tell {} from the other server", bob.id));
+    let got = bob.expect("alice's DM", dm("from the other server")).await;
+    assert_eq!(got["from"], alice.id.as_str());
+}

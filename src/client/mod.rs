@@ -64,6 +64,9 @@ pub struct ClientConfig {
     pub host: String,
     /// Server port.
     pub port: u16,
+    /// More servers (host, port), tried in turn when the connection is lost
+    /// (and at start, when the first cannot be reached).
+    pub alternates: Vec<(String, u16)>,
     /// `Some`: connect with `wss://`, trusting these roots; `None`: `ws://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Ephemeral user id (default: a fresh UUID v4).
@@ -156,8 +159,30 @@ pub(crate) struct Failure {
 }
 
 /// Run the client until `/quit` or end of input; the process exit code.
-pub async fn run(config: ClientConfig) -> i32 {
+pub async fn run(mut config: ClientConfig) -> i32 {
     let out = Output::new(config.json);
+    // Several servers: start with the first that answers.
+    let servers: Vec<(String, u16)> = std::iter::once((config.host.clone(), config.port))
+        .chain(config.alternates.iter().cloned())
+        .collect();
+    if servers.len() > 1 {
+        for (host, port) in &servers {
+            let addr = format!("{host}:{port}");
+            let probe = tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                tokio::net::TcpStream::connect(addr.as_str()),
+            )
+            .await;
+            if matches!(probe, Ok(Ok(_))) {
+                (config.host, config.port) = (host.clone(), *port);
+                break;
+            }
+        }
+    }
+    let mut at = servers
+        .iter()
+        .position(|(h, p)| *h == config.host && *p == config.port)
+        .unwrap_or(0);
     // Is the server there? Asked before a session key is made (seconds): a
     // client pointed at a server that is down says so at once.
     if config.key_file.is_none() {
@@ -314,7 +339,7 @@ pub async fn run(config: ClientConfig) -> i32 {
                 );
                 retry = Backoff::default();
             }
-            Step::Retry => match reconnect(&config, &shared).await {
+            Step::Retry => match reconnect(&at_server(&config, &servers, at), &shared).await {
                 Ok(conn) => {
                     out.event(
                         "reconnected",
@@ -341,6 +366,8 @@ pub async fn run(config: ClientConfig) -> i32 {
                         retry.reason = Some(e);
                     }
                     retry.failed();
+                    // The next server in turn, if several were given.
+                    at = (at + 1) % servers.len().max(1);
                 }
             },
             Step::Input(Some(InputEvent::Line(line))) => {
@@ -412,6 +439,15 @@ impl Backoff {
     fn failed(&mut self) {
         self.next = (self.next * 2).min(std::time::Duration::from_secs(30));
     }
+}
+
+/// `config` pointed at server `at` of `servers`.
+fn at_server(config: &ClientConfig, servers: &[(String, u16)], at: usize) -> ClientConfig {
+    let mut c = config.clone();
+    if let Some((host, port)) = servers.get(at) {
+        (c.host, c.port) = (host.clone(), *port);
+    }
+    c
 }
 
 /// Dial the server again and identify as who we are now.

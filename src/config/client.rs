@@ -23,8 +23,9 @@ pub struct ClientArgs {
     /// Server port (positional form).
     pub port: Option<u16>,
     /// Server to connect to, as ws://HOST:PORT, or wss://HOST:PORT for TLS.
+    /// Repeatable: a lost connection is retried with the next one in turn.
     #[arg(long)]
-    pub server: Option<String>,
+    pub server: Vec<String>,
     /// CA certificates (PEM) to trust for a wss:// server, instead of the
     /// system's CA bundle (for a private CA).
     #[arg(long, env = "SOCP_CA")]
@@ -63,9 +64,24 @@ impl ClientArgs {
         use std::io::IsTerminal;
         let wss = self
             .server
-            .as_deref()
+            .first()
             .is_some_and(|url| url_scheme(url) == Scheme::Wss);
-        let (host, port) = match (&self.server, &self.host, self.port) {
+        if self
+            .server
+            .iter()
+            .any(|url| (url_scheme(url) == Scheme::Wss) != wss)
+        {
+            return Err(ConfigError(
+                "every --server must be ws:// or every one wss://".into(),
+            ));
+        }
+        let alternates = self
+            .server
+            .iter()
+            .skip(1)
+            .map(|url| parse_ws_url(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (host, port) = match (self.server.first(), &self.host, self.port) {
             (Some(url), _, _) => parse_ws_url(url)?,
             (None, Some(host), Some(port)) => (host.clone(), port),
             (None, Some(_), None) => {
@@ -124,6 +140,7 @@ impl ClientArgs {
         Ok(ClientConfig {
             host,
             port,
+            alternates,
             tls,
             user_id,
             download_dir: self

@@ -38,6 +38,8 @@ pub struct Options {
     pub rate: Option<f64>,
     /// `--standard-files`: files in 446-byte RSA chunks even to socp clients.
     pub standard_files: bool,
+    /// More `--server`s after the first, tried in turn when one is lost.
+    pub more_servers: Vec<SocketAddr>,
 }
 
 impl Options {
@@ -51,6 +53,7 @@ impl Options {
             download_dir: None,
             rate: None,
             standard_files: false,
+            more_servers: Vec::new(),
         }
     }
 }
@@ -106,6 +109,9 @@ impl Client {
         }
         if opts.standard_files {
             cmd.arg("--standard-files");
+        }
+        for more in &opts.more_servers {
+            cmd.arg("--server").arg(format!("ws://{more}"));
         }
         cmd.env_remove("SOCP_PASSWORD")
             .env_remove("SOCP_HOME")
