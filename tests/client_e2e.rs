@@ -1776,3 +1776,44 @@ async fn tampered_fast_mode_chunks_are_refused() {
     assert_eq!(discarded.len(), 3, "{discarded:#?}");
     assert_eq!(alice.logged(is_event("file_received")).len(), 1);
 }
+
+/// In a terminal, a half-typed line is kept while messages arrive and while
+/// the client reconnects (the server restarted under it): finished after
+/// both, it runs as typed.
+#[actix_rt::test]
+async fn a_half_typed_line_is_kept_while_messages_arrive_and_during_a_reconnect() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let db = tmp.path().join("a.db");
+    let addr = common::free_addr();
+    let server_a = || ServerConfig {
+        bind: addr,
+        ..config_with(4, Some(db.clone()), &[], fast_settings())
+    };
+    let a = start(server_a()).await.expect("a starts");
+    let mut bob = User::join(a.addr, 18).await;
+    let mut pty = Pty::start(a.addr, tmp.path(), 17);
+    pty.seen("connected to").await;
+    let screen = pty.screen();
+    let alice = screen
+        .split("connected to ")
+        .nth(1)
+        .and_then(|rest| rest.split(" as ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| UserId::parse(id).ok())
+        .expect("alice's id on the screen");
+    pty.type_keys(b"/li");
+    let alice_pub = fixtures::key(17).public_key().clone();
+    bob.peer
+        .send(&bob.dm(&alice, &alice_pub, "a DM while alice types"))
+        .await;
+    pty.seen("a DM while alice types").await;
+    a.shutdown().await;
+    pty.seen("lost").await;
+    let _a = start(server_a()).await.expect("a starts again");
+    pty.seen("back:").await;
+    pty.type_keys(b"st\r");
+    pty.seen("Online users").await;
+    let (status, screen) = pty.quit();
+    assert!(status.success(), "{status}: {screen}");
+    assert!(!screen.contains("unknown command"), "{screen}");
+}

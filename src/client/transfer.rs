@@ -28,7 +28,7 @@ use super::{blocking, fail, trust, Failure, Shared};
 const MAX_SEND_FILE: u64 = 64 * 1024 * 1024;
 
 /// Fast-mode chunks between two flow-control round trips.
-const FAST_WINDOW: usize = 6;
+const FAST_WINDOW: usize = 3;
 
 /// Largest file `/file` sends in fast mode [ext] (what a socp client takes).
 const MAX_SEND_FAST: u64 = super::state::MAX_INCOMING_FILE;

@@ -131,7 +131,7 @@ pub const MAX_FAST_CHUNK: u32 = 384 * 1024;
 
 /// Bytes of fast-mode FILE_CHUNK frames a second socp clients send at most:
 /// inside a server's default per-user byte rate (24 MiB/s) with room to chat
-/// (six in flight at most between flow-control round trips: 3 MiB, inside a
+/// (three in flight at most between flow-control round trips: 1.5 MiB, inside a
 /// server's default 8 MiB of a user's frames held).
 pub const FAST_FILE_BYTES_PER_SECOND: f64 = 20.0 * 1024.0 * 1024.0;
 
