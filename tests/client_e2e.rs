@@ -1641,9 +1641,15 @@ async fn the_next_session_key_is_made_in_the_background_and_used_once() {
 #[actix_rt::test]
 async fn a_file_between_socp_clients_goes_in_fast_mode_and_others_get_the_standard_mode() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    // Large frames keep debug-build servers busy: liveness as in
-    // production (a 1.5 s silence must not end the link).
-    let (a, b) = common::linked_pair(patient()).await;
+    // Large frames keep debug-build servers (tens of times slower than a
+    // release build) busy: liveness as in production (a 1.5 s silence must
+    // not end the link), and room for frames waiting to be written while the
+    // machine runs other tests beside this one.
+    let (a, b) = common::linked_pair(Settings {
+        conn_memory_budget: 64 << 20,
+        ..patient()
+    })
+    .await;
     let mut alice =
         Client::start("alice", a.addr, Options::new(17, &tmp.path().join("alice"))).await;
     let mut bob = Client::start("bob", b.addr, Options::new(18, &tmp.path().join("bob"))).await;
