@@ -1,13 +1,14 @@
 //! Presence of another dialect that carries no keys: a link's keyless
 //! adverts are held while the link is asked PUBKEY_REQUEST, and the link's
-//! own requests are answered (SPEC.md §11).
+//! own requests are answered (SPEC.md §11). And users' own signatures where a
+//! link's frame needs one: a MAIL_ACK [ext] erasing a user's kept DMs.
 
 use actix::prelude::*;
 use socp_protocol::message::{PubkeyRequest, PubkeyResponse, UserAdvertise};
 use socp_protocol::{now_ms, Envelope, ErrorCode, Message, To};
 
 use super::PeerLink;
-use crate::crypto::FrameText;
+use crate::crypto::{CryptoPool, FrameText, Lane};
 use crate::router::{LinkFrame, UserKey};
 use crate::routing::Peer;
 use crate::transport::InQueue;
@@ -126,5 +127,38 @@ impl PeerLink {
                 Message::PubkeyResponse(PubkeyResponse { user_id, pubkey }),
             );
         }));
+    }
+}
+
+/// A MAIL_ACK [ext] erases a user's kept DMs: one from a linked server must
+/// carry the user's own MAIL_ACK frame, signed with the key the network
+/// advertises for the user (checked on the pool). Other frames pass.
+pub(super) async fn user_signed_ack(
+    msg: &Message,
+    pool: &CryptoPool,
+    lane: Lane,
+    user_key: &Recipient<UserKey>,
+) -> Result<(), String> {
+    let Message::MailAck(socp_protocol::message::MailAck {
+        user_id: Some(user),
+        user_frame: Some(text),
+        ..
+    }) = msg
+    else {
+        return Ok(());
+    };
+    let nested = Envelope::parse(text.as_bytes()).map_err(|e| format!("its user frame: {e}"))?;
+    if nested.from() != user.as_str() {
+        return Err("its user frame is another user's".to_owned());
+    }
+    let key = user_key
+        .send(UserKey(user.clone()))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| "its user is not advertised here".to_owned())?;
+    match pool.verify_in(lane, nested, key).await {
+        Some((_, true)) => Ok(()),
+        _ => Err("its user frame's signature does not verify".to_owned()),
     }
 }

@@ -386,31 +386,9 @@ impl PeerLink {
                     Failed::Relayed(msg.msg_type().as_str(), detail)
                 }
             };
-            // A MAIL_ACK [ext] erases a user's kept DMs: only with the
-            // user's own signature, verified with the user's advertised key.
-            if let Message::MailAck(socp_protocol::message::MailAck {
-                user_id: Some(user),
-                user_frame: Some(text),
-                ..
-            }) = &msg
-            {
-                let nested = Envelope::parse(text.as_bytes())
-                    .map_err(|e| relayed(format!("its user frame: {e}")))?;
-                if nested.from() != user.as_str() {
-                    return Err(relayed("its user frame is another user's".to_owned()));
-                }
-                let key = user_key
-                    .send(UserKey(user.clone()))
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| relayed("its user is not advertised here".to_owned()))?;
-                if !matches!(pool.verify_in(lane, nested, key).await, Some((_, true))) {
-                    return Err(relayed(
-                        "its user frame's signature does not verify".to_owned(),
-                    ));
-                }
-            }
+            keys::user_signed_ack(&msg, &pool, lane, &user_key)
+                .await
+                .map_err(relayed)?;
             let user_content = !from_link && pinned.is_none() && trust::is_user_content(&msg);
             let key =
                 trust::verifying_key(&from, from_link, &link_key, pinned, &msg).map_err(relayed)?;
