@@ -44,6 +44,8 @@ pub struct Attach {
     pub registered: bool,
     /// Whether its client reads fast-mode file chunks [ext] (said in its advert).
     pub fast_files: bool,
+    /// Whether its client reads batched presence news [ext].
+    pub batched: bool,
 }
 
 /// A user's session ended or re-identified. Idempotent.
@@ -294,21 +296,34 @@ impl Actor for Router {
         // `send` callers (sessions, links) wait when this many requests are
         // queued: backpressure instead of unbounded growth. `do_send` never waits.
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(NEWS_TICK, |act, _| {
+            let now = now_ms();
+            if act.state.news_due(now) {
+                let actions = act.state.flush_news(now);
+                act.run(actions);
+            }
+        });
     }
 }
+
+/// How often the router looks for presence news to batch [ext]
+/// (`RouterState::news_due` says whether a batch is due).
+const NEWS_TICK: std::time::Duration = std::time::Duration::from_millis(25);
 
 impl Handler<Attach> for Router {
     type Result = Result<(), Refusal>;
 
     fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) -> Self::Result {
         let user = msg.user_id.clone();
-        let actions = self.state.attach_with(
-            msg.conn,
-            msg.user_id,
-            msg.pubkey,
-            (msg.name, msg.registered, msg.fast_files),
-            now_ms(),
-        )?;
+        let traits = crate::routing::Traits {
+            name: msg.name,
+            registered: msg.registered,
+            fast_files: msg.fast_files,
+            batched: msg.batched,
+        };
+        let actions =
+            self.state
+                .attach_with(msg.conn, msg.user_id, msg.pubkey, traits, now_ms())?;
         log::info!("user {user} attached");
         self.run(actions);
         self.announce_membership(ctx);

@@ -145,6 +145,7 @@ impl Node {
                 name: None,
                 registered: false,
                 fast_files: false,
+                batched: false,
             })
             .await
             .expect("router alive")

@@ -91,6 +91,7 @@ impl Fixture {
                 name: None,
                 registered: false,
                 fast_files: false,
+                batched: false,
             })
             .await
             .expect("router alive")
@@ -223,6 +224,7 @@ async fn attach_and_detach_reach_sessions_links_and_the_store() {
             name: None,
             registered: false,
             fast_files: false,
+            batched: false,
         })
         .await
         .expect("router alive");

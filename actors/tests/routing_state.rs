@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use socp_actors::crypto::FrameText;
 use socp_actors::routing::{
-    Action, Conn, Peer, PeerFrame, RouterConfig, RouterState, SeenCache, StoreOp, LIST_PART,
-    MAX_JOINS_PER_VERSION, WELCOME_CLIENTS,
+    Action, Conn, Peer, PeerFrame, RouterConfig, RouterState, SeenCache, StoreOp, Traits,
+    LIST_PART, MAX_BATCH_BYTES, MAX_JOINS_PER_VERSION, WELCOME_CLIENTS,
 };
 use socp_protocol::envelope::TS_WINDOW_MS;
 use socp_protocol::message::{
@@ -2540,4 +2540,180 @@ fn kept_dms_expire_and_their_senders_are_told() {
     assert_eq!(mail_deletes(&out), [id]);
     assert_eq!(field(&sent_to(&out, "alice")[0], "status"), "expired");
     assert_eq!(st.mail_count(), 0);
+}
+
+// ----- batched presence news [ext] ------------------------------------------
+
+/// Attach a guest whose client reads batched presence news.
+fn attach_reader(st: &mut RouterState<H>, user: &str, n: usize, handle: H) -> Vec<Action<H>> {
+    let traits = Traits {
+        batched: true,
+        ..Traits::default()
+    };
+    let conn = Conn {
+        id: n as u64 + 1000,
+        tx: handle,
+    };
+    st.attach_with(conn, uid(user), pk(n), traits, NOW)
+        .expect("attached")
+}
+
+/// What went to `h`: how many NEWS_BATCH frames, the frames inside them in
+/// order (as JSON), and the types of the frames that came on their own.
+fn news_to(actions: &[Action<H>], h: H) -> (usize, Vec<Value>, Vec<String>) {
+    let (mut batches, mut inside, mut alone) = (0, Vec::new(), Vec::new());
+    for action in actions {
+        let (Action::Send(to, f) | Action::SendNow(to, f)) = action else {
+            continue;
+        };
+        if *to != h {
+            continue;
+        }
+        let text = futures_util::FutureExt::now_or_never(f.text())
+            .flatten()
+            .expect("the batch is made once its frames are signed");
+        let v: Value = serde_json::from_str(&text).expect("a frame is JSON");
+        if v["type"] == "NEWS_BATCH" {
+            batches += 1;
+            assert!(v.get("sig").is_none(), "the batch itself is not signed");
+            inside.extend(v["payload"]["frames"].as_array().expect("frames").clone());
+        } else {
+            alone.push(v["type"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    (batches, inside, alone)
+}
+
+fn user_ids(frames: &[Value]) -> Vec<&str> {
+    frames
+        .iter()
+        .map(|f| f["payload"]["user_id"].as_str().expect("user_id"))
+        .collect()
+}
+
+#[test]
+fn presence_news_reaches_batch_readers_as_one_frame_of_the_signed_adverts() {
+    let mut st: RouterState<H> = RouterState::new(config("srv-a"), Arc::new(KeySigner(0)));
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    attach_queued(&mut st, "plain", 10, "plain", 10);
+
+    // The roster of a reader: one batch, ending with its own advert.
+    let a = attach_reader(&mut st, "reader", 11, "reader");
+    let (batches, roster, alone) = news_to(&a, "reader");
+    assert_eq!((batches, alone.len()), (1, 0), "{alone:?}");
+    assert_eq!(
+        user_ids(&roster),
+        [uid("plain").as_str(), uid("reader").as_str()]
+    );
+    // A client without the capability is told at once, frame by frame.
+    assert_eq!(types_to(&a, "plain"), ["USER_ADVERTISE"]);
+
+    // Three joins here and one at srv-b: nothing to the reader until the
+    // batch; then one frame holding each advert exactly as the other
+    // client got it, ours verifiable with our key.
+    let mut news = Vec::new();
+    for (i, u) in ["u1", "u2", "u3"].iter().enumerate() {
+        news.extend(attach_queued(&mut st, u, 20 + i, u, 20 + i as u64));
+    }
+    news.extend(feed(&mut st, "link-b", &advert_from("srv-b", "rita", 12)));
+    assert_eq!(news_to(&news, "reader"), (0, vec![], vec![]));
+    let plain: Vec<Value> = raw_to(&news, "plain")
+        .iter()
+        .map(|t| serde_json::from_str(t).expect("JSON"))
+        .collect();
+    assert_eq!(plain.len(), 4);
+    assert!(st.news_pending());
+    let flushed = st.flush_news(NOW);
+    let (batches, inside, alone) = news_to(&flushed, "reader");
+    assert_eq!((batches, alone.len()), (1, 0));
+    assert_eq!(inside, plain, "the adverts inside are the frames as signed");
+    for frame in &inside[..3] {
+        let env = Envelope::parse(frame.to_string().as_bytes()).expect("parses");
+        env.verify(&pk(0))
+            .expect("our advert verifies inside the batch");
+    }
+    assert!(
+        raw_to(&flushed, "plain").is_empty(),
+        "plain had its news already"
+    );
+    assert!(st.flush_news(NOW).is_empty(), "nothing twice");
+
+    // A leave, in the next batch.
+    let gone = st.detach(20, &uid("u1"), NOW);
+    assert_eq!(types_to(&gone, "plain"), ["USER_REMOVE"]);
+    let (_, inside, _) = news_to(&st.flush_news(NOW), "reader");
+    assert_eq!(inside.len(), 1);
+    assert_eq!(inside[0]["type"], "USER_REMOVE");
+    assert_eq!(inside[0]["payload"]["user_id"], uid("u1").as_str());
+
+    // A reader that attaches between two batches had the news before it in
+    // its roster: the batch brings it only what came after.
+    attach_queued(&mut st, "u4", 30, "u4", 30);
+    let r2 = attach_reader(&mut st, "reader2", 31, "reader2");
+    assert!(user_ids(&news_to(&r2, "reader2").1).contains(&uid("u4").as_str()));
+    attach_queued(&mut st, "u5", 32, "u5", 32);
+    let flushed = st.flush_news(NOW);
+    let (_, to_reader, _) = news_to(&flushed, "reader");
+    let (_, to_reader2, _) = news_to(&flushed, "reader2");
+    assert_eq!(
+        user_ids(&to_reader),
+        [
+            uid("u4").as_str(),
+            uid("reader2").as_str(),
+            uid("u5").as_str()
+        ]
+    );
+    assert_eq!(user_ids(&to_reader2), [uid("u5").as_str()]);
+
+    // Our public channel versions (per-member RSA: the group key encrypts
+    // nothing) are not sent to socp clients that read batches; another
+    // implementation's channel news still is.
+    let versions = st.flush_membership(NOW);
+    assert_eq!(
+        types_to(&versions, "plain"),
+        ["PUBLIC_CHANNEL_ADD", "PUBLIC_CHANNEL_UPDATED"]
+    );
+    assert_eq!(news_to(&versions, "reader"), (0, vec![], vec![]));
+    let theirs = incoming(
+        "srv-b",
+        To::Public,
+        NOW,
+        &Message::PublicChannelUpdated(PublicChannelUpdated {
+            version: 99,
+            wraps: vec![],
+        }),
+    );
+    let relayed = feed(&mut st, "link-b", &theirs);
+    assert_eq!(news_to(&relayed, "reader").2, ["PUBLIC_CHANNEL_UPDATED"]);
+}
+
+#[test]
+fn a_large_roster_goes_in_batches_of_bounded_size() {
+    let mut st = router("srv-a");
+    let names: Vec<String> = (0..600).map(|i| format!("guest{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let name: &'static str = Box::leak(name.clone().into_boxed_str());
+        attach_queued(&mut st, name, i % 20, name, i as u64);
+    }
+    let a = attach_reader(&mut st, "reader", 7, "reader");
+    let (batches, roster, alone) = news_to(&a, "reader");
+    assert!(alone.is_empty());
+    assert!(batches >= 2, "600 adverts in {batches} batch");
+    for action in &a {
+        if let Action::Send(_, f) = action {
+            let text = futures_util::FutureExt::now_or_never(f.text())
+                .flatten()
+                .expect("made");
+            assert!(
+                text.len() <= MAX_BATCH_BYTES + 4096,
+                "a batch of {} bytes",
+                text.len()
+            );
+        }
+    }
+    let mut ids = user_ids(&roster);
+    assert_eq!(ids.len(), 601);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 601, "every user once");
 }

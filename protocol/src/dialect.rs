@@ -36,8 +36,23 @@ pub fn reads_fast_files(payload: &Value) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == crate::crypto::file::FAST_CIPHER))
 }
 
+/// [ext] The frame that carries many presence frames to a client at once
+/// (docs/PROTOCOL.md, "Batched presence news"): `payload.frames`, each a
+/// USER_ADVERTISE or USER_REMOVE as its origin server signed it.
+pub const NEWS_BATCH: &str = "NEWS_BATCH";
+
+/// Whether a hello's capability object says its client reads
+/// [`NEWS_BATCH`] frames (`"news": ["batch"]`).
+pub fn reads_news_batches(payload: &Value) -> bool {
+    payload
+        .get(CAPABILITY)
+        .and_then(|c| c.get("news"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x == "batch"))
+}
+
 /// A client's hello with our capability object, saying it reads fast-mode
-/// file chunks.
+/// file chunks and batched presence news.
 pub fn with_client_capability(env: Envelope) -> Envelope {
     let mut env = with_capability(env);
     if let Some(Value::Object(cap)) = env.payload_mut().get_mut(CAPABILITY) {
@@ -45,6 +60,7 @@ pub fn with_client_capability(env: Envelope) -> Envelope {
             "files".to_owned(),
             json!([crate::crypto::file::FAST_CIPHER]),
         );
+        cap.insert("news".to_owned(), json!(["batch"]));
     }
     env
 }

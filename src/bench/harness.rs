@@ -2,6 +2,7 @@
 //! servers given with `--target`), their HTTP endpoints, protocol-level bench
 //! users, and signing on every core.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -143,6 +144,20 @@ fn bench_settings() -> Settings {
     }
 }
 
+/// Fixture key `n`, parsed once per process (parsing a 4096-bit private key
+/// costs milliseconds: with thousands of users it was the bench's own
+/// largest cost).
+pub(crate) fn fixture_key(n: usize) -> Arc<PrivateKey> {
+    static KEYS: std::sync::OnceLock<std::sync::Mutex<HashMap<usize, Arc<PrivateKey>>>> =
+        std::sync::OnceLock::new();
+    let n = n % fixtures::KEY_COUNT;
+    let keys = KEYS.get_or_init(Default::default);
+    let mut keys = keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(keys.entry(n).or_insert_with(|| Arc::new(fixtures::key(n))))
+}
+
 /// A protocol-level bench user: a writer channel and a stream of deliveries.
 pub(crate) struct BenchUser {
     pub(crate) id: UserId,
@@ -151,12 +166,14 @@ pub(crate) struct BenchUser {
     pub(crate) seen: mpsc::UnboundedReceiver<Seen>,
     /// Text frames received so far.
     pub(crate) frames: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of text frames received so far.
+    pub(crate) bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BenchUser {
     /// Connect, say hello, wait for the server's ACK.
     pub(crate) async fn join(addr: SocketAddr, key: usize) -> Result<BenchUser, String> {
-        let key = Arc::new(fixtures::key(key));
+        let key = fixture_key(key);
         let id = UserId::random();
         let (_, framed) = awc::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -188,6 +205,8 @@ impl BenchUser {
         let (ack_tx, ack_rx) = tokio::sync::oneshot::channel::<()>();
         let frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = Arc::clone(&frames);
+        let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let byte_counter = Arc::clone(&bytes_in);
         actix_web::rt::spawn(async move {
             let mut ack = Some(ack_tx);
             while let Some(Ok(frame)) = stream.next().await {
@@ -200,11 +219,15 @@ impl BenchUser {
                     _ => continue,
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // Once attached, only deliveries matter: presence news (every
-                // join is news to every user) is counted, not parsed. Our
-                // server writes `type` first.
+                byte_counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // Only the answer to the hello and deliveries matter:
+                // presence news (every join is news to every user) is
+                // counted, not parsed. Our server writes `type` first.
                 let head = &bytes[..bytes.len().min(64)];
-                if ack.is_none() && !contains(head, b"\"USER_DELIVER\"") {
+                let wanted = contains(head, b"\"USER_DELIVER\"")
+                    || (ack.is_some()
+                        && (contains(head, b"\"ACK\"") || contains(head, b"\"ERROR\"")));
+                if !wanted {
                     continue;
                 }
                 // Only the fields the bench needs; no RSA on the client side.
@@ -228,7 +251,7 @@ impl BenchUser {
                 }
             }
         });
-        let hello = socp_protocol::dialect::with_capability(Envelope::new(
+        let hello = socp_protocol::dialect::with_client_capability(Envelope::new(
             &id,
             To::Id("server".into()),
             now_ms(),
@@ -251,6 +274,7 @@ impl BenchUser {
             tx,
             seen,
             frames,
+            bytes: bytes_in,
         })
     }
 }

@@ -22,8 +22,12 @@ pub struct Idle {
     pub seconds_to_attach: f64,
     /// Seconds from the last attach until no user received anything more.
     pub seconds_to_settle: f64,
-    /// Frames the users received in all (presence news is quadratic).
+    /// Frames the users received in all (presence news is quadratic;
+    /// batched [ext] for clients that read batches, as the bench's do).
     pub frames_received: u64,
+    /// Bytes of those frames, MB (quadratic either way: every user learns
+    /// every other user's signed advert).
+    pub mb_received: f64,
     /// The server's resident memory before the users, KiB.
     pub server_rss_before_kib: u64,
     /// The server's resident memory once idle with them, KiB.
@@ -110,6 +114,10 @@ async fn idle_on(cfg: &BenchConfig, addr: SocketAddr) -> Result<Idle, String> {
         last = now;
     }
     let settle = settling.elapsed().as_secs_f64() - 1.0;
+    let bytes: u64 = users
+        .iter()
+        .map(|u| u.bytes.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     let after = idle_rss_kib(addr).await?;
     let per = (after.saturating_sub(before)) as f64 / cfg.idle_users.max(1) as f64;
     Ok(Idle {
@@ -118,6 +126,7 @@ async fn idle_on(cfg: &BenchConfig, addr: SocketAddr) -> Result<Idle, String> {
         seconds_to_attach: secs,
         seconds_to_settle: settle.max(0.0),
         frames_received: last,
+        mb_received: bytes as f64 / 1e6,
         server_rss_before_kib: before,
         server_rss_after_kib: after,
         kib_per_connection: per,

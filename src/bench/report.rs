@@ -107,7 +107,7 @@ pub(crate) fn table(r: &Report) -> String {
     }
     if let Some(i) = &r.idle {
         s += &format!("idle capacity: {} users on one server process\n", i.users);
-        s += &format!("  attached {} in {:.2} s (settled {:.2} s later, {} frames received); RSS {} -> {} KiB: {:.1} KiB per connection; 10,000 users ≈ {:.0} MiB by linear projection, an upper bound: bounded caches count per connection here (goal <= 200; measure with -c 10000)\n\n", i.attached, i.seconds_to_attach, i.seconds_to_settle, i.frames_received, i.server_rss_before_kib, i.server_rss_after_kib, i.kib_per_connection, i.projected_mib_for_10000);
+        s += &format!("  attached {} in {:.2} s (settled {:.2} s later, {} frames received, {:.0} MB); RSS {} -> {} KiB: {:.1} KiB per connection; 10,000 users ≈ {:.0} MiB by linear projection, an upper bound: bounded caches count per connection here (goal <= 200; measure with -c 10000)\n\n", i.attached, i.seconds_to_attach, i.seconds_to_settle, i.frames_received, i.mb_received, i.server_rss_before_kib, i.server_rss_after_kib, i.kib_per_connection, i.projected_mib_for_10000);
     }
     if let Some(m) = &r.mesh {
         s += &format!("mesh formation: {} servers, {} users\n", m.servers, m.users);

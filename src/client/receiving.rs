@@ -34,6 +34,12 @@ pub(crate) async fn handle_frame(shared: &Shared, tx: &Sink, bytes: &[u8]) {
             return;
         }
     };
+    // Presence news in one frame [ext]: each frame inside as if it came alone
+    // (only adverts and removals travel this way).
+    if env.msg_type() == socp_protocol::dialect::NEWS_BATCH {
+        news_batch(shared, tx, &env).await;
+        return;
+    }
     // A listing in parts: the parts before the last are kept; the last one
     // (no `more`) answers the request.
     if env.msg_type() == "LIST_RESPONSE" {
@@ -121,6 +127,32 @@ pub(crate) async fn handle_frame(shared: &Shared, tx: &Sink, bytes: &[u8]) {
             );
         }
         _ => {}
+    }
+}
+
+/// The frames of a `NEWS_BATCH` [ext], in order; anything but an advert or
+/// a removal inside one is ignored (said once per batch).
+async fn news_batch(shared: &Shared, tx: &Sink, env: &Envelope) {
+    let frames = env.payload()["frames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut odd = 0;
+    for frame in frames {
+        let presence = matches!(
+            frame["type"].as_str(),
+            Some("USER_ADVERTISE" | "USER_REMOVE")
+        );
+        match serde_json::to_vec(&frame) {
+            Ok(bytes) if presence => Box::pin(handle_frame(shared, tx, &bytes)).await,
+            _ => odd += 1,
+        }
+    }
+    if odd > 0 {
+        let out = shared.borrow().out.clone();
+        out.warning(format!(
+            "{odd} frames of a news batch were not presence news: ignored"
+        ));
     }
 }
 

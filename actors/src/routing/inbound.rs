@@ -40,6 +40,10 @@ impl<H: Clone> RouterState<H> {
             origin: &origin,
             frame: SignedFrame::ready(frame.raw.clone()),
         };
+        let socp = env
+            .payload()
+            .get(socp_protocol::dialect::CAPABILITY)
+            .is_some();
         match frame.msg {
             Message::Heartbeat(_) | Message::Ack(_) => {}
             Message::UserAdvertise(adv) => {
@@ -54,10 +58,10 @@ impl<H: Clone> RouterState<H> {
             }
             Message::ServerGoodbye(_) => log::info!("server {origin} said goodbye"),
             Message::ServerDeliver(d) => self.server_deliver(d, env.ts(), &from, now, &mut out),
-            Message::PublicChannelAdd(_) => self.channel_news(&from, &mut out),
+            Message::PublicChannelAdd(_) => self.channel_news(&from, socp, &mut out),
             Message::PublicChannelUpdated(u) => {
                 self.public_version = self.public_version.max(u.version);
-                self.channel_news(&from, &mut out);
+                self.channel_news(&from, socp, &mut out);
             }
             Message::DirectoryRecord(r) => self.directory_record(r, &from, true, now, &mut out),
             Message::MailDeposit(d) => self.mail_deposit(from.link, d, now, &mut out),
@@ -96,9 +100,10 @@ impl<H: Clone> RouterState<H> {
         self.to_all_servers(&from.frame, &[from.link, from.origin], out);
     }
 
-    /// Public channel news: to every other server and every local user.
-    fn channel_news(&self, from: &Relayed<'_>, out: &mut Vec<Action<H>>) {
+    /// Public channel news: to every other server and every local user
+    /// (`socp`: a socp server made it; see `channel_news_to_users`).
+    fn channel_news(&self, from: &Relayed<'_>, socp: bool, out: &mut Vec<Action<H>>) {
         self.relay_onward(from, out);
-        self.to_all_users(&from.frame, None, out);
+        self.channel_news_to_users(&from.frame, socp, out);
     }
 }

@@ -95,7 +95,7 @@ impl<H: Clone> RouterState<H> {
         frames.push(updated.clone());
         for frame in &frames {
             self.to_all_servers(frame, &[], &mut out);
-            self.to_all_users(frame, None, &mut out);
+            self.channel_news_to_users(frame, true, &mut out);
         }
         self.announced = Some(updated);
         for (user_id, registered) in leaves {

@@ -22,6 +22,7 @@ mod directory;
 mod inbound;
 mod mailbox;
 mod membership;
+mod news;
 mod presence;
 mod seen;
 mod sequence;
@@ -37,6 +38,9 @@ pub use mailbox::MailBounds;
 use mailbox::Mailboxes;
 use membership::Membership;
 pub use membership::MAX_JOINS_PER_VERSION;
+use news::News;
+pub use news::MAX_BATCH_BYTES;
+pub use presence::Traits;
 use presence::{LocalUser, RemoteUser};
 pub use seen::SeenCache;
 pub(crate) use sequence::PresenceSeq;
@@ -270,6 +274,8 @@ pub struct RouterState<H> {
     dial_tokens: (f64, i64),
     /// DMs kept for offline registered users of ours [ext].
     mail: Mailboxes,
+    /// Presence news for the next batch [ext].
+    news: News,
 }
 
 impl<H: Clone> RouterState<H> {
@@ -296,6 +302,7 @@ impl<H: Clone> RouterState<H> {
             remote_per_server: HashMap::new(),
             dial_tokens: (dial_burst, 0),
             mail: Mailboxes::default(),
+            news: News::default(),
         }
     }
 

@@ -18,11 +18,29 @@ pub(super) struct LocalUser<H> {
     pub(super) registered: bool,
     /// Its client reads fast-mode file chunks [ext].
     pub(super) fast_files: bool,
+    /// Its client reads batched presence news [ext].
+    pub(super) batched: bool,
+    /// Where its news starts in the next batch (news already pending when it
+    /// attached was in its roster).
+    pub(super) news_from: usize,
     /// Our signed USER_ADVERTISE for this user: gossiped once, then reused for
     /// every later roster.
     pub(super) advert: SignedFrame,
     /// When it attached ([`RouterState::epoch`]).
     pub(super) attached: u64,
+}
+
+/// What a user's hello said besides its id and key.
+#[derive(Debug, Clone, Default)]
+pub struct Traits {
+    /// Username if registered; the listing shows it.
+    pub name: Option<String>,
+    /// Whether the user logged in as a registered user.
+    pub registered: bool,
+    /// Its client reads fast-mode file chunks [ext] (said in its advert).
+    pub fast_files: bool,
+    /// Its client reads batched presence news [ext].
+    pub batched: bool,
 }
 
 /// A user attached elsewhere in the mesh.
@@ -78,20 +96,29 @@ impl<H: Clone> RouterState<H> {
         registered: bool,
         now: i64,
     ) -> Result<Vec<Action<H>>, Refusal> {
-        self.attach_with(conn, user_id, pubkey, (name, registered, false), now)
+        let traits = Traits {
+            name,
+            registered,
+            ..Traits::default()
+        };
+        self.attach_with(conn, user_id, pubkey, traits, now)
     }
 
-    /// [`attach`](Self::attach) with what the client said in its hello:
-    /// `(name, registered, fast_files)` (`fast_files`: its client reads
-    /// fast-mode file chunks [ext], said in its advert).
+    /// [`attach`](Self::attach) with what the client said in its hello.
     pub fn attach_with(
         &mut self,
         conn: Conn<H>,
         user_id: UserId,
         pubkey: PublicKey,
-        (name, registered, fast_files): (Option<String>, bool, bool),
+        traits: Traits,
         now: i64,
     ) -> Result<Vec<Action<H>>, Refusal> {
+        let Traits {
+            name,
+            registered,
+            fast_files,
+            batched,
+        } = traits;
         if self.config.introducer_only {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -123,9 +150,7 @@ impl<H: Clone> RouterState<H> {
         }
         let mut out = Vec::new();
         // The roster first, so the client has every pubkey.
-        for user in self.local.values() {
-            out.push(Action::Send(conn.tx.clone(), user.advert.clone()));
-        }
+        let mut roster: Vec<SignedFrame> = self.local.values().map(|u| u.advert.clone()).collect();
         let mut missing = Vec::new();
         // Only users of servers we have a link to: the others cannot be
         // reached (and a server that is not linked cannot flood new users).
@@ -135,13 +160,13 @@ impl<H: Clone> RouterState<H> {
             .filter(|(_, u)| self.is_linked(&u.server_id))
         {
             match &user.advert {
-                Some(advert) => out.push(Action::Send(conn.tx.clone(), advert.clone())),
+                Some(advert) => roster.push(advert.clone()),
                 None => missing.push(id.clone()),
             }
         }
         for id in missing {
             if let Some(frame) = self.resign_remote_advert(&id, now) {
-                out.push(Action::Send(conn.tx.clone(), frame));
+                roster.push(frame);
             }
         }
 
@@ -152,9 +177,13 @@ impl<H: Clone> RouterState<H> {
             now,
         );
         // The user itself learns its own advert too: the client sees itself online.
-        out.push(Action::Send(conn.tx.clone(), advert.clone()));
+        roster.push(advert.clone());
+        if batched {
+            roster = super::news::batches(&self.config.me, now, &roster);
+        }
+        out.extend(roster.into_iter().map(|f| Action::Send(conn.tx.clone(), f)));
         self.to_all_servers(&advert, &[], &mut out);
-        self.to_all_users(&advert, None, &mut out);
+        self.news(&advert, &mut out);
 
         let attached = self.tick();
         self.local.insert(
@@ -165,6 +194,8 @@ impl<H: Clone> RouterState<H> {
                 name,
                 registered,
                 fast_files,
+                batched,
+                news_from: self.news_mark(),
                 advert,
                 attached,
             },
@@ -259,7 +290,7 @@ impl<H: Clone> RouterState<H> {
             }),
         );
         self.to_all_servers(&remove, &[], &mut out);
-        self.to_all_users(&remove, None, &mut out);
+        self.news(&remove, &mut out);
         match self
             .membership
             .joins
@@ -471,7 +502,7 @@ impl<H: Clone> RouterState<H> {
             Some(from.frame.clone())
         };
         if let (true, Some(frame)) = (changed, for_users) {
-            self.to_all_users(&frame, None, out);
+            self.news(&frame, out);
         }
     }
 
@@ -506,7 +537,7 @@ impl<H: Clone> RouterState<H> {
             Some(u) if u.server_id == rm.server_id => {
                 self.remove_remote(&rm.user_id);
                 self.relay_onward(from, out);
-                self.to_all_users(&from.frame, None, out);
+                self.news(&from.frame, out);
             }
             _ => log::debug!(
                 "USER_REMOVE for {} not located at {}: ignored",

@@ -272,7 +272,7 @@ impl<H: Clone> RouterState<H> {
                     seq: None,
                 }),
             );
-            self.to_all_users(&frame, None, &mut out);
+            self.news(&frame, &mut out);
         }
         (out, true)
     }

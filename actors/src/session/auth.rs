@@ -35,6 +35,7 @@ impl ClientSession {
                 .is_some_and(|c| c.is_object()),
         };
         self.fast_files = socp_protocol::dialect::reads_fast_files(env.payload());
+        self.batched = socp_protocol::dialect::reads_news_batches(env.payload());
         self.out.speak(crate::dialect::Translator::for_user(
             dialect,
             &self.shared.pool,
@@ -135,6 +136,7 @@ impl ClientSession {
             name,
             registered,
             fast_files: self.fast_files,
+            batched: self.batched,
         });
         let from = user_id.to_string();
         InQueue::wait_for(ctx, self, request, move |act, ctx, result| match result {

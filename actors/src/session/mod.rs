@@ -75,6 +75,8 @@ pub struct ClientSession {
     /// The client's hello says it reads fast-mode file chunks [ext]: its
     /// advert will say so.
     fast_files: bool,
+    /// Its hello said the client reads batched presence news [ext].
+    batched: bool,
 }
 
 impl ClientSession {
@@ -103,6 +105,7 @@ impl ClientSession {
             account: Account::new(settings.conn_memory_budget, shared.memory.clone()),
             holding: None,
             fast_files: false,
+            batched: false,
         };
         let addr = session.start();
         addr.do_send(Inbound::Text(first));
