@@ -2687,6 +2687,69 @@ fn presence_news_reaches_batch_readers_as_one_frame_of_the_signed_adverts() {
     assert_eq!(news_to(&relayed, "reader").2, ["PUBLIC_CHANNEL_UPDATED"]);
 }
 
+/// A user's DM or public message never reaches a batch reader before the
+/// user's advert (the client refuses messages from users it has not seen
+/// advertised): the waiting news goes first, and is not sent twice.
+#[test]
+fn a_message_takes_the_waiting_news_with_it() {
+    let mut st = router("srv-a");
+    attach_reader(&mut st, "reader", 11, "reader");
+    attach_reader(&mut st, "other", 12, "other");
+    st.flush_news(NOW);
+    attach_queued(&mut st, "newbie", 20, "newbie", 20);
+    let a = from_user(
+        &mut st,
+        "newbie",
+        To::from(&uid("reader")),
+        NOW,
+        Message::MsgDirect(dm()),
+    );
+    let (batches, inside, alone) = news_to(&a, "reader");
+    assert_eq!((batches, alone), (1, vec!["USER_DELIVER".to_owned()]));
+    assert_eq!(user_ids(&inside), [uid("newbie").as_str()]);
+    let first = a
+        .iter()
+        .position(|x| matches!(x, Action::Send(h, _) if *h == "reader"))
+        .expect("sent to the reader");
+    let text = futures_util::FutureExt::now_or_never(match &a[first] {
+        Action::Send(_, f) => f.text(),
+        _ => unreachable!(),
+    })
+    .flatten()
+    .expect("made");
+    assert!(text.contains("NEWS_BATCH"), "the news comes before the DM");
+    // The next batch: the other reader gets the news, the reader nothing again.
+    let flushed = st.flush_news(NOW);
+    assert_eq!(news_to(&flushed, "reader"), (0, vec![], vec![]));
+    assert_eq!(
+        user_ids(&news_to(&flushed, "other").1),
+        [uid("newbie").as_str()]
+    );
+
+    // A public message to the channel: everyone's news first.
+    attach_queued(&mut st, "second", 21, "second", 21);
+    let mut public = Envelope::from_message(
+        &uid("second"),
+        To::Public,
+        NOW,
+        &Message::MsgPublicChannel(MsgPublicChannel {
+            ciphertext: Base64Url::from_bytes(b"to everyone"),
+            sender_pub: pk(21),
+            content_sig: Signature::from_bytes(&[3; 512]),
+            group_id: "public".into(),
+            public_version: None,
+        }),
+    );
+    public.sign(private(21)).expect("signs");
+    let msg = public.message().expect("typed");
+    let a = st.from_user(&uid("second"), &public, msg, NOW);
+    for reader in ["reader", "other"] {
+        let (batches, inside, alone) = news_to(&a, reader);
+        assert_eq!((batches, alone.len()), (1, 1), "{reader}: {alone:?}");
+        assert_eq!(user_ids(&inside), [uid("second").as_str()]);
+    }
+}
+
 #[test]
 fn a_large_roster_goes_in_batches_of_bounded_size() {
     let mut st = router("srv-a");

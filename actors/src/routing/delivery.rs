@@ -203,6 +203,9 @@ impl<H: Clone> RouterState<H> {
         // implementations check the content signature against the envelope
         // `ts` (SPEC.md §8 leaves which one open). It was checked to be
         // within the window where the sender is attached.
+        if self.local.contains_key(&recipient) {
+            self.catch_up(&recipient, now, out);
+        }
         if let Some(user) = self.local.get(&recipient) {
             let frame = self.sign(
                 To::from(&recipient),
@@ -323,6 +326,8 @@ impl<H: Clone> RouterState<H> {
             return;
         }
         let frame = SignedFrame::ready(std::sync::Arc::from(env.to_json()));
+        // Everyone gets it: the waiting news first (see `catch_up`).
+        out.extend(self.flush_news(now));
         self.to_all_users(&frame, Some(&env.from_user()), out);
         if via.is_none() {
             self.to_all_servers(&frame, &[], out);

@@ -120,6 +120,27 @@ impl<H: Clone> RouterState<H> {
         out
     }
 
+    /// Before anything else goes to `user`: the news it has not had yet,
+    /// if it reads batches. A frame from a user must never reach a client
+    /// before that user's advert does (clients refuse messages from users not
+    /// advertised online), so a delivery takes the waiting news with it; the
+    /// next batch then brings this user only what came after.
+    pub(super) fn catch_up(&mut self, user: &UserId, now: i64, out: &mut Vec<Action<H>>) {
+        let pending = self.news.pending.len();
+        let Some(u) = self.local.get_mut(user).filter(|u| u.batched) else {
+            return;
+        };
+        let from = u.news_from.min(pending);
+        if from == pending {
+            return;
+        }
+        u.news_from = pending;
+        let tx = u.conn.tx.clone();
+        for batch in batches(&self.config.me, now, &self.news.pending[from..]) {
+            out.push(Action::Send(tx.clone(), batch));
+        }
+    }
+
     /// Where the news for a user attaching now starts: after everything
     /// already pending (its roster shows that state).
     pub(super) fn news_mark(&self) -> usize {

@@ -1,0 +1,95 @@
+//! A 20 MiB file in the standard mode (446-byte RSA chunks, what other
+//! implementations' clients get) between two `socp-client` processes on two
+//! linked servers, while the two users chat: 47,000 chunks, each encrypted and
+//! signed by the sender just before it goes, signed again by both servers and
+//! decrypted by the recipient. Its own test binary, so that it runs alone
+//! (minutes of RSA on every core) and never slows the tests beside it.
+//!
+//! The per-user frame limit is raised (at the default 50 frames a second such
+//! a file takes twenty minutes): the pace is the sender's flow control and
+//! the servers' signing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic in a test is a failed test
+
+mod client_common;
+mod common;
+
+use std::time::Duration;
+
+use client_common::{bytes, is_event, Client, Options};
+use common::{fast_settings, linked_pair};
+use socp_actors::Settings;
+use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
+
+/// Long enough for a loaded 2-core machine; completion is what is tested,
+/// never a speed.
+const DEADLINE: Duration = Duration::from_secs(40 * 60);
+
+#[actix_rt::test]
+async fn a_20_mib_file_in_the_standard_mode_arrives_whole_while_its_users_chat() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (a, b) = linked_pair(Settings {
+        user_rate: 100_000.0,
+        user_burst: 100_000.0,
+        peer_timeout: Duration::from_secs(60),
+        ..fast_settings()
+    })
+    .await;
+    let mut alice =
+        Client::start("alice", a.addr, Options::new(17, &tmp.path().join("alice"))).await;
+    let mut bob = Client::start(
+        "bob",
+        b.addr,
+        Options {
+            rate: Some(100_000.0),
+            standard_files: true,
+            ..Options::new(18, &tmp.path().join("bob"))
+        },
+    )
+    .await;
+    bob.sees_online(&alice.id).await;
+    alice.sees_online(&bob.id).await;
+
+    let data = bytes(20 * 1024 * 1024 + 7, 13);
+    let path = tmp.path().join("twenty.bin");
+    std::fs::write(&path, &data).expect("writes the file");
+    bob.send(&format!("/file {} {}", alice.id, path.display()));
+    let started = bob.expect("started", is_event("file_progress")).await;
+    assert_eq!(started["mode"], "standard", "{started}");
+    assert_eq!(
+        started["total"].as_u64(),
+        Some(data.len().div_ceil(MAX_OAEP_PLAINTEXT) as u64)
+    );
+
+    // Both ways while the file goes.
+    bob.send(&format!("/tell {} still here", alice.id));
+    alice
+        .expect_within(DEADLINE, "bob's DM during the file", |e| {
+            e["event"] == "dm" && e["text"] == "still here"
+        })
+        .await;
+    alice.send(&format!("/tell {} me too", bob.id));
+    bob.expect_within(DEADLINE, "alice's DM during the file", |e| {
+        e["event"] == "dm" && e["text"] == "me too"
+    })
+    .await;
+    assert!(
+        bob.logged(|e| e["event"] == "file_sent").is_empty(),
+        "the DMs crossed while the file was still going"
+    );
+
+    bob.expect_within(DEADLINE, "file_sent", is_event("file_sent"))
+        .await;
+    let received = alice
+        .expect_within(DEADLINE, "file_received", is_event("file_received"))
+        .await;
+    assert_eq!(received["sha256"], sha256_hex(&data).as_str());
+    assert!(
+        std::fs::read(received["path"].as_str().expect("a path")).expect("saved") == data,
+        "the file arrived byte-identical"
+    );
+    for c in [&alice, &bob] {
+        let problems = c.logged(|e| matches!(e["event"].as_str(), Some("error" | "warning")));
+        assert!(problems.is_empty(), "{}: {problems:#?}", c.label);
+    }
+}
