@@ -72,6 +72,11 @@ async fn tiny_bench_delivers_everything_once_and_reports_every_figure() {
     let idle = report.idle.as_ref().expect("idle ran");
     assert_eq!(idle.attached, 5);
     assert!(idle.server_rss_after_kib > 0);
+    // Each user received at least the roster: every advert, its own included.
+    assert!(
+        idle.frames_received >= 5 && idle.mb_received > 0.0,
+        "{idle:?}"
+    );
 
     let mesh = report.mesh.as_ref().expect("mesh ran");
     assert_eq!((mesh.servers, mesh.users), (2, 3));
