@@ -2562,26 +2562,32 @@ fn attach_reader(st: &mut RouterState<H>, user: &str, n: usize, handle: H) -> Ve
 /// order (as JSON), and the types of the frames that came on their own.
 fn news_to(actions: &[Action<H>], h: H) -> (usize, Vec<Value>, Vec<String>) {
     let (mut batches, mut inside, mut alone) = (0, Vec::new(), Vec::new());
-    for action in actions {
-        let (Action::Send(to, f) | Action::SendNow(to, f)) = action else {
-            continue;
-        };
-        if *to != h {
-            continue;
-        }
-        let text = futures_util::FutureExt::now_or_never(f.text())
-            .flatten()
-            .expect("the batch is made once its frames are signed");
-        let v: Value = serde_json::from_str(&text).expect("a frame is JSON");
+    for v in texts_to(actions, h) {
         if v["type"] == "NEWS_BATCH" {
             batches += 1;
-            assert!(v.get("sig").is_none(), "the batch itself is not signed");
             inside.extend(v["payload"]["frames"].as_array().expect("frames").clone());
         } else {
             alone.push(v["type"].as_str().unwrap_or_default().to_owned());
         }
     }
     (batches, inside, alone)
+}
+
+/// Every frame sent to `h`, made (batches wait for the frames inside).
+fn texts_to(actions: &[Action<H>], h: H) -> Vec<Value> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(to, f) | Action::SendNow(to, f) if *to == h => Some(f),
+            _ => None,
+        })
+        .map(|f| {
+            let text = futures_util::FutureExt::now_or_never(f.text())
+                .flatten()
+                .expect("the batch is made once its frames are signed");
+            serde_json::from_str(&text).expect("a frame is JSON")
+        })
+        .collect()
 }
 
 fn user_ids(frames: &[Value]) -> Vec<&str> {
@@ -2591,26 +2597,42 @@ fn user_ids(frames: &[Value]) -> Vec<&str> {
         .collect()
 }
 
+/// `frame` as it is inside a batch we signed: its type and payload only.
+fn as_ours(frame: &Value) -> Value {
+    json!({ "type": frame["type"], "payload": frame["payload"] })
+}
+
+/// Whether `frame` (JSON) verifies with our key (fixture key 0).
+fn signed_by_us(frame: &Value) -> bool {
+    Envelope::parse(frame.to_string().as_bytes())
+        .expect("parses")
+        .verify(&pk(0))
+        .is_ok()
+}
+
 #[test]
-fn presence_news_reaches_batch_readers_as_one_frame_of_the_signed_adverts() {
+fn presence_news_reaches_batch_readers_as_one_signed_frame() {
     let mut st: RouterState<H> = RouterState::new(config("srv-a"), Arc::new(KeySigner(0)));
     link(&mut st, "srv-b", 1, "link-b", 1);
     attach_queued(&mut st, "plain", 10, "plain", 10);
 
-    // The roster of a reader: one batch, ending with its own advert.
+    // The roster of a reader: the snapshot (signed by us), then its own
+    // advert as signed.
     let a = attach_reader(&mut st, "reader", 11, "reader");
     let (batches, roster, alone) = news_to(&a, "reader");
-    assert_eq!((batches, alone.len()), (1, 0), "{alone:?}");
+    assert_eq!((batches, alone.len()), (2, 0), "{alone:?}");
     assert_eq!(
         user_ids(&roster),
         [uid("plain").as_str(), uid("reader").as_str()]
     );
+    assert!(signed_by_us(&texts_to(&a, "reader")[0]), "the snapshot");
+    assert!(signed_by_us(&roster[1]), "its own advert, whole");
     // A client without the capability is told at once, frame by frame.
     assert_eq!(types_to(&a, "plain"), ["USER_ADVERTISE"]);
 
     // Three joins here and one at srv-b: nothing to the reader until the
-    // batch; then one frame holding each advert exactly as the other
-    // client got it, ours verifiable with our key.
+    // batch; then one frame, signed by us, holding our adverts as
+    // `{type, payload}` and srv-b's whole, as it signed it.
     let mut news = Vec::new();
     for (i, u) in ["u1", "u2", "u3"].iter().enumerate() {
         news.extend(attach_queued(&mut st, u, 20 + i, u, 20 + i as u64));
@@ -2626,12 +2648,10 @@ fn presence_news_reaches_batch_readers_as_one_frame_of_the_signed_adverts() {
     let flushed = st.flush_news(NOW);
     let (batches, inside, alone) = news_to(&flushed, "reader");
     assert_eq!((batches, alone.len()), (1, 0));
-    assert_eq!(inside, plain, "the adverts inside are the frames as signed");
-    for frame in &inside[..3] {
-        let env = Envelope::parse(frame.to_string().as_bytes()).expect("parses");
-        env.verify(&pk(0))
-            .expect("our advert verifies inside the batch");
-    }
+    let mut expected: Vec<Value> = plain[..3].iter().map(as_ours).collect();
+    expected.push(plain[3].clone());
+    assert_eq!(inside, expected);
+    assert!(signed_by_us(&texts_to(&flushed, "reader")[0]), "the batch");
     assert!(
         raw_to(&flushed, "plain").is_empty(),
         "plain had its news already"
@@ -2647,10 +2667,29 @@ fn presence_news_reaches_batch_readers_as_one_frame_of_the_signed_adverts() {
     assert_eq!(inside[0]["payload"]["user_id"], uid("u1").as_str());
 
     // A reader that attaches between two batches had the news before it in
-    // its roster: the batch brings it only what came after.
+    // its roster (the snapshot, then everything since it): the batch brings
+    // it only what came after, as signed.
     attach_queued(&mut st, "u4", 30, "u4", 30);
     let r2 = attach_reader(&mut st, "reader2", 31, "reader2");
-    assert!(user_ids(&news_to(&r2, "reader2").1).contains(&uid("u4").as_str()));
+    let mut online: Vec<&str> = Vec::new();
+    let (_, roster2, _) = news_to(&r2, "reader2");
+    for f in &roster2 {
+        let id = f["payload"]["user_id"].as_str().expect("user_id");
+        match f["type"].as_str() {
+            Some("USER_ADVERTISE") => online.push(id),
+            _ => online.retain(|u| *u != id),
+        }
+    }
+    online.sort_unstable();
+    let mut want: Vec<String> = ["plain", "reader", "u2", "u3", "u4", "reader2", "rita"]
+        .iter()
+        .map(|u| uid(u).to_string())
+        .collect();
+    want.sort_unstable();
+    assert_eq!(
+        online, want,
+        "the roster, applied in order, is who is online"
+    );
     attach_queued(&mut st, "u5", 32, "u5", 32);
     let flushed = st.flush_news(NOW);
     let (_, to_reader, _) = news_to(&flushed, "reader");
@@ -2664,6 +2703,7 @@ fn presence_news_reaches_batch_readers_as_one_frame_of_the_signed_adverts() {
         ]
     );
     assert_eq!(user_ids(&to_reader2), [uid("u5").as_str()]);
+    assert!(signed_by_us(&to_reader2[0]), "whole, as signed");
 
     // Our public channel versions (per-member RSA: the group key encrypts
     // nothing) are not sent to socp clients that read batches; another
@@ -2748,6 +2788,52 @@ fn a_message_takes_the_waiting_news_with_it() {
         assert_eq!((batches, alone.len()), (1, 1), "{reader}: {alone:?}");
         assert_eq!(user_ids(&inside), [uid("second").as_str()]);
     }
+}
+
+/// A user attaching sees who is online as it is now: the snapshot is
+/// reused only while nobody has left or changed since (it was: a user
+/// attaching was shown a key since replaced, then the new one, and its
+/// client warned that the key had changed).
+#[test]
+fn a_roster_shows_the_state_as_it_is_not_how_it_came_to_be() {
+    let mut st = router("srv-a");
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    feed(&mut st, "link-b", &advert_from("srv-b", "rita", 12));
+    attach_queued(&mut st, "gone", 13, "gone", 13);
+    attach_reader(&mut st, "first", 14, "first");
+    attach_queued(&mut st, "newcomer", 17, "newcomer", 17);
+
+    // A newcomer follows the snapshot: the second reader's roster is the
+    // same snapshot, then the newcomer and itself.
+    let a = attach_reader(&mut st, "second", 18, "second");
+    let (batches, roster, _) = news_to(&a, "second");
+    assert_eq!(batches, 2, "the snapshot, then what came after it");
+    let mut ids = user_ids(&roster);
+    ids.sort_unstable();
+    let mut want: Vec<String> = ["rita", "gone", "first", "newcomer", "second"]
+        .iter()
+        .map(|u| uid(u).to_string())
+        .collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    // rita's key changes and `gone` leaves: the next roster has rita once,
+    // with her new key, and not `gone`.
+    feed(&mut st, "link-b", &advert_from("srv-b", "rita", 15));
+    st.detach(13, &uid("gone"), NOW);
+    let a = attach_reader(&mut st, "third", 16, "third");
+    let (_, roster, _) = news_to(&a, "third");
+    assert!(
+        roster.iter().all(|f| f["type"] == "USER_ADVERTISE"),
+        "no leaves to replay"
+    );
+    let ritas: Vec<&Value> = roster
+        .iter()
+        .filter(|f| f["payload"]["user_id"] == uid("rita").as_str())
+        .collect();
+    assert_eq!(ritas.len(), 1, "{ritas:?}");
+    assert_eq!(ritas[0]["payload"]["pubkey"], pk(15).to_wire());
+    assert!(!user_ids(&roster).contains(&uid("gone").as_str()));
 }
 
 #[test]

@@ -410,6 +410,13 @@ fn fixtures() -> Vec<(To, Message)> {
             }
             .into(),
         ),
+        (
+            To::All,
+            socp_protocol::message::NewsBatch {
+                frames: vec![json!({"type": "USER_REMOVE", "payload": {"user_id": "u"}})],
+            }
+            .into(),
+        ),
     ];
     for content in all_contents() {
         out.push((

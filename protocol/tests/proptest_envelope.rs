@@ -203,6 +203,7 @@ fn templates() -> Vec<(&'static str, Value)> {
                    "status": "queued"}),
         ),
         ("MAIL_ACK", json!({"mail_ids": ["m"]})),
+        ("NEWS_BATCH", json!({"frames": []})),
     ];
     for (kind, content) in [
         ("dm", dm),

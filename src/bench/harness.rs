@@ -285,24 +285,27 @@ pub(crate) struct Seen {
     pub(crate) at: Instant,
 }
 
-/// `n` users joining 50 at a time, concurrently (each join waits for its
-/// ACK): user `i` joins the server and with the fixture key `at(i)` gives.
+/// `n` users joining, 50 at any moment (each join waits for its ACK): user
+/// `i` joins the server and with the fixture key `at(i)` gives.
 pub(crate) async fn join_many(
     n: usize,
     at: impl Fn(usize) -> (SocketAddr, usize),
 ) -> Result<Vec<BenchUser>, String> {
-    let mut users = Vec::with_capacity(n);
-    for batch in (0..n).collect::<Vec<_>>().chunks(50) {
-        let joins = batch.iter().map(|i| {
-            let (addr, key) = at(*i);
-            BenchUser::join(addr, key)
-        });
-        for r in futures_util::future::join_all(joins).await {
-            users.push(r?);
-        }
-    }
-    Ok(users)
+    let joins = (0..n).map(|i| {
+        let (addr, key) = at(i);
+        async move { (i, BenchUser::join(addr, key).await) }
+    });
+    // 50 at a time: the next starts as soon as any one is attached.
+    let mut joined: Vec<(usize, Result<BenchUser, String>)> = futures_util::stream::iter(joins)
+        .buffer_unordered(JOINING_AT_ONCE)
+        .collect()
+        .await;
+    joined.sort_by_key(|(i, _)| *i);
+    joined.into_iter().map(|(_, user)| user).collect()
 }
+
+/// How many users join at once.
+const JOINING_AT_ONCE: usize = 50;
 
 /// Whether `needle` occurs in `haystack`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -131,14 +131,21 @@ pub(crate) async fn handle_frame(shared: &Shared, tx: &Sink, bytes: &[u8]) {
 }
 
 /// The frames of a `NEWS_BATCH` [ext], in order; anything but an advert or
-/// a removal inside one is ignored (said once per batch).
+/// a removal inside one is ignored (said once per batch). A frame of the
+/// batch's own server inside a batch it signed is `{type, payload}`: the
+/// batch's `from`, `to` and `ts` stand for its own.
 async fn news_batch(shared: &Shared, tx: &Sink, env: &Envelope) {
     let frames = env.payload()["frames"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     let mut odd = 0;
-    for frame in frames {
+    for mut frame in frames {
+        if let Some(obj) = frame.as_object_mut() {
+            obj.entry("from").or_insert_with(|| env.from().into());
+            obj.entry("to").or_insert_with(|| "*".into());
+            obj.entry("ts").or_insert_with(|| env.ts().into());
+        }
         let presence = matches!(
             frame["type"].as_str(),
             Some("USER_ADVERTISE" | "USER_REMOVE")

@@ -404,7 +404,7 @@ impl<H: Clone> RouterState<H> {
             user.advert = advert.clone();
         }
         self.to_all_servers(&advert, &[], out);
-        self.news(&advert, out);
+        self.news(&advert, (id, true), out);
     }
 
     /// Whether an advert contradicts the directory (counted when it does).

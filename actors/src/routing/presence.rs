@@ -149,41 +149,16 @@ impl<H: Clone> RouterState<H> {
             self.remove_remote(&user_id);
         }
         let mut out = Vec::new();
-        // The roster first, so the client has every pubkey.
-        let mut roster: Vec<SignedFrame> = self.local.values().map(|u| u.advert.clone()).collect();
-        let mut missing = Vec::new();
-        // Only users of servers we have a link to: the others cannot be
-        // reached (and a server that is not linked cannot flood new users).
-        for (id, user) in self
-            .remote
-            .iter()
-            .filter(|(_, u)| self.is_linked(&u.server_id))
-        {
-            match &user.advert {
-                Some(advert) => roster.push(advert.clone()),
-                None => missing.push(id.clone()),
-            }
-        }
-        for id in missing {
-            if let Some(frame) = self.resign_remote_advert(&id, now) {
-                roster.push(frame);
-            }
-        }
-
-        let advert = self.local_advert(
-            &user_id,
-            &pubkey,
-            (name.as_deref(), registered, fast_files),
-            now,
-        );
-        // The user itself learns its own advert too: the client sees itself online.
-        roster.push(advert.clone());
-        if batched {
-            roster = super::news::batches(&self.config.me, now, &roster);
-        }
+        let seq = Some(self.next_seq());
+        let traits = (name.as_deref(), registered, fast_files);
+        let msg = self.advert_message(&user_id, &pubkey, traits, seq);
+        let advert = self.sign(To::All, now, msg.clone());
+        // The roster first, so the client has every pubkey; its own advert
+        // last: the client sees itself online.
+        let roster = self.roster(&advert, batched, now);
         out.extend(roster.into_iter().map(|f| Action::Send(conn.tx.clone(), f)));
         self.to_all_servers(&advert, &[], &mut out);
-        self.news(&advert, &mut out);
+        self.news_ours(&advert, &msg, &mut out);
 
         let attached = self.tick();
         self.local.insert(
@@ -215,9 +190,25 @@ impl<H: Clone> RouterState<H> {
         &self,
         user_id: &UserId,
         pubkey: &PublicKey,
-        (name, registered, fast_files): (Option<&str>, bool, bool),
+        traits: (Option<&str>, bool, bool),
         now: i64,
     ) -> SignedFrame {
+        let seq = Some(self.next_seq());
+        self.sign(
+            To::All,
+            now,
+            self.advert_message(user_id, pubkey, traits, seq),
+        )
+    }
+
+    /// The message of [`local_advert`](Self::local_advert), with `seq`.
+    pub(super) fn advert_message(
+        &self,
+        user_id: &UserId,
+        pubkey: &PublicKey,
+        (name, registered, fast_files): (Option<&str>, bool, bool),
+        seq: Option<u64>,
+    ) -> Message {
         let mut meta = if registered {
             let home = self
                 .directory
@@ -235,22 +226,18 @@ impl<H: Clone> RouterState<H> {
             let m = meta.get_or_insert_with(|| serde_json::json!({}));
             m["files"] = serde_json::json!([socp_protocol::crypto::file::FAST_CIPHER]);
         }
-        self.sign(
-            To::All,
-            now,
-            Message::UserAdvertise(UserAdvertise {
-                user_id: user_id.clone(),
-                server_id: self.config.me.clone(),
-                pubkey: pubkey.clone(),
-                meta,
-                seq: Some(self.next_seq()),
-            }),
-        )
+        Message::UserAdvertise(UserAdvertise {
+            user_id: user_id.clone(),
+            server_id: self.config.me.clone(),
+            pubkey: pubkey.clone(),
+            meta,
+            seq,
+        })
     }
 
     /// Our own signed advert for a remote user we learnt without one (from a
     /// SERVER_WELCOME), made once and kept.
-    fn resign_remote_advert(&mut self, id: &UserId, now: i64) -> Option<SignedFrame> {
+    pub(super) fn resign_remote_advert(&mut self, id: &UserId, now: i64) -> Option<SignedFrame> {
         let user = self.remote.get(id)?;
         let frame = self.sign(
             To::All,
@@ -280,17 +267,14 @@ impl<H: Clone> RouterState<H> {
             _ => return out,
         }
         let registered = self.local.remove(user_id).is_some_and(|u| u.registered);
-        let remove = self.sign(
-            To::All,
-            now,
-            Message::UserRemove(UserRemove {
-                user_id: user_id.clone(),
-                server_id: self.config.me.clone(),
-                seq: Some(self.next_seq()),
-            }),
-        );
+        let msg = Message::UserRemove(UserRemove {
+            user_id: user_id.clone(),
+            server_id: self.config.me.clone(),
+            seq: Some(self.next_seq()),
+        });
+        let remove = self.sign(To::All, now, msg.clone());
         self.to_all_servers(&remove, &[], &mut out);
-        self.news(&remove, &mut out);
+        self.news_ours(&remove, &msg, &mut out);
         match self
             .membership
             .joins
@@ -502,7 +486,7 @@ impl<H: Clone> RouterState<H> {
             Some(from.frame.clone())
         };
         if let (true, Some(frame)) = (changed, for_users) {
-            self.news(&frame, out);
+            self.news(&frame, (&adv.user_id, true), out);
         }
     }
 
@@ -537,7 +521,7 @@ impl<H: Clone> RouterState<H> {
             Some(u) if u.server_id == rm.server_id => {
                 self.remove_remote(&rm.user_id);
                 self.relay_onward(from, out);
-                self.news(&from.frame, out);
+                self.news(&from.frame, (&rm.user_id, false), out);
             }
             _ => log::debug!(
                 "USER_REMOVE for {} not located at {}: ignored",

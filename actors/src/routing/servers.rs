@@ -263,16 +263,13 @@ impl<H: Clone> RouterState<H> {
             .collect();
         for user_id in gone {
             self.remove_remote(&user_id);
-            let frame = self.sign(
-                To::All,
-                now,
-                Message::UserRemove(UserRemove {
-                    user_id,
-                    server_id: server.clone(),
-                    seq: None,
-                }),
-            );
-            self.news(&frame, &mut out);
+            let msg = Message::UserRemove(UserRemove {
+                user_id,
+                server_id: server.clone(),
+                seq: None,
+            });
+            let frame = self.sign(To::All, now, msg.clone());
+            self.news_ours(&frame, &msg, &mut out);
         }
         (out, true)
     }

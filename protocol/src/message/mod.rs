@@ -19,11 +19,13 @@ mod account;
 mod files;
 mod lists;
 mod mail;
+mod news;
 
 pub use account::*;
 pub use files::*;
 pub use lists::*;
 pub use mail::*;
+pub use news::*;
 
 /// A typed payload of one message type.
 pub trait Payload: Serialize + DeserializeOwned {
@@ -191,6 +193,8 @@ messages! {
     MailReceipt(MailReceipt) = "MAIL_RECEIPT",
     /// [ext] Kept DMs a client has received.
     MailAck(MailAck) = "MAIL_ACK",
+    /// [ext] Presence news in one frame, to a client that reads batches.
+    NewsBatch(NewsBatch) = "NEWS_BATCH",
 }
 
 /// A USER_HELLO whose key is in `pubkey_b64u` or `meta.pubkey` instead of
