@@ -77,6 +77,11 @@ pub(crate) async fn open(config: &ClientConfig, shared: &Shared) -> Result<Conne
         }
     };
     let (mut sink, mut stream) = framed.split();
+    let number = {
+        let mut c = shared.borrow_mut();
+        c.connection += 1;
+        c.connection
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     // The writer: the only owner of the socket's write half.
     let writer = actix_web::rt::spawn(async move {
@@ -132,7 +137,12 @@ pub(crate) async fn open(config: &ClientConfig, shared: &Shared) -> Result<Conne
         };
         // Requests still waiting for an answer get none on this connection:
         // they fail now (the connection is lost), not after their timeout.
-        reader_state.borrow_mut().waiters.clear();
+        // Those sent over a newer connection wait on (an old connection
+        // closing once its successor was open failed the new hello).
+        reader_state
+            .borrow_mut()
+            .waiters
+            .retain(|w| w.connection != number);
         let _ = closed_tx.send(reason);
     });
     Ok(Connection {
@@ -162,12 +172,20 @@ pub(crate) struct Waiter {
     pub(crate) want: fn(&Envelope) -> bool,
     /// Where the answer goes.
     pub(crate) tx: oneshot::Sender<Envelope>,
+    /// The connection the request went over.
+    pub(crate) connection: u64,
 }
 
 /// Register a waiter before sending the request it answers.
 pub(crate) fn expect(shared: &Shared, want: fn(&Envelope) -> bool) -> oneshot::Receiver<Envelope> {
     let (tx, rx) = oneshot::channel();
-    shared.borrow_mut().waiters.push(Waiter { want, tx });
+    let mut c = shared.borrow_mut();
+    let connection = c.connection;
+    c.waiters.push(Waiter {
+        want,
+        tx,
+        connection,
+    });
     rx
 }
 

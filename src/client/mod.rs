@@ -125,6 +125,8 @@ struct Client {
     /// The last failure to write them, reported once until it changes.
     history_error: Option<String>,
     waiters: Vec<Waiter>,
+    /// The number of the connection open now (waiters belong to one).
+    connection: u64,
     /// How the server reads keys: DER (socp and the standard), or PEM when
     /// a server that never acknowledged our hello sent keys only in PEM
     /// (its implementation cannot read others); the hello then says ours so.
@@ -243,6 +245,7 @@ pub async fn run(mut config: ClientConfig) -> i32 {
         guest_news: (0, 0),
         history_error: None,
         waiters: Vec::new(),
+        connection: 0,
         key_encoding: Default::default(),
         own_server: None,
         group_keys: Vec::new(),
