@@ -128,10 +128,19 @@ async fn arrives_whole(alice: &mut Client, bob: &mut Client, data: &[u8]) {
         .expect_within(DEADLINE, "file_received", is_event("file_received"))
         .await;
     assert_eq!(received["sha256"], sha256_hex(data).as_str());
+    let path = std::path::Path::new(received["path"].as_str().expect("a path"));
     assert!(
-        std::fs::read(received["path"].as_str().expect("a path")).expect("saved") == data,
+        std::fs::read(path).expect("saved") == data,
         "the file arrived byte-identical"
     );
+    // It went to disk as it arrived (a hidden part file), gone once saved.
+    let dir = path.parent().expect("a directory");
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .expect("the download directory")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     for c in [alice, bob] {
         let problems = c.logged(|e| matches!(e["event"].as_str(), Some("error" | "warning")));
         assert!(problems.is_empty(), "{}: {problems:#?}", c.label);

@@ -6,7 +6,6 @@
 use serde_json::json;
 use socp_protocol::content;
 use socp_protocol::crypto::file::FileKey;
-use socp_protocol::crypto::sha256_hex;
 use socp_protocol::message::{DeliverContent, UserAdvertise, UserDeliver, UserRemove};
 use socp_protocol::{Envelope, Message};
 
@@ -391,7 +390,12 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
             let (name, size) = (start.name.clone(), start.size);
             // Fast mode [ext]: the file key, unwrapped with ours (RSA, off the loop).
             let wrapped = start.fast.as_ref().map(|f| f.key.clone());
-            let opened = match IncomingFile::new(sender.clone(), start) {
+            let opened = match IncomingFile::new(sender.clone(), start).and_then(|mut file| {
+                // A large file goes to disk as it arrives.
+                file.spill_into(&download_dir)
+                    .map_err(|e| state::Discarded(format!("it cannot be written: {e}")))?;
+                Ok(file)
+            }) {
                 Ok(mut file) => match wrapped {
                     Some(wrapped) => {
                         let k = me.key.clone();
@@ -527,16 +531,16 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                 );
                 return;
             }
-            match file.finish() {
-                Ok(data) => match state::save_new(&download_dir, &name, &data) {
-                    Ok(path) => out.event(
-                        "file_received",
-                        format!("received {} from {shown}{}: saved {}", state::safe_name(&name), mark.text, path.display()),
-                        json!({ "from": sender, "shown": shown, "registered": contact.registered, "unverified": mark.unverified, "key_status": mark.status, "name": name, "path": path, "size": data.len(), "sha256": sha256_hex(&data) }),
-                    ),
-                    Err(e) => out.error("FILE", format!("cannot save {name}: {e}")),
-                },
-                Err(why) => out.warning(format!("file {name} from {claimed} discarded: {}", why.0)),
+            match file.save(&download_dir, &name) {
+                Ok(saved) => out.event(
+                    "file_received",
+                    format!("received {} from {shown}{}: saved {}", state::safe_name(&name), mark.text, saved.path.display()),
+                    json!({ "from": sender, "shown": shown, "registered": contact.registered, "unverified": mark.unverified, "key_status": mark.status, "name": name, "path": saved.path, "size": saved.size, "sha256": saved.sha256 }),
+                ),
+                Err(state::NotSaved::Io(e)) => out.error("FILE", format!("cannot save {name}: {e}")),
+                Err(state::NotSaved::Discarded(why)) => {
+                    out.warning(format!("file {name} from {claimed} discarded: {}", why.0))
+                }
             }
         }
     }

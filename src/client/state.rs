@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use socp_protocol::message::ListedUser;
 use socp_protocol::{PublicKey, ServerId, UserId};
 
-pub use super::incoming::{safe_name, save_new, Discarded, IncomingFile, MAX_INCOMING_FILE};
+pub use super::incoming::{
+    safe_name, save_new, Discarded, IncomingFile, NotSaved, Saved, MAX_INCOMING_FILE,
+};
 
 /// An online user as the network advertised it.
 #[derive(Debug, Clone, PartialEq)]
