@@ -54,15 +54,8 @@ async fn a_20_mib_file_in_the_standard_mode_arrives_whole_while_its_users_chat()
     alice.sees_online(&bob.id).await;
 
     let data = bytes(20 * 1024 * 1024 + 7, 13);
-    let path = tmp.path().join("twenty.bin");
-    std::fs::write(&path, &data).expect("writes the file");
-    bob.send(&format!("/file {} {}", alice.id, path.display()));
-    let started = bob.expect("started", is_event("file_progress")).await;
-    assert_eq!(started["mode"], "standard", "{started}");
-    assert_eq!(
-        started["total"].as_u64(),
-        Some(data.len().div_ceil(MAX_OAEP_PLAINTEXT) as u64)
-    );
+    let file = (tmp.path().join("twenty.bin"), &data[..]);
+    sends(&mut bob, &alice, file, ("standard", MAX_OAEP_PLAINTEXT)).await;
 
     // Both ways while the file goes.
     bob.send(&format!("/tell {} still here", alice.id));
@@ -101,15 +94,8 @@ async fn a_100_mib_file_in_the_fast_mode_arrives_whole_while_its_users_chat() {
     alice.sees_online(&bob.id).await;
 
     let data = bytes(100 * 1024 * 1024 + 3, 14);
-    let path = tmp.path().join("hundred.bin");
-    std::fs::write(&path, &data).expect("writes the file");
-    bob.send(&format!("/file {} {}", alice.id, path.display()));
-    let started = bob.expect("started", is_event("file_progress")).await;
-    assert_eq!(started["mode"], "fast", "{started}");
-    assert_eq!(
-        started["total"].as_u64(),
-        Some(data.len().div_ceil(MAX_FAST_CHUNK as usize) as u64)
-    );
+    let file = (tmp.path().join("hundred.bin"), &data[..]);
+    sends(&mut bob, &alice, file, ("fast", MAX_FAST_CHUNK as usize)).await;
     bob.send(&format!("/tell {} still here", alice.id));
     alice
         .expect_within(DEADLINE, "bob's DM during the file", |e| {
@@ -117,6 +103,24 @@ async fn a_100_mib_file_in_the_fast_mode_arrives_whole_while_its_users_chat() {
         })
         .await;
     arrives_whole(&mut alice, &mut bob, &data).await;
+}
+
+/// Bob starts sending `data` (written at `path`) to Alice: in `mode`, in
+/// chunks of `chunk` bytes.
+async fn sends(
+    bob: &mut Client,
+    alice: &Client,
+    (path, data): (std::path::PathBuf, &[u8]),
+    (mode, chunk): (&str, usize),
+) {
+    std::fs::write(&path, data).expect("writes the file");
+    bob.send(&format!("/file {} {}", alice.id, path.display()));
+    let started = bob.expect("started", is_event("file_progress")).await;
+    assert_eq!(started["mode"], mode, "{started}");
+    assert_eq!(
+        started["total"].as_u64(),
+        Some(data.len().div_ceil(chunk) as u64)
+    );
 }
 
 /// Bob's file reaches Alice byte-identical (its SHA-256 checked by the

@@ -36,13 +36,9 @@ pub fn reads_fast_files(payload: &Value) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == crate::crypto::file::FAST_CIPHER))
 }
 
-/// [ext] The frame that carries many presence frames to a client at once
-/// (docs/PROTOCOL.md, "Batched presence news"): `payload.frames`, each a
-/// USER_ADVERTISE or USER_REMOVE as its origin server signed it.
-pub const NEWS_BATCH: &str = "NEWS_BATCH";
-
-/// Whether a hello's capability object says its client reads
-/// [`NEWS_BATCH`] frames (`"news": ["batch"]`).
+/// Whether a hello's capability object says its client reads `NEWS_BATCH`
+/// frames [ext] (`"news": ["batch"]`; docs/PROTOCOL.md, "Batched presence
+/// news").
 pub fn reads_news_batches(payload: &Value) -> bool {
     payload
         .get(CAPABILITY)

@@ -35,7 +35,7 @@ pub(crate) async fn handle_frame(shared: &Shared, tx: &Sink, bytes: &[u8]) {
     };
     // Presence news in one frame [ext]: each frame inside as if it came alone
     // (only adverts and removals travel this way).
-    if env.msg_type() == socp_protocol::dialect::NEWS_BATCH {
+    if env.msg_type() == socp_protocol::MessageType::NewsBatch.as_str() {
         news_batch(shared, tx, &env).await;
         return;
     }

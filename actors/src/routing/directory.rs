@@ -394,12 +394,7 @@ impl<H: Clone> RouterState<H> {
         let Some(user) = self.local.get(id) else {
             return;
         };
-        let advert = self.local_advert(
-            id,
-            &user.pubkey,
-            (user.name.as_deref(), user.registered, user.fast_files),
-            now,
-        );
+        let advert = self.local_advert(id, &user.pubkey, user.traits(), now);
         if let Some(user) = self.local.get_mut(id) {
             user.advert = advert.clone();
         }

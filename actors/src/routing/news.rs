@@ -326,12 +326,7 @@ impl<H: Clone> RouterState<H> {
     fn take_snapshot(&mut self, now: i64) {
         let mut items: Vec<Item> = Vec::with_capacity(self.local.len() + self.remote.len());
         for (id, u) in &self.local {
-            let msg = self.advert_message(
-                id,
-                &u.pubkey,
-                (u.name.as_deref(), u.registered, u.fast_files),
-                None,
-            );
+            let msg = self.advert_message(id, &u.pubkey, u.traits(), None);
             items.push(ours_item(&u.advert, &msg));
         }
         for (id, u) in self
@@ -344,16 +339,7 @@ impl<H: Clone> RouterState<H> {
                     frame: advert.clone(),
                     ours: None,
                 }),
-                None => {
-                    let msg = Message::UserAdvertise(socp_protocol::message::UserAdvertise {
-                        user_id: id.clone(),
-                        server_id: u.server_id.clone(),
-                        pubkey: u.pubkey.clone(),
-                        meta: u.meta.clone(),
-                        seq: None,
-                    });
-                    items.push(ours_item(&SignedFrame::failed(), &msg));
-                }
+                None => items.push(ours_item(&SignedFrame::failed(), &u.advert_message(id))),
             }
         }
         self.news.snapshot = self.signed_batches(&items, now);
@@ -459,7 +445,7 @@ pub(super) fn batches(me: &ServerId, now: i64, frames: &[SignedFrame]) -> Vec<Si
 fn batch(me: &ServerId, now: i64, frames: Vec<SignedFrame>) -> SignedFrame {
     let head = format!(
         r#"{{"type":"{}","from":{},"to":"*","ts":{now},"payload":{{"frames":["#,
-        socp_protocol::dialect::NEWS_BATCH,
+        socp_protocol::MessageType::NewsBatch.as_str(),
         serde_json::Value::from(me.as_str())
     );
     SignedFrame::from_future(

@@ -57,6 +57,27 @@ pub(super) struct RemoteUser {
     pub(super) learnt: i64,
 }
 
+impl<H> LocalUser<H> {
+    /// What its advert says besides its id and key: `(name, registered,
+    /// fast_files)`.
+    pub(super) fn traits(&self) -> (Option<&str>, bool, bool) {
+        (self.name.as_deref(), self.registered, self.fast_files)
+    }
+}
+
+impl RemoteUser {
+    /// An advert for this user as we know it (no `seq`: not its origin's).
+    pub(super) fn advert_message(&self, id: &UserId) -> Message {
+        Message::UserAdvertise(UserAdvertise {
+            user_id: id.clone(),
+            server_id: self.server_id.clone(),
+            pubkey: self.pubkey.clone(),
+            meta: self.meta.clone(),
+            seq: None,
+        })
+    }
+}
+
 /// One row of a listing.
 pub(super) fn listed(user_id: &UserId, server_id: &ServerId, name: Option<&str>) -> ListedUser {
     ListedUser {
@@ -239,17 +260,7 @@ impl<H: Clone> RouterState<H> {
     /// SERVER_WELCOME), made once and kept.
     pub(super) fn resign_remote_advert(&mut self, id: &UserId, now: i64) -> Option<SignedFrame> {
         let user = self.remote.get(id)?;
-        let frame = self.sign(
-            To::All,
-            now,
-            Message::UserAdvertise(UserAdvertise {
-                user_id: id.clone(),
-                server_id: user.server_id.clone(),
-                pubkey: user.pubkey.clone(),
-                meta: user.meta.clone(),
-                seq: None,
-            }),
-        );
+        let frame = self.sign(To::All, now, user.advert_message(id));
         if let Some(user) = self.remote.get_mut(id) {
             user.advert = Some(frame.clone());
         }

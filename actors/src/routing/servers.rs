@@ -227,12 +227,7 @@ impl<H: Clone> RouterState<H> {
             out.push(Action::Store(StoreOp::KnownServer(entry.peer.clone())));
         }
         for (user_id, user) in &self.local {
-            let advert = self.local_advert(
-                user_id,
-                &user.pubkey,
-                (user.name.as_deref(), user.registered, user.fast_files),
-                now,
-            );
+            let advert = self.local_advert(user_id, &user.pubkey, user.traits(), now);
             out.push(Action::Send(tx.clone(), advert));
         }
         Ok(out)
