@@ -254,6 +254,11 @@ async fn server_frames_from_a_user_are_refused() {
             server_id: a.server_id.clone(),
             seq: None,
         }),
+        // Presence news in one frame [ext] is a server's too.
+        Message::NewsBatch(socp_protocol::message::NewsBatch {
+            frames: vec![serde_json::json!({"type": "USER_REMOVE",
+                "payload": {"user_id": bob.id.as_str(), "server_id": b.server_id.as_str()}})],
+        }),
     ];
     for msg in &frames {
         let env = Envelope::from_message(&alice.id, To::All, now_ms(), msg)
@@ -283,7 +288,7 @@ async fn server_frames_from_a_user_are_refused() {
         }),
     );
     alice.peer.send(&relay).await;
-    for _ in 0..4 {
+    for _ in 0..5 {
         alice
             .peer
             .expect(WAIT, "BAD_REQUEST", error_code("BAD_REQUEST"))
@@ -314,6 +319,11 @@ async fn server_frames_from_a_user_are_refused() {
         assert!(
             !u.peer.inbox.iter().any(is("USER_REMOVE")),
             "{} saw a USER_REMOVE",
+            u.id
+        );
+        assert!(
+            !u.peer.inbox.iter().any(is("NEWS_BATCH")),
+            "{} saw a NEWS_BATCH",
             u.id
         );
         assert!(
