@@ -325,3 +325,37 @@ async fn the_session_detaches_its_user_when_the_socket_closes() {
     }
     panic!("no detach: {:?}", s.router.calls().await);
 }
+
+/// A client that sends and closes at once (a DM then `/quit`) has every frame
+/// it sent handled, in order, before its user is detached: the close arrives
+/// while the DMs' signatures are still being checked.
+#[actix::test]
+async fn frames_sent_just_before_the_close_are_handled_before_the_detach() {
+    let guest = uid("guest-6");
+    let bob = uid("bob");
+    let s = start(&hello(&guest, GUEST_KEY, None), Script::default(), vec![]);
+    assert!(is_ack(&s.wrote(1).await[0]));
+    for _ in 0..3 {
+        s.send(&dm(&guest, &bob, GUEST_KEY, &guest));
+    }
+    s.addr.do_send(Inbound::Closed);
+    let detached = Call::Detach(guest.clone());
+    for _ in 0..500 {
+        if s.router.calls().await.contains(&detached) {
+            break;
+        }
+        actix::clock::sleep(Duration::from_millis(10)).await;
+    }
+    let calls: Vec<_> = s
+        .router
+        .calls()
+        .await
+        .into_iter()
+        .filter(|c| matches!(c, Call::UserFrame { .. } | Call::Detach(_)))
+        .collect();
+    let dm_call = Call::UserFrame {
+        user_id: guest.clone(),
+        msg_type: "MSG_DIRECT".into(),
+    };
+    assert_eq!(calls, [dm_call.clone(), dm_call.clone(), dm_call, detached]);
+}

@@ -833,3 +833,39 @@ async fn a_mail_ack_reaches_the_router_only_with_the_users_own_signature() {
     );
     assert_eq!(frames.len(), 1, "{frames:?}");
 }
+
+/// Frames that arrived on a link before the server closed it are handed
+/// over, in order, before the link is reported down, also while their
+/// signatures are still being checked when the close arrives.
+#[actix::test]
+async fn frames_that_arrived_before_the_close_are_handed_over_before_the_link_goes_down() {
+    let node = Node::start(Script::default());
+    let link = node.link_to_b().await;
+    let adverts: Vec<FrameText> = (0..5)
+        .map(|i| {
+            signed(
+                "srv-b",
+                1,
+                To::All,
+                &advertise(&format!("bob-{i}"), "srv-b"),
+            )
+        })
+        .collect();
+    for raw in &adverts {
+        link.feed(raw);
+    }
+    link.addr.do_send(Inbound::Closed);
+    let down = Call::LinkDown(sid("srv-b"));
+    until("the link down", || {
+        node.router.calls_now().contains(&down).then_some(())
+    })
+    .await;
+    let frames: Vec<FrameText> = node.frames().into_iter().map(|(_, raw)| raw).collect();
+    assert_eq!(frames, adverts, "every frame, in arrival order");
+    let calls = node.router.calls_now();
+    let last_frame = calls
+        .iter()
+        .rposition(|c| matches!(c, Call::LinkFrame { .. }));
+    let went_down = calls.iter().position(|c| *c == down);
+    assert!(last_frame < went_down, "frames, then down: {calls:?}");
+}

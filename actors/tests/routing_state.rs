@@ -1947,6 +1947,57 @@ fn different_holders_of_one_id_after_a_partition_are_both_closed() {
     assert_eq!(location(&st, "bob"), Some(sid("srv-b")));
 }
 
+/// When both servers dial each other at the heal, each closes one of the two
+/// links as a duplicate, and what the other had sent over it may never be
+/// read: here srv-a never read our claim of bob, so it would keep its own
+/// holder while we closed ours. Our claim and our remove go to srv-a again at
+/// once and over its next link in the next half minute, in that order (read
+/// there, they are refused as not newer), and never to another server.
+#[test]
+fn a_claim_given_up_goes_again_to_the_other_server_over_its_next_links() {
+    let mut st = router("srv-b");
+    attach(&mut st, "bob", 11, "bob-here", 10);
+    link(&mut st, "srv-c", 2, "link-c", 3);
+    let roster = link(&mut st, "srv-a", 1, "link-a", 1);
+    let claim = raw_to(&roster, "link-a");
+    assert_eq!(claim.len(), 1, "our roster: bob");
+    let a = feed(&mut st, "srv-a", &advert_from("srv-a", "bob", 12));
+    assert_eq!(closes(&a), [("bob-here", 1008)]);
+    // Our claim first: after the remove it would not be newer there.
+    let again = raw_to(&a, "link-a");
+    assert_eq!(again.len(), 2, "{:?}", types_to(&a, "link-a"));
+    assert_eq!(again[0], claim[0], "our claim, as first sent");
+    let remove = Envelope::parse(again[1].as_bytes()).expect("parses");
+    assert_eq!(remove.msg_type(), "USER_REMOVE");
+    assert_eq!(remove.payload()["user_id"], "bob");
+    assert_eq!(
+        types_to(&a, "link-c"),
+        ["USER_REMOVE"],
+        "srv-c owes nothing"
+    );
+
+    // That link is closed as a duplicate; srv-a's other link comes up.
+    st.link_down(&sid("srv-a"), 1, NOW);
+    let next = link(&mut st, "srv-a", 1, "link-a2", 2);
+    assert_eq!(raw_to(&next, "link-a2"), again);
+    assert!(raw_to(&link(&mut st, "srv-c", 2, "link-c2", 4), "link-c2").is_empty());
+
+    // Owed for half a minute, not for ever.
+    st.link_down(&sid("srv-a"), 2, NOW);
+    let later = st
+        .link_up(
+            peer("srv-a", 1),
+            Conn {
+                id: 5,
+                tx: "link-a3",
+            },
+            true,
+            NOW + 31_000,
+        )
+        .expect("link accepted");
+    assert!(raw_to(&later, "link-a3").is_empty());
+}
+
 #[test]
 fn one_holder_attached_on_both_sides_is_kept_by_the_lower_server_id() {
     // We are the higher id: we close our session and accept the advert.

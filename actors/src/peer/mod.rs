@@ -600,7 +600,7 @@ impl Handler<Inbound> for PeerLink {
             // Pings count as liveness: implementations that never send
             // HEARTBEAT are not declared dead while they answer.
             Inbound::Alive => self.report_alive(),
-            Inbound::Closed => ctx.stop(),
+            Inbound::Closed => InQueue::finish(ctx, self),
         }
     }
 }

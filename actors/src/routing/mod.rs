@@ -17,6 +17,7 @@ use socp_protocol::{Envelope, ErrorCode, Message, PublicKey, ServerId, To, UserI
 use crate::crypto::{FrameText, SignedFrame};
 
 mod allowlist;
+mod contest;
 mod delivery;
 mod directory;
 mod inbound;
@@ -276,6 +277,8 @@ pub struct RouterState<H> {
     mail: Mailboxes,
     /// Presence news for the next batch [ext].
     news: News,
+    /// Claims we gave up in a partition's heal, owed to the other server.
+    contested: contest::Contested,
 }
 
 impl<H: Clone> RouterState<H> {
@@ -303,6 +306,7 @@ impl<H: Clone> RouterState<H> {
             dial_tokens: (dial_burst, 0),
             mail: Mailboxes::default(),
             news: News::default(),
+            contested: contest::Contested::default(),
         }
     }
 

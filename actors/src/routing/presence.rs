@@ -23,8 +23,8 @@ pub(super) struct LocalUser<H> {
     /// Where its news starts in the next batch (news already pending when it
     /// attached was in its roster).
     pub(super) news_from: usize,
-    /// Our signed USER_ADVERTISE for this user: gossiped once, then reused for
-    /// every later roster.
+    /// Our latest signed USER_ADVERTISE for this user (made at attach, a
+    /// rename, a link coming up), reused for every later roster.
     pub(super) advert: SignedFrame,
     /// When it attached ([`RouterState::epoch`]).
     pub(super) attached: u64,
@@ -277,6 +277,18 @@ impl<H: Clone> RouterState<H> {
             Some(u) if u.conn.id == conn_id => {}
             _ => return out,
         }
+        self.remove_local(user_id, now, &mut out);
+        out
+    }
+
+    /// Remove a local user (its session checked or closed by the caller):
+    /// every server and user is told. Returns the signed USER_REMOVE.
+    pub(super) fn remove_local(
+        &mut self,
+        user_id: &UserId,
+        now: i64,
+        out: &mut Vec<Action<H>>,
+    ) -> SignedFrame {
         let registered = self.local.remove(user_id).is_some_and(|u| u.registered);
         let msg = Message::UserRemove(UserRemove {
             user_id: user_id.clone(),
@@ -284,8 +296,8 @@ impl<H: Clone> RouterState<H> {
             seq: Some(self.next_seq()),
         });
         let remove = self.sign(To::All, now, msg.clone());
-        self.to_all_servers(&remove, &[], &mut out);
-        self.news_ours(&remove, &msg, &mut out);
+        self.to_all_servers(&remove, &[], out);
+        self.news_ours(&remove, &msg, out);
         match self
             .membership
             .joins
@@ -298,7 +310,7 @@ impl<H: Clone> RouterState<H> {
             }
             None => self.membership.leaves.push((user_id.clone(), registered)),
         }
-        out
+        remove
     }
 
     /// The local session of a user, if attached here.
@@ -333,77 +345,6 @@ impl<H: Clone> RouterState<H> {
 
     /// Handle a verified frame from a server link. `env.from()` is a server
     /// whose pinned key verified the frame (the shell checked).
-    /// `adv` (from a linked server) claims a user id attached here. SPEC.md
-    /// §5.3 forbids taking over a live id; but an id can end up claimed on both
-    /// sides of a partition (each side removed the other's users and let the id
-    /// attach again), and after the heal both servers would refuse the other's
-    /// advert forever, each side sending to its own holder's key. [ext] rule:
-    /// - if `adv`'s server was linked to us, without a break, since before our
-    ///   user attached, it saw our advert first: its claim is the late one;
-    ///   refused (so a linked server cannot evict a user by claiming its id);
-    /// - otherwise, the same key on both servers is one holder that
-    ///   reattached: the lower server id keeps the session, the other closes
-    ///   its own (ERROR NAME_IN_USE) and accepts the advert;
-    /// - different keys: neither claim may take the id over silently, and
-    ///   neither server can tell which holder came first, so both close their
-    ///   own holder with ERROR NAME_IN_USE and remove it; the id is free again
-    ///   for whoever attaches first, with the whole mesh agreeing.
-    ///
-    /// Returns whether the advert may now be accepted.
-    pub(super) fn claimed_on_both_sides(
-        &mut self,
-        adv: &UserAdvertise,
-        now: i64,
-        out: &mut Vec<Action<H>>,
-    ) -> bool {
-        let Some(mine) = self.local.get(&adv.user_id) else {
-            return true;
-        };
-        let linked_since = self
-            .servers
-            .get(&adv.server_id)
-            .and_then(|s| s.link.as_ref())
-            .map(|l| l.since);
-        let late = linked_since.is_none_or(|since| since < mine.attached);
-        let same_key = mine.pubkey == adv.pubkey;
-        if late || (same_key && self.config.me < adv.server_id) {
-            log::warn!(
-                "{} advertises {} who is attached here: refused",
-                adv.server_id,
-                adv.user_id
-            );
-            return false;
-        }
-        log::warn!(
-            "{} was attached here and at {} while we could not see each other: {}",
-            adv.user_id,
-            adv.server_id,
-            if same_key {
-                "the same key, kept there"
-            } else {
-                "different keys, both holders closed"
-            }
-        );
-        let detail = format!(
-            "{} was also claimed at server {} while the two servers could not see each other; \
-             connect again",
-            adv.user_id, adv.server_id
-        );
-        self.evict(&adv.user_id, &detail, now, out);
-        same_key
-    }
-
-    /// Close a local user's session with ERROR NAME_IN_USE and remove it.
-    fn evict(&mut self, user_id: &UserId, detail: &str, now: i64, out: &mut Vec<Action<H>>) {
-        let Some(conn) = self.local.get(user_id).map(|u| u.conn.clone()) else {
-            return;
-        };
-        let error = self.error_frame(To::from(user_id), now, ErrorCode::NameInUse, detail);
-        out.push(Action::Send(conn.tx.clone(), error));
-        out.push(Action::Close(conn.tx.clone(), 1008, "name in use".into()));
-        out.extend(self.detach(conn.id, user_id, now));
-    }
-
     /// A USER_ADVERTISE from a server link: a user attached at its origin.
     pub(super) fn remote_advert(
         &mut self,

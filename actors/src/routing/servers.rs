@@ -226,9 +226,24 @@ impl<H: Clone> RouterState<H> {
             entry.persisted = Some(addr);
             out.push(Action::Store(StoreOp::KnownServer(entry.peer.clone())));
         }
-        for (user_id, user) in &self.local {
-            let advert = self.local_advert(user_id, &user.pubkey, user.traits(), now);
-            out.push(Action::Send(tx.clone(), advert));
+        let adverts: Vec<(UserId, SignedFrame)> = self
+            .local
+            .iter()
+            .map(|(id, u)| {
+                (
+                    id.clone(),
+                    self.local_advert(id, &u.pubkey, u.traits(), now),
+                )
+            })
+            .collect();
+        for (user_id, advert) in adverts {
+            out.push(Action::Send(tx.clone(), advert.clone()));
+            if let Some(user) = self.local.get_mut(&user_id) {
+                user.advert = advert;
+            }
+        }
+        for frame in self.contested.owed_to(&peer.server_id, now) {
+            out.push(Action::Send(tx.clone(), frame));
         }
         Ok(out)
     }

@@ -490,7 +490,7 @@ impl Handler<Inbound> for ClientSession {
                 "binary frames are not part of the protocol",
             ),
             Inbound::Alive => {}
-            Inbound::Closed => ctx.stop(),
+            Inbound::Closed => InQueue::finish(ctx, self),
         }
     }
 }

@@ -164,6 +164,8 @@ pub(crate) struct InQueue {
     backlog: VecDeque<(FrameText, Option<Charge>)>,
     /// A frame's checks are running off the loop.
     busy: bool,
+    /// The peer closed: the actor stops once what it sent before is handled.
+    finishing: bool,
 }
 
 /// An actor that handles its frames through an [`InQueue`].
@@ -192,9 +194,21 @@ impl InQueue {
         Self::drain(ctx, act);
     }
 
+    /// The peer closed its connection: handle every frame it sent before
+    /// (a DM then `/quit`; a server's adverts then its close), in order, then
+    /// stop the actor. Nothing more arrives on a closed socket, and the
+    /// backlog is bounded by the actor's limits on it.
+    pub(crate) fn finish<A: InOrder>(ctx: &mut Context<A>, act: &mut A) {
+        act.in_queue().finishing = true;
+        Self::drain(ctx, act);
+    }
+
     fn drain<A: InOrder>(ctx: &mut Context<A>, act: &mut A) {
         while !act.in_queue().busy {
             let Some((text, charge)) = act.in_queue().backlog.pop_front() else {
+                if act.in_queue().finishing {
+                    ctx.stop();
+                }
                 return;
             };
             act.process(ctx, text, charge);
