@@ -924,3 +924,101 @@ async fn keys_of_a_dialect_without_keys_in_its_presence_are_asked_for() {
         .await;
     assert_eq!(key_in(&answer, "pubkey").1, alice.key.public_key().clone());
 }
+
+/// SPEC.md §5.1.5: a socp server that joins keeps the join connection open
+/// as its link to the introducer and never dials it a second time: its
+/// hello, heartbeats and users' adverts go over that connection, and what
+/// the introducer sends over it is read (a user it advertises there is
+/// known). It used to close the join connection and dial again.
+#[actix_rt::test]
+async fn a_socp_joiner_keeps_its_join_connection_as_its_link() {
+    use std::sync::{Arc, Mutex};
+    let intro_key = Arc::new(fixtures::key(7));
+    let intro_id = ServerId::random().to_string();
+    let carl = UserId::random();
+    let (listener, intro_port) = loopback::listen().await;
+    let after_welcome = Arc::new(Mutex::new(Vec::<Envelope>::new()));
+    let (seen, id, carl_id) = (after_welcome.clone(), intro_id.clone(), carl.clone());
+    let connections = loopback::accept_all(listener, move |sock| {
+        let (key, seen, id, carl) = (intro_key.clone(), seen.clone(), id.clone(), carl_id.clone());
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            let Some(join) = conn.next_text().await else {
+                return;
+            };
+            let join: Value = serde_json::from_str(&join).expect("json");
+            let joiner = join["from"].as_str().unwrap_or_default().to_owned();
+            let der = key.public_key().to_wire().to_owned();
+            let welcome = signed(
+                MessageType::ServerWelcome,
+                &id,
+                &joiner,
+                now_ms(),
+                json!({"assigned_id": joiner, "clients": [],
+                       "servers": [{"server_id": id, "host": "127.0.0.1", "port": intro_port,
+                                    "pubkey": der}]}),
+                &key,
+            );
+            conn.send_text(&welcome.to_json()).await;
+            let advert = signed(
+                MessageType::UserAdvertise,
+                &id,
+                "*",
+                now_ms(),
+                json!({"user_id": carl.as_str(), "server_id": id, "meta": {},
+                       "pubkey": fixtures::key(12).public_key().to_wire()}),
+                &key,
+            );
+            conn.send_text(&advert.to_json()).await;
+            while let Some(text) = conn.next_text().await {
+                seen.lock()
+                    .unwrap()
+                    .push(Envelope::parse(text.as_bytes()).expect("a frame"));
+            }
+        }
+    });
+    let intro = std::net::SocketAddr::from(([127, 0, 0, 1], intro_port));
+    let a = start(config_with(0, None, &[intro], fast_settings()))
+        .await
+        .expect("a starts and joins");
+    let alice = User::join(a.addr, 10).await;
+    let alice_id = alice.id.to_string();
+    eventually(
+        WAIT,
+        "a heartbeat and alice's advert over the join connection",
+        || {
+            let seen = after_welcome.lock().unwrap().clone();
+            let alice_id = alice_id.clone();
+            async move {
+                seen.iter().any(|e| e.msg_type() == "HEARTBEAT")
+                    && seen.iter().any(|e| {
+                        e.msg_type() == "USER_ADVERTISE"
+                            && e.payload()["user_id"] == alice_id.as_str()
+                    })
+            }
+        },
+    )
+    .await;
+    eventually(WAIT, "carl, advertised over it, is known", || async {
+        knows(&a.status().await, &carl)
+    })
+    .await;
+    let seen = after_welcome.lock().unwrap().clone();
+    assert_eq!(seen[0].msg_type(), "SERVER_HELLO_LINK", "our hello first");
+    assert!(seen.iter().all(|e| e.from() == a.server_id.as_str()));
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the introducer is not dialled again"
+    );
+    assert_eq!(
+        link_state(
+            &a.status().await,
+            &ServerId::parse(&intro_id).expect("an id")
+        )
+        .as_deref(),
+        Some("up")
+    );
+}

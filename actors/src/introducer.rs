@@ -4,8 +4,11 @@
 //!
 //! A joining server tries the introducers of its bootstrap list in order:
 //! SERVER_HELLO_JOIN, then a SERVER_WELCOME signed by the introducer (by the
-//! key pinned in the list when there is one). None reachable: it runs
-//! standalone and the IntroducerLink keeps retrying in the background.
+//! key pinned in the list when there is one). The join connection stays open
+//! and becomes our link to the introducer (SPEC.md §5.1.5) when we know its
+//! key; else it is closed with a close frame and nothing links to it. None
+//! reachable: it runs standalone and the IntroducerLink keeps retrying in
+//! the background.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +20,52 @@ use socp_protocol::{now_ms, Envelope, Message, PublicKey, ServerId, To};
 
 use crate::crypto::CryptoPool;
 use crate::router::Joined;
+use crate::routing::Peer;
+
+/// An open WebSocket connection we dialled.
+pub type Connection = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// A join answered.
+pub struct Welcomed {
+    /// The welcome to apply.
+    pub welcome: ServerWelcome,
+    /// The introducer, when its key is known, and the join connection, open:
+    /// our link to it (SPEC.md §5.1.5).
+    pub link: Option<(Peer, Connection)>,
+}
+
+impl Welcomed {
+    /// Make the join connection our link to the introducer, over `shared`'s
+    /// ports (after the router was given the welcome); without `shared` it
+    /// is closed and nothing links to the introducer. Returns the server the
+    /// connection links, not to be dialled.
+    pub fn link_over(self, shared: Option<&crate::Shared>) -> (ServerWelcome, Option<ServerId>) {
+        let Some((peer, conn)) = self.link else {
+            return (self.welcome, None);
+        };
+        match shared {
+            Some(shared) => {
+                let linked = peer.server_id.clone();
+                crate::peer::PeerLink::start_outbound(shared.clone(), conn, peer);
+                (self.welcome, Some(linked))
+            }
+            None => {
+                actix::spawn(close(conn, "joined; not linking"));
+                (self.welcome, None)
+            }
+        }
+    }
+}
+
+/// Close a connection with a close frame (not a dropped socket, 1006).
+async fn close(mut conn: Connection, why: &str) {
+    let bye = awc::ws::Message::Close(Some(awc::ws::CloseReason {
+        code: awc::ws::CloseCode::Normal,
+        description: Some(why.to_owned()),
+    }));
+    let _ = conn.send(bye).await;
+    let _ = conn.close().await;
+}
 
 /// One introducer of the bootstrap list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +89,9 @@ impl Bootstrap {
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Join through one introducer: send our signed SERVER_HELLO_JOIN and return
-/// the introducer's verified SERVER_WELCOME. Over `wss://` with `tls`
-/// (see [`Settings::tls`](crate::Settings::tls)), else `ws://`.
+/// the introducer's verified SERVER_WELCOME, with the join connection. Over
+/// `wss://` with `tls` (see [`Settings::tls`](crate::Settings::tls)), else
+/// `ws://`.
 pub async fn join_once(
     pool: &CryptoPool,
     entry: &Bootstrap,
@@ -49,7 +99,7 @@ pub async fn join_once(
     address: &ServerAddress,
     max_frame: usize,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<ServerWelcome, String> {
+) -> Result<Welcomed, String> {
     let client = crate::ws_client(tls, JOIN_TIMEOUT);
     let url = crate::ws_url(tls.is_some(), &entry.host, entry.port);
     let hello = socp_protocol::dialect::with_capability(Envelope::new(
@@ -76,18 +126,7 @@ pub async fn join_once(
             .map_err(|e| format!("send to {url}: {e}"))?;
         loop {
             match framed.next().await {
-                Some(Ok(awc::ws::Frame::Text(bytes))) => {
-                    // A close frame, not a dropped socket (1006): the
-                    // introducer may keep the join connection as our link
-                    // otherwise. Our links are the ones we dial next.
-                    let bye = awc::ws::Message::Close(Some(awc::ws::CloseReason {
-                        code: awc::ws::CloseCode::Normal,
-                        description: Some("joined; linking separately".into()),
-                    }));
-                    let _ = framed.send(bye).await;
-                    let _ = framed.close().await;
-                    return Ok(bytes);
-                }
+                Some(Ok(awc::ws::Frame::Text(bytes))) => return Ok((bytes, framed)),
                 Some(Ok(awc::ws::Frame::Ping(p))) => {
                     let _ = framed.send(awc::ws::Message::Pong(p)).await;
                 }
@@ -100,11 +139,39 @@ pub async fn join_once(
             }
         }
     };
-    let bytes = tokio::time::timeout(JOIN_TIMEOUT, exchange)
+    let (bytes, conn) = tokio::time::timeout(JOIN_TIMEOUT, exchange)
         .await
         .map_err(|_| format!("{url} did not answer in time"))??;
+    let checked = read_welcome(pool, entry, me, &url, &bytes, max_frame).await;
+    let (welcome, introducer) = match checked {
+        Ok(read) => read,
+        Err(e) => {
+            close(conn, "bad welcome").await;
+            return Err(e);
+        }
+    };
+    let link = match introducer {
+        Some(peer) => Some((peer, conn)),
+        None => {
+            close(conn, "joined; no key to link with").await;
+            None
+        }
+    };
+    Ok(Welcomed { welcome, link })
+}
+
+/// The verified SERVER_WELCOME in answer to our join through `entry`, and
+/// the introducer as a link peer when its key is known.
+async fn read_welcome(
+    pool: &CryptoPool,
+    entry: &Bootstrap,
+    me: &ServerId,
+    url: &str,
+    bytes: &[u8],
+    max_frame: usize,
+) -> Result<(ServerWelcome, Option<Peer>), String> {
     let env = Envelope::parse_with(
-        &bytes,
+        bytes,
         &socp_protocol::Limits {
             max_frame_bytes: max_frame,
             ..Default::default()
@@ -158,7 +225,20 @@ pub async fn join_once(
             }
         ),
     }
-    Ok(welcome.into_welcome(me, introducer, entry, key, listed.is_some()))
+    let welcome =
+        welcome.into_welcome(me, introducer.clone(), entry, key.clone(), listed.is_some());
+    // Where the introducer says it is reached (its welcome lists it), else
+    // where we reached it.
+    let peer = key.map(|pubkey| {
+        let at = welcome.servers.iter().find(|s| s.server_id == introducer);
+        Peer {
+            server_id: introducer.clone(),
+            host: at.map_or_else(|| entry.host.clone(), |s| s.host.clone()),
+            port: at.map_or(entry.port, |s| s.port),
+            pubkey,
+        }
+    });
+    Ok((welcome, peer))
 }
 
 /// SERVER_WELCOME as introducers send it: `assigned_id` null or absent
@@ -216,7 +296,7 @@ pub async fn join_any(
     address: &ServerAddress,
     max_frame: usize,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<ServerWelcome, String> {
+) -> Result<Welcomed, String> {
     let mut errors = Vec::new();
     for entry in list {
         if entry.host == address.host && entry.port == address.port {
@@ -237,6 +317,74 @@ pub async fn join_any(
     })
 }
 
+/// A join made by [`join_on`] whose connection waits, on its arbiter, to
+/// become our link to the introducer.
+pub struct Pending {
+    link: Option<(
+        ServerId,
+        tokio::sync::oneshot::Sender<Option<crate::Shared>>,
+    )>,
+}
+
+impl Pending {
+    /// The server the join connection will link (not to be dialled).
+    pub fn introducer(&self) -> Option<&ServerId> {
+        self.link.as_ref().map(|(id, _)| id)
+    }
+
+    /// Make the join connection our link over `shared`'s ports (once the
+    /// router has the welcome), or close it (`None`, or dropped unused).
+    pub fn link(self, shared: Option<crate::Shared>) {
+        if let Some((_, tx)) = self.link {
+            let _ = tx.send(shared);
+        }
+    }
+}
+
+/// [`join_any`] on `arbiter`'s thread, where the server's links run (a
+/// connection stays on the thread that opened it): the welcome, and the join
+/// connection waiting there for [`Pending::link`].
+pub async fn join_on(
+    arbiter: &actix::ArbiterHandle,
+    pool: CryptoPool,
+    list: Vec<Bootstrap>,
+    me: ServerId,
+    address: ServerAddress,
+    max_frame: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(ServerWelcome, Pending), String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    arbiter.spawn_fn(move || {
+        actix::spawn(async move {
+            let result = join_any(&pool, &list, &me, &address, max_frame, tls.as_ref()).await;
+            let Welcomed { welcome, link } = match result {
+                Ok(welcomed) => welcomed,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let Some((peer, conn)) = link else {
+                let _ = tx.send(Ok((welcome, None)));
+                return;
+            };
+            let (link_tx, link_rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Ok((welcome, Some((peer.server_id.clone(), link_tx)))));
+            match link_rx.await {
+                Ok(Some(shared)) => {
+                    crate::peer::PeerLink::start_outbound(shared, conn, peer);
+                }
+                _ => close(conn, "joined; not linking").await,
+            }
+        });
+    });
+    match rx.await {
+        Ok(Ok((welcome, link))) => Ok((welcome, Pending { link })),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the join was dropped".to_owned()),
+    }
+}
+
 /// Keeps trying to join while the server runs standalone.
 pub struct IntroducerLink {
     pool: CryptoPool,
@@ -250,6 +398,9 @@ pub struct IntroducerLink {
     attempt: u32,
     /// `Some`: join over `wss://` with these roots (see [`IntroducerLink::tls`]).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The server's ports: the join connection becomes our link to the
+    /// introducer (see [`IntroducerLink::links`]); `None`: it is closed.
+    shared: Option<crate::Shared>,
 }
 
 impl IntroducerLink {
@@ -273,12 +424,22 @@ impl IntroducerLink {
             retry,
             attempt: 0,
             tls: None,
+            shared: None,
         }
     }
 
     /// Join over `wss://`, trusting the roots of `tls` (`None`: `ws://`).
     pub fn tls(self, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         IntroducerLink { tls, ..self }
+    }
+
+    /// Keep the join connection as our link to the introducer, over the
+    /// server's `shared` ports (started in this actor's arbiter).
+    pub fn links(self, shared: crate::Shared) -> Self {
+        IntroducerLink {
+            shared: Some(shared),
+            ..self
+        }
     }
 
     fn try_join(&mut self, ctx: &mut Context<Self>) {
@@ -293,17 +454,19 @@ impl IntroducerLink {
         let fut =
             async move { join_any(&pool, &list, &me, &address, max_frame, tls.as_ref()).await };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| match result {
-            Ok(welcome) if welcome.assigned_id == act.me => {
-                log::info!("joined the mesh: {} servers, {} users", welcome.servers.len(), welcome.clients.len());
-                act.joined.do_send(Joined(welcome));
+            Ok(welcomed) if welcomed.welcome.assigned_id == act.me => {
+                let w = &welcomed.welcome;
+                log::info!("joined the mesh: {} servers, {} users", w.servers.len(), w.clients.len());
+                act.joined.do_send(Joined::new(welcomed, act.shared.as_ref()));
                 ctx.stop();
             }
-            Ok(welcome) => {
+            Ok(welcomed) => {
                 log::error!(
                     "the introducer assigned id {} but we run as {}: another server holds our id; not joining",
-                    welcome.assigned_id,
+                    welcomed.welcome.assigned_id,
                     act.me
                 );
+                welcomed.link_over(None);
                 ctx.stop();
             }
             Err(e) => {

@@ -153,10 +153,22 @@ pub struct JoinRequest {
     pub address: ServerAddress,
 }
 
-/// Our join was answered: learn the mesh and link to every server.
+/// Our join was answered: learn the mesh and link to every server but the
+/// one already linked over the join connection, if any.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Joined(pub ServerWelcome);
+pub struct Joined(pub ServerWelcome, pub Option<ServerId>);
+
+impl Joined {
+    /// The welcome of `welcomed`, its join connection made our link to the
+    /// introducer over `shared`'s ports (closed without them). The link's
+    /// first message to the router comes after this one when this one is
+    /// sent at once.
+    pub fn new(welcomed: crate::introducer::Welcomed, shared: Option<&crate::Shared>) -> Joined {
+        let (welcome, linked) = welcomed.link_over(shared);
+        Joined(welcome, linked)
+    }
+}
 
 /// Time to send heartbeats.
 #[derive(Message)]
@@ -531,7 +543,9 @@ impl Handler<Joined> for Router {
         let (to_link, actions) = self.state.apply_welcome(&msg.0, now_ms());
         self.run(actions);
         for peer in to_link {
-            self.ports.dialer.do_send(Dial(peer));
+            if Some(&peer.server_id) != msg.1.as_ref() {
+                self.ports.dialer.do_send(Dial(peer));
+            }
         }
     }
 }

@@ -205,7 +205,7 @@ async fn a_welcome_assigning_our_id_reaches_the_router() {
         stopped(&link).await;
 
         let got = joined.take().await;
-        let [Joined(welcome)] = got.as_slice() else {
+        let [Joined(welcome, _)] = got.as_slice() else {
             panic!("one welcome, got {}", got.len());
         };
         assert_eq!(welcome.assigned_id, sid("srv-a"));
@@ -314,7 +314,7 @@ async fn welcomes_in_other_shapes_are_taken_when_the_introducer_is_not_pinned() 
         until("joined", || joined.with(|j| !j.is_empty()).then_some(())).await;
         stopped(&link).await;
         let got = joined.take().await;
-        let [Joined(welcome)] = got.as_slice() else {
+        let [Joined(welcome, _)] = got.as_slice() else {
             panic!("one welcome, got {}", got.len());
         };
         assert_eq!(

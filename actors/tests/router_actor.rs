@@ -555,11 +555,14 @@ async fn reconnect_remember_and_joined_ask_the_dialer() {
         pubkey: pk(n),
     };
     f.router
-        .send(Joined(ServerWelcome {
-            assigned_id: sid("srv-a"),
-            servers: vec![info("srv-e", 5), info("srv-f", 6), info("srv-d", 3)],
-            clients: Vec::new(),
-        }))
+        .send(Joined(
+            ServerWelcome {
+                assigned_id: sid("srv-a"),
+                servers: vec![info("srv-e", 5), info("srv-f", 6), info("srv-d", 3)],
+                clients: Vec::new(),
+            },
+            None,
+        ))
         .await
         .expect("router alive");
     assert_eq!(

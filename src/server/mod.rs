@@ -21,7 +21,7 @@ use actix::prelude::*;
 use actix_web::{web, App};
 use socp_actors::crypto::{CryptoPool, SignedFrame};
 use socp_actors::heartbeat::{Heartbeat, HeartbeatPorts};
-use socp_actors::introducer::{join_any, Bootstrap, IntroducerLink};
+use socp_actors::introducer::{join_on, Bootstrap, IntroducerLink};
 use socp_actors::peer::Dialer;
 use socp_actors::ports::{RouterPort, StorePort};
 use socp_actors::router::{GetStatus, Joined, Router, RouterPorts, Shutdown};
@@ -279,22 +279,30 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         pubkey: pool.public_key().clone(),
     };
 
+    // The server's actors run on their own thread, so that stopping it stops
+    // them all (see `RunningServer::core`).
+    let core = Arbiter::try_new()
+        .map_err(|e| StartError::Other(format!("cannot start the actors' thread: {e}")))?;
+
     // Join before serving, so the id the introducer assigns is the one we use.
+    // The join runs on the actors' thread: its connection stays open there to
+    // become our link to the introducer (SPEC.md §5.1.5).
     let max_frame = settings.limits.max_frame_bytes;
     let welcome = if config.bootstrap.is_empty() {
         None
     } else {
-        match join_any(
-            &pool,
-            &config.bootstrap,
-            &me,
-            &address,
+        match join_on(
+            &core.handle(),
+            pool.clone(),
+            config.bootstrap.clone(),
+            me.clone(),
+            address.clone(),
             max_frame,
-            settings.tls.as_ref(),
+            settings.tls.clone(),
         )
         .await
         {
-            Ok(w) => {
+            Ok((w, pending)) => {
                 if w.assigned_id != me {
                     log::warn!(
                         "introducer assigned id {} (another server holds {me})",
@@ -306,7 +314,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                         .await
                         .map_err(|e| StartError::Other(e.to_string()))??;
                 }
-                Some(w)
+                Some((w, pending))
             }
             Err(e) => {
                 log::warn!("no introducer reachable ({e}): running standalone, retrying");
@@ -363,10 +371,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     state.load_directory(&directory);
     state.load_mail(&mail);
 
-    // The server's actors run on their own thread, so that stopping it stops
-    // them all (see `RunningServer::core`).
-    let core = Arbiter::try_new()
-        .map_err(|e| StartError::Other(format!("cannot start the actors' thread: {e}")))?;
     // Liveness on its own thread: a router busy with a burst must not make
     // its peers look dead.
     let beat = Arbiter::try_new()
@@ -448,7 +452,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         }
     }
     match welcome {
-        Some(w) => router.do_send(Joined(w)),
+        Some((w, pending)) => {
+            // The welcome first: the link's first message comes after it.
+            router.do_send(Joined(w, pending.introducer().cloned()));
+            pending.link(Some(shared.clone()));
+        }
         None if !config.bootstrap.is_empty() => {
             let link = IntroducerLink::new(
                 pool.clone(),
@@ -459,7 +467,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                 max_frame,
                 Duration::from_secs(2).min(settings.heartbeat_interval),
             )
-            .tls(settings.tls.clone());
+            .tls(settings.tls.clone())
+            .links(shared.clone());
             IntroducerLink::start_in_arbiter(&core.handle(), move |_| link);
         }
         None => {}
