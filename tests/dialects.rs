@@ -1022,3 +1022,60 @@ async fn a_socp_joiner_keeps_its_join_connection_as_its_link() {
         Some("up")
     );
 }
+
+/// SPEC.md §11: a server whose key is not pinned may open its link with an
+/// unsigned SERVER_ANNOUNCE (its key taken on trust, logged); everything it
+/// sends later must verify with that key. Once the key is pinned, an
+/// unsigned announce is refused (INVALID_SIG, closed). Both were refused.
+#[actix_rt::test]
+async fn an_unsigned_announce_is_trusted_on_first_use_only() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut alice = User::join(a.addr, 10).await;
+    let key = fixtures::key(5);
+    let id = ServerId::random();
+    let unsigned_announce = || {
+        Envelope::raw(
+            MessageType::ServerAnnounce,
+            id.as_str(),
+            To::parse(a.server_id.as_str()).expect("a valid to"),
+            now_ms(),
+            json!({"host": "127.0.0.1", "port": 9, "pubkey": pem(&key)}),
+        )
+    };
+    let mut first = Peer::connect(a.addr).await;
+    first.send(&unsigned_announce()).await;
+    eventually(WAIT, "linked on trust", || async {
+        link_state(&a.status().await, &id).as_deref() == Some("up")
+    })
+    .await;
+    let zed = fixtures::key(11);
+    let advert = signed(
+        MessageType::UserAdvertise,
+        id.as_str(),
+        "*",
+        now_ms(),
+        json!({"user_id": "zed", "server_id": id.as_str(), "pubkey": pem(&zed), "meta": {}}),
+        &key,
+    );
+    first.send(&advert).await;
+    let zed_id = UserId::parse("zed").expect("an id");
+    assert!(
+        alice.sees_user(&zed_id, WAIT).await,
+        "its signed frames count"
+    );
+    drop(first);
+    eventually(WAIT, "its link down", || async {
+        link_state(&a.status().await, &id).as_deref() != Some("up")
+    })
+    .await;
+
+    let mut again = Peer::connect(a.addr).await;
+    again.send(&unsigned_announce()).await;
+    again
+        .expect(WAIT, "INVALID_SIG", error_code("INVALID_SIG"))
+        .await;
+    assert!(again.closed_within(WAIT).await.is_some(), "closed");
+    assert_ne!(link_state(&a.status().await, &id).as_deref(), Some("up"));
+}

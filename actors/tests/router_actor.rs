@@ -594,6 +594,20 @@ async fn reconnect_remember_and_joined_ask_the_dialer() {
         })
         .collect();
     assert_eq!(known, [sid("srv-e")]);
+
+    // The introducer linked over the join connection is not dialled again.
+    f.router
+        .send(Joined(
+            ServerWelcome {
+                assigned_id: sid("srv-a"),
+                servers: vec![info("srv-g", 7), info("srv-h", 8)],
+                clients: Vec::new(),
+            },
+            Some(sid("srv-g")),
+        ))
+        .await
+        .expect("router alive");
+    assert_eq!(dialled(f.dialer.take().await), [sid("srv-h")]);
 }
 
 #[actix::test]

@@ -291,10 +291,13 @@ impl PeerLink {
         let pool = self.shared.pool.clone();
         let server_key = self.shared.router.server_key.clone();
         let key = address.pubkey.clone();
-        // The standard lets a join request go unsigned (a self-signature
-        // proves only that the joiner holds the key it claims, which the
-        // links it then opens prove anyway): an unsigned join is answered.
-        let unsigned_join = env.sig().is_none() && matches!(msg, Message::ServerHelloJoin(_));
+        // The standard lets a join request, and the announce of a server whose
+        // key is not pinned, go unsigned (a self-signature proves only that
+        // the sender holds the key it claims, which every later frame, signed
+        // with it, proves anyway): trust on first use, said in the log.
+        let unsigned = env.sig().is_none();
+        let join = matches!(msg, Message::ServerHelloJoin(_));
+        let announce = matches!(msg, Message::ServerAnnounce(_));
         let fut = async move {
             let pinned = server_key
                 .send(ServerKey(server_id.clone()))
@@ -304,7 +307,10 @@ impl PeerLink {
             if pinned.as_ref().is_some_and(|p| *p != key) {
                 return Err(format!("server id {server_id} is pinned to another key"));
             }
-            if unsigned_join {
+            if unsigned && (join || (announce && pinned.is_none())) {
+                if announce {
+                    log::warn!("{server_id}: unsigned SERVER_ANNOUNCE, its key taken on trust");
+                }
                 return Ok(env);
             }
             match pool.verify(env, key).await {
