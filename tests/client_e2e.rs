@@ -32,7 +32,7 @@ use socp_protocol::message::{
     ServerDeliver, UserAdvertise,
 };
 use socp_protocol::{
-    content, fixtures, now_ms, Base64Url, Envelope, Message, ServerId, To, UserId,
+    content, fixtures, now_ms, Base64Url, Envelope, Message, PublicKey, ServerId, To, UserId,
 };
 
 /// A file of ~160 KiB: 368 chunks, each encrypted and signed by the sender,
@@ -1400,63 +1400,8 @@ impl Pty {
 #[actix_rt::test]
 async fn the_client_speaks_to_a_server_of_the_pem_dialect_in_its_dialect() {
     use socp_protocol::dialect::KeyEncoding;
-    use std::sync::{Arc, Mutex};
     let zed = socp_protocol::fixtures::key(13);
-    let zed_pem = KeyEncoding::PemBase64Url
-        .write(zed.public_key())
-        .expect("writes PEM");
-    let server_key = Arc::new(socp_protocol::fixtures::key(3));
-    let (listener, port) = loopback::listen().await;
-    // Every connection: the frames the client sent on it.
-    let connections: Arc<Mutex<Vec<Vec<Value>>>> = Arc::default();
-    let seen = connections.clone();
-    loopback::accept_all(listener, move |sock| {
-        let (seen, zed_pem, server_key) = (seen.clone(), zed_pem.clone(), server_key.clone());
-        async move {
-            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
-                return;
-            };
-            let at = {
-                let mut all = seen.lock().unwrap();
-                all.push(Vec::new());
-                all.len() - 1
-            };
-            let signed = |t: &str, to: &str, payload: Value| {
-                let t = socp_protocol::MessageType::parse(t).expect("a type");
-                Envelope::raw(
-                    t,
-                    "pem-server",
-                    To::parse(to).expect("to"),
-                    socp_protocol::now_ms(),
-                    payload,
-                )
-                .signed(&server_key)
-                .expect("signs")
-                .to_json()
-            };
-            while let Some(text) = conn.next_text().await {
-                let frame: Value = serde_json::from_str(&text).expect("json");
-                seen.lock().unwrap()[at].push(frame.clone());
-                match frame["type"].as_str() {
-                    // No ACK: the roster only, its keys in PEM.
-                    Some("USER_HELLO") => {
-                        let advert = json!({"user_id": "zed", "server_id": "pem-server",
-                                            "pubkey": zed_pem, "meta": {}});
-                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
-                        conn.send_text(&signed("USER_ADVERTISE", &to, advert)).await;
-                    }
-                    Some("COMMAND") if frame["payload"]["command"] == "/list" => {
-                        let response = json!({"users": ["zed"]}).to_string();
-                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
-                        let answer = json!({"command": "/list", "response": response});
-                        conn.send_text(&signed("COMMAND_RESPONSE", &to, answer))
-                            .await;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    });
+    let (port, connections) = pem_dialect_server().await;
     let tmp = tempfile::tempdir().expect("temp dir");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut client = Client::start("alice", addr, Options::new(12, tmp.path())).await;
@@ -1505,25 +1450,102 @@ async fn the_client_speaks_to_a_server_of_the_pem_dialect_in_its_dialect() {
         .expect("signed by the client");
 }
 
+/// Frames a client sent to a scripted server, one list per connection.
+type Sent = std::sync::Arc<std::sync::Mutex<Vec<Vec<Value>>>>;
+
+/// A scripted server of the PEM dialect: it never acknowledges a hello and
+/// answers it with its roster only (zed, fixture key 13, PEM key), answers
+/// `COMMAND {command:"/list"}` with its `response` text, and ignores
+/// everything else (a LOGIN_REQUEST too: it has no logins). Its port, and
+/// what the client sent on each connection.
+async fn pem_dialect_server() -> (u16, Sent) {
+    use socp_protocol::dialect::KeyEncoding;
+    use std::sync::Arc;
+    let zed = socp_protocol::fixtures::key(13);
+    let zed_pem = KeyEncoding::PemBase64Url
+        .write(zed.public_key())
+        .expect("writes PEM");
+    let server_key = Arc::new(socp_protocol::fixtures::key(3));
+    let (listener, port) = loopback::listen().await;
+    // Every connection: the frames the client sent on it.
+    let connections: Sent = Arc::default();
+    let seen = connections.clone();
+    loopback::accept_all(listener, move |sock| {
+        let (seen, zed_pem, server_key) = (seen.clone(), zed_pem.clone(), server_key.clone());
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            let at = {
+                let mut all = seen.lock().unwrap();
+                all.push(Vec::new());
+                all.len() - 1
+            };
+            let signed = |t: &str, to: &str, payload: Value| {
+                let t = socp_protocol::MessageType::parse(t).expect("a type");
+                Envelope::raw(
+                    t,
+                    "pem-server",
+                    To::parse(to).expect("to"),
+                    socp_protocol::now_ms(),
+                    payload,
+                )
+                .signed(&server_key)
+                .expect("signs")
+                .to_json()
+            };
+            while let Some(text) = conn.next_text().await {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                seen.lock().unwrap()[at].push(frame.clone());
+                match frame["type"].as_str() {
+                    // No ACK: the roster only, its keys in PEM.
+                    Some("USER_HELLO") => {
+                        let advert = json!({"user_id": "zed", "server_id": "pem-server",
+                                            "pubkey": zed_pem, "meta": {}});
+                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
+                        conn.send_text(&signed("USER_ADVERTISE", &to, advert)).await;
+                    }
+                    Some("COMMAND") if frame["payload"]["command"] == "/list" => {
+                        let response = json!({"users": ["zed"]}).to_string();
+                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
+                        let answer = json!({"command": "/list", "response": response});
+                        conn.send_text(&signed("COMMAND_RESPONSE", &to, answer))
+                            .await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    (port, connections)
+}
+
 /// The first frame of type `t` a client sent on any connection (waits).
-async fn eventually_frame(
-    connections: &std::sync::Arc<std::sync::Mutex<Vec<Vec<Value>>>>,
-    t: &str,
-) -> Value {
+async fn eventually_frame(connections: &Sent, t: &str) -> Value {
+    first_sent(connections, t, |_| true).await
+}
+
+/// The first frame of type `t` from `from` a client sent (waits).
+async fn eventually_frame_from(connections: &Sent, t: &str, from: &str) -> Value {
+    first_sent(connections, t, |f| f["from"] == from).await
+}
+
+/// The first frame of type `t` a client sent that `also` accepts (waits).
+async fn first_sent(connections: &Sent, t: &str, also: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..600 {
         let found = connections
             .lock()
             .unwrap()
             .iter()
             .flatten()
-            .find(|f| f["type"] == t)
+            .find(|f| f["type"] == t && also(f))
             .cloned();
         if let Some(frame) = found {
             return frame;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no {t} from the client");
+    panic!("no such {t} from the client");
 }
 
 /// In a terminal, a transfer's progress line is redrawn in place (cursor up,
@@ -1822,4 +1844,58 @@ async fn a_half_typed_line_is_kept_while_messages_arrive_and_during_a_reconnect(
     let (status, screen) = pty.quit();
     assert!(status.success(), "{status}: {screen}");
     assert!(!screen.contains("unknown command"), "{screen}");
+}
+
+/// A socp account on a server without logins (another implementation's):
+/// `/login` there gets no challenge, so the client uses the account as this
+/// machine keeps it since its registration through a socp server: the
+/// account's id and key in a plain hello, the key opened with its password.
+/// A name this machine keeps no key for is refused in words. Before, the
+/// login waited for a challenge that never came and failed.
+#[actix_rt::test]
+async fn an_account_kept_here_logs_in_on_a_server_without_logins() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let home = tmp.path().join("carol");
+    let options = || Options {
+        register_key: Some(26),
+        password: Some("carol's password".into()),
+        ..Options::new(12, &home)
+    };
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut carol = Client::start("carol", a.addr, options()).await;
+    carol.send("/register carol");
+    let registered = carol.expect("registered", is_event("registered")).await;
+    let carol_id = registered["user_id"].as_str().expect("an id").to_owned();
+    carol.quit().await;
+
+    let (port, connections) = pem_dialect_server().await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut carol = Client::start("carol", addr, options()).await;
+    carol.send("/login nobody");
+    let refused = carol.expect("an error", is_event("error")).await;
+    assert_eq!(refused["code"], "USER_NOT_FOUND", "{refused}");
+    carol.send("/login carol");
+    let login = carol.expect("logged in", is_event("login")).await;
+    assert_eq!(login["user_id"], carol_id.as_str());
+
+    let hello = eventually_frame_from(&connections, "USER_HELLO", &carol_id).await;
+    let env = Envelope::parse(hello.to_string().as_bytes()).expect("parses");
+    let key = socp_protocol::fixtures::key(26).public_key().clone();
+    env.verify(&key).expect("signed with the account's key");
+    let pubkey = env.payload()["pubkey"].as_str().expect("a key");
+    assert_eq!(PublicKey::parse(pubkey).expect("a key"), key);
+    assert!(env.payload()["nonce"].is_null(), "no challenge to answer");
+    assert!(env.payload()["password"]
+        .as_str()
+        .is_some_and(|p| p.len() >= 16));
+    // It is carol on that server now: a DM to zed goes from her id.
+    carol.send("/tell zed hello from carol");
+    carol.expect("sent", is_event("sent")).await;
+    let dm = eventually_frame_from(&connections, "MSG_DIRECT", &carol_id).await;
+    Envelope::parse(dm.to_string().as_bytes())
+        .expect("parses")
+        .verify(&key)
+        .expect("signed by carol");
 }

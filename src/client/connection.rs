@@ -14,7 +14,7 @@ use super::{fail, receiving, ClientConfig, Failure, Shared};
 use crate::url::ws_url;
 
 /// How long to wait for the server's answer to a request.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest frame the client reads or accepts.
 pub(crate) const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -195,7 +195,16 @@ pub(crate) async fn answer(
     rx: oneshot::Receiver<Envelope>,
     what: &str,
 ) -> Result<Envelope, Failure> {
-    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+    answer_within(rx, what, ANSWER_TIMEOUT).await
+}
+
+/// [`answer`], waiting at most `wait`.
+pub(crate) async fn answer_within(
+    rx: oneshot::Receiver<Envelope>,
+    what: &str,
+    wait: Duration,
+) -> Result<Envelope, Failure> {
+    match tokio::time::timeout(wait, rx).await {
         Ok(Ok(env)) if env.msg_type() == "ERROR" => {
             let code = env.payload()["code"].as_str().unwrap_or("ERROR").to_owned();
             let detail = env.payload()["detail"].as_str().unwrap_or("").to_owned();

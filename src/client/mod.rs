@@ -26,6 +26,7 @@ pub mod output;
 pub mod pins;
 pub mod state;
 
+mod account;
 mod channel;
 mod connection;
 mod flow;
@@ -101,6 +102,9 @@ struct Client {
     /// `me` is a registered account we logged in to (identifying again after
     /// a reconnect needs a login challenge, answered with the key we hold).
     logged_in: bool,
+    /// Logged in on a server without logins (another implementation's), as
+    /// the account this machine keeps: identified by a plain hello.
+    account_without_login: bool,
     /// The ephemeral identity the client started as: a new connection
     /// identifies as it before logging in again.
     session: Me,
@@ -232,6 +236,7 @@ pub async fn run(mut config: ClientConfig) -> i32 {
         me: me.clone(),
         joining: None,
         logged_in: false,
+        account_without_login: false,
         session: me.clone(),
         roster: Roster::default(),
         pins,
@@ -459,7 +464,7 @@ async fn reconnect(
     shared: &Shared,
 ) -> Result<connection::Connection, String> {
     let conn = connection::open(config, shared).await?;
-    match identity::reattach(shared, &conn.tx).await {
+    match account::reattach(shared, &conn.tx).await {
         Ok(()) => Ok(conn),
         Err(e) => {
             conn.close().await;
@@ -503,9 +508,9 @@ async fn run_line(shared: &Shared, tx: &Sink, input: &mut Input, line: &str) -> 
         Command::Tell { to, text } => sending::tell(shared, tx, &to, &text).await,
         Command::All { text } => sending::all(shared, tx, &text).await,
         Command::File { to, path } => transfer::send_file(shared, tx, &to, path).await,
-        Command::Register { username } => identity::register(shared, tx, input, username).await,
-        Command::Login { who } => identity::login(shared, tx, input, &who).await,
-        Command::Rename { username } => identity::rename(shared, tx, &username).await,
+        Command::Register { username } => account::register(shared, tx, input, username).await,
+        Command::Login { who } => account::login(shared, tx, input, &who).await,
+        Command::Rename { username } => account::rename(shared, tx, &username).await,
         Command::Whois { who } => trust::whois(shared, &who),
         Command::Verify { who } => trust::verify(shared, &who),
         Command::Accept { who } => trust::accept(shared, &who),
@@ -545,7 +550,7 @@ fn show_history(shared: &Shared, who: Option<&str>, n: usize) -> Result<(), Fail
         Some(w) => Some(match shared.borrow().roster.resolve(w) {
             Ok(contact) => contact.user_id.to_string(),
             // Offline now: a name from the accounts file, else an id as typed.
-            Err(_) => identity::account_id(shared, w).unwrap_or_else(|| w.to_owned()),
+            Err(_) => account::account_id(shared, w).unwrap_or_else(|| w.to_owned()),
         }),
     };
     let (out, history) = {
