@@ -165,6 +165,37 @@ async fn first_frames() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) 
     (port, firsts)
 }
 
+/// A scripted introducer on a loopback port: on each connection it reads the
+/// join request, sends what `answer` makes for the joiner's id (given its own
+/// port), keeps the connection open and hands each later frame to `then`.
+/// Its port, and how many connections it accepted.
+async fn scripted_introducer(
+    answer: impl Fn(&str, u16) -> Vec<Envelope> + Clone + 'static,
+    then: impl Fn(Envelope) + Clone + 'static,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (listener, port) = loopback::listen().await;
+    let accepted = loopback::accept_all(listener, move |sock| {
+        let (answer, then) = (answer.clone(), then.clone());
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            let Some(join) = conn.next_text().await else {
+                return;
+            };
+            let join: Value = serde_json::from_str(&join).expect("json");
+            let joiner = join["from"].as_str().unwrap_or_default().to_owned();
+            for frame in answer(&joiner, port) {
+                conn.send_text(&frame.to_json()).await;
+            }
+            while let Some(text) = conn.next_text().await {
+                then(Envelope::parse(text.as_bytes()).expect("a frame"));
+            }
+        }
+    });
+    (port, accepted)
+}
+
 /// `text` is the SERVER_ANNOUNCE of socp server `a` opening a link to a PEM
 /// server: its key written in PEM, signed over that payload.
 fn our_announce_in_pem(text: &str, a: &RunningServer) -> Envelope {
@@ -739,33 +770,20 @@ async fn socp_joins_through_an_introducer_of_the_pem_dialect() {
     // The mesh's server: records the first frame of each connection.
     let (server_port, firsts) = first_frames().await;
     // Its introducer: a welcome as it writes one, the connection kept.
-    let (listener, intro_port) = loopback::listen().await;
     let (sid, spem) = (server_id.clone(), server_pem.clone());
-    loopback::accept_all(listener, move |sock| {
-        let (intro_key, sid, spem) = (intro_key.clone(), sid.clone(), spem.clone());
-        async move {
-            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
-                return;
-            };
-            let Some(join) = conn.next_text().await else {
-                return;
-            };
-            let join: Value = serde_json::from_str(&join).expect("json");
-            let joiner = join["from"].as_str().unwrap_or_default().to_owned();
-            let welcome = signed(
-                MessageType::ServerWelcome,
-                ServerId::random().as_str(),
-                &joiner,
-                now_ms(),
-                json!({"assigned_id": joiner, "clients": [],
-                       "servers": [{"server_id": sid, "host": "127.0.0.1", "port": server_port,
-                                    "pubkey": spem}]}),
-                &intro_key,
-            );
-            conn.send_text(&welcome.to_json()).await;
-            while conn.next_text().await.is_some() {}
-        }
-    });
+    let welcome = move |joiner: &str, _| {
+        vec![signed(
+            MessageType::ServerWelcome,
+            ServerId::random().as_str(),
+            joiner,
+            now_ms(),
+            json!({"assigned_id": joiner, "clients": [],
+                   "servers": [{"server_id": sid, "host": "127.0.0.1", "port": server_port,
+                                "pubkey": spem}]}),
+            &intro_key,
+        )]
+    };
+    let (intro_port, _) = scripted_introducer(welcome, |_| {}).await;
     let intro = std::net::SocketAddr::from(([127, 0, 0, 1], intro_port));
     let a = start(config_with(0, None, &[intro], fast_settings()))
         .await
@@ -936,49 +954,35 @@ async fn a_socp_joiner_keeps_its_join_connection_as_its_link() {
     let intro_key = Arc::new(fixtures::key(7));
     let intro_id = ServerId::random().to_string();
     let carl = UserId::random();
-    let (listener, intro_port) = loopback::listen().await;
     let after_welcome = Arc::new(Mutex::new(Vec::<Envelope>::new()));
-    let (seen, id, carl_id) = (after_welcome.clone(), intro_id.clone(), carl.clone());
-    let connections = loopback::accept_all(listener, move |sock| {
-        let (key, seen, id, carl) = (intro_key.clone(), seen.clone(), id.clone(), carl_id.clone());
-        async move {
-            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
-                return;
-            };
-            let Some(join) = conn.next_text().await else {
-                return;
-            };
-            let join: Value = serde_json::from_str(&join).expect("json");
-            let joiner = join["from"].as_str().unwrap_or_default().to_owned();
-            let der = key.public_key().to_wire().to_owned();
-            let welcome = signed(
-                MessageType::ServerWelcome,
-                &id,
-                &joiner,
-                now_ms(),
-                json!({"assigned_id": joiner, "clients": [],
-                       "servers": [{"server_id": id, "host": "127.0.0.1", "port": intro_port,
-                                    "pubkey": der}]}),
-                &key,
-            );
-            conn.send_text(&welcome.to_json()).await;
-            let advert = signed(
-                MessageType::UserAdvertise,
-                &id,
-                "*",
-                now_ms(),
-                json!({"user_id": carl.as_str(), "server_id": id, "meta": {},
-                       "pubkey": fixtures::key(12).public_key().to_wire()}),
-                &key,
-            );
-            conn.send_text(&advert.to_json()).await;
-            while let Some(text) = conn.next_text().await {
-                seen.lock()
-                    .unwrap()
-                    .push(Envelope::parse(text.as_bytes()).expect("a frame"));
-            }
-        }
-    });
+    let (id, carl_id) = (intro_id.clone(), carl.clone());
+    // Its welcome lists itself with its key, then one of its users comes.
+    let answer = move |joiner: &str, port: u16| {
+        let der = intro_key.public_key().to_wire().to_owned();
+        let welcome = signed(
+            MessageType::ServerWelcome,
+            &id,
+            joiner,
+            now_ms(),
+            json!({"assigned_id": joiner, "clients": [],
+                   "servers": [{"server_id": id, "host": "127.0.0.1", "port": port,
+                                "pubkey": der}]}),
+            &intro_key,
+        );
+        let advert = signed(
+            MessageType::UserAdvertise,
+            &id,
+            "*",
+            now_ms(),
+            json!({"user_id": carl_id.as_str(), "server_id": id, "meta": {},
+                   "pubkey": fixtures::key(12).public_key().to_wire()}),
+            &intro_key,
+        );
+        vec![welcome, advert]
+    };
+    let seen = after_welcome.clone();
+    let (intro_port, connections) =
+        scripted_introducer(answer, move |frame| seen.lock().unwrap().push(frame)).await;
     let intro = std::net::SocketAddr::from(([127, 0, 0, 1], intro_port));
     let a = start(config_with(0, None, &[intro], fast_settings()))
         .await
@@ -1078,4 +1082,100 @@ async fn an_unsigned_announce_is_trusted_on_first_use_only() {
         .await;
     assert!(again.closed_within(WAIT).await.is_some(), "closed");
     assert_ne!(link_state(&a.status().await, &id).as_deref(), Some("up"));
+}
+
+/// One implementation takes no first frame from a server but
+/// SERVER_HELLO_JOIN (it drops a SERVER_HELLO_LINK without a word) and never
+/// dials the servers it hears of. A socp server that learns of it through
+/// the mesh dials it, is dropped unanswered, and dials again with a join: it
+/// reads the welcome, keeps the connection as the link, and the server's
+/// users are known. Before, it dialled with SERVER_HELLO_LINK for ever.
+#[actix_rt::test]
+async fn a_server_that_takes_only_joins_is_linked_with_a_join() {
+    use std::sync::{Arc, Mutex};
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let g_key = Arc::new(fixtures::key(9));
+    let g_id = ServerId::random();
+    let gus = UserId::random();
+    let openers = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (listener, g_port) = loopback::listen().await;
+    let (seen, key, id, user) = (openers.clone(), g_key.clone(), g_id.clone(), gus.clone());
+    loopback::accept_all(listener, move |sock| {
+        let (seen, key, id, user) = (seen.clone(), key.clone(), id.clone(), user.clone());
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            let Some(first) = conn.next_text().await else {
+                return;
+            };
+            let first: Value = serde_json::from_str(&first).expect("json");
+            let opener = first["type"].as_str().unwrap_or_default().to_owned();
+            seen.lock().unwrap().push(opener.clone());
+            if opener != "SERVER_HELLO_JOIN" {
+                return; // dropped, without a close frame
+            }
+            let der = key.public_key().to_wire().to_owned();
+            let joiner = first["from"].as_str().unwrap_or_default().to_owned();
+            let welcome = signed(
+                MessageType::ServerWelcome,
+                id.as_str(),
+                &joiner,
+                now_ms(),
+                json!({"server_id": id.as_str(), "server_pub": der, "assigned_id": null}),
+                &key,
+            );
+            conn.send_text(&welcome.to_json()).await;
+            let advert = signed(
+                MessageType::UserAdvertise,
+                id.as_str(),
+                "*",
+                now_ms(),
+                json!({"user_id": user.as_str(), "server_id": id.as_str(), "meta": {},
+                       "pubkey": fixtures::key(12).public_key().to_wire()}),
+                &key,
+            );
+            conn.send_text(&advert.to_json()).await;
+            while conn.next_text().await.is_some() {}
+        }
+    });
+    // A linked server passes on the join-only server's announce: a's first
+    // news of it.
+    let relay = PemServer::link(&a, 5).await;
+    let relay_id = ServerId::parse(&relay.id).expect("an id");
+    eventually(WAIT, "the relaying server linked", || async {
+        link_state(&a.status().await, &relay_id).as_deref() == Some("up")
+    })
+    .await;
+    let mut relay = relay;
+    let announce = signed(
+        MessageType::ServerAnnounce,
+        g_id.as_str(),
+        "*",
+        now_ms(),
+        json!({"host": "127.0.0.1", "port": g_port,
+               "pubkey": g_key.public_key().to_wire()}),
+        &g_key,
+    );
+    relay.peer.send(&announce).await;
+    eventually(
+        WAIT,
+        "its user known over a link opened with a join",
+        || async {
+            let status = a.status().await;
+            knows(&status, &gus) && link_state(&status, &g_id).as_deref() == Some("up")
+        },
+    )
+    .await;
+    let openers = openers.lock().unwrap().clone();
+    assert_eq!(
+        openers.first().map(String::as_str),
+        Some("SERVER_HELLO_LINK")
+    );
+    assert_eq!(
+        openers.last().map(String::as_str),
+        Some("SERVER_HELLO_JOIN")
+    );
 }

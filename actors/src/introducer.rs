@@ -46,7 +46,7 @@ impl Welcomed {
         match shared {
             Some(shared) => {
                 let linked = peer.server_id.clone();
-                crate::peer::PeerLink::start_outbound(shared.clone(), conn, peer);
+                crate::peer::PeerLink::start_outbound(shared.clone(), conn, peer, false);
                 (self.welcome, Some(linked))
             }
             None => {
@@ -372,7 +372,7 @@ pub async fn join_on(
             let _ = tx.send(Ok((welcome, Some((peer.server_id.clone(), link_tx)))));
             match link_rx.await {
                 Ok(Some(shared)) => {
-                    crate::peer::PeerLink::start_outbound(shared, conn, peer);
+                    crate::peer::PeerLink::start_outbound(shared, conn, peer, false);
                 }
                 _ => close(conn, "joined; not linking").await,
             }

@@ -8,6 +8,8 @@ use socp_protocol::{now_ms, Envelope, Message, PublicKey, ServerId, UserId};
 
 use crate::budget::Charge;
 use crate::crypto::{FrameText, SignedFrame};
+mod links;
+
 use crate::routing::{
     Action, Conn, ConnId, Peer, PeerFrame, Refusal, RouterState, Status, StoreOp,
 };
@@ -125,6 +127,8 @@ pub struct LinkDown {
     pub server_id: ServerId,
     /// The link's connection (a newer link to the same server is not affected).
     pub conn_id: ConnId,
+    /// We opened it, and the server closed it without sending anything.
+    pub unanswered: bool,
 }
 
 /// A verified frame from a server link.
@@ -206,10 +210,12 @@ pub struct Shutdown;
 #[rtype(result = "Status")]
 pub struct GetStatus;
 
-/// Ask a dialer to open an outbound link.
+/// Ask a dialer to open an outbound link; `true`: open it with
+/// SERVER_HELLO_JOIN, for a server that takes no other first frame (it closed
+/// a link opened with SERVER_HELLO_LINK without a word).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct Dial(pub Peer);
+pub struct Dial(pub Peer, pub bool);
 
 /// What the router tells the heartbeat actor about links.
 #[derive(Message, Debug, Clone)]
@@ -283,7 +289,7 @@ impl Router {
                 Action::Send(to, frame) => to.do_send(Outbound::Frame(frame)),
                 Action::SendNow(to, frame) => to.do_send(Outbound::Urgent(frame)),
                 Action::Close(to, code, reason) => to.do_send(Outbound::Close(code, reason)),
-                Action::Connect(peer) => self.ports.dialer.do_send(Dial(peer)),
+                Action::Connect(peer) => self.dial(peer),
                 Action::Store(op) => match op.frame().filter(|f| f.peek().is_none()) {
                     // A record is stored once its frame is signed.
                     Some(frame) => {
@@ -438,42 +444,6 @@ impl Handler<UserKey> for Router {
     }
 }
 
-impl Handler<LinkUp> for Router {
-    type Result = Result<(), Refusal>;
-
-    fn handle(&mut self, msg: LinkUp, _: &mut Self::Context) -> Self::Result {
-        let server = msg.peer.server_id.clone();
-        let tx = msg.conn.tx.clone();
-        let now = now_ms();
-        let up = self
-            .state
-            .link_up(msg.peer, msg.conn, msg.opened_by_me, now)?;
-        let mut actions = Vec::with_capacity(up.len() + 1);
-        if msg.opened_by_me {
-            // Our SERVER_ANNOUNCE follows our hello on every link we open.
-            actions.push(Action::Send(tx, self.state.announce_frame(now)));
-        }
-        actions.extend(up);
-        log::info!("link to server {server} up");
-        self.ports.liveness.do_send(LinkEvent::Up(server));
-        self.run(actions);
-        Ok(())
-    }
-}
-
-impl Handler<LinkDown> for Router {
-    type Result = ();
-
-    fn handle(&mut self, msg: LinkDown, _: &mut Self::Context) {
-        let (actions, was_current) = self.state.link_down(&msg.server_id, msg.conn_id, now_ms());
-        if was_current {
-            log::info!("link to server {} down", msg.server_id);
-            self.ports.liveness.do_send(LinkEvent::Down(msg.server_id));
-        }
-        self.run(actions);
-    }
-}
-
 impl Handler<LinkFrame> for Router {
     type Result = ();
 
@@ -522,34 +492,6 @@ fn charged(actions: Vec<Action<Handle>>, charge: Option<&Charge>) -> Vec<Action<
         .collect()
 }
 
-impl Handler<JoinRequest> for Router {
-    type Result = MessageResult<JoinRequest>;
-
-    fn handle(&mut self, msg: JoinRequest, _: &mut Self::Context) -> Self::Result {
-        let welcome = self.state.welcome(&msg.requested, &msg.address);
-        log::info!(
-            "server {} joins through us as {}",
-            msg.requested,
-            welcome.assigned_id
-        );
-        MessageResult(welcome)
-    }
-}
-
-impl Handler<Joined> for Router {
-    type Result = ();
-
-    fn handle(&mut self, msg: Joined, _: &mut Self::Context) {
-        let (to_link, actions) = self.state.apply_welcome(&msg.0, now_ms());
-        self.run(actions);
-        for peer in to_link {
-            if Some(&peer.server_id) != msg.1.as_ref() {
-                self.ports.dialer.do_send(Dial(peer));
-            }
-        }
-    }
-}
-
 impl Handler<SendHeartbeats> for Router {
     type Result = ();
 
@@ -563,67 +505,6 @@ impl Handler<SendHeartbeats> for Router {
         self.rounds += 1;
         if self.rounds % 4 == 1 {
             log::info!("{}", self.state.known_servers_line());
-        }
-    }
-}
-
-impl Handler<PeerDead> for Router {
-    type Result = ();
-
-    fn handle(&mut self, msg: PeerDead, _: &mut Self::Context) {
-        let Some(conn) = self.state.link_of(&msg.0).cloned() else {
-            return;
-        };
-        log::warn!("server {} silent past the timeout: closing its link", msg.0);
-        conn.tx
-            .do_send(Outbound::Close(1001, "heartbeat timeout".into()));
-        let (actions, was_current) = self.state.link_down(&msg.0, conn.id, now_ms());
-        if was_current {
-            self.ports.liveness.do_send(LinkEvent::Down(msg.0));
-        }
-        self.run(actions);
-    }
-}
-
-impl Handler<Reconnect> for Router {
-    type Result = ();
-
-    fn handle(&mut self, msg: Reconnect, _: &mut Self::Context) {
-        if self.stopping || self.state.is_linked(&msg.0) {
-            return;
-        }
-        // A server only announced to us got its one dial, which failed: it
-        // is forgotten, not retried (it links to us itself if it is real).
-        if self.state.forget_unearned(&msg.0) {
-            log::info!(
-                "server {} was announced but cannot be reached: forgotten",
-                msg.0
-            );
-            self.ports.liveness.do_send(LinkEvent::Gone(msg.0));
-            return;
-        }
-        if let Some(peer) = self
-            .state
-            .peers()
-            .into_iter()
-            .find(|p| p.server_id == msg.0)
-        {
-            self.ports.dialer.do_send(Dial(peer));
-        }
-    }
-}
-
-impl Handler<Remember> for Router {
-    type Result = ();
-
-    fn handle(&mut self, msg: Remember, _: &mut Self::Context) {
-        match self.state.remember_server(msg.0.clone()) {
-            Ok(()) => {
-                if !self.state.is_linked(&msg.0.server_id) {
-                    self.ports.dialer.do_send(Dial(msg.0));
-                }
-            }
-            Err(r) => log::warn!("remembered server {}: {}", msg.0.server_id, r.detail),
         }
     }
 }

@@ -84,7 +84,10 @@ impl Node {
     }
 
     async fn dial(&self, peer: Peer) {
-        self.dialer.send(Dial(peer)).await.expect("dialer alive");
+        self.dialer
+            .send(Dial(peer, false))
+            .await
+            .expect("dialer alive");
     }
 
     /// The links the router was told are up, as `(server, opened_by_me)`.

@@ -427,6 +427,7 @@ async fn a_link_we_open_carries_our_announce() {
         .send(LinkDown {
             server_id: sid("srv-b"),
             conn_id: 3,
+            unanswered: false,
         })
         .await
         .expect("router alive");
@@ -448,6 +449,7 @@ async fn link_down_and_peer_dead_drop_the_servers_users() {
         .send(LinkDown {
             server_id: sid("srv-b"),
             conn_id: 99,
+            unanswered: false,
         })
         .await
         .expect("router alive");
@@ -458,6 +460,7 @@ async fn link_down_and_peer_dead_drop_the_servers_users() {
         .send(LinkDown {
             server_id: sid("srv-b"),
             conn_id: 1,
+            unanswered: false,
         })
         .await
         .expect("router alive");
@@ -502,6 +505,57 @@ async fn link_down_and_peer_dead_drop_the_servers_users() {
     assert!(outbound(&link_b2).await.is_empty());
     assert!(f.liveness.take().await.is_empty());
     assert!(outbound(&alice).await.is_empty());
+}
+
+/// A server that closed a link we opened before sending anything (one
+/// implementation takes no first frame from a server but SERVER_HELLO_JOIN)
+/// is dialled with a join from then on; once a frame of its own says it
+/// speaks socp it is dialled with SERVER_HELLO_LINK again, and a server known
+/// to speak socp is never switched to joins.
+#[actix::test]
+async fn a_server_that_drops_our_hello_unanswered_is_dialled_with_a_join() {
+    let f = Fixture::start();
+    let joins = |got: Vec<Dial>| got.into_iter().map(|d| d.1).collect::<Vec<bool>>();
+    f.router
+        .send(Remember(peer("srv-d", 3)))
+        .await
+        .expect("router alive");
+    assert_eq!(joins(f.dialer.take().await), [false], "a link hello first");
+    let dropped = |conn| LinkDown {
+        server_id: sid("srv-d"),
+        conn_id: conn,
+        unanswered: true,
+    };
+    f.link("srv-d", 3, 1, true).await;
+    f.router.send(dropped(1)).await.expect("router alive");
+    f.router
+        .send(Reconnect(sid("srv-d")))
+        .await
+        .expect("router alive");
+    assert_eq!(joins(f.dialer.take().await), [true], "then a join");
+
+    // Its own frame says it speaks socp: link hellos again, for good.
+    f.link("srv-d", 3, 2, true).await;
+    let heartbeat = socp_protocol::message::Heartbeat {};
+    let mut hb = Envelope::new(&sid("srv-d"), To::All, now_ms(), &heartbeat);
+    hb = socp_protocol::dialect::with_capability(hb);
+    let raw = FrameText::from(hb.to_json());
+    f.router
+        .send(LinkFrame {
+            link: sid("srv-d"),
+            msg: hb.message().expect("typed"),
+            env: hb,
+            raw,
+            charge: None,
+        })
+        .await
+        .expect("router alive");
+    f.router.send(dropped(2)).await.expect("router alive");
+    f.router
+        .send(Reconnect(sid("srv-d")))
+        .await
+        .expect("router alive");
+    assert_eq!(joins(f.dialer.take().await), [false]);
 }
 
 #[actix::test]

@@ -47,7 +47,7 @@ impl Handler<Dial> for Dialer {
     type Result = ();
 
     fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) {
-        let peer = msg.0;
+        let Dial(peer, join) = msg;
         let Some(client) = &self.client else { return };
         if !self.dialling.insert(peer.server_id.clone()) {
             return;
@@ -63,7 +63,7 @@ impl Handler<Dial> for Dialer {
                 match result {
                     Ok((_, framed)) => {
                         log::info!("dialled server {} at {url}", peer.server_id);
-                        PeerLink::start_outbound(shared, framed, peer);
+                        PeerLink::start_outbound(shared, framed, peer, join);
                     }
                     Err(e) => {
                         log::info!("cannot reach server {} at {url}: {e}", peer.server_id);

@@ -27,6 +27,7 @@ mod directory;
 mod join;
 mod keys;
 mod trust;
+mod wire;
 
 pub use dialer::Dialer;
 pub use join::MAX_KEPT_JOINS;
@@ -85,6 +86,10 @@ pub struct PeerLink {
     retired: bool,
     /// Counted among the server's kept join connections.
     kept: bool,
+    /// We dial a server that takes no first frame but SERVER_HELLO_JOIN.
+    opens_with_join: bool,
+    /// Something arrived from the other side.
+    heard: bool,
     /// Adverts of the peer's users that came without a key (another
     /// dialect's), verified, by user id, until its PUBKEY_RESPONSE.
     keyless: std::collections::HashMap<String, (Envelope, FrameText)>,
@@ -126,6 +131,8 @@ impl PeerLink {
             welcomed: None,
             via_join: false,
             retired: false,
+            opens_with_join: false,
+            heard: false,
             kept: false,
             keyless: Default::default(),
         }
@@ -148,11 +155,15 @@ impl PeerLink {
         shared: Shared,
         framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
         peer: Peer,
+        opens_with_join: bool,
     ) -> Addr<PeerLink> {
         let max_frame = shared.settings.limits.max_frame_bytes;
         PeerLink::create(move |ctx| {
             let transport = AwcTransport::start(framed, ctx.address().recipient(), max_frame);
-            PeerLink::new(shared, transport.recipient(), Some(peer), true)
+            PeerLink {
+                opens_with_join,
+                ..PeerLink::new(shared, transport.recipient(), Some(peer), true)
+            }
         })
     }
 
@@ -475,13 +486,17 @@ impl Actor for PeerLink {
         // Our hello first, then the router learns the link is up (and sends
         // our SERVER_ANNOUNCE over it). A server whose key came in PEM is of
         // a dialect that links with SERVER_ANNOUNCE (and drops a
-        // SERVER_HELLO_LINK): the announce is the hello (SPEC.md §11).
+        // SERVER_HELLO_LINK): the announce is the hello (SPEC.md §11); one
+        // that dropped it unanswered takes only SERVER_HELLO_JOIN (it then
+        // answers with a welcome, read and ignored, and keeps the link).
         let address = ServerAddress {
             host: self.shared_host(),
             port: self.shared_port(),
             pubkey: self.shared.pool.public_key().clone(),
         };
-        let hello = if self.dialect.keys == socp_protocol::dialect::KeyEncoding::Der {
+        let hello = if self.opens_with_join {
+            Message::ServerHelloJoin(ServerHelloJoin(address))
+        } else if self.dialect.keys == socp_protocol::dialect::KeyEncoding::Der {
             Message::ServerHelloLink(ServerHelloLink(address))
         } else {
             Message::ServerAnnounce(socp_protocol::message::ServerAnnounce(address))
@@ -514,6 +529,7 @@ impl Actor for PeerLink {
             self.shared.router.link_down.do_send(LinkDown {
                 server_id: peer.server_id.clone(),
                 conn_id: self.conn_id,
+                unanswered: self.outbound && !self.heard && !self.opens_with_join,
             });
         }
     }
@@ -543,94 +559,5 @@ impl InOrder for PeerLink {
 impl HasOutQueue for PeerLink {
     fn out_queue(&mut self) -> &mut OutQueue {
         &mut self.out
-    }
-}
-
-impl Handler<Inbound> for PeerLink {
-    type Result = ();
-
-    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
-        match msg {
-            Inbound::Text(text) => {
-                self.shared
-                    .metrics
-                    .inc(crate::metrics::family::FRAMES_IN, "server");
-                if self.inbox.len() >= MAX_LINK_BACKLOG {
-                    self.close(ctx, close::POLICY, "too many frames waiting");
-                    return;
-                }
-                let now = Instant::now();
-                let within = self.frame_budget.try_take_at(1.0, now)
-                    && self.byte_budget.try_take_at(text.len() as f64, now);
-                if !within {
-                    self.shared
-                        .metrics
-                        .inc(crate::metrics::family::LINK_OVER_BUDGET, "frames");
-                    if let Some(repeats) = self.over_budget.hit(now) {
-                        log::warn!(
-                            "link {}: over its frame or byte budget, dropping frames \
-                             ({repeats} more in the last episode)",
-                            self.conn_id
-                        );
-                    }
-                    return;
-                }
-                let charge = match self.account.charge(text.len()) {
-                    Ok(charge) => charge,
-                    Err(over) => {
-                        self.shared
-                            .metrics
-                            .inc(crate::metrics::family::MEMORY_REFUSED, over.as_str());
-                        if let Some(repeats) = self.over_budget.hit(now) {
-                            log::warn!(
-                                "link {}: what it sent still waits (memory budget of the \
-                                 {} full), dropping frames ({repeats} more in the last episode)",
-                                self.conn_id,
-                                over.as_str()
-                            );
-                        }
-                        return;
-                    }
-                };
-                // The socket is the identified server's: a frame arriving
-                // proves it alive, even while earlier frames wait to be
-                // verified (a long backlog must not look like silence).
-                self.report_alive();
-                InQueue::push(ctx, self, text, Some(charge));
-            }
-            Inbound::Binary => self.strike(
-                ctx,
-                ErrorCode::BadRequest,
-                "binary frames are not part of the protocol".into(),
-            ),
-            // Pings count as liveness: implementations that never send
-            // HEARTBEAT are not declared dead while they answer.
-            Inbound::Alive => self.report_alive(),
-            Inbound::Closed => InQueue::finish(ctx, self),
-        }
-    }
-}
-
-impl Handler<Outbound> for PeerLink {
-    type Result = ();
-
-    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
-        if self.retired {
-            return;
-        }
-        if let Outbound::Close(_, reason) = &msg {
-            // A join connection another implementation keeps open (it joins
-            // again when it closes) is retired when its own link replaces it.
-            if self.via_join
-                && !self.dialect.socp
-                && reason == crate::routing::DUPLICATE_LINK
-                && self.keep()
-            {
-                log::info!("link {}: join connection retired, kept open", self.conn_id);
-                self.retired = true;
-                return;
-            }
-        }
-        OutQueue::push(ctx, self, msg);
     }
 }

@@ -44,6 +44,9 @@ impl<H: Clone> RouterState<H> {
             .payload()
             .get(socp_protocol::dialect::CAPABILITY)
             .is_some();
+        if socp {
+            self.speaks_socp(&origin);
+        }
         match frame.msg {
             Message::Heartbeat(_) | Message::Ack(_) => {}
             Message::UserAdvertise(adv) => {

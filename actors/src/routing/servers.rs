@@ -31,6 +31,12 @@ pub(super) struct ServerEntry<H> {
     pub(super) persisted: Option<(String, u16)>,
     /// The link whose announcement taught us this server, while not earned.
     pub(super) via: Option<ServerId>,
+    /// Known to speak socp (a frame of its own carried the capability).
+    pub(super) socp: bool,
+    /// It closed a link we opened with SERVER_HELLO_LINK without a word:
+    /// links to it open with SERVER_HELLO_JOIN (one implementation takes no
+    /// other first frame from a server), until it is known to speak socp.
+    pub(super) joins_only: bool,
 }
 
 pub(super) struct Link<H> {
@@ -49,6 +55,32 @@ impl<H: Clone> RouterState<H> {
             return Some(&self.config.pubkey);
         }
         self.servers.get(id).map(|s| &s.peer.pubkey)
+    }
+
+    /// Whether links to `id` open with SERVER_HELLO_JOIN.
+    pub fn joins_only(&self, id: &ServerId) -> bool {
+        self.servers.get(id).is_some_and(|s| s.joins_only)
+    }
+
+    /// A link we opened to `id` with SERVER_HELLO_LINK was closed before it
+    /// sent anything: unless it speaks socp, the next opens with a join.
+    pub fn unanswered(&mut self, id: &ServerId) {
+        if let Some(s) = self
+            .servers
+            .get_mut(id)
+            .filter(|s| !s.socp && !s.joins_only)
+        {
+            log::info!("server {id} closed our link unanswered: links to it open with a join");
+            s.joins_only = true;
+        }
+    }
+
+    /// A frame of `id`'s own carried socp's capability.
+    pub(super) fn speaks_socp(&mut self, id: &ServerId) {
+        if let Some(s) = self.servers.get_mut(id) {
+            s.socp = true;
+            s.joins_only = false;
+        }
     }
 
     /// Whether `id` has a live link.
@@ -129,6 +161,8 @@ impl<H: Clone> RouterState<H> {
                         earned: via.is_none(),
                         persisted: None,
                         via: via.cloned(),
+                        socp: false,
+                        joins_only: false,
                     },
                 );
                 Ok(())
@@ -295,8 +329,10 @@ impl<H: Clone> RouterState<H> {
     /// Answer SERVER_HELLO_JOIN (we are the introducer): the assigned id, every
     /// server (us included) and every online user.
     pub fn welcome(&mut self, requested: &ServerId, address: &ServerAddress) -> ServerWelcome {
-        // The requested id is kept unless another server holds it.
+        // The requested id is kept unless another server holds it, or it is
+        // "auto": one implementation's joiner asks so for an id.
         let taken = *requested == self.config.me
+            || requested.as_str().eq_ignore_ascii_case("auto")
             || self
                 .servers
                 .get(requested)
