@@ -1602,8 +1602,9 @@ fn welcome_keeps_the_requested_id_unless_another_server_holds_it() {
     assert_eq!(w.assigned_id, sid("srv-b"));
     assert!(w.servers.iter().all(|s| s.server_id != sid("srv-b")));
 
-    // Another key asking for srv-b's id, or ours, gets a fresh one.
-    for taken in ["srv-b", "srv-a"] {
+    // Another key asking for srv-b's id, or ours, gets a fresh one; so does
+    // a joiner asking for "auto" (one implementation's way to ask for one).
+    for taken in ["srv-b", "srv-a", "auto", "AUTO"] {
         let w = st.welcome(&sid(taken), &address(5));
         assert_ne!(w.assigned_id, sid(taken));
         assert!(w.assigned_id.is_uuid());
@@ -1907,6 +1908,50 @@ fn our_frames_carry_our_signature_and_relayed_ones_keep_theirs() {
     let relayed = &sent_to(&a, "alice")[0];
     relayed.verify(&pk(1)).expect("still srv-b's signature");
     assert!(relayed.verify(&pk(0)).is_err());
+}
+
+/// Another dialect advertises its users without keys (its link asks for
+/// each key and hands the advert over with it). Such an advert is not passed
+/// on to other servers: they could not read it, and a socp server reading it
+/// as a frame of the relaying link held it against that link.
+#[test]
+fn a_keyless_advert_is_not_passed_on() {
+    let mut st = router("srv-a");
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    link(&mut st, "srv-g", 2, "link-g", 2);
+    let keyed = advert_from("srv-g", "gus", 12);
+    let mut payload = keyed.env.payload().clone();
+    payload.as_object_mut().expect("an object").remove("pubkey");
+    let raw = FrameText::from(
+        Envelope::raw(
+            socp_protocol::MessageType::UserAdvertise,
+            "srv-g",
+            To::All,
+            NOW,
+            payload,
+        )
+        .to_json(),
+    );
+    let env = Envelope::parse(raw.as_bytes()).expect("parses");
+    let link_g = sid("srv-g");
+    let a = st.from_server(
+        PeerFrame {
+            link: &link_g,
+            env: &env,
+            msg: keyed.env.message().expect("typed, with the key asked for"),
+            raw: &raw,
+        },
+        NOW,
+    );
+    assert_eq!(location(&st, "gus"), Some(sid("srv-g")));
+    assert!(
+        sent_to(&a, "link-b").is_empty(),
+        "{:?}",
+        types_to(&a, "link-b")
+    );
+    // A keyed advert still is.
+    let a = feed(&mut st, "srv-g", &advert_from("srv-g", "gil", 13));
+    assert_eq!(types_to(&a, "link-b"), ["USER_ADVERTISE"]);
 }
 
 // ----- an id claimed on both sides of a partition -------------------------

@@ -427,7 +427,11 @@ impl<H: Clone> RouterState<H> {
                 learnt: now,
             },
         );
-        self.relay_onward(from, out);
+        // A keyless advert (another dialect's) is not passed on: other servers
+        // cannot read it (nor ask a server they are not linked to for the key).
+        if !keyless {
+            self.relay_onward(from, out);
+        }
         if changed {
             // Our registered user attached there: its kept DMs follow it.
             self.flush_mail(&adv.user_id, now, out);
