@@ -1179,3 +1179,58 @@ async fn a_server_that_takes_only_joins_is_linked_with_a_join() {
         Some("SERVER_HELLO_JOIN")
     );
 }
+
+/// A joiner learns each server of the mesh from the welcome, and links to a
+/// PEM-dialect server in its dialect only if it learns its key as PEM: the
+/// welcome gives every key as its holder writes it. It gave them all as
+/// DER, and a socp server joining later opened its link to the PEM server
+/// with SERVER_HELLO_LINK and a DER key, which that server cannot read.
+#[actix_rt::test]
+async fn a_joiner_links_to_a_pem_server_in_its_dialect() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let (port, firsts) = first_frames().await;
+    let key = fixtures::key(5);
+    let id = ServerId::random();
+    let mut pem_server = Peer::connect(a.addr).await;
+    let announce = signed(
+        MessageType::ServerAnnounce,
+        id.as_str(),
+        a.server_id.as_str(),
+        now_ms(),
+        json!({"host": "127.0.0.1", "port": port, "pubkey": pem(&key)}),
+        &key,
+    );
+    pem_server.send(&announce).await;
+    eventually(WAIT, "linked", || async {
+        link_state(&a.status().await, &id).as_deref() == Some("up")
+    })
+    .await;
+    // a dials it back (its own link): wait for that, then b joins.
+    eventually(WAIT, "a dialled it", || async {
+        !firsts.lock().unwrap().is_empty()
+    })
+    .await;
+    let b = start(config_with(1, None, &[a.addr], fast_settings()))
+        .await
+        .expect("b starts and joins");
+    let from_b = || {
+        firsts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| Envelope::parse(t.as_bytes()).expect("a frame"))
+            .find(|e| e.from() == b.server_id.as_str())
+    };
+    eventually(WAIT, "b dialled the PEM server", || async {
+        from_b().is_some()
+    })
+    .await;
+    let first = from_b().expect("b's first frame");
+    assert_eq!(first.msg_type(), "SERVER_ANNOUNCE");
+    assert_eq!(key_in(&first, "pubkey").0, KeyEncoding::PemBase64Url);
+    first
+        .verify(&server_key(1))
+        .expect("signed over the PEM payload");
+}

@@ -38,6 +38,7 @@ impl PeerLink {
                 // Also our id and key as `server_id` and `server_pub`: one
                 // implementation's joiner learns our key only there.
                 let welcome_id = welcome.assigned_id.clone();
+                let written = keys_as_written(&welcome);
                 let msg = Message::ServerWelcome(welcome);
                 let mut env =
                     Envelope::from_message(&act.shared.me, To::from(&requested), now_ms(), &msg);
@@ -45,6 +46,7 @@ impl PeerLink {
                     let key = act.shared.pool.public_key().to_wire().to_owned();
                     p.insert("server_pub".into(), serde_json::Value::String(key));
                     p.insert("server_id".into(), act.shared.me.as_str().into());
+                    written.apply(p);
                 }
                 act.send_env(ctx, socp_protocol::dialect::with_capability(env));
                 if !keep {
@@ -165,5 +167,41 @@ impl PeerLink {
             }
             Err(_) => act.close(ctx, close::AWAY, "server shutting down"),
         });
+    }
+}
+
+/// The keys of a welcome's servers and users that their holders write in
+/// another encoding than DER (the PEM dialect), so written: a joiner links to
+/// a PEM-dialect server in its dialect only if it learns its key as PEM.
+struct KeysAsWritten {
+    servers: Vec<Option<String>>,
+    clients: Vec<Option<String>>,
+}
+
+fn keys_as_written(welcome: &socp_protocol::message::ServerWelcome) -> KeysAsWritten {
+    let written = |key: &socp_protocol::PublicKey| {
+        let encoding = key.written();
+        (encoding != socp_protocol::dialect::KeyEncoding::Der)
+            .then(|| encoding.write(key).ok())
+            .flatten()
+    };
+    KeysAsWritten {
+        servers: welcome.servers.iter().map(|s| written(&s.pubkey)).collect(),
+        clients: welcome.clients.iter().map(|c| written(&c.pubkey)).collect(),
+    }
+}
+
+impl KeysAsWritten {
+    /// Write them into the welcome's payload `p`.
+    fn apply(self, p: &mut serde_json::Map<String, serde_json::Value>) {
+        for (list, keys) in [("servers", self.servers), ("clients", self.clients)] {
+            if let Some(serde_json::Value::Array(items)) = p.get_mut(list) {
+                for (item, key) in items.iter_mut().zip(keys) {
+                    if let (Some(key), serde_json::Value::Object(item)) = (key, item) {
+                        item.insert("pubkey".into(), key.into());
+                    }
+                }
+            }
+        }
     }
 }
