@@ -63,8 +63,12 @@ struct PemServer {
 
 impl PemServer {
     async fn link(to: &RunningServer, key: usize) -> PemServer {
+        PemServer::link_as(to, key, ServerId::random().to_string()).await
+    }
+
+    /// [`PemServer::link`] as server `id`.
+    async fn link_as(to: &RunningServer, key: usize, id: String) -> PemServer {
         let key = fixtures::key(key);
-        let id = ServerId::random().to_string();
         let mut peer = Peer::connect(to.addr).await;
         let announce = signed(
             MessageType::ServerAnnounce,
@@ -1233,4 +1237,39 @@ async fn a_joiner_links_to_a_pem_server_in_its_dialect() {
     first
         .verify(&server_key(1))
         .expect("signed over the PEM payload");
+}
+
+/// Of two links from a server of another implementation, the one replaced is
+/// kept open instead of closed (one implementation forgets a server when any
+/// of its links to it closes, and joins again when its join connection
+/// closes), nothing more is written on it, and what arrives over it is still
+/// read. It was closed as a duplicate.
+#[actix_rt::test]
+async fn a_replaced_link_of_another_implementation_is_kept_open_and_read() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut first = PemServer::link(&a, 5).await;
+    let id = ServerId::parse(&first.id).expect("an id");
+    eventually(WAIT, "linked", || async {
+        link_state(&a.status().await, &id).as_deref() == Some("up")
+    })
+    .await;
+    // Its second link to a: the newer of two links it opened is kept.
+    let mut second = PemServer::link_as(&a, 5, first.id.clone()).await;
+    second.advertise("zed", &fixtures::key(11)).await;
+    let zed = UserId::parse("zed").expect("an id");
+    eventually(WAIT, "zed, over the second link", || async {
+        knows(&a.status().await, &zed)
+    })
+    .await;
+    // The first is not closed, and what comes over it is read.
+    first.advertise("zoe", &fixtures::key(12)).await;
+    let zoe = UserId::parse("zoe").expect("an id");
+    eventually(WAIT, "zoe, over the first link", || async {
+        knows(&a.status().await, &zoe)
+    })
+    .await;
+    assert_eq!(first.peer.closed_within(Duration::from_secs(1)).await, None);
+    assert_eq!(links_up(&a.status().await), 1, "one link in use");
 }

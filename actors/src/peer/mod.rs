@@ -81,8 +81,8 @@ pub struct PeerLink {
     /// This link is a join connection.
     via_join: bool,
     /// Replaced by another link of a server that is not socp, and kept open
-    /// (its implementation joins again when it closes): nothing more is
-    /// read or written on it.
+    /// (its implementation joins again, or forgets us, when it closes):
+    /// nothing more is written on it; what arrives is still handled.
     retired: bool,
     /// Counted among the server's kept join connections.
     kept: bool,
@@ -241,9 +241,6 @@ impl PeerLink {
     }
 
     fn handle_frame(&mut self, ctx: &mut Context<Self>, raw: FrameText) {
-        if self.retired {
-            return;
-        }
         let env = match Envelope::parse_with(raw.as_bytes(), &self.shared.settings.limits) {
             Ok(env) => env,
             Err(e) => return self.strike(ctx, e.code(), e.to_string()),

@@ -84,14 +84,12 @@ impl Handler<Outbound> for PeerLink {
             return;
         }
         if let Outbound::Close(_, reason) = &msg {
-            // A join connection another implementation keeps open (it joins
-            // again when it closes) is retired when its own link replaces it.
-            if self.via_join
-                && !self.dialect.socp
-                && reason == crate::routing::DUPLICATE_LINK
-                && self.keep()
-            {
-                log::info!("link {}: join connection retired, kept open", self.conn_id);
+            // A link of another implementation that another link to it
+            // replaced is retired, not closed: one joins again when its join
+            // connection closes, one forgets the server when any of its
+            // links to it closes. What it sends over it is still read.
+            if !self.dialect.socp && reason == crate::routing::DUPLICATE_LINK && self.keep() {
+                log::info!("link {}: replaced by another, kept open", self.conn_id);
                 self.retired = true;
                 return;
             }
