@@ -10,6 +10,7 @@ use serde_json::json;
 use socp_protocol::content;
 use socp_protocol::crypto::file::{FileKey, FAST_CIPHER};
 use socp_protocol::crypto::{sha256_hex, MAX_OAEP_PLAINTEXT};
+use socp_protocol::dialect::KeyEncoding;
 use socp_protocol::message::{
     FastFile, FileChunk, FileEnd, FileId, FileMode, FileStart, FAST_FILE_BYTES_PER_SECOND,
     MAX_FAST_CHUNK,
@@ -64,7 +65,7 @@ pub(crate) async fn send_file(
     // Fast mode [ext] to a client that reads it, through a socp server.
     let fast = contact.fast_files
         && !shared.borrow().config.standard_files
-        && shared.borrow().key_encoding == socp_protocol::dialect::KeyEncoding::Der;
+        && shared.borrow().key_encoding == KeyEncoding::Der;
     let (max, chunk_len) = if fast {
         (MAX_SEND_FAST, MAX_FAST_CHUNK as usize)
     } else {
@@ -171,18 +172,9 @@ async fn transfer(
         ),
         json!({ "file_id": file_id.as_str(), "name": name, "direction": "send", "done": 0, "total": total, "mode": if file_key.is_some() { "fast" } else { "standard" } }),
     );
-    // Four fifths of the rate: the rest is left for chatting meanwhile. Not
-    // strict: an ERROR about something else (a DM to someone offline) must
-    // not stop the file.
-    // Fast chunks are large: at most 20 MiB a second, and a round trip every
-    // few (a server holds 8 MiB of a user's frames at most by default).
-    let (rate, window) = match &fast_chunk {
-        Some(bytes) => (
-            (rate * 0.8).min(FAST_FILE_BYTES_PER_SECOND / *bytes),
-            FAST_WINDOW,
-        ),
-        None => (rate * 0.8, FLOW_WINDOW),
-    };
+    // Not strict: an ERROR about something else (a DM to someone offline)
+    // must not stop the file.
+    let (rate, window) = pace(rate, fast_chunk, contact.pubkey.written());
     let mut flow = Flow::new(rate, false).window(window);
     flow.send(shared, tx, &start).await?;
     // Each chunk is encrypted, signed and stamped just before it is sent,
@@ -299,6 +291,30 @@ async fn cancel(
 /// `FILE_END.status` of a transfer the sender stopped [ext].
 pub(crate) const FILE_CANCELLED: &str = "cancelled";
 
+/// The rate (frames a second) and flow-control window of a file: four fifths
+/// of the client's `rate`, the rest left for chatting. Fast chunks (of
+/// `fast_chunk` bytes as frames) are large: at most 20 MiB a second, and a
+/// round trip every few (a server holds 8 MiB of a user's frames at most by
+/// default). A recipient whose key is written in PEM is a client of the PEM
+/// dialect, which opens about four chunks a second and is dropped by its
+/// server when it falls behind: at most three a second to it.
+fn pace(rate: f64, fast_chunk: Option<f64>, recipient_keys: KeyEncoding) -> (f64, usize) {
+    match fast_chunk {
+        Some(bytes) => (
+            (rate * 0.8).min(FAST_FILE_BYTES_PER_SECOND / bytes),
+            FAST_WINDOW,
+        ),
+        None if recipient_keys != KeyEncoding::Der => {
+            ((rate * 0.8).min(PEM_DIALECT_CHUNKS_PER_SECOND), FLOW_WINDOW)
+        }
+        None => (rate * 0.8, FLOW_WINDOW),
+    }
+}
+
+/// Chunks a second of a file to a client of the PEM dialect (it re-reads its
+/// private key for each chunk it opens: about four a second).
+const PEM_DIALECT_CHUNKS_PER_SECOND: f64 = 3.0;
+
 /// `/transfers`: the files being sent, with their progress.
 pub(crate) fn transfers(shared: &Shared) -> Result<(), Failure> {
     let (out, list) = {
@@ -349,7 +365,7 @@ fn chunk_frame(
     to: &Contact,
     (file_id, index, file_key): (&FileId, u64, Option<&FileKey>),
     plain: &[u8],
-    keys: socp_protocol::dialect::KeyEncoding,
+    keys: KeyEncoding,
 ) -> Result<Envelope, socp_protocol::Error> {
     let ts = now_ms();
     let ct = Base64Url::from_bytes(&match file_key {
@@ -359,7 +375,7 @@ fn chunk_frame(
     // A server of the PEM dialect passes chunks on with only the standard
     // fields (which would break our signature over the rest): the standard
     // chunk, covered by the transport signature and the file's SHA-256.
-    let (sender_pub, content_sig) = if keys == socp_protocol::dialect::KeyEncoding::Der {
+    let (sender_pub, content_sig) = if keys == KeyEncoding::Der {
         let sig = content::sign_dm(&me.key, &ct, me.id.as_str(), to.user_id.as_str(), ts)?;
         (Some(me.key.public_key().clone()), Some(sig))
     } else {
@@ -379,4 +395,25 @@ fn chunk_frame(
         },
     );
     me.sign_frame(env, keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_to_a_client_of_the_pem_dialect_go_at_three_chunks_a_second() {
+        assert_eq!(pace(40.0, None, KeyEncoding::Der), (32.0, FLOW_WINDOW));
+        assert_eq!(
+            pace(40.0, None, KeyEncoding::PemBase64Url),
+            (3.0, FLOW_WINDOW)
+        );
+        // Never faster than the client's own rate allows.
+        assert_eq!(
+            pace(2.5, None, KeyEncoding::PemBase64Url),
+            (2.0, FLOW_WINDOW)
+        );
+        let (fast, window) = pace(40.0, Some(1024.0 * 1024.0), KeyEncoding::Der);
+        assert_eq!((fast, window), (20.0, FAST_WINDOW));
+    }
 }
