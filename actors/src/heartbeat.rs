@@ -115,6 +115,8 @@ impl Handler<Activity> for Heartbeat {
     fn handle(&mut self, msg: Activity, _: &mut Self::Context) {
         if let Some(seen) = self.last_seen.get_mut(&msg.0) {
             *seen = Instant::now();
+            // Heard over a link: the next failure starts the backoff afresh.
+            self.attempts.remove(&msg.0);
         }
     }
 }
@@ -124,9 +126,10 @@ impl Handler<LinkEvent> for Heartbeat {
 
     fn handle(&mut self, msg: LinkEvent, ctx: &mut Self::Context) {
         match msg {
+            // The backoff is not reset until the server is heard: one that
+            // drops every link we open is not dialled every second for ever.
             LinkEvent::Up(id) => {
                 self.gone.remove(&id);
-                self.attempts.remove(&id);
                 self.last_seen.insert(id, Instant::now());
             }
             LinkEvent::Down(id) => {

@@ -197,8 +197,23 @@ async fn reconnects_back_off_exponentially_up_to_the_cap() {
         "what this test walked through"
     );
 
-    // The link comes up: the next failure starts from the base delay again.
+    // A link comes up and is dropped before the server said a word: the
+    // backoff goes on (a server that drops every link we open was dialled
+    // every second for ever).
     f.event(LinkEvent::Up(b.clone())).await;
+    f.event(LinkEvent::Down(b.clone())).await;
+    f.advance(CAP - MS).await;
+    assert!(
+        f.reconnects().await.is_empty(),
+        "not reset by the link alone"
+    );
+    f.advance(2 * MS).await;
+    assert_eq!(f.reconnects().await, std::slice::from_ref(&b));
+
+    // The server is heard over a link: the next failure starts from the
+    // base delay again.
+    f.event(LinkEvent::Up(b.clone())).await;
+    f.activity("srv-b").await;
     f.event(LinkEvent::Down(b.clone())).await;
     f.advance(BASE - MS).await;
     assert!(f.reconnects().await.is_empty());

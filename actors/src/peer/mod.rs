@@ -504,7 +504,6 @@ impl Actor for PeerLink {
             conn: self.conn(ctx),
             opened_by_me: true,
         });
-        self.report_alive();
         InQueue::wait_for(ctx, self, up, move |act, ctx, result| {
             if matches!(result, Ok(Ok(()))) {
                 // Only a socp peer knows DIRECTORY_SYNC: asked once it says so.
