@@ -1899,3 +1899,83 @@ async fn an_account_kept_here_logs_in_on_a_server_without_logins() {
         .verify(&key)
         .expect("signed by carol");
 }
+
+/// A server of the PEM dialect delivers a public message to each member as
+/// it delivers a DM (USER_DELIVER, no `kind`): one ciphertext under its
+/// channel key, signed in the public form (no `to`). The client reads it as
+/// the public message it is, with the channel key the server wrapped for it;
+/// it showed it as a forged DM ("content signature does not verify").
+#[actix_rt::test]
+async fn a_public_message_delivered_as_a_dm_would_be_is_read_as_public() {
+    use socp_protocol::crypto::group::GroupKey;
+    use socp_protocol::dialect::KeyEncoding;
+    use std::sync::Arc;
+    let zed = Arc::new(socp_protocol::fixtures::key(13));
+    let server_key = Arc::new(socp_protocol::fixtures::key(3));
+    let group_bytes = [7u8; 32];
+    let (listener, port) = loopback::listen().await;
+    loopback::accept_all(listener, move |sock| {
+        let (zed, server_key) = (zed.clone(), server_key.clone());
+        async move {
+            let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
+                return;
+            };
+            let pem = |k: &PublicKey| KeyEncoding::PemBase64Url.write(k).expect("PEM");
+            let signed = |t: &str, to: &str, payload: Value| {
+                let t = socp_protocol::MessageType::parse(t).expect("a type");
+                Envelope::raw(
+                    t,
+                    "pem-server",
+                    To::parse(to).expect("to"),
+                    now_ms(),
+                    payload,
+                )
+                .signed(&server_key)
+                .expect("signs")
+                .to_json()
+            };
+            while let Some(text) = conn.next_text().await {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                if frame["type"] != "USER_HELLO" {
+                    continue;
+                }
+                let me = frame["from"].as_str().unwrap_or("x").to_owned();
+                let my_key = PublicKey::parse(frame["payload"]["pubkey"].as_str().unwrap_or(""))
+                    .expect("key");
+                let advert = json!({"user_id": "zed", "server_id": "pem-server",
+                                    "pubkey": pem(zed.public_key()), "meta": {}});
+                conn.send_text(&signed("USER_ADVERTISE", &me, advert)).await;
+                let wrapped = Base64Url::from_bytes(&my_key.encrypt(&group_bytes).expect("wraps"));
+                let update = json!({"version": 1, "wraps": [{"member_id": me, "wrapped_key": wrapped.as_str()}]});
+                conn.send_text(&signed("PUBLIC_CHANNEL_UPDATED", "*", update))
+                    .await;
+                let group = GroupKey::from_bytes(&group_bytes).expect("a key");
+                let ts = now_ms();
+                let ct = Base64Url::from_bytes(&group.seal(b"hello channel").expect("seals"));
+                let sig = content::sign_public(&zed, &ct, "zed", ts).expect("signs");
+                let deliver = json!({"ciphertext": ct.as_str(), "sender": "zed",
+                                     "sender_pub": pem(zed.public_key()),
+                                     "content_sig": sig.as_str()});
+                let t = socp_protocol::MessageType::parse("USER_DELIVER").expect("a type");
+                let env = Envelope::raw(t, "pem-server", To::parse(&me).expect("to"), ts, deliver)
+                    .signed(&server_key)
+                    .expect("signs");
+                conn.send_text(&env.to_json()).await;
+            }
+        }
+    });
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut client = Client::start("alice", addr, Options::new(12, tmp.path())).await;
+    let shown = client
+        .expect("the public message", is_event("public"))
+        .await;
+    assert_eq!(shown["text"], "hello channel");
+    assert_eq!(shown["from"], "zed");
+    assert!(client.logged(is_event("dm")).is_empty(), "{:?}", client.log);
+    assert!(
+        client.logged(is_event("warning")).is_empty(),
+        "{:?}",
+        client.log
+    );
+}

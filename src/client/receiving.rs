@@ -261,6 +261,35 @@ async fn plain(shared: &Shared, tx: &Sink, env: &Envelope, content: DeliverConte
     deliver(shared, tx, env, delivery).await;
 }
 
+/// Another implementation's server delivers a public message to each member
+/// as it delivers a DM (no `kind`): a "DM" whose content signature is the
+/// public form (no `to`) by the sender's advertised key, and not the DM form,
+/// is read as the public message it is (a DM cannot be passed off as one:
+/// its signature covers `to`).
+fn public_as_dm(
+    content: DeliverContent,
+    sender_key: &socp_protocol::PublicKey,
+    sender: &socp_protocol::UserId,
+    me: &socp_protocol::UserId,
+    ts: i64,
+) -> DeliverContent {
+    let DeliverContent::Dm(m) = content else {
+        return content;
+    };
+    let (ct, sig) = (&m.ciphertext, &m.content_sig);
+    let dm = content::verify_dm(sender_key, sig, ct, sender.as_str(), me.as_str(), ts).is_ok();
+    if dm || content::verify_public(sender_key, sig, ct, sender.as_str(), ts).is_err() {
+        return DeliverContent::Dm(m);
+    }
+    DeliverContent::Public(socp_protocol::message::MsgPublicChannel {
+        ciphertext: m.ciphertext,
+        sender_pub: m.sender_pub,
+        content_sig: m.content_sig,
+        group_id: "public".to_owned(),
+        public_version: None,
+    })
+}
+
 /// A delivery: verify that `sender_pub` is the key the network advertised for
 /// the sender and that the content signature verifies, then decrypt.
 async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
@@ -326,7 +355,8 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
             "the sender key does not match the key the network advertised"
         )
     };
-    match d.content {
+    let content = public_as_dm(d.content, &contact.pubkey, &sender, &me.id, ts);
+    match content {
         DeliverContent::Dm(m) => {
             let (me_id, s) = (me.id.clone(), sender.clone());
             let verify = move |pk: &socp_protocol::PublicKey| {
