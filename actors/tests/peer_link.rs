@@ -331,10 +331,13 @@ async fn frames_signed_by_the_linked_server_reach_the_router() {
         node.liveness.take().await.as_slice(),
         [LinkEvent::Up(id)] if *id == sid("srv-b")
     ));
-    let reports = node.activity.take().await;
-    assert!(reports.iter().all(|a| a.0 == sid("srv-b")) && !reports.is_empty());
+    // Nothing heard from srv-b yet: no liveness report (a server that drops
+    // every link we open must not look alive, see the Heartbeat's backoff).
+    assert!(node.activity.take().await.is_empty());
 
     let raw = node.barrier(&link, "rita").await;
+    let reports = node.activity.take().await;
+    assert!(reports.iter().all(|a| a.0 == sid("srv-b")) && !reports.is_empty());
     let got = node.alice.take().await;
     let [Outbound::Frame(frame)] = got.as_slice() else {
         panic!("one frame for alice, got {got:?}");

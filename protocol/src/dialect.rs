@@ -202,7 +202,16 @@ impl Dialect {
         }
         if env.from() != me {
             if !to_user {
-                return Translation::AsIs;
+                // Another server's frame passed on: its signature is its
+                // origin's, so its keys cannot be rewritten. A server that
+                // reads another encoding would keep keys it cannot use (and
+                // over the copy its origin sends it in its encoding): omitted.
+                let mut probe = env.payload().clone();
+                return if self.rewrite_keys(&mut probe) {
+                    Translation::Omit
+                } else {
+                    Translation::AsIs
+                };
             }
             if let Some(mut delivery) = as_user_deliver(env, me) {
                 self.rewrite_keys(delivery.payload_mut());
@@ -432,13 +441,33 @@ mod tests {
         let text = pem.payload()["pubkey"].as_str().expect("a key");
         assert_eq!(KeyEncoding::of(text), KeyEncoding::PemBase64Url);
         assert_eq!(PublicKey::parse(text).expect("parses"), key);
-        // A DER peer gets it as it is; so does a PEM peer for a frame we only relay.
+        // A DER peer gets it as it is. Relayed to a PEM peer (another
+        // server's frame, whose keys we cannot rewrite), it is not sent: that
+        // server kept the DER key over the PEM one its origin sent it, and
+        // then could read nothing signed with it. In its encoding already, or
+        // with no key, a relayed frame goes as it is.
         assert!(matches!(
             Dialect::STANDARD.translate(&advert, ME, false),
             Translation::AsIs
         ));
         assert!(matches!(
             pem_peer.translate(&advert, "srv-c", false),
+            Translation::Omit
+        ));
+        let mut in_pem = advert.clone();
+        pem_peer.rewrite_keys(in_pem.payload_mut());
+        assert!(matches!(
+            pem_peer.translate(&in_pem, "srv-c", false),
+            Translation::AsIs
+        ));
+        let removal = frame(
+            MessageType::UserRemove,
+            "srv-c",
+            "*",
+            json!({"user_id": "alice", "server_id": "srv-c"}),
+        );
+        assert!(matches!(
+            pem_peer.translate(&removal, ME, false),
             Translation::AsIs
         ));
         // A PEM client is given another server's advert by us, rewritten.

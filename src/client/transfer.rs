@@ -174,7 +174,11 @@ async fn transfer(
     );
     // Not strict: an ERROR about something else (a DM to someone offline)
     // must not stop the file.
-    let (rate, window) = pace(rate, fast_chunk, contact.pubkey.written());
+    // A recipient not known to run a socp client (its advert says nothing
+    // of fast mode) may be of the PEM dialect even where its key reached
+    // us as DER (its server a socp one).
+    let socp_client = contact.fast_files && contact.pubkey.written() == KeyEncoding::Der;
+    let (rate, window) = pace(rate, fast_chunk, socp_client);
     let mut flow = Flow::new(rate, false).window(window);
     flow.send(shared, tx, &start).await?;
     // Each chunk is encrypted, signed and stamped just before it is sent,
@@ -295,18 +299,16 @@ pub(crate) const FILE_CANCELLED: &str = "cancelled";
 /// of the client's `rate`, the rest left for chatting. Fast chunks (of
 /// `fast_chunk` bytes as frames) are large: at most 20 MiB a second, and a
 /// round trip every few (a server holds 8 MiB of a user's frames at most by
-/// default). A recipient whose key is written in PEM is a client of the PEM
-/// dialect, which opens about four chunks a second and is dropped by its
-/// server when it falls behind: at most three a second to it.
-fn pace(rate: f64, fast_chunk: Option<f64>, recipient_keys: KeyEncoding) -> (f64, usize) {
+/// default). A recipient not known to run a socp client may be a client of
+/// the PEM dialect, which opens about four chunks a second and is dropped by
+/// its server when it falls behind: at most three a second to it.
+fn pace(rate: f64, fast_chunk: Option<f64>, socp_client: bool) -> (f64, usize) {
     match fast_chunk {
         Some(bytes) => (
             (rate * 0.8).min(FAST_FILE_BYTES_PER_SECOND / bytes),
             FAST_WINDOW,
         ),
-        None if recipient_keys != KeyEncoding::Der => {
-            ((rate * 0.8).min(PEM_DIALECT_CHUNKS_PER_SECOND), FLOW_WINDOW)
-        }
+        None if !socp_client => ((rate * 0.8).min(PEM_DIALECT_CHUNKS_PER_SECOND), FLOW_WINDOW),
         None => (rate * 0.8, FLOW_WINDOW),
     }
 }
@@ -402,18 +404,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn files_to_a_client_of_the_pem_dialect_go_at_three_chunks_a_second() {
-        assert_eq!(pace(40.0, None, KeyEncoding::Der), (32.0, FLOW_WINDOW));
-        assert_eq!(
-            pace(40.0, None, KeyEncoding::PemBase64Url),
-            (3.0, FLOW_WINDOW)
-        );
+    fn files_to_clients_not_known_to_be_socp_go_at_three_chunks_a_second() {
+        assert_eq!(pace(40.0, None, true), (32.0, FLOW_WINDOW));
+        assert_eq!(pace(40.0, None, false), (3.0, FLOW_WINDOW));
         // Never faster than the client's own rate allows.
-        assert_eq!(
-            pace(2.5, None, KeyEncoding::PemBase64Url),
-            (2.0, FLOW_WINDOW)
-        );
-        let (fast, window) = pace(40.0, Some(1024.0 * 1024.0), KeyEncoding::Der);
+        assert_eq!(pace(2.5, None, false), (2.0, FLOW_WINDOW));
+        let (fast, window) = pace(40.0, Some(1024.0 * 1024.0), true);
         assert_eq!((fast, window), (20.0, FAST_WINDOW));
     }
 }
