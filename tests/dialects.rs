@@ -746,6 +746,16 @@ async fn socp_clients_read_and_write_a_channel_of_one_aes_key() {
         })
         .await;
     got.verify(&alice_key).expect("alice's own signature");
+    // Only the fields its servers know (they pass on nothing else, and the
+    // signature must still verify after them).
+    let mut fields: Vec<&String> = got
+        .payload()
+        .as_object()
+        .expect("an object")
+        .keys()
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["ciphertext", "content_sig", "sender_pub"]);
     let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
     assert_eq!(group.open(ct.bytes()).expect("opens"), b"hi everyone");
     let heard = bob.expect("alice's message", is_event("public")).await;

@@ -216,7 +216,7 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
                 let ts = now_ms();
                 let ct = Base64Url::from_bytes(&group.seal(whole.as_bytes())?);
                 let sig = content::sign_public(&me3.key, &ct, me3.id.as_str(), ts)?;
-                let env = Envelope::new(
+                let mut env = Envelope::new(
                     &me3.id,
                     To::Public,
                     ts,
@@ -228,6 +228,12 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
                         public_version: None,
                     },
                 );
+                // Only the standard fields: that implementation's servers
+                // pass on only the fields they know, and our signature must
+                // survive it (an absent `group_id` reads as "public").
+                if let serde_json::Value::Object(p) = env.payload_mut() {
+                    p.remove("group_id");
+                }
                 me3.sign_frame(env, *written)
             })
             .collect()
