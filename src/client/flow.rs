@@ -91,6 +91,13 @@ impl Flow {
         self
     }
 
+    /// At most `frames` sent at once before the pace applies (100 by
+    /// default: the server's burst allowance).
+    pub(super) fn burst(mut self, frames: u32) -> Self {
+        self.pacer.burst = frames;
+        self
+    }
+
     pub(super) async fn send(
         &mut self,
         shared: &Shared,

@@ -178,8 +178,11 @@ async fn transfer(
     // of fast mode) may be of the PEM dialect even where its key reached
     // us as DER (its server a socp one).
     let socp_client = contact.fast_files && contact.pubkey.written() == KeyEncoding::Der;
-    let (rate, window) = pace(rate, fast_chunk, socp_client);
+    let (rate, window, burst) = pace(rate, fast_chunk, socp_client);
     let mut flow = Flow::new(rate, false).window(window);
+    if let Some(burst) = burst {
+        flow = flow.burst(burst);
+    }
     flow.send(shared, tx, &start).await?;
     // Each chunk is encrypted, signed and stamped just before it is sent,
     // about a second's worth at a time on every core: its `ts` is fresh
@@ -301,15 +304,22 @@ pub(crate) const FILE_CANCELLED: &str = "cancelled";
 /// round trip every few (a server holds 8 MiB of a user's frames at most by
 /// default). A recipient not known to run a socp client may be a client of
 /// the PEM dialect, which opens about four chunks a second and is dropped by
-/// its server when it falls behind: at most three a second to it.
-fn pace(rate: f64, fast_chunk: Option<f64>, socp_client: bool) -> (f64, usize) {
+/// its server when it falls behind: at most three a second to it, paced from
+/// the first chunk (no burst: a burst is what it falls behind on). Returns
+/// the rate, the window and the burst when not the default.
+fn pace(rate: f64, fast_chunk: Option<f64>, socp_client: bool) -> (f64, usize, Option<u32>) {
     match fast_chunk {
         Some(bytes) => (
             (rate * 0.8).min(FAST_FILE_BYTES_PER_SECOND / bytes),
             FAST_WINDOW,
+            None,
         ),
-        None if !socp_client => ((rate * 0.8).min(PEM_DIALECT_CHUNKS_PER_SECOND), FLOW_WINDOW),
-        None => (rate * 0.8, FLOW_WINDOW),
+        None if !socp_client => (
+            (rate * 0.8).min(PEM_DIALECT_CHUNKS_PER_SECOND),
+            FLOW_WINDOW,
+            Some(1),
+        ),
+        None => (rate * 0.8, FLOW_WINDOW, None),
     }
 }
 
@@ -405,11 +415,12 @@ mod tests {
 
     #[test]
     fn files_to_clients_not_known_to_be_socp_go_at_three_chunks_a_second() {
-        assert_eq!(pace(40.0, None, true), (32.0, FLOW_WINDOW));
-        assert_eq!(pace(40.0, None, false), (3.0, FLOW_WINDOW));
+        assert_eq!(pace(40.0, None, true), (32.0, FLOW_WINDOW, None));
+        // Paced from the first chunk (a burst of 100 went out at once).
+        assert_eq!(pace(40.0, None, false), (3.0, FLOW_WINDOW, Some(1)));
         // Never faster than the client's own rate allows.
-        assert_eq!(pace(2.5, None, false), (2.0, FLOW_WINDOW));
-        let (fast, window) = pace(40.0, Some(1024.0 * 1024.0), true);
-        assert_eq!((fast, window), (20.0, FAST_WINDOW));
+        assert_eq!(pace(2.5, None, false), (2.0, FLOW_WINDOW, Some(1)));
+        let fast = pace(40.0, Some(1024.0 * 1024.0), true);
+        assert_eq!(fast, (20.0, FAST_WINDOW, None));
     }
 }
