@@ -1566,11 +1566,27 @@ async fn progress_is_redrawn_in_place_in_a_terminal() {
     pty.seen("sent notes.bin").await;
     let (status, screen) = pty.quit();
     assert!(status.success(), "{status}: {screen}");
-    // Every progress line after the first overwrites the one before.
+    // Every progress line after the first overwrites the one before, unless
+    // another line was printed meanwhile (a presence notice: the file takes
+    // seconds, paced for a recipient not known to run socp's client).
     let steps = screen.matches("sending notes.bin to").count();
     assert!(steps >= 3, "{steps} progress lines: {screen}");
-    let redrawn = screen.matches("\x1b[1A\x1b[2K").count();
-    assert_eq!(redrawn, steps - 1, "{screen:?}");
+    let segments: Vec<&str> = screen.split("sending notes.bin to").skip(1).collect();
+    let mut redrawn = 0;
+    for between in &segments[..segments.len() - 1] {
+        if between.contains("\x1b[1A\x1b[2K") {
+            redrawn += 1;
+        } else {
+            assert!(
+                between.matches("\r\n").count() >= 2,
+                "a progress line neither redrawn nor after another line: {between:?}"
+            );
+        }
+    }
+    assert!(
+        redrawn * 2 >= steps,
+        "{redrawn} of {steps} redrawn: {screen:?}"
+    );
 }
 
 /// One `socp-client` run with its own key-making (no `--key`) in `home`:
