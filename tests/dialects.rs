@@ -169,6 +169,36 @@ async fn first_frames() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) 
     (port, firsts)
 }
 
+/// A PEM-dialect server (fixture key 5) that listens where it says, linked
+/// to `a` by its announce: its id, the first frame of each connection made
+/// to it, and its link.
+async fn pem_server_listening(
+    a: &RunningServer,
+) -> (
+    ServerId,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    Peer,
+) {
+    let (port, firsts) = first_frames().await;
+    let key = fixtures::key(5);
+    let id = ServerId::random();
+    let mut peer = Peer::connect(a.addr).await;
+    let announce = signed(
+        MessageType::ServerAnnounce,
+        id.as_str(),
+        a.server_id.as_str(),
+        now_ms(),
+        json!({"host": "127.0.0.1", "port": port, "pubkey": pem(&key)}),
+        &key,
+    );
+    peer.send(&announce).await;
+    eventually(WAIT, "linked", || async {
+        link_state(&a.status().await, &id).as_deref() == Some("up")
+    })
+    .await;
+    (id, firsts, peer)
+}
+
 /// A scripted introducer on a loopback port: on each connection it reads the
 /// join request, sends what `answer` makes for the joiner's id (given its own
 /// port), keeps the connection open and hands each later frame to `then`.
@@ -612,23 +642,7 @@ async fn a_pem_server_is_dialled_back_with_an_announce_in_its_encoding() {
     let a = start(config_with(0, None, &[], fast_settings()))
         .await
         .expect("a starts");
-    let (port, firsts) = first_frames().await;
-    let key = fixtures::key(5);
-    let id = ServerId::random();
-    let mut peer = Peer::connect(a.addr).await;
-    let announce = signed(
-        MessageType::ServerAnnounce,
-        id.as_str(),
-        a.server_id.as_str(),
-        now_ms(),
-        json!({"host": "127.0.0.1", "port": port, "pubkey": pem(&key)}),
-        &key,
-    );
-    peer.send(&announce).await;
-    eventually(WAIT, "linked", || async {
-        link_state(&a.status().await, &id).as_deref() == Some("up")
-    })
-    .await;
+    let (_, firsts, peer) = pem_server_listening(&a).await;
     drop(peer);
     eventually(WAIT, "dialled back", || async {
         !firsts.lock().unwrap().is_empty()
@@ -1204,23 +1218,7 @@ async fn a_joiner_links_to_a_pem_server_in_its_dialect() {
     let a = start(config_with(0, None, &[], fast_settings()))
         .await
         .expect("a starts");
-    let (port, firsts) = first_frames().await;
-    let key = fixtures::key(5);
-    let id = ServerId::random();
-    let mut pem_server = Peer::connect(a.addr).await;
-    let announce = signed(
-        MessageType::ServerAnnounce,
-        id.as_str(),
-        a.server_id.as_str(),
-        now_ms(),
-        json!({"host": "127.0.0.1", "port": port, "pubkey": pem(&key)}),
-        &key,
-    );
-    pem_server.send(&announce).await;
-    eventually(WAIT, "linked", || async {
-        link_state(&a.status().await, &id).as_deref() == Some("up")
-    })
-    .await;
+    let (_, firsts, _link) = pem_server_listening(&a).await;
     // a dials it back (its own link): wait for that, then b joins.
     eventually(WAIT, "a dialled it", || async {
         !firsts.lock().unwrap().is_empty()

@@ -355,7 +355,12 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
             "the sender key does not match the key the network advertised"
         )
     };
-    let content = public_as_dm(d.content, &contact.pubkey, &sender, &me.id, ts);
+    // RSA: off the event loop.
+    let (key, from, to) = (contact.pubkey.clone(), sender.clone(), me.id.clone());
+    let content = d.content;
+    let Ok(content) = blocking(move || public_as_dm(content, &key, &from, &to, ts)).await else {
+        return;
+    };
     match content {
         DeliverContent::Dm(m) => {
             let (me_id, s) = (me.id.clone(), sender.clone());
