@@ -784,6 +784,91 @@ async fn socp_clients_read_and_write_a_channel_of_one_aes_key() {
     assert!(bob.logged(is_event("warning")).is_empty(), "{:?}", bob.log);
 }
 
+/// A client of the PEM dialect attached to a socp server encrypts its public
+/// messages under that server's channel key, which the server wraps for it;
+/// the server wraps it for its socp clients too, so they read those messages
+/// and send that client one ciphertext it can open, while socp clients still
+/// get their own RSA copy (each shown once).
+#[actix_rt::test]
+async fn a_socp_servers_channel_key_is_shared_by_its_clients_of_every_dialect() {
+    use client_common::{is_event, Client, Options};
+    use socp_protocol::crypto::group::GroupKey;
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut alice = Client::start("alice", a.addr, Options::new(10, &tmp.path().join("a"))).await;
+    let mut bob = Client::start("bob", a.addr, Options::new(11, &tmp.path().join("b"))).await;
+    alice.sees_online(&bob.id).await;
+    let ivy_key = fixtures::key(12);
+    let mut ivy = pem_client(&a, "ivy", &ivy_key).await;
+
+    // a's update with a wrap for ivy: a's channel key.
+    let wraps_ivy = |e: &Envelope| {
+        e.msg_type() == "PUBLIC_CHANNEL_UPDATED"
+            && e.payload()["wraps"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["member_id"] == "ivy"))
+    };
+    let update = ivy.expect(WAIT, "a wrap of a's key", wraps_ivy).await;
+    let wraps = update.payload()["wraps"].as_array().expect("wraps").clone();
+    let wrap = wraps
+        .iter()
+        .find(|w| w["member_id"] == "ivy")
+        .expect("ivy's");
+    let wrapped = Base64Url::parse(wrap["wrapped_key"].as_str().expect("a key")).expect("b64");
+    let group_bytes = ivy_key.decrypt(wrapped.bytes()).expect("unwraps");
+    let group = GroupKey::from_bytes(&group_bytes).expect("a group key");
+    alice.sees_online("ivy").await;
+    bob.sees_online("ivy").await;
+
+    // ivy's public message: one ciphertext under a's key, to the channel.
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&group.seal(b"hello from ivy").expect("seals"));
+    let sig = content::sign_public(&ivy_key, &ct, "ivy", ts).expect("signs");
+    let msg = signed(
+        MessageType::MsgPublicChannel,
+        "ivy",
+        "public",
+        ts,
+        json!({"ciphertext": ct.as_str(), "sender_pub": pem(&ivy_key), "content_sig": sig.as_str()}),
+        &ivy_key,
+    );
+    ivy.send(&msg).await;
+    for (who, c) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let shown = c.expect("ivy's message", is_event("public")).await;
+        assert_eq!(
+            (&shown["text"], &shown["from"]),
+            (&json!("hello from ivy"), &json!("ivy")),
+            "{who}"
+        );
+    }
+
+    // alice's /all: ivy gets one ciphertext under a's key; bob his RSA copy
+    // (and the other copy too: shown once).
+    alice.send("/all hi everyone");
+    let got = ivy
+        .expect(WAIT, "alice's message", |e| {
+            e.msg_type() == "USER_DELIVER" && e.payload()["sender"] == json!(alice.id)
+        })
+        .await;
+    let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    assert_eq!(
+        group.open(ct.bytes()).expect("opens under a's key"),
+        b"hi everyone"
+    );
+    let heard = bob.expect("alice's message", is_event("public")).await;
+    assert_eq!(heard["text"], "hi everyone");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bob.logged(is_event("public")).len(), 2, "{:?}", bob.log);
+    assert!(
+        bob.logged(is_event("unreadable")).is_empty(),
+        "{:?}",
+        bob.log
+    );
+    assert!(bob.logged(is_event("warning")).is_empty(), "{:?}", bob.log);
+}
+
 /// A socp server joins a mesh of the PEM dialect: its introducer's welcome
 /// has no `server_pub` and does not list the introducer (taken on trust),
 /// its servers' keys are PEM; socp dials the listed server with

@@ -2801,15 +2801,39 @@ fn presence_news_reaches_batch_readers_as_one_signed_frame() {
     assert_eq!(user_ids(&to_reader2), [uid("u5").as_str()]);
     assert!(signed_by_us(&to_reader2[0]), "whole, as signed");
 
-    // Our public channel versions (per-member RSA: the group key encrypts
-    // nothing) are not sent to socp clients that read batches; another
-    // implementation's channel news still is.
+    // Our public channel versions (a wrap per new member) are not sent to
+    // socp clients that read batches: a new one gets only its own wrap of
+    // the key (unsigned, to it), none of the others'; another
+    // implementation's channel news still is sent.
     let versions = st.flush_membership(NOW);
     assert_eq!(
         types_to(&versions, "plain"),
         ["PUBLIC_CHANNEL_ADD", "PUBLIC_CHANNEL_UPDATED"]
     );
-    assert_eq!(news_to(&versions, "reader"), (0, vec![], vec![]));
+    let joined: Vec<Value> = texts_to(&versions, "plain")[0]["payload"]["add"]
+        .as_array()
+        .expect("add")
+        .clone();
+    let mut wrapped = Vec::new();
+    for reader in ["reader", "reader2"] {
+        let got = texts_to(&versions, reader);
+        if !joined.contains(&json!(uid(reader))) {
+            assert!(got.is_empty(), "{reader}: {got:?}");
+            continue;
+        }
+        assert_eq!(got.len(), 1, "{reader}: {got:?}");
+        assert_eq!(got[0]["type"], "PUBLIC_CHANNEL_UPDATED");
+        assert_eq!(got[0]["to"], json!(uid(reader)));
+        let wraps = got[0]["payload"]["wraps"].as_array().expect("wraps");
+        assert_eq!(wraps.len(), 1, "{reader}");
+        assert_eq!(wraps[0]["member_id"], json!(uid(reader)));
+        wrapped.push(reader);
+    }
+    assert_eq!(
+        wrapped,
+        ["reader", "reader2"],
+        "both joined in this version"
+    );
     let theirs = incoming(
         "srv-b",
         To::Public,

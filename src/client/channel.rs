@@ -43,27 +43,17 @@ pub(super) fn seen_public(
     false
 }
 
-/// A PUBLIC_CHANNEL_UPDATED or PUBLIC_CHANNEL_KEY_SHARE: a wrap for us from
-/// a server that is not socp (its update has no capability object, and it
-/// is not our own socp server) is a channel group key of another
-/// implementation's (socp's own encrypts nothing): kept, the latest per
-/// server.
+/// A PUBLIC_CHANNEL_UPDATED or PUBLIC_CHANNEL_KEY_SHARE with a wrap for us:
+/// that server's channel group key, kept (the latest per server). Clients of
+/// another implementation encrypt their public messages under it, socp's own
+/// included (a socp server wraps its key for its own users only); socp
+/// clients read those with it, and send it what its non-socp members read.
 pub(super) async fn group_key(
     shared: &Shared,
     env: &Envelope,
     wraps: Vec<(socp_protocol::UserId, Base64Url)>,
 ) {
-    let (me, own) = {
-        let c = shared.borrow();
-        (c.me.clone(), c.own_server.clone())
-    };
-    let socp = env
-        .payload()
-        .get(socp_protocol::dialect::CAPABILITY)
-        .is_some();
-    if socp || own.as_deref() == Some(env.from()) {
-        return;
-    }
+    let me = shared.borrow().me.clone();
     let Some(wrapped) = wraps
         .into_iter()
         .find(|(member, _)| *member == me.id)

@@ -145,13 +145,21 @@ pub(crate) async fn tell(shared: &Shared, tx: &Sink, who: &str, text: &str) -> R
     Ok(())
 }
 
+/// Whether `m` reads public messages under its server's channel key (of
+/// `keys`) rather than as its own RSA copy: a member not known to run socp's
+/// client on a server whose key we hold.
+fn grouped(m: &Contact, keys: &[(String, socp_protocol::crypto::group::GroupKey)]) -> bool {
+    !m.fast_files && keys.iter().any(|(s, _)| *s == m.server_id.as_str())
+}
+
 /// `/all`: a public message, encrypted and signed once per member.
 pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Failure> {
     let (me, members, rate, keys) = {
         let c = shared.borrow();
-        // Members on a server whose channel key we hold read the one
-        // ciphertext under it (below), not per-member RSA.
-        let keyed = |m: &Contact| c.group_keys.iter().any(|(s, _)| *s == m.server_id.as_str());
+        // Members not known to run socp's client, on a server whose channel
+        // key we hold, read the one ciphertext under it (below), not
+        // per-member RSA; socp clients always get their own RSA copy.
+        let keyed = |m: &Contact| grouped(m, &c.group_keys);
         let members: Vec<Contact> = c
             .roster
             .all()
@@ -198,6 +206,15 @@ pub(crate) async fn all(shared: &Shared, tx: &Sink, text: &str) -> Result<(), Fa
         let c = shared.borrow();
         c.group_keys
             .iter()
+            // Only where a member reads it: a channel of socp clients only
+            // has nobody to give it to.
+            .filter(|(server, _)| {
+                c.roster.all().any(|m| {
+                    m.user_id != c.me.id
+                        && m.server_id.as_str() == server
+                        && grouped(m, &c.group_keys)
+                })
+            })
             .map(|(server, k)| {
                 let written = c
                     .roster

@@ -3,6 +3,8 @@
 use socp_protocol::message::{PublicChannelAdd, PublicChannelUpdated, Wrap};
 use socp_protocol::{Base64Url, Envelope, Message, PublicKey, To, UserId};
 
+use futures_util::FutureExt;
+
 use super::*;
 use crate::crypto::SignedFrame;
 
@@ -71,9 +73,11 @@ impl<H: Clone> RouterState<H> {
             joins.clone(),
             self.group_key.clone(),
         );
-        // The wraps are RSA encryptions: made on a crypto thread.
+        // The wraps are RSA encryptions: made on a crypto thread, once, for
+        // the update and for each new member's own copy (below).
+        let (made, wraps_made) = tokio::sync::oneshot::channel::<Arc<Vec<Wrap>>>();
         let updated = self.signer.sign_built(Box::new(move || {
-            let wraps = members
+            let wraps: Vec<Wrap> = members
                 .into_iter()
                 .filter_map(|(member_id, key)| {
                     let wrapped = key.encrypt(&group_key).ok()?;
@@ -83,8 +87,9 @@ impl<H: Clone> RouterState<H> {
                     })
                 })
                 .collect();
-            // With the capability object: socp clients read no group key
-            // from a socp server's update (it encrypts nothing).
+            // Nobody may wait for the members' copies: nothing to do then.
+            let _ = made.send(Arc::new(wraps.clone()));
+            // With the capability object: the update of a socp server.
             Some(socp_protocol::dialect::with_capability(Envelope::new(
                 &me,
                 To::Public,
@@ -97,6 +102,7 @@ impl<H: Clone> RouterState<H> {
             self.to_all_servers(frame, &[], &mut out);
             self.channel_news_to_users(frame, true, &mut out);
         }
+        self.own_wraps(&joins, (&updated, wraps_made), version, now, &mut out);
         self.announced = Some(updated);
         for (user_id, registered) in leaves {
             out.push(Action::Store(StoreOp::PublicLeave {
@@ -114,5 +120,47 @@ impl<H: Clone> RouterState<H> {
             }));
         }
         out
+    }
+
+    /// Each new local member that reads batches (and so gets no update of
+    /// ours) is sent its own wrap of the group key, unsigned over its own
+    /// connection: `PUBLIC_CHANNEL_UPDATED {version, wraps:[its wrap]}`. A
+    /// client of another implementation attached here encrypts its public
+    /// messages under that key; with it socp clients read them, and send it
+    /// what it reads (docs/PROTOCOL.md §2, "Channels of one AES key").
+    fn own_wraps(
+        &self,
+        joins: &[(UserId, PublicKey)],
+        (updated, wraps): (&SignedFrame, tokio::sync::oneshot::Receiver<Arc<Vec<Wrap>>>),
+        version: u64,
+        now: i64,
+        out: &mut Vec<Action<H>>,
+    ) {
+        let wraps = wraps.shared();
+        for (id, _) in joins {
+            let Some(user) = self.local.get(id).filter(|u| u.batched) else {
+                continue;
+            };
+            let (me, id, wraps) = (self.config.me.clone(), id.clone(), wraps.clone());
+            let update_made = updated.text();
+            let frame = SignedFrame::from_future(
+                async move {
+                    // The wraps are made with the update.
+                    update_made.await;
+                    let wraps = wraps.await.ok()?;
+                    let own = wraps.iter().find(|w| w.member_id == id)?.clone();
+                    let update = PublicChannelUpdated {
+                        version,
+                        wraps: vec![own],
+                    };
+                    let env = Envelope::new(&me, To::from(&id), now, &update);
+                    Some(crate::crypto::FrameText::from(env.to_json()))
+                }
+                .boxed(),
+            );
+            // Made at once if the update is (writers then see it at once).
+            let _made_now = frame.text().now_or_never();
+            out.push(Action::Send(user.conn.tx.clone(), frame));
+        }
     }
 }
