@@ -869,6 +869,82 @@ async fn a_socp_servers_channel_key_is_shared_by_its_clients_of_every_dialect() 
     assert!(bob.logged(is_event("warning")).is_empty(), "{:?}", bob.log);
 }
 
+/// The same across servers: once a client of the PEM dialect has attached
+/// to socp server a, a gives its channel key to the socp clients of linked
+/// socp server b too, so that bob on b reads what that client sends to the
+/// channel, and sends it one ciphertext it reads.
+#[actix_rt::test]
+async fn a_socp_servers_channel_key_reaches_socp_clients_on_other_servers() {
+    use client_common::{is_event, Client, Options};
+    use socp_protocol::crypto::group::GroupKey;
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let b = start(config_with(1, None, &[a.addr], fast_settings()))
+        .await
+        .expect("b starts");
+    eventually(WAIT, "a and b linked", || async {
+        links_up(&a.status().await) == 1 && links_up(&b.status().await) == 1
+    })
+    .await;
+    let ivy_key = fixtures::key(12);
+    let mut ivy = pem_client(&a, "ivy", &ivy_key).await;
+    let wraps_ivy = |e: &Envelope| {
+        e.msg_type() == "PUBLIC_CHANNEL_UPDATED"
+            && e.payload()["wraps"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["member_id"] == "ivy"))
+    };
+    let update = ivy.expect(WAIT, "a wrap of a's key", wraps_ivy).await;
+    let wrap = update.payload()["wraps"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["member_id"] == "ivy").cloned())
+        .expect("ivy's wrap");
+    let wrapped = Base64Url::parse(wrap["wrapped_key"].as_str().expect("a key")).expect("b64");
+    let group = GroupKey::from_bytes(&ivy_key.decrypt(wrapped.bytes()).expect("unwraps"))
+        .expect("a group key");
+    // bob comes after ivy: a learns of him from b, and sends him its key.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut bob = Client::start("bob", b.addr, Options::new(11, &tmp.path().join("b"))).await;
+    bob.sees_online("ivy").await;
+    let bob_id = UserId::parse(&bob.id).expect("an id");
+    eventually(WAIT, "a knows bob", || async {
+        knows(&a.status().await, &bob_id)
+    })
+    .await;
+    // Its wrap for bob goes over the link before what ivy sends next.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // ivy's public message under a's key, read by bob on b.
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&group.seal(b"hello from ivy").expect("seals"));
+    let sig = content::sign_public(&ivy_key, &ct, "ivy", ts).expect("signs");
+    let msg = signed(
+        MessageType::MsgPublicChannel,
+        "ivy",
+        "public",
+        ts,
+        json!({"ciphertext": ct.as_str(), "sender_pub": pem(&ivy_key), "content_sig": sig.as_str()}),
+        &ivy_key,
+    );
+    ivy.send(&msg).await;
+    let shown = bob.expect("ivy's message", is_event("public")).await;
+    assert_eq!(shown["text"], "hello from ivy", "{:?}", bob.log);
+
+    // bob's /all: one ciphertext under a's key reaches ivy.
+    bob.send("/all hi ivy");
+    let got = ivy
+        .expect(WAIT, "bob's message", |e| {
+            e.msg_type() == "USER_DELIVER" && e.payload()["sender"] == json!(bob.id)
+        })
+        .await;
+    let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    assert_eq!(
+        group.open(ct.bytes()).expect("opens under a's key"),
+        b"hi ivy"
+    );
+}
+
 /// A socp server joins a mesh of the PEM dialect: its introducer's welcome
 /// has no `server_pub` and does not list the introducer (taken on trust),
 /// its servers' keys are PEM; socp dials the listed server with

@@ -263,7 +263,8 @@ impl Router {
         }
     }
 
-    /// Announce queued membership changes once the router has handled the
+    /// Announce queued membership changes (and send the wraps of our channel
+    /// key due to other servers' users) once the router has handled the
     /// messages already waiting, and not before the last announcement is
     /// signed: a lone join goes out at once, joins arriving in a burst (while
     /// the crypto threads are busy) fold into one version.
@@ -447,7 +448,7 @@ impl Handler<UserKey> for Router {
 impl Handler<LinkFrame> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: LinkFrame, _: &mut Self::Context) {
+    fn handle(&mut self, msg: LinkFrame, ctx: &mut Self::Context) {
         let now = now_ms();
         // A SERVER_ANNOUNCE from a server we do not know yet was verified
         // with the key it carries: it is how the rest of the mesh learns a
@@ -473,6 +474,8 @@ impl Handler<LinkFrame> for Router {
                 .from_server_user_frame(&msg.link, &msg.env, msg.msg, now)
         };
         self.run(charged(actions, msg.charge.as_ref()));
+        // Users learnt may be due our channel key (`routing::sharing`).
+        self.announce_membership(ctx);
     }
 }
 

@@ -2986,3 +2986,161 @@ fn a_large_roster_goes_in_batches_of_bounded_size() {
     ids.dedup();
     assert_eq!(ids.len(), 601, "every user once");
 }
+
+// ----- our channel key for socp clients elsewhere [ext] ----------------------
+
+/// `server` advertises `user` (key `n`) as a socp server does (capability
+/// object; `socp_client`: its client reads fast files, said in `meta`).
+fn socp_advert(server: &str, user: &str, n: usize, socp_client: bool) -> Incoming {
+    socp_advert_at(NOW, server, user, n, socp_client)
+}
+
+fn socp_advert_at(ts: i64, server: &str, user: &str, n: usize, socp_client: bool) -> Incoming {
+    let mut msg = advertise(user, server, n);
+    if let (true, Message::UserAdvertise(a)) = (socp_client, &mut msg) {
+        a.meta = Some(json!({ "name": user, "files": ["aes-256-gcm"] }));
+    }
+    let env = Envelope::from_message(&sid(server), To::All, ts, &msg);
+    let raw = FrameText::from(socp_protocol::dialect::with_capability(env).to_json());
+    let env = Envelope::parse(raw.as_bytes()).expect("frame parses");
+    Incoming { env, raw }
+}
+
+/// The members of the wraps of each PUBLIC_CHANNEL_UPDATED sent to `h`
+/// addressed to server `to`, and the key each unwraps to.
+fn shares_to(actions: &[Action<H>], h: H, to: &str) -> Vec<Vec<(String, Vec<u8>)>> {
+    let keys = [("sam", 14), ("sue", 15), ("cal", 16), ("rita", 12)];
+    texts_to(actions, h)
+        .iter()
+        .filter(|e| e["type"] == "PUBLIC_CHANNEL_UPDATED" && e["to"] == json!(sid(to)))
+        .map(|e| {
+            e["payload"]["wraps"]
+                .as_array()
+                .expect("wraps")
+                .iter()
+                .map(|w| {
+                    let member = w["member_id"].as_str().expect("member").to_owned();
+                    let n = keys
+                        .iter()
+                        .find(|(u, _)| uid(u).as_str() == member)
+                        .map(|(_, n)| *n)
+                        .expect("a known member");
+                    let wrapped =
+                        Base64Url::parse(w["wrapped_key"].as_str().expect("wrap")).expect("b64");
+                    (
+                        member,
+                        private(n).decrypt(wrapped.bytes()).expect("unwraps"),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn field_of<'a>(env: &'a Envelope, name: &str) -> &'a Value {
+    &env.payload()[name]
+}
+
+#[test]
+fn our_channel_key_goes_to_socp_clients_elsewhere_once_another_dialects_client_is_here() {
+    let mut st = router("srv-a");
+    link(&mut st, "srv-b", 1, "link-b", 1);
+    link(&mut st, "srv-c", 2, "link-c", 2);
+    // srv-b is a socp server: sam runs socp's client there, rita does not;
+    // cal runs socp's client at srv-c, which is not known to speak socp.
+    feed(&mut st, "srv-b", &socp_advert("srv-b", "sam", 14, true));
+    feed(&mut st, "srv-b", &socp_advert("srv-b", "rita", 12, false));
+    feed(&mut st, "srv-c", &advert_from("srv-c", "cal", 16));
+    let mut cal = advertise("cal", "srv-c", 16);
+    if let Message::UserAdvertise(a) = &mut cal {
+        a.meta = Some(json!({ "name": "cal", "files": ["aes-256-gcm"] }));
+        a.seq = Some(5);
+    }
+    feed(&mut st, "srv-c", &incoming("srv-c", To::All, NOW, &cal));
+
+    // A socp client here: our key is nobody else's business.
+    let a = attach_reader(&mut st, "reader", 11, "reader");
+    let mut all = a;
+    all.extend(st.flush_membership(NOW));
+    assert!(shares_to(&all, "link-b", "srv-b").is_empty());
+
+    // A client of another dialect here: sam gets our key, wrapped for him
+    // (the key our members get); rita and cal do not.
+    let mut joined = attach_queued(&mut st, "ivy", 13, "ivy", 13);
+    joined.extend(st.flush_membership(NOW));
+    let group_key = stores(&joined)
+        .iter()
+        .find_map(|op| match op {
+            StoreOp::PublicJoin { group_key, .. } => Some(group_key.to_vec()),
+            _ => None,
+        })
+        .expect("ivy's join");
+    assert_eq!(
+        shares_to(&joined, "link-b", "srv-b"),
+        [vec![(uid("sam").to_string(), group_key.clone())]]
+    );
+    assert!(shares_to(&joined, "link-c", "srv-c").is_empty());
+
+    // Once: sam advertised again with the same key gets nothing; a new socp
+    // client at srv-b gets its own.
+    let mut again = feed(&mut st, "srv-b", &socp_advert("srv-b", "sam", 14, true));
+    again.extend(feed(
+        &mut st,
+        "srv-b",
+        &socp_advert("srv-b", "sue", 15, true),
+    ));
+    again.extend(st.flush_membership(NOW));
+    assert_eq!(
+        shares_to(&again, "link-b", "srv-b"),
+        [vec![(uid("sue").to_string(), group_key.clone())]]
+    );
+    // sam left and came back (its client keeps keys only while it runs).
+    let mut back = feed(
+        &mut st,
+        "srv-b",
+        &incoming("srv-b", To::All, NOW, &user_remove("sam", "srv-b")),
+    );
+    let returned = socp_advert_at(NOW + 1, "srv-b", "sam", 14, true);
+    back.extend(feed(&mut st, "srv-b", &returned));
+    back.extend(st.flush_membership(NOW));
+    assert_eq!(
+        shares_to(&back, "link-b", "srv-b"),
+        [vec![(uid("sam").to_string(), group_key)]]
+    );
+}
+
+#[test]
+fn a_servers_key_for_our_users_goes_to_each_its_own_and_no_further() {
+    let (mut st, _) = mesh();
+    attach(&mut st, "bob", 11, "bob", 11);
+    let update = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW,
+        &Message::PublicChannelUpdated(PublicChannelUpdated {
+            version: START_VERSION + 40,
+            wraps: vec![wrap_for("alice"), wrap_for("nobody")],
+        }),
+    );
+    let out = feed(&mut st, "srv-b", &update);
+    let to_alice = sent_to(&out, "alice");
+    assert_eq!(to_alice.len(), 1, "{to_alice:?}");
+    assert_eq!(
+        (to_alice[0].from(), to_alice[0].to().as_str()),
+        ("srv-b", uid("alice").as_str())
+    );
+    let wraps = field_of(&to_alice[0], "wraps").as_array().expect("wraps");
+    assert_eq!(wraps.len(), 1);
+    assert_eq!(wraps[0]["member_id"], json!(uid("alice")));
+    for h in ["bob", "link-c"] {
+        assert!(sent_to(&out, h).is_empty(), "{h}");
+    }
+}
+
+/// A wrap for `member` (its bytes do not matter here).
+fn wrap_for(member: &str) -> socp_protocol::message::Wrap {
+    socp_protocol::message::Wrap {
+        member_id: uid(member),
+        wrapped_key: Base64Url::from_bytes(&[1; 512]),
+    }
+}

@@ -64,7 +64,12 @@ impl<H: Clone> RouterState<H> {
             Message::PublicChannelAdd(_) => self.channel_news(&from, socp, &mut out),
             Message::PublicChannelUpdated(u) => {
                 self.public_version = self.public_version.max(u.version);
-                self.channel_news(&from, socp, &mut out);
+                if env.to().as_str() == self.config.me.as_str() {
+                    // Its key for our users [ext] (see `sharing`).
+                    self.shared_to_us(&origin, u, env.ts(), &mut out);
+                } else {
+                    self.channel_news(&from, socp, &mut out);
+                }
             }
             Message::DirectoryRecord(r) => self.directory_record(r, &from, true, now, &mut out),
             Message::MailDeposit(d) => self.mail_deposit(from.link, d, now, &mut out),

@@ -28,6 +28,10 @@ pub(super) struct Membership {
 impl<H: Clone> RouterState<H> {
     /// Whether public channel membership changes wait to be announced.
     pub fn membership_pending(&self) -> bool {
+        self.membership_changed() || self.shares_due()
+    }
+
+    fn membership_changed(&self) -> bool {
         !self.membership.joins.is_empty() || !self.membership.leaves.is_empty()
     }
 
@@ -41,14 +45,16 @@ impl<H: Clone> RouterState<H> {
             .cloned()
     }
 
-    /// Announce the queued membership changes as one new version: a
+    /// Send the wraps of our key due to other servers' users (`sharing`), and
+    /// announce the queued membership changes as one new version: a
     /// PUBLIC_CHANNEL_ADD listing the members who joined (if any; at most
     /// [`MAX_JOINS_PER_VERSION`], the rest stay queued) and a
     /// PUBLIC_CHANNEL_UPDATED with a wrap of the group key for each of them, to
     /// every linked server and local user; and the changes for the store.
     pub fn flush_membership(&mut self, now: i64) -> Vec<Action<H>> {
         let mut out = Vec::new();
-        if !self.membership_pending() {
+        self.flush_shares(now, &mut out);
+        if !self.membership_changed() {
             return out;
         }
         let take = self.membership.joins.len().min(MAX_JOINS_PER_VERSION);

@@ -28,6 +28,7 @@ mod presence;
 mod seen;
 mod sequence;
 mod servers;
+mod sharing;
 mod status;
 
 pub use crate::error::Refusal;
@@ -251,6 +252,7 @@ pub struct RouterState<H> {
     public_version: u64,
     /// Membership changes waiting to be announced as one version.
     membership: Membership,
+    sharing: sharing::Sharing,
     /// The last PUBLIC_CHANNEL_UPDATED we announced: while it is still being
     /// signed, further changes wait and fold into the next version.
     announced: Option<SignedFrame>,
@@ -290,6 +292,7 @@ impl<H: Clone> RouterState<H> {
             seen: SeenCache::new(config.seen_capacity),
             public_version: config.public_version,
             membership: Membership::default(),
+            sharing: sharing::Sharing::default(),
             announced: None,
             config,
             signer,

@@ -201,6 +201,7 @@ impl<H: Clone> RouterState<H> {
         // A leave still queued for the same id stays: the store takes leaves
         // first, then joins.
         self.membership.joins.push((user_id, pubkey));
+        self.share_for_attach(batched || fast_files);
         Ok(out)
     }
 
@@ -490,16 +491,18 @@ impl<H: Clone> RouterState<H> {
     /// Add or replace a remote user, keeping the count per server.
     pub(super) fn insert_remote(&mut self, id: UserId, user: RemoteUser) {
         let server = user.server_id.clone();
-        if let Some(old) = self.remote.insert(id, user) {
+        if let Some(old) = self.remote.insert(id.clone(), user) {
             self.uncount_remote(&old.server_id);
         }
         *self.remote_per_server.entry(server).or_default() += 1;
+        self.share_with(&id);
     }
 
     /// Remove a remote user, keeping the count per server.
     pub(super) fn remove_remote(&mut self, id: &UserId) -> Option<RemoteUser> {
         let old = self.remote.remove(id)?;
         self.uncount_remote(&old.server_id);
+        self.unshare(id);
         Some(old)
     }
 
