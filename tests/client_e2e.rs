@@ -1460,18 +1460,61 @@ type Sent = std::sync::Arc<std::sync::Mutex<Vec<Vec<Value>>>>;
 /// what the client sent on each connection.
 async fn pem_dialect_server() -> (u16, Sent) {
     use socp_protocol::dialect::KeyEncoding;
-    use std::sync::Arc;
     let zed = socp_protocol::fixtures::key(13);
     let zed_pem = KeyEncoding::PemBase64Url
         .write(zed.public_key())
         .expect("writes PEM");
-    let server_key = Arc::new(socp_protocol::fixtures::key(3));
+    scripted_server(move |frame| {
+        let to = frame["from"].as_str().unwrap_or("x");
+        match frame["type"].as_str() {
+            // No ACK: the roster only, its keys in PEM.
+            Some("USER_HELLO") => {
+                let advert = json!({"user_id": "zed", "server_id": "pem-server",
+                                    "pubkey": zed_pem, "meta": {}});
+                vec![server_frame("USER_ADVERTISE", to, advert)]
+            }
+            Some("COMMAND") if frame["payload"]["command"] == "/list" => {
+                let response = json!({"users": ["zed"]}).to_string();
+                let answer = json!({"command": "/list", "response": response});
+                vec![server_frame("COMMAND_RESPONSE", to, answer)]
+            }
+            _ => Vec::new(),
+        }
+    })
+    .await
+}
+
+/// A frame of the scripted servers (`from` "pem-server", fixture key 3).
+fn server_frame(t: &str, to: &str, payload: Value) -> String {
+    let Some(t) = socp_protocol::MessageType::parse(t) else {
+        // A type of another implementation's: its fields only.
+        let ts = socp_protocol::now_ms();
+        return json!({"type": t, "from": "pem-server", "to": to, "ts": ts,
+                      "payload": payload, "sig": ""})
+        .to_string();
+    };
+    Envelope::raw(
+        t,
+        "pem-server",
+        To::parse(to).expect("to"),
+        socp_protocol::now_ms(),
+        payload,
+    )
+    .signed(&socp_protocol::fixtures::key(3))
+    .expect("signs")
+    .to_json()
+}
+
+/// A scripted server: what the client sends on each connection is kept, and
+/// each frame is answered with the frames `answer` makes of it.
+async fn scripted_server(
+    answer: impl Fn(&Value) -> Vec<String> + Clone + Send + Sync + 'static,
+) -> (u16, Sent) {
     let (listener, port) = loopback::listen().await;
-    // Every connection: the frames the client sent on it.
-    let connections: Sent = Arc::default();
+    let connections: Sent = std::sync::Arc::default();
     let seen = connections.clone();
     loopback::accept_all(listener, move |sock| {
-        let (seen, zed_pem, server_key) = (seen.clone(), zed_pem.clone(), server_key.clone());
+        let (seen, answer) = (seen.clone(), answer.clone());
         async move {
             let Some(mut conn) = loopback::WsConn::upgrade(sock).await else {
                 return;
@@ -1481,43 +1524,108 @@ async fn pem_dialect_server() -> (u16, Sent) {
                 all.push(Vec::new());
                 all.len() - 1
             };
-            let signed = |t: &str, to: &str, payload: Value| {
-                let t = socp_protocol::MessageType::parse(t).expect("a type");
-                Envelope::raw(
-                    t,
-                    "pem-server",
-                    To::parse(to).expect("to"),
-                    socp_protocol::now_ms(),
-                    payload,
-                )
-                .signed(&server_key)
-                .expect("signs")
-                .to_json()
-            };
             while let Some(text) = conn.next_text().await {
                 let frame: Value = serde_json::from_str(&text).expect("json");
                 seen.lock().unwrap()[at].push(frame.clone());
-                match frame["type"].as_str() {
-                    // No ACK: the roster only, its keys in PEM.
-                    Some("USER_HELLO") => {
-                        let advert = json!({"user_id": "zed", "server_id": "pem-server",
-                                            "pubkey": zed_pem, "meta": {}});
-                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
-                        conn.send_text(&signed("USER_ADVERTISE", &to, advert)).await;
-                    }
-                    Some("COMMAND") if frame["payload"]["command"] == "/list" => {
-                        let response = json!({"users": ["zed"]}).to_string();
-                        let to = frame["from"].as_str().unwrap_or("x").to_owned();
-                        let answer = json!({"command": "/list", "response": response});
-                        conn.send_text(&signed("COMMAND_RESPONSE", &to, answer))
-                            .await;
-                    }
-                    _ => {}
+                for reply in answer(&frame) {
+                    conn.send_text(&reply).await;
                 }
             }
         }
     });
     (port, connections)
+}
+
+/// Gina (fixture key 14), the one user the ids-only server has a key for,
+/// and a user it has none for.
+const GINA: &str = "6f1c7e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
+const KEYLESS: &str = "7a2b3c4d-5e6f-4a0b-9c1d-2e3f4a5b6c7d";
+
+/// A server that sends its users no adverts (one implementation's): it
+/// acknowledges a hello with its own `msg_ref`, lists users as
+/// `online_users` ids, gives keys on PUBKEY_REQUEST (null for a user it has
+/// none for), and has logins of its own kind: a LOGIN_REQUEST of ours gets
+/// LOGIN_FAIL.
+async fn ids_only_server() -> (u16, Sent) {
+    let gina_der = socp_protocol::dialect::KeyEncoding::Der
+        .write(socp_protocol::fixtures::key(14).public_key())
+        .expect("writes DER");
+    scripted_server(move |frame| {
+        let to = frame["from"].as_str().unwrap_or("x");
+        match frame["type"].as_str() {
+            Some("USER_HELLO") => {
+                vec![server_frame("ACK", to, json!({"msg_ref": "USER_HELLO_OK"}))]
+            }
+            Some("LIST_REQUEST") => vec![server_frame(
+                "LIST_RESPONSE",
+                to,
+                json!({"online_users": [GINA, KEYLESS, to]}),
+            )],
+            Some("PUBKEY_REQUEST") => {
+                let user = frame["payload"]["user_id"].clone();
+                let key = if user == GINA {
+                    json!(gina_der)
+                } else {
+                    Value::Null
+                };
+                vec![server_frame(
+                    "PUBKEY_RESPONSE",
+                    to,
+                    json!({"user_id": user, "pubkey": key}),
+                )]
+            }
+            Some("LOGIN_REQUEST") => vec![server_frame(
+                "LOGIN_FAIL",
+                to,
+                json!({"code": "NO_USER", "detail": "Unknown user"}),
+            )],
+            _ => Vec::new(),
+        }
+    })
+    .await
+}
+
+/// On a server that lists ids only, the client asks for their keys: it
+/// lists them and DMs the one with a key.
+#[actix_rt::test]
+async fn the_client_lists_ids_only_and_asks_for_their_keys() {
+    let (gina_id, keyless_id) = (GINA, KEYLESS);
+    let gina = socp_protocol::fixtures::key(14);
+    let (port, connections) = ids_only_server().await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut client = Client::start("alice", addr, Options::new(12, tmp.path())).await;
+
+    client.send("/list");
+    let list = client.expect("the list", is_event("list")).await;
+    let listed: Vec<&str> = list["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter_map(|u| u["user_id"].as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        [gina_id, keyless_id, client.id.as_str()],
+        "{:?}",
+        client.log
+    );
+    assert_eq!(list["users"][0]["server_id"], "pem-server");
+
+    client.send(&format!("/tell {gina_id} hello gina"));
+    client.expect("sent", is_event("sent")).await;
+    let dm = eventually_frame(&connections, "MSG_DIRECT").await;
+    assert_eq!(dm["to"], gina_id);
+    let ct = Base64Url::parse(dm["payload"]["ciphertext"].as_str().expect("ct")).expect("b64");
+    assert_eq!(gina.decrypt(ct.bytes()).expect("decrypts"), b"hello gina");
+    // No key for the other: said so, in words for an id.
+    client.send(&format!("/tell {keyless_id} hello"));
+    let refused = client.expect("an error", is_event("error")).await;
+    let text = refused.to_string();
+    assert!(
+        text.contains(&format!("no user {keyless_id} is online")),
+        "{text}"
+    );
 }
 
 /// The first frame of type `t` a client sent on any connection (waits).
@@ -1914,6 +2022,22 @@ async fn an_account_kept_here_logs_in_on_a_server_without_logins() {
         .expect("parses")
         .verify(&key)
         .expect("signed by carol");
+    carol.quit().await;
+
+    // A server with logins of its own kind answers LOGIN_FAIL: the same,
+    // with nothing said to be malformed.
+    let (port, connections) = ids_only_server().await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut carol = Client::start("carol", addr, options()).await;
+    carol.send("/login carol");
+    let login = carol.expect("logged in", is_event("login")).await;
+    assert_eq!(login["user_id"], carol_id.as_str());
+    eventually_frame_from(&connections, "USER_HELLO", &carol_id).await;
+    assert!(
+        carol.logged(is_event("warning")).is_empty(),
+        "{:?}",
+        carol.log
+    );
 }
 
 /// A server of the PEM dialect delivers a public message to each member as

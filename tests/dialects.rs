@@ -1367,6 +1367,18 @@ async fn a_server_that_takes_only_joins_is_linked_with_a_join() {
         openers.last().map(String::as_str),
         Some("SERVER_HELLO_JOIN")
     );
+    // Its welcome (`assigned_id: null`) is for a joiner: ignored, not
+    // counted as a frame we do not read.
+    let body = awc::Client::new()
+        .get(format!("http://{}/metrics", a.addr))
+        .send()
+        .await
+        .expect("metrics answers")
+        .body()
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&body);
+    assert!(!text.contains("unread"), "{text}");
 }
 
 /// A joiner learns each server of the mesh from the welcome, and links to a

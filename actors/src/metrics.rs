@@ -11,6 +11,9 @@ pub mod family {
     pub(crate) const USER_ERRORS: &str = "socp_user_errors_total";
     /// ERROR frames sent to servers, by code.
     pub(crate) const SERVER_ERRORS: &str = "socp_server_errors_total";
+    /// Frames from server links dropped without an ERROR, by reason
+    /// (`unread`, `own_echo`, `unanswered_error`, `directory_unverified`).
+    pub const LINK_DROPPED: &str = "socp_link_frames_dropped_total";
     /// Connections the server closed, by WebSocket close code.
     pub(crate) const CLOSES: &str = "socp_connections_closed_total";
     /// Frames received, by kind of peer (`user`, `server`).

@@ -810,7 +810,7 @@ async fn our_own_frames_echoed_back_are_dropped_quietly() {
     assert_eq!(
         node.shared
             .metrics
-            .get("socp_server_errors_total", "OWN_ECHO"),
+            .get("socp_link_frames_dropped_total", "own_echo"),
         1
     );
 }

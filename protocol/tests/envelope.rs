@@ -255,6 +255,7 @@ fn fixtures() -> Vec<(To, Message)> {
             ListResponse {
                 users: listed(),
                 more: false,
+                online_users: Vec::new(),
             }
             .into(),
         ),

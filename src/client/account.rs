@@ -140,7 +140,7 @@ async fn challenge_within(
     wait: std::time::Duration,
 ) -> Result<socp_protocol::message::LoginChallenge, Failure> {
     let rx = expect(shared, |e| {
-        matches!(e.msg_type(), "LOGIN_CHALLENGE" | "ERROR")
+        matches!(e.msg_type(), "LOGIN_CHALLENGE" | "ERROR" | "LOGIN_FAIL")
     });
     send(
         tx,
@@ -153,7 +153,16 @@ async fn challenge_within(
             },
         ),
     )?;
-    match connection::answer_within(rx, what, wait).await?.message() {
+    let answer = connection::answer_within(rx, what, wait).await?;
+    // One implementation's own logins (a password, not a key) refuse ours.
+    if answer.msg_type() == "LOGIN_FAIL" {
+        let detail = answer.payload()["detail"].as_str().unwrap_or_default();
+        return Err(fail(
+            OTHER_LOGINS,
+            detail.chars().take(200).collect::<String>(),
+        ));
+    }
+    match answer.message() {
         Ok(Message::LoginChallenge(c)) => Ok(c),
         _ => Err(fail("BAD_REQUEST", "malformed login challenge")),
     }
@@ -219,7 +228,11 @@ const NO_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What another implementation's server answers a LOGIN_REQUEST with, when it
 /// answers at all: it has no logins.
-const NO_LOGINS: [&str; 3] = ["TIMEOUT", "UNKNOWN_TYPE", "BAD_REQUEST"];
+const NO_LOGINS: [&str; 4] = ["TIMEOUT", "UNKNOWN_TYPE", "BAD_REQUEST", OTHER_LOGINS];
+
+/// The failure of a LOGIN_REQUEST answered with LOGIN_FAIL: a server whose
+/// logins are of another kind (it has no socp logins).
+const OTHER_LOGINS: &str = "LOGIN_FAIL";
 
 /// `/login` on a server without logins (another implementation's): the
 /// account as this machine keeps it (its id, from the accounts file, else

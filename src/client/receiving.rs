@@ -164,7 +164,7 @@ async fn news_batch(shared: &Shared, tx: &Sink, env: &Envelope) {
 
 /// A user advertised: in the roster, its key pinned (or a change warned
 /// about), and its arrival or new name shown.
-fn advertised(shared: &Shared, out: &Output, contact: Contact) {
+pub(super) fn advertised(shared: &Shared, out: &Output, contact: Contact) {
     let is_me = {
         let c = shared.borrow();
         c.me.id == contact.user_id || c.joining.as_ref().map(|j| &j.id) == Some(&contact.user_id)

@@ -21,6 +21,9 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
     send(tx, &request)?;
     let env = answer(rx, "/list").await?;
     let users = match env.message() {
+        Ok(Message::ListResponse(l)) if l.users.is_empty() && !l.online_users.is_empty() => {
+            listed_by_id(shared, tx, env.from(), l.online_users).await?
+        }
         Ok(Message::ListResponse(l)) => {
             let mut users = std::mem::take(&mut shared.borrow_mut().last_list);
             users.extend(l.users);
@@ -71,6 +74,88 @@ pub(crate) async fn list(shared: &Shared, tx: &Sink) -> Result<(), Failure> {
         json!({ "users": entries }),
     );
     Ok(())
+}
+
+/// Most keys one `/list` asks for (PUBKEY_REQUEST), a frame each.
+const KEYS_ASKED: usize = 200;
+
+/// A listing of ids only (`online_users`, as one implementation lists; its
+/// server sends its users no adverts): the ids not in the roster have their
+/// keys asked for (PUBKEY_REQUEST to our server, answers in any order);
+/// those it has one for join the roster as adverts would, at `server` (the
+/// listing's sender). The rest are listed as unknown there.
+async fn listed_by_id(
+    shared: &Shared,
+    tx: &Sink,
+    server: &str,
+    ids: Vec<socp_protocol::UserId>,
+) -> Result<Vec<socp_protocol::message::ListedUser>, Failure> {
+    let server_id =
+        socp_protocol::ServerId::parse(server).map_err(|e| fail("BAD_REQUEST", e.to_string()))?;
+    let (me, keys) = {
+        let c = shared.borrow();
+        (c.me.clone(), c.key_encoding)
+    };
+    let unknown: Vec<socp_protocol::UserId> = {
+        let c = shared.borrow();
+        ids.iter()
+            .filter(|id| **id != me.id && c.roster.get(id).is_none())
+            .take(KEYS_ASKED)
+            .cloned()
+            .collect()
+    };
+    let (me2, to) = (me.clone(), server.to_owned());
+    let requests = blocking(move || {
+        unknown
+            .into_iter()
+            .map(|user_id| {
+                let env = Envelope::new(
+                    &me2.id,
+                    To::Id(to.clone()),
+                    now_ms(),
+                    &socp_protocol::message::PubkeyRequest { user_id },
+                );
+                me2.sign_frame(env, keys)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?
+    .map_err(|e| fail("BAD_KEY", e.to_string()))?;
+    let mut answers = Vec::with_capacity(requests.len());
+    for request in &requests {
+        answers.push(expect(shared, |e| {
+            matches!(e.msg_type(), "PUBKEY_RESPONSE" | "ERROR")
+        }));
+        send(tx, request)?;
+    }
+    let out = shared.borrow().out.clone();
+    for rx in answers {
+        let Ok(env) = super::connection::answer(rx, "a key").await else {
+            continue;
+        };
+        if let Ok(Message::PubkeyResponse(r)) = env.message() {
+            if let Some(pubkey) = r.pubkey {
+                let contact = Contact::from_advert(r.user_id, server_id.clone(), pubkey, None);
+                super::receiving::advertised(shared, &out, contact);
+            }
+        }
+    }
+    let c = shared.borrow();
+    Ok(ids
+        .into_iter()
+        .map(|id| socp_protocol::message::ListedUser {
+            server_id: c
+                .roster
+                .get(&id)
+                .map_or_else(|| server_id.clone(), |k| k.server_id.clone()),
+            name: c
+                .roster
+                .get(&id)
+                .and_then(|k| k.name.clone())
+                .unwrap_or_default(),
+            user_id: id,
+        })
+        .collect())
 }
 
 /// `/tell`: a DM, split into pieces RSA-OAEP can carry, each encrypted to

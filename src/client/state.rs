@@ -207,7 +207,9 @@ impl Roster {
             .map(|c| c.user_id.as_str())
             .collect();
         guests.sort_unstable();
-        if guests.is_empty() {
+        if guests.is_empty() && uuid::Uuid::parse_str(who).is_ok() {
+            Err(format!("no user {who} is online (see /list)"))
+        } else if guests.is_empty() {
             Err(format!("no registered user {who} is online (see /list)"))
         } else {
             Err(format!(

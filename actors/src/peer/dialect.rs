@@ -89,7 +89,7 @@ impl PeerLink {
         if foreign || env.msg_type() == "ERROR" {
             self.shared
                 .metrics
-                .inc(crate::metrics::family::SERVER_ERRORS, "UNREAD");
+                .inc(crate::metrics::family::LINK_DROPPED, "unread");
             if let Some(repeats) = self.foreign.hit(Instant::now()) {
                 log::info!(
                     "link {}: dropping frames we do not read, first {}: {detail} \

@@ -6,7 +6,7 @@
 
 use actix::prelude::*;
 use socp_protocol::message::{DirectoryPage, DirectorySync};
-use socp_protocol::{Envelope, ErrorCode, Message, To, UserId};
+use socp_protocol::{Envelope, Message, To, UserId};
 
 use super::PeerLink;
 use crate::crypto::FrameText;
@@ -127,10 +127,9 @@ impl PeerLink {
                     checked.refused,
                     from
                 );
-                act.shared.metrics.inc(
-                    crate::metrics::family::SERVER_ERRORS,
-                    ErrorCode::InvalidSig.as_str(),
-                );
+                act.shared
+                    .metrics
+                    .inc(crate::metrics::family::LINK_DROPPED, "directory_unverified");
             }
             for record in checked.records {
                 act.shared

@@ -259,6 +259,12 @@ impl PeerLink {
                 format!("unknown type {t}"),
             );
         }
+        // The welcome answering a link we opened with a join: nothing in it
+        // is for us (we have our id and our links), whatever its shape.
+        if self.opens_with_join && env.msg_type() == "SERVER_WELCOME" {
+            log::debug!("link {}: its welcome, ignored", self.conn_id);
+            return;
+        }
         let msg = match env.message() {
             Ok(msg) => msg,
             Err(_) if self.is_keyless_advert(&env) => return self.keyless_advert(ctx, env, raw),
@@ -360,7 +366,7 @@ impl PeerLink {
         if from == self.shared.me {
             self.shared
                 .metrics
-                .inc(crate::metrics::family::SERVER_ERRORS, "OWN_ECHO");
+                .inc(crate::metrics::family::LINK_DROPPED, "own_echo");
             return;
         }
         let from_link = from == peer.server_id;
@@ -449,7 +455,7 @@ impl PeerLink {
             Err(Failed::Link(_)) if is_error => act
                 .shared
                 .metrics
-                .inc(crate::metrics::family::SERVER_ERRORS, "UNANSWERED_ERROR"),
+                .inc(crate::metrics::family::LINK_DROPPED, "unanswered_error"),
             Err(Failed::Link(detail)) => act.strike(ctx, ErrorCode::InvalidSig, detail),
             Err(Failed::Relayed(kind, detail)) => act.unverifiable(kind, &detail),
         });

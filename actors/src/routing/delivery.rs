@@ -79,6 +79,7 @@ impl<H: Clone> RouterState<H> {
                         Message::ListResponse(ListResponse {
                             users: users.by_ref().take(LIST_PART).collect(),
                             more: part + 1 < parts,
+                            online_users: Vec::new(),
                         }),
                     );
                     out.push(Action::Send(origin.clone(), frame));

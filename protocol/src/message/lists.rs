@@ -28,7 +28,12 @@ pub struct ListedUser {
 pub struct ListResponse {
     /// Every user attached to the answering server or to a server it has a
     /// live link to (or, with `more`, one part of them).
+    #[serde(default)]
     pub users: Vec<ListedUser>,
+    /// Ids only, as one implementation lists them (`online_users`) instead
+    /// of `users`: their keys are asked for with PUBKEY_REQUEST. Never sent.
+    #[serde(default, skip_serializing)]
+    pub online_users: Vec<UserId>,
     /// \[ext\] More parts follow: a long listing is sent as several
     /// LIST_RESPONSE frames, each far under the frame limit; the last has no
     /// `more`.
