@@ -784,6 +784,66 @@ async fn socp_clients_read_and_write_a_channel_of_one_aes_key() {
     assert!(bob.logged(is_event("warning")).is_empty(), "{:?}", bob.log);
 }
 
+/// The channel key of `ivy`'s server (a PEM client, key `key`): from the
+/// first update with a wrap for it.
+async fn channel_key_of_ivy(
+    ivy: &mut Peer,
+    key: &PrivateKey,
+) -> socp_protocol::crypto::group::GroupKey {
+    let wraps_ivy = |e: &Envelope| {
+        e.msg_type() == "PUBLIC_CHANNEL_UPDATED"
+            && e.payload()["wraps"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["member_id"] == "ivy"))
+    };
+    let update = ivy
+        .expect(WAIT, "a wrap of its server's key", wraps_ivy)
+        .await;
+    let wrap = update.payload()["wraps"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["member_id"] == "ivy").cloned())
+        .expect("ivy's wrap");
+    let wrapped = Base64Url::parse(wrap["wrapped_key"].as_str().expect("a key")).expect("b64");
+    let bytes = key.decrypt(wrapped.bytes()).expect("unwraps");
+    socp_protocol::crypto::group::GroupKey::from_bytes(&bytes).expect("a group key")
+}
+
+/// `from`'s public message `text` as the PEM dialect's clients send it: one
+/// ciphertext under `group`, to the channel, signed in the public form.
+fn to_the_channel(
+    from: &str,
+    key: &PrivateKey,
+    group: &socp_protocol::crypto::group::GroupKey,
+    text: &[u8],
+) -> Envelope {
+    let ts = now_ms();
+    let ct = Base64Url::from_bytes(&group.seal(text).expect("seals"));
+    let sig = content::sign_public(key, &ct, from, ts).expect("signs");
+    signed(
+        MessageType::MsgPublicChannel,
+        from,
+        "public",
+        ts,
+        json!({"ciphertext": ct.as_str(), "sender_pub": pem(key), "content_sig": sig.as_str()}),
+        key,
+    )
+}
+
+/// The text of `sender`'s delivery to a PEM client, opened with `group`.
+async fn opened_delivery(
+    ivy: &mut Peer,
+    sender: &str,
+    group: &socp_protocol::crypto::group::GroupKey,
+) -> Vec<u8> {
+    let got = ivy
+        .expect(WAIT, "a delivery", |e| {
+            e.msg_type() == "USER_DELIVER" && e.payload()["sender"] == json!(sender)
+        })
+        .await;
+    let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    group.open(ct.bytes()).expect("opens under the channel key")
+}
+
 /// A client of the PEM dialect attached to a socp server encrypts its public
 /// messages under that server's channel key, which the server wraps for it;
 /// the server wraps it for its socp clients too, so they read those messages
@@ -792,7 +852,6 @@ async fn socp_clients_read_and_write_a_channel_of_one_aes_key() {
 #[actix_rt::test]
 async fn a_socp_servers_channel_key_is_shared_by_its_clients_of_every_dialect() {
     use client_common::{is_event, Client, Options};
-    use socp_protocol::crypto::group::GroupKey;
     let a = start(config_with(0, None, &[], fast_settings()))
         .await
         .expect("a starts");
@@ -804,37 +863,13 @@ async fn a_socp_servers_channel_key_is_shared_by_its_clients_of_every_dialect() 
     let mut ivy = pem_client(&a, "ivy", &ivy_key).await;
 
     // a's update with a wrap for ivy: a's channel key.
-    let wraps_ivy = |e: &Envelope| {
-        e.msg_type() == "PUBLIC_CHANNEL_UPDATED"
-            && e.payload()["wraps"]
-                .as_array()
-                .is_some_and(|w| w.iter().any(|w| w["member_id"] == "ivy"))
-    };
-    let update = ivy.expect(WAIT, "a wrap of a's key", wraps_ivy).await;
-    let wraps = update.payload()["wraps"].as_array().expect("wraps").clone();
-    let wrap = wraps
-        .iter()
-        .find(|w| w["member_id"] == "ivy")
-        .expect("ivy's");
-    let wrapped = Base64Url::parse(wrap["wrapped_key"].as_str().expect("a key")).expect("b64");
-    let group_bytes = ivy_key.decrypt(wrapped.bytes()).expect("unwraps");
-    let group = GroupKey::from_bytes(&group_bytes).expect("a group key");
+    let group = channel_key_of_ivy(&mut ivy, &ivy_key).await;
     alice.sees_online("ivy").await;
     bob.sees_online("ivy").await;
 
     // ivy's public message: one ciphertext under a's key, to the channel.
-    let ts = now_ms();
-    let ct = Base64Url::from_bytes(&group.seal(b"hello from ivy").expect("seals"));
-    let sig = content::sign_public(&ivy_key, &ct, "ivy", ts).expect("signs");
-    let msg = signed(
-        MessageType::MsgPublicChannel,
-        "ivy",
-        "public",
-        ts,
-        json!({"ciphertext": ct.as_str(), "sender_pub": pem(&ivy_key), "content_sig": sig.as_str()}),
-        &ivy_key,
-    );
-    ivy.send(&msg).await;
+    ivy.send(&to_the_channel("ivy", &ivy_key, &group, b"hello from ivy"))
+        .await;
     for (who, c) in [("alice", &mut alice), ("bob", &mut bob)] {
         let shown = c.expect("ivy's message", is_event("public")).await;
         assert_eq!(
@@ -847,14 +882,8 @@ async fn a_socp_servers_channel_key_is_shared_by_its_clients_of_every_dialect() 
     // alice's /all: ivy gets one ciphertext under a's key; bob his RSA copy
     // (and the other copy too: shown once).
     alice.send("/all hi everyone");
-    let got = ivy
-        .expect(WAIT, "alice's message", |e| {
-            e.msg_type() == "USER_DELIVER" && e.payload()["sender"] == json!(alice.id)
-        })
-        .await;
-    let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
     assert_eq!(
-        group.open(ct.bytes()).expect("opens under a's key"),
+        opened_delivery(&mut ivy, &alice.id, &group).await,
         b"hi everyone"
     );
     let heard = bob.expect("alice's message", is_event("public")).await;
@@ -876,7 +905,6 @@ async fn a_socp_servers_channel_key_is_shared_by_its_clients_of_every_dialect() 
 #[actix_rt::test]
 async fn a_socp_servers_channel_key_reaches_socp_clients_on_other_servers() {
     use client_common::{is_event, Client, Options};
-    use socp_protocol::crypto::group::GroupKey;
     let a = start(config_with(0, None, &[], fast_settings()))
         .await
         .expect("a starts");
@@ -889,20 +917,7 @@ async fn a_socp_servers_channel_key_reaches_socp_clients_on_other_servers() {
     .await;
     let ivy_key = fixtures::key(12);
     let mut ivy = pem_client(&a, "ivy", &ivy_key).await;
-    let wraps_ivy = |e: &Envelope| {
-        e.msg_type() == "PUBLIC_CHANNEL_UPDATED"
-            && e.payload()["wraps"]
-                .as_array()
-                .is_some_and(|w| w.iter().any(|w| w["member_id"] == "ivy"))
-    };
-    let update = ivy.expect(WAIT, "a wrap of a's key", wraps_ivy).await;
-    let wrap = update.payload()["wraps"]
-        .as_array()
-        .and_then(|w| w.iter().find(|w| w["member_id"] == "ivy").cloned())
-        .expect("ivy's wrap");
-    let wrapped = Base64Url::parse(wrap["wrapped_key"].as_str().expect("a key")).expect("b64");
-    let group = GroupKey::from_bytes(&ivy_key.decrypt(wrapped.bytes()).expect("unwraps"))
-        .expect("a group key");
+    let group = channel_key_of_ivy(&mut ivy, &ivy_key).await;
     // bob comes after ivy: a learns of him from b, and sends him its key.
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut bob = Client::start("bob", b.addr, Options::new(11, &tmp.path().join("b"))).await;
@@ -916,32 +931,79 @@ async fn a_socp_servers_channel_key_reaches_socp_clients_on_other_servers() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // ivy's public message under a's key, read by bob on b.
-    let ts = now_ms();
-    let ct = Base64Url::from_bytes(&group.seal(b"hello from ivy").expect("seals"));
-    let sig = content::sign_public(&ivy_key, &ct, "ivy", ts).expect("signs");
-    let msg = signed(
-        MessageType::MsgPublicChannel,
-        "ivy",
-        "public",
-        ts,
-        json!({"ciphertext": ct.as_str(), "sender_pub": pem(&ivy_key), "content_sig": sig.as_str()}),
-        &ivy_key,
-    );
-    ivy.send(&msg).await;
+    ivy.send(&to_the_channel("ivy", &ivy_key, &group, b"hello from ivy"))
+        .await;
     let shown = bob.expect("ivy's message", is_event("public")).await;
     assert_eq!(shown["text"], "hello from ivy", "{:?}", bob.log);
 
     // bob's /all: one ciphertext under a's key reaches ivy.
     bob.send("/all hi ivy");
-    let got = ivy
-        .expect(WAIT, "bob's message", |e| {
-            e.msg_type() == "USER_DELIVER" && e.payload()["sender"] == json!(bob.id)
-        })
+    assert_eq!(opened_delivery(&mut ivy, &bob.id, &group).await, b"hi ivy");
+}
+
+/// A server of another dialect that answers a frame type with ERROR
+/// UNKNOWN_TYPE ("Unhandled type PUBLIC_CHANNEL_ADD", as one does) is not
+/// sent that type again over its link; other frames still go.
+#[actix_rt::test]
+async fn a_type_a_server_says_it_does_not_handle_is_not_sent_to_it_again() {
+    let a = start(config_with(0, None, &[], fast_settings()))
+        .await
+        .expect("a starts");
+    let mut other = PemServer::link(&a, 5).await;
+    let other_id = ServerId::parse(&other.id).expect("an id");
+    eventually(WAIT, "linked", || async {
+        link_state(&a.status().await, &other_id).as_deref() == Some("up")
+    })
+    .await;
+    let _alice = User::join(a.addr, 10).await;
+    other
+        .peer
+        .expect(WAIT, "a's channel news", is_type("PUBLIC_CHANNEL_ADD"))
         .await;
-    let ct = Base64Url::parse(got.payload()["ciphertext"].as_str().expect("ct")).expect("b64");
+    let error = signed(
+        MessageType::Error,
+        &other.id,
+        a.server_id.as_str(),
+        now_ms(),
+        json!({"code": "UNKNOWN_TYPE", "detail": "Unhandled type PUBLIC_CHANNEL_ADD"}),
+        &other.key,
+    );
+    other.peer.send(&error).await;
+    // Frames of a link are handled in order: once zed is known, so is that.
+    other.advertise("zed", &fixtures::key(11)).await;
+    let zed = UserId::parse("zed").expect("an id");
+    eventually(WAIT, "zed known", || async {
+        knows(&a.status().await, &zed)
+    })
+    .await;
+
+    let bob = User::join(a.addr, 12).await;
+    other
+        .peer
+        .expect(WAIT, "bob's advert", advert_of(&bob.id))
+        .await;
+    let bobs_version = |e: &Envelope| {
+        e.msg_type() == "PUBLIC_CHANNEL_UPDATED"
+            && e.payload()["wraps"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["member_id"] == json!(bob.id)))
+    };
+    other
+        .peer
+        .expect(WAIT, "bob's channel version", bobs_version)
+        .await;
+    let adds = other
+        .peer
+        .inbox
+        .iter()
+        .filter(|e| e.msg_type() == "PUBLIC_CHANNEL_ADD");
+    assert_eq!(adds.count(), 0, "no PUBLIC_CHANNEL_ADD after its ERROR");
     assert_eq!(
-        group.open(ct.bytes()).expect("opens under a's key"),
-        b"hi ivy"
+        other
+            .peer
+            .count(Duration::from_millis(500), is_type("PUBLIC_CHANNEL_ADD"))
+            .await,
+        0
     );
 }
 
@@ -1369,15 +1431,7 @@ async fn a_server_that_takes_only_joins_is_linked_with_a_join() {
     );
     // Its welcome (`assigned_id: null`) is for a joiner: ignored, not
     // counted as a frame we do not read.
-    let body = awc::Client::new()
-        .get(format!("http://{}/metrics", a.addr))
-        .send()
-        .await
-        .expect("metrics answers")
-        .body()
-        .await
-        .expect("body");
-    let text = String::from_utf8_lossy(&body);
+    let text = metrics_text(a.addr).await;
     assert!(!text.contains("unread"), "{text}");
 }
 

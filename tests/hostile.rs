@@ -370,15 +370,7 @@ async fn rejections_are_counted_on_metrics() {
     early.send_text("{\"type\":\"HEARTBEAT\"}").await;
     assert_eq!(early.closed_within(WAIT).await, Some(1008));
 
-    let body = awc::Client::new()
-        .get(format!("http://{}/metrics", a.addr))
-        .send()
-        .await
-        .expect("metrics answers")
-        .body()
-        .await
-        .expect("body");
-    let text = String::from_utf8_lossy(&body);
+    let text = metrics_text(a.addr).await;
     assert!(
         text.contains("socp_user_errors_total{code=\"BAD_REQUEST\"} 1\n"),
         "{text}"

@@ -5,12 +5,43 @@
 //! socp-only frames left out) and signed again by us, in its place in the
 //! connection's queue.
 
+use std::sync::{Arc, Mutex};
+
 use futures_util::FutureExt;
 use socp_protocol::dialect::Translation;
 use socp_protocol::{Dialect, Envelope, ServerId};
 
 use crate::crypto::{CryptoPool, SignedFrame};
 use crate::router::Outbound;
+
+/// Frame types a server of another dialect said it does not handle (an
+/// ERROR UNKNOWN_TYPE naming one): not written to it again. Kept by its link
+/// for as long as it lives, whatever the dialect learnt meanwhile.
+#[derive(Clone, Default)]
+pub struct Unhandled(Arc<Mutex<Vec<String>>>);
+
+impl Unhandled {
+    /// Most types remembered (the standard has fewer than 40).
+    const MAX: usize = 64;
+
+    /// Remember `t`; true if it is new.
+    pub fn add(&self, t: &str) -> bool {
+        let Ok(mut types) = self.0.lock() else {
+            return false;
+        };
+        if types.len() >= Self::MAX || types.iter().any(|x| x == t) {
+            return false;
+        }
+        types.push(t.to_owned());
+        true
+    }
+
+    fn has(&self, t: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|types| types.iter().any(|x| x == t))
+    }
+}
 
 /// Rewrites what one connection writes for its peer's dialect.
 #[derive(Clone)]
@@ -20,25 +51,39 @@ pub struct Translator {
     user: bool,
     pool: CryptoPool,
     me: ServerId,
+    unhandled: Unhandled,
 }
 
 impl Translator {
-    /// For a server speaking `dialect`; `None` for a socp peer (nothing to do).
-    pub fn new(dialect: Dialect, pool: &CryptoPool, me: &ServerId) -> Option<Translator> {
-        Self::make(dialect, false, pool, me)
+    /// For a server speaking `dialect`, which does not handle the types in
+    /// `unhandled`; `None` for a socp peer (nothing to do).
+    pub fn new(
+        dialect: Dialect,
+        pool: &CryptoPool,
+        me: &ServerId,
+        unhandled: &Unhandled,
+    ) -> Option<Translator> {
+        Self::make(dialect, false, pool, me, unhandled.clone())
     }
 
     /// For a user's client speaking `dialect`.
     pub fn for_user(dialect: Dialect, pool: &CryptoPool, me: &ServerId) -> Option<Translator> {
-        Self::make(dialect, true, pool, me)
+        Self::make(dialect, true, pool, me, Unhandled::default())
     }
 
-    fn make(dialect: Dialect, user: bool, pool: &CryptoPool, me: &ServerId) -> Option<Translator> {
+    fn make(
+        dialect: Dialect,
+        user: bool,
+        pool: &CryptoPool,
+        me: &ServerId,
+        unhandled: Unhandled,
+    ) -> Option<Translator> {
         (!dialect.socp).then(|| Translator {
             dialect,
             user,
             pool: pool.clone(),
             me: me.clone(),
+            unhandled,
         })
     }
 
@@ -67,6 +112,9 @@ impl Translator {
                     Ok(env) => env,
                     Err(_) => return Some(text),
                 };
+                if this.unhandled.has(env.msg_type()) {
+                    return None;
+                }
                 match this.dialect.translate(&env, this.me.as_str(), this.user) {
                     Translation::AsIs => Some(text),
                     Translation::Omit => None,

@@ -135,6 +135,19 @@ pub async fn linked_pair(settings: Settings) -> (RunningServer, RunningServer) {
 }
 
 /// Linked servers in a `/status` snapshot.
+/// A server's `/metrics` text.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    let body = awc::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics answers")
+        .body()
+        .await
+        .expect("body");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 pub fn links_up(status: &Value) -> usize {
     status["servers"]
         .as_array()

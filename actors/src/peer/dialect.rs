@@ -14,7 +14,8 @@ impl PeerLink {
     /// Speak `dialect` to the peer from the start.
     pub(super) fn speaking(mut self, dialect: Dialect) -> Self {
         self.dialect = dialect;
-        let translator = Translator::new(dialect, &self.shared.pool, &self.shared.me);
+        let translator =
+            Translator::new(dialect, &self.shared.pool, &self.shared.me, &self.unhandled);
         self.out.speak(translator);
         self
     }
@@ -25,7 +26,8 @@ impl PeerLink {
             return;
         }
         self.dialect = dialect;
-        let translator = Translator::new(dialect, &self.shared.pool, &self.shared.me);
+        let translator =
+            Translator::new(dialect, &self.shared.pool, &self.shared.me, &self.unhandled);
         self.out.speak(translator);
     }
 
@@ -39,6 +41,9 @@ impl PeerLink {
             .is_some_and(|p| p.server_id.as_str() == env.from());
         if !from_link {
             return;
+        }
+        if let Message::Error(e) = msg {
+            self.unhandled_type(e);
         }
         let mut dialect = self.dialect;
         // Its own key: in the frames that carry it (an advert carries a user's).
@@ -69,6 +74,27 @@ impl PeerLink {
             self.directory_owed = false;
             if let Some(peer) = self.peer.clone() {
                 self.ask_directory(ctx, &peer);
+            }
+        }
+    }
+
+    /// An ERROR UNKNOWN_TYPE from a server of another dialect naming a type
+    /// we send (`Unhandled type PUBLIC_CHANNEL_ADD`): that type is not sent
+    /// to it again over this link. Said once per type.
+    fn unhandled_type(&mut self, e: &socp_protocol::message::ErrorPayload) {
+        if self.dialect.socp || e.code != ErrorCode::UnknownType {
+            return;
+        }
+        let named = e
+            .detail
+            .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .find(|w| socp_protocol::MessageType::parse(w).is_some());
+        if let Some(t) = named {
+            if self.unhandled.add(t) {
+                log::info!(
+                    "link {}: the server does not handle {t}: not sent to it again",
+                    self.conn_id
+                );
             }
         }
     }

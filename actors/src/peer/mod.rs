@@ -88,6 +88,8 @@ pub struct PeerLink {
     kept: bool,
     /// We dial a server that takes no first frame but SERVER_HELLO_JOIN.
     opens_with_join: bool,
+    /// Types the server said it does not handle: not written to it.
+    unhandled: crate::dialect::Unhandled,
     /// Something arrived from the other side.
     heard: bool,
     /// Adverts of the peer's users that came without a key (another
@@ -132,6 +134,7 @@ impl PeerLink {
             via_join: false,
             retired: false,
             opens_with_join: false,
+            unhandled: Default::default(),
             heard: false,
             kept: false,
             keyless: Default::default(),
