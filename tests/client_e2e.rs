@@ -2089,18 +2089,30 @@ async fn a_public_message_delivered_as_a_dm_would_be_is_read_as_public() {
                 let update = json!({"version": 1, "wraps": [{"member_id": me, "wrapped_key": wrapped.as_str()}]});
                 conn.send_text(&signed("PUBLIC_CHANNEL_UPDATED", "*", update))
                     .await;
+                // The client's own public message, passed back to it as to
+                // every member (it is on the roster too), then zed's.
+                let own = json!({"user_id": me, "server_id": "pem-server",
+                                 "pubkey": pem(&my_key), "meta": {}});
+                conn.send_text(&signed("USER_ADVERTISE", &me, own)).await;
                 let group = GroupKey::from_bytes(&group_bytes).expect("a key");
-                let ts = now_ms();
-                let ct = Base64Url::from_bytes(&group.seal(b"hello channel").expect("seals"));
-                let sig = content::sign_public(&zed, &ct, "zed", ts).expect("signs");
-                let deliver = json!({"ciphertext": ct.as_str(), "sender": "zed",
-                                     "sender_pub": pem(zed.public_key()),
-                                     "content_sig": sig.as_str()});
-                let t = socp_protocol::MessageType::parse("USER_DELIVER").expect("a type");
-                let env = Envelope::raw(t, "pem-server", To::parse(&me).expect("to"), ts, deliver)
-                    .signed(&server_key)
-                    .expect("signs");
-                conn.send_text(&env.to_json()).await;
+                let mine = socp_protocol::fixtures::key(12);
+                for (from, key, text) in [
+                    (me.as_str(), &mine, "my own"),
+                    ("zed", &*zed, "hello channel"),
+                ] {
+                    let ts = now_ms();
+                    let ct = Base64Url::from_bytes(&group.seal(text.as_bytes()).expect("seals"));
+                    let sig = content::sign_public(key, &ct, from, ts).expect("signs");
+                    let deliver = json!({"ciphertext": ct.as_str(), "sender": from,
+                                         "sender_pub": pem(key.public_key()),
+                                         "content_sig": sig.as_str()});
+                    let t = socp_protocol::MessageType::parse("USER_DELIVER").expect("a type");
+                    let env =
+                        Envelope::raw(t, "pem-server", To::parse(&me).expect("to"), ts, deliver)
+                            .signed(&server_key)
+                            .expect("signs");
+                    conn.send_text(&env.to_json()).await;
+                }
             }
         }
     });
@@ -2112,6 +2124,12 @@ async fn a_public_message_delivered_as_a_dm_would_be_is_read_as_public() {
         .await;
     assert_eq!(shown["text"], "hello channel");
     assert_eq!(shown["from"], "zed");
+    assert_eq!(
+        client.logged(is_event("public")).len(),
+        1,
+        "{:?}",
+        client.log
+    );
     assert!(client.logged(is_event("dm")).is_empty(), "{:?}", client.log);
     assert!(
         client.logged(is_event("warning")).is_empty(),

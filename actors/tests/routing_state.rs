@@ -1321,6 +1321,31 @@ fn content_relayed_as_is_by_another_implementation_is_delivered() {
     );
 }
 
+/// A message to the channel comes back from another implementation's
+/// server (it passes such messages on to every server, the sender's too),
+/// re-serialised and readdressed to "*": not delivered a second time.
+#[test]
+fn a_message_to_the_channel_passed_back_to_us_is_delivered_once() {
+    let (mut st, _) = mesh();
+    attach(&mut st, "bob", 11, "bob", 11);
+    let message = || {
+        Message::MsgPublicChannel(MsgPublicChannel {
+            ciphertext: Base64Url::from_bytes(b"one ciphertext for everyone"),
+            sender_pub: pk(10),
+            content_sig: Signature::from_bytes(&[5; 512]),
+            group_id: "public".into(),
+            public_version: None,
+        })
+    };
+    let a = from_user(&mut st, "alice", To::Public, NOW - 3, message());
+    assert_eq!(types_to(&a, "bob"), ["MSG_PUBLIC_CHANNEL"]);
+    assert_eq!(types_to(&a, "link-b"), ["MSG_PUBLIC_CHANNEL"]);
+    let back = Envelope::from_message(&uid("alice"), To::All, NOW - 3, &message());
+    let msg = back.message().expect("typed");
+    let again = st.from_server_user_frame(&sid("srv-b"), &back, msg, NOW);
+    assert!(sent_to(&again, "bob").is_empty(), "{:?}", sent(&again));
+}
+
 #[test]
 fn server_announce_is_learnt_forwarded_and_linked() {
     let (mut st, _) = mesh();

@@ -398,6 +398,9 @@ async fn deliver(shared: &Shared, tx: &Sink, env: &Envelope, d: UserDeliver) {
                 super::mail::acknowledge(tx, &me, &tag.id).await;
             }
         }
+        // Our own public message passed back to us by a server that sends
+        // the channel's messages to every member: shown when sent.
+        DeliverContent::Public(_) if sender == me.id => {}
         DeliverContent::Public(m) => {
             let s = sender.clone();
             let verify = move |pk: &socp_protocol::PublicKey| {

@@ -16,6 +16,22 @@ fn is_channel(to: &To) -> bool {
     matches!(to, To::Public | To::All)
 }
 
+/// The seen-cache key of a message to the channel: its sender and content
+/// signature (which covers its ciphertext and `ts`), not its envelope.
+fn channel_message_key(env: &Envelope) -> [u8; 32] {
+    match env
+        .payload()
+        .get("content_sig")
+        .and_then(serde_json::Value::as_str)
+    {
+        Some(sig) => {
+            let text = format!("MSG_PUBLIC_CHANNEL\n{}\n{sig}", env.from());
+            socp_protocol::crypto::sha256(text.as_bytes())
+        }
+        None => env.seen_key(),
+    }
+}
+
 /// Users per LIST_RESPONSE part (~200 bytes each: a part stays under 512 KiB).
 pub const LIST_PART: usize = 2_000;
 
@@ -323,7 +339,10 @@ impl<H: Clone> RouterState<H> {
         now: i64,
         out: &mut Vec<Action<H>>,
     ) {
-        if via.is_none() && !self.seen.insert(env.seen_key(), env.ts(), now) {
+        // Once per message, however it comes back: another implementation's
+        // server passes it on to every server, ours too, re-serialised and
+        // perhaps readdressed ("public" or "*").
+        if !self.seen.insert(channel_message_key(env), env.ts(), now) {
             return;
         }
         let frame = SignedFrame::ready(std::sync::Arc::from(env.to_json()));
