@@ -148,6 +148,11 @@ struct Client {
     /// the last complete one, for `/list`.
     list_parts: Vec<socp_protocol::message::ListedUser>,
     last_list: Vec<socp_protocol::message::ListedUser>,
+    /// Users the server listed but gave no key for (at most 200).
+    keyless: Vec<UserId>,
+    /// The frame types this connection sent that we could not read, said
+    /// once each: (connection, types).
+    unread: (u64, Vec<String>),
     out: Output,
     config: ClientConfig,
 }
@@ -257,6 +262,8 @@ pub async fn run(mut config: ClientConfig) -> i32 {
         recent_public: Default::default(),
         list_parts: Vec::new(),
         last_list: Vec::new(),
+        keyless: Vec::new(),
+        unread: (0, Vec::new()),
         out: out.clone(),
         config: config.clone(),
     }));

@@ -67,7 +67,12 @@ pub(crate) async fn handle_frame(shared: &Shared, tx: &Sink, bytes: &[u8]) {
     let msg = match env.message() {
         Ok(m) => m,
         Err(e) => {
-            out.warning(format!("malformed {} from the server: {e}", env.msg_type()));
+            if first_unread(shared, env.msg_type()) {
+                out.warning(format!(
+                    "malformed {} from the server: {e} (said once per connection)",
+                    env.msg_type()
+                ));
+            }
             return;
         }
     };
@@ -245,6 +250,22 @@ fn guest_news(shared: &Shared, out: &Output, came: bool) {
         };
         out.info(line);
     });
+}
+
+/// Whether a frame of type `t` we cannot read is the first of its type on
+/// this connection (another implementation's frames repeat: said once).
+fn first_unread(shared: &Shared, t: &str) -> bool {
+    let mut c = shared.borrow_mut();
+    let connection = c.connection;
+    if c.unread.0 != connection {
+        c.unread = (connection, Vec::new());
+    }
+    let seen = &mut c.unread.1;
+    if seen.len() >= 32 || seen.iter().any(|x| x == t) {
+        return false;
+    }
+    seen.push(t.chars().take(64).collect());
+    true
 }
 
 /// A user's frame another implementation's server passed on unchanged.

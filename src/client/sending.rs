@@ -134,9 +134,20 @@ async fn listed_by_id(
             continue;
         };
         if let Ok(Message::PubkeyResponse(r)) = env.message() {
-            if let Some(pubkey) = r.pubkey {
-                let contact = Contact::from_advert(r.user_id, server_id.clone(), pubkey, None);
-                super::receiving::advertised(shared, &out, contact);
+            match r.pubkey {
+                Some(pubkey) => {
+                    let contact = Contact::from_advert(r.user_id, server_id.clone(), pubkey, None);
+                    super::receiving::advertised(shared, &out, contact);
+                }
+                None => {
+                    let mut c = shared.borrow_mut();
+                    if !c.keyless.contains(&r.user_id) {
+                        if c.keyless.len() >= KEYS_ASKED {
+                            c.keyless.remove(0);
+                        }
+                        c.keyless.push(r.user_id);
+                    }
+                }
             }
         }
     }
@@ -386,12 +397,15 @@ pub(super) async fn signed(me: &Me, env: Envelope) -> Result<Envelope, Failure> 
 /// The contact `who` names (a registered user's name, or a user id; see
 /// [`Roster::resolve`](super::state::Roster::resolve)).
 pub(super) fn resolve(shared: &Shared, who: &str) -> Result<Contact, Failure> {
-    shared
-        .borrow()
-        .roster
-        .resolve(who)
-        .cloned()
-        .map_err(|e| fail("USER_NOT_FOUND", e))
+    let c = shared.borrow();
+    c.roster.resolve(who).cloned().map_err(|e| {
+        if c.keyless.iter().any(|k| k.as_str() == who) {
+            let why = format!("{who} is online, but its server gives no key for it (see /list)");
+            fail("USER_NOT_FOUND", why)
+        } else {
+            fail("USER_NOT_FOUND", e)
+        }
+    })
 }
 
 /// Encrypt-and-sign jobs on every core; results in input order.
