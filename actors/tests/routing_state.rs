@@ -3160,6 +3160,30 @@ fn a_servers_key_for_our_users_goes_to_each_its_own_and_no_further() {
     for h in ["bob", "link-c"] {
         assert!(sent_to(&out, h).is_empty(), "{h}");
     }
+    // Once per link of that server: more of its frames cost us nothing.
+    let again = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW + 1,
+        &Message::PublicChannelUpdated(PublicChannelUpdated {
+            version: START_VERSION + 41,
+            wraps: vec![wrap_for("alice")],
+        }),
+    );
+    assert!(sent_to(&feed(&mut st, "srv-b", &again), "alice").is_empty());
+    // Its next link (it may have restarted, with a new key): handed again.
+    st.link_down(&sid("srv-b"), 1, NOW);
+    link(&mut st, "srv-b", 1, "link-b", 3);
+    let later = incoming(
+        "srv-b",
+        To::from(&sid("srv-a")),
+        NOW + 2,
+        &Message::PublicChannelUpdated(PublicChannelUpdated {
+            version: START_VERSION + 42,
+            wraps: vec![wrap_for("alice")],
+        }),
+    );
+    assert_eq!(sent_to(&feed(&mut st, "srv-b", &later), "alice").len(), 1);
 }
 
 /// A wrap for `member` (its bytes do not matter here).

@@ -291,6 +291,7 @@ impl<H: Clone> RouterState<H> {
         out: &mut Vec<Action<H>>,
     ) -> SignedFrame {
         let registered = self.local.remove(user_id).is_some_and(|u| u.registered);
+        self.forget_handed(user_id);
         let msg = Message::UserRemove(UserRemove {
             user_id: user_id.clone(),
             server_id: self.config.me.clone(),

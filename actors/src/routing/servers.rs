@@ -299,6 +299,7 @@ impl<H: Clone> RouterState<H> {
             Some(l) if l.conn.id == conn_id => entry.link = None,
             _ => return (out, false),
         }
+        self.forget_handed_by(server);
         let gone: Vec<UserId> = self
             .remote
             .iter()

@@ -18,6 +18,9 @@ use socp_protocol::{Base64Url, Envelope, PublicKey, ServerId, To, UserId};
 use super::*;
 use crate::crypto::SignedFrame;
 
+/// Most servers whose key one local user is handed (its client keeps 16).
+const MAX_KEYS_HANDED: usize = 16;
+
 /// Who has our channel key, and who is to get it.
 #[derive(Default)]
 pub(super) struct Sharing {
@@ -28,6 +31,10 @@ pub(super) struct Sharing {
     given: HashMap<UserId, PublicKey>,
     /// Remote users to give it to at the next flush.
     due: HashSet<UserId>,
+    /// The servers whose key each local user was handed: once per server
+    /// while its link lasts (one that restarts has a new key, and a new
+    /// link), so that a server's frames cannot make us send our users more.
+    handed: HashMap<UserId, Vec<ServerId>>,
 }
 
 impl<H: Clone> RouterState<H> {
@@ -60,6 +67,21 @@ impl<H: Clone> RouterState<H> {
         if self.sharing.on && socp_client && self.sharing.given.get(id) != Some(&user.pubkey) {
             self.sharing.due.insert(id.clone());
         }
+    }
+
+    /// A local user left: a server's key is handed to it again if it comes
+    /// back (a new client holds no keys).
+    pub(super) fn forget_handed(&mut self, id: &UserId) {
+        self.sharing.handed.remove(id);
+    }
+
+    /// The link of `server` went down: its key (new if it restarted) is
+    /// handed to our users again over its next link.
+    pub(super) fn forget_handed_by(&mut self, server: &ServerId) {
+        for from in self.sharing.handed.values_mut() {
+            from.retain(|s| s != server);
+        }
+        self.sharing.handed.retain(|_, from| !from.is_empty());
     }
 
     /// A remote user left: given again if it comes back (its client holds
@@ -146,9 +168,9 @@ impl<H: Clone> RouterState<H> {
     /// A `PUBLIC_CHANNEL_UPDATED` addressed to us by server `origin`: its
     /// key for our users. Each listed local user gets its own wrap, from
     /// `origin` (its client keeps keys per server), unsigned over its own
-    /// connection; the frame goes no further.
+    /// connection, once per link of that server; the frame goes no further.
     pub(super) fn shared_to_us(
-        &self,
+        &mut self,
         origin: &ServerId,
         update: PublicChannelUpdated,
         ts: i64,
@@ -158,6 +180,15 @@ impl<H: Clone> RouterState<H> {
             let Some(user) = self.local.get(&wrap.member_id) else {
                 continue;
             };
+            let from = self
+                .sharing
+                .handed
+                .entry(wrap.member_id.clone())
+                .or_default();
+            if from.contains(origin) || from.len() >= MAX_KEYS_HANDED {
+                continue;
+            }
+            from.push(origin.clone());
             let to = To::from(&wrap.member_id);
             let own = PublicChannelUpdated {
                 version: update.version,
