@@ -201,11 +201,12 @@ async fn pem_server_listening(
 
 /// A scripted introducer on a loopback port: on each connection it reads the
 /// join request, sends what `answer` makes for the joiner's id (given its own
-/// port), keeps the connection open and hands each later frame to `then`.
-/// Its port, and how many connections it accepted.
+/// port), keeps the connection open and hands each later frame to `then`,
+/// then `None` when the joiner closed it. Its port, and how many connections
+/// it accepted.
 async fn scripted_introducer(
     answer: impl Fn(&str, u16) -> Vec<Envelope> + Clone + 'static,
-    then: impl Fn(Envelope) + Clone + 'static,
+    then: impl Fn(Option<Envelope>) + Clone + 'static,
 ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let (listener, port) = loopback::listen().await;
     let accepted = loopback::accept_all(listener, move |sock| {
@@ -223,8 +224,9 @@ async fn scripted_introducer(
                 conn.send_text(&frame.to_json()).await;
             }
             while let Some(text) = conn.next_text().await {
-                then(Envelope::parse(text.as_bytes()).expect("a frame"));
+                then(Some(Envelope::parse(text.as_bytes()).expect("a frame")));
             }
+            then(None);
         }
     });
     (port, accepted)
@@ -1034,7 +1036,14 @@ async fn socp_joins_through_an_introducer_of_the_pem_dialect() {
             &intro_key,
         )]
     };
-    let (intro_port, _) = scripted_introducer(welcome, |_| {}).await;
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_closed = closed.clone();
+    let on_close = move |frame: Option<Envelope>| {
+        if frame.is_none() {
+            seen_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let (intro_port, _) = scripted_introducer(welcome, on_close).await;
     let intro = std::net::SocketAddr::from(([127, 0, 0, 1], intro_port));
     let a = start(config_with(0, None, &[intro], fast_settings()))
         .await
@@ -1045,6 +1054,14 @@ async fn socp_joins_through_an_introducer_of_the_pem_dialect() {
     .await;
     let first = our_announce_in_pem(&firsts.lock().unwrap()[0].clone(), &a);
     assert_eq!(first.to().as_str(), server_id);
+    // The join connection stays open, though it is no link (the introducer's
+    // key is unknown): that introducer forgets a server whose join
+    // connection closed, and would welcome the next joiner without it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !closed.load(std::sync::atomic::Ordering::SeqCst),
+        "the join connection was closed"
+    );
 }
 
 /// Files from the PEM dialect: its server passes its user's FILE_* frames
@@ -1233,7 +1250,7 @@ async fn a_socp_joiner_keeps_its_join_connection_as_its_link() {
     };
     let seen = after_welcome.clone();
     let (intro_port, connections) =
-        scripted_introducer(answer, move |frame| seen.lock().unwrap().push(frame)).await;
+        scripted_introducer(answer, move |frame| seen.lock().unwrap().extend(frame)).await;
     let intro = std::net::SocketAddr::from(([127, 0, 0, 1], intro_port));
     let a = start(config_with(0, None, &[intro], fast_settings()))
         .await

@@ -153,11 +153,37 @@ pub async fn join_once(
     let link = match introducer {
         Some(peer) => Some((peer, conn)),
         None => {
-            close(conn, "joined; no key to link with").await;
+            keep_open(conn, url);
             None
         }
     };
     Ok(Welcomed { welcome, link })
+}
+
+/// The join connection to an introducer whose key we do not know (it
+/// signed nothing we can check): no link, but kept open, its pings
+/// answered and its frames left unread. One implementation's introducer
+/// forgets a server as soon as that connection closes, and would then
+/// welcome the next joiner without us: it would never link to us.
+fn keep_open(mut conn: Connection, url: String) {
+    actix::spawn(async move {
+        let mut unread = 0u64;
+        loop {
+            match conn.next().await {
+                Some(Ok(awc::ws::Frame::Ping(p))) => {
+                    if conn.send(awc::ws::Message::Pong(p)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(awc::ws::Frame::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => unread += 1,
+            }
+        }
+        log::info!(
+            "the join connection to {url} (an introducer we hold no key for) closed; \
+             {unread} frames on it were left unread"
+        );
+    });
 }
 
 /// The verified SERVER_WELCOME in answer to our join through `entry`, and
