@@ -283,6 +283,19 @@ async fn a_pem_server_links_by_announce_and_everything_crosses_in_its_dialect() 
     })
     .await;
 
+    // Our own announce first, our key in its encoding (it takes a server's
+    // key from that server's announce; it may hold ours as written by an
+    // introducer, in an encoding it cannot read).
+    let ours = pem_server
+        .peer
+        .expect(WAIT, "a's announce", is_type("SERVER_ANNOUNCE"))
+        .await;
+    assert_eq!(
+        key_in(&ours, "pubkey"),
+        (KeyEncoding::PemBase64Url, server_key(0))
+    );
+    ours.verify(&server_key(0)).expect("signed by a");
+
     // A socp user attaches: the PEM server hears of it with a PEM key,
     // signed by the socp server over exactly what it received.
     let mut alice = User::join(a.addr, 10).await;

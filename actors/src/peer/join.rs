@@ -115,6 +115,19 @@ impl PeerLink {
         address: ServerAddress,
         raw: FrameText,
     ) {
+        // A server of another dialect linking with SERVER_ANNOUNCE takes a
+        // server's key from that server's own announce, and may hold ours as
+        // an introducer wrote it (in an encoding it may not read): our
+        // announce first, our key in its encoding, before anything it checks.
+        if matches!(msg, Message::ServerAnnounce(_)) && !self.dialect.socp {
+            let ours = ServerAddress {
+                host: self.shared.advertised.0.clone(),
+                port: self.shared.advertised.1,
+                pubkey: self.shared.pool.public_key().clone(),
+            };
+            let announce = socp_protocol::message::ServerAnnounce(ours);
+            self.send_hello(ctx, To::from(&server_id), Message::ServerAnnounce(announce));
+        }
         self.come_up(ctx, server_id, address, move |act, _, peer| {
             if matches!(msg, Message::ServerAnnounce(_)) {
                 act.shared.router.link_frame.do_send(LinkFrame {
