@@ -920,16 +920,7 @@ async fn a_socp_servers_channel_key_is_shared_by_its_clients_of_every_dialect() 
 #[actix_rt::test]
 async fn a_socp_servers_channel_key_reaches_socp_clients_on_other_servers() {
     use client_common::{is_event, Client, Options};
-    let a = start(config_with(0, None, &[], fast_settings()))
-        .await
-        .expect("a starts");
-    let b = start(config_with(1, None, &[a.addr], fast_settings()))
-        .await
-        .expect("b starts");
-    eventually(WAIT, "a and b linked", || async {
-        links_up(&a.status().await) == 1 && links_up(&b.status().await) == 1
-    })
-    .await;
+    let (a, b) = linked_pair(fast_settings()).await;
     let ivy_key = fixtures::key(12);
     let mut ivy = pem_client(&a, "ivy", &ivy_key).await;
     let group = channel_key_of_ivy(&mut ivy, &ivy_key).await;

@@ -3161,29 +3161,27 @@ fn a_servers_key_for_our_users_goes_to_each_its_own_and_no_further() {
         assert!(sent_to(&out, h).is_empty(), "{h}");
     }
     // Once per link of that server: more of its frames cost us nothing.
-    let again = incoming(
-        "srv-b",
-        To::from(&sid("srv-a")),
-        NOW + 1,
-        &Message::PublicChannelUpdated(PublicChannelUpdated {
-            version: START_VERSION + 41,
-            wraps: vec![wrap_for("alice")],
-        }),
-    );
+    let again = alices_key_from_b(NOW + 1);
     assert!(sent_to(&feed(&mut st, "srv-b", &again), "alice").is_empty());
     // Its next link (it may have restarted, with a new key): handed again.
     st.link_down(&sid("srv-b"), 1, NOW);
     link(&mut st, "srv-b", 1, "link-b", 3);
-    let later = incoming(
+    let later = alices_key_from_b(NOW + 2);
+    assert_eq!(sent_to(&feed(&mut st, "srv-b", &later), "alice").len(), 1);
+}
+
+/// srv-b's key for alice, addressed to us (srv-a), sent at `ts`.
+fn alices_key_from_b(ts: i64) -> Incoming {
+    let update = PublicChannelUpdated {
+        version: START_VERSION + 40,
+        wraps: vec![wrap_for("alice")],
+    };
+    incoming(
         "srv-b",
         To::from(&sid("srv-a")),
-        NOW + 2,
-        &Message::PublicChannelUpdated(PublicChannelUpdated {
-            version: START_VERSION + 42,
-            wraps: vec![wrap_for("alice")],
-        }),
-    );
-    assert_eq!(sent_to(&feed(&mut st, "srv-b", &later), "alice").len(), 1);
+        ts,
+        &Message::PublicChannelUpdated(update),
+    )
 }
 
 /// A wrap for `member` (its bytes do not matter here).

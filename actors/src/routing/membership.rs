@@ -83,16 +83,7 @@ impl<H: Clone> RouterState<H> {
         // the update and for each new member's own copy (below).
         let (made, wraps_made) = tokio::sync::oneshot::channel::<Arc<Vec<Wrap>>>();
         let updated = self.signer.sign_built(Box::new(move || {
-            let wraps: Vec<Wrap> = members
-                .into_iter()
-                .filter_map(|(member_id, key)| {
-                    let wrapped = key.encrypt(&group_key).ok()?;
-                    Some(Wrap {
-                        member_id,
-                        wrapped_key: Base64Url::from_bytes(&wrapped),
-                    })
-                })
-                .collect();
+            let wraps = wraps_of(members, &group_key);
             // Nobody may wait for the members' copies: nothing to do then.
             let _ = made.send(Arc::new(wraps.clone()));
             // With the capability object: the update of a socp server.
@@ -169,4 +160,19 @@ impl<H: Clone> RouterState<H> {
             out.push(Action::Send(user.conn.tx.clone(), frame));
         }
     }
+}
+
+/// The group key wrapped (RSA-OAEP) for each of `members`; a member whose
+/// key cannot wrap it is left out. RSA: call it on a crypto thread.
+pub(super) fn wraps_of(members: Vec<(UserId, PublicKey)>, group_key: &[u8]) -> Vec<Wrap> {
+    members
+        .into_iter()
+        .filter_map(|(member_id, key)| {
+            let wrapped = key.encrypt(group_key).ok()?;
+            Some(Wrap {
+                member_id,
+                wrapped_key: Base64Url::from_bytes(&wrapped),
+            })
+        })
+        .collect()
 }

@@ -12,8 +12,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use socp_protocol::message::{PublicChannelUpdated, Wrap};
-use socp_protocol::{Base64Url, Envelope, PublicKey, ServerId, To, UserId};
+use socp_protocol::message::PublicChannelUpdated;
+use socp_protocol::{Envelope, PublicKey, ServerId, To, UserId};
 
 use super::*;
 use crate::crypto::SignedFrame;
@@ -146,16 +146,7 @@ impl<H: Clone> RouterState<H> {
         );
         let version = self.public_version;
         self.signer.sign_built(Box::new(move || {
-            let wraps = members
-                .into_iter()
-                .filter_map(|(member_id, pubkey)| {
-                    let wrapped = pubkey.encrypt(&key).ok()?;
-                    Some(Wrap {
-                        member_id,
-                        wrapped_key: Base64Url::from_bytes(&wrapped),
-                    })
-                })
-                .collect();
+            let wraps = super::membership::wraps_of(members, &key);
             Some(socp_protocol::dialect::with_capability(Envelope::new(
                 &me,
                 To::from(&to),
